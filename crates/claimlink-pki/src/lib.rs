@@ -22,6 +22,7 @@ pub mod profile;
 pub mod verify;
 
 pub use alg::{KeyAlgorithm, SignatureAlgorithm};
+pub use x509_cert::name::Name;
 pub use cert::{Certificate, CertificateError, CertificateId};
 pub use csr::{CertificateRequest, CsrError};
 pub use key::{KeyError, PrivateKey, PublicKey, Signer};

@@ -121,6 +121,18 @@ fn string_value(atv: &AttributeTypeAndValue) -> Option<&str> {
     }
 }
 
+/// `name` with its commonName replaced by `cn` (added last if it had none).
+pub fn with_common_name(name: &Name, cn: &str) -> Result<Name, NameError> {
+    let mut attrs: Vec<(Oid, String)> = name
+        .iter()
+        .filter(|atv| atv.oid != attr::COMMON_NAME)
+        .filter_map(|atv| string_value(atv).map(|v| (atv.oid, v.to_owned())))
+        .collect();
+    attrs.push((attr::COMMON_NAME, cn.to_owned()));
+    let refs: Vec<(Oid, &str)> = attrs.iter().map(|(o, v)| (*o, v.as_str())).collect();
+    build(&refs)
+}
+
 /// The first value of attribute `oid` in `name`, if it is a string.
 pub fn attribute(name: &Name, oid: Oid) -> Option<String> {
     name.iter()

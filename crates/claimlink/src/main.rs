@@ -1,1 +1,78 @@
-fn main() {}
+//! `claimlink`: one binary for every role of the platform. This file parses the command line,
+//! installs the tracing subscriber and dispatches; the work lives in the library crates and in
+//! the command modules beside this file.
+
+mod ca;
+mod claim_code;
+mod files;
+mod issue;
+mod label;
+mod secret;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Self-hosted onboarding-by-claim for IoT fleets, with a GM/T (SM2/SM3/SM4) and NIST PKI.
+#[derive(Parser)]
+#[command(name = "claimlink", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform with embedded defaults in ./claimlink-data.
+    Up(up::UpArgs),
+    /// Manufacturer CA: create it, issue device identities, sign CSRs, verify chains.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root CA and an issuing CA (keys encrypted at rest) in a new directory.
+    Init(ca::InitArgs),
+    /// Issue N device identities (key, birth certificate, claim code, label) in parallel.
+    IssueDevices(issue::IssueArgs),
+    /// Sign a PKCS#10 CSR as a TLS server or claim-thing certificate.
+    SignCsr(ca::SignCsrArgs),
+    /// Validate a certificate against a chain file (anchors are its self-signed certificates).
+    Verify(ca::VerifyArgs),
+}
+
+/// Where the passphrase of CA keys comes from: a file, else `CLAIMLINK_CA_PASSPHRASE`.
+#[derive(clap::Args, Clone)]
+struct PassphraseArg {
+    /// File holding the CA key passphrase (first line). Else $CLAIMLINK_CA_PASSPHRASE is used.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLAIMLINK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(&args),
+        Command::Ca(CaCommand::Init(args)) => ca::init(&args),
+        Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),
+        Command::Ca(CaCommand::SignCsr(args)) => ca::sign_csr(&args),
+        Command::Ca(CaCommand::Verify(args)) => ca::verify(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Test support for claimlink's interop tests: finds the independent peers (the OpenSSL CLI,
+//! Python with `gmssl`) and decides what happens when one is missing.
+//!
+//! On a developer's machine a missing peer skips the check and says so on stderr. Under CI
+//! (`CI=true`) a missing peer is a failure: `.ci/run` installs every peer, so a skip there would
+//! hide a broken setup.
+//!
+//! It is not a test framework: no assertions live here.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Whether we run under CI, where missing peers are failures.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Reports a missing peer: panics under CI, else prints a skip notice and returns `None`.
+pub fn missing<T>(test: &str, peer: &str, how: &str) -> Option<T> {
+    if under_ci() {
+        panic!("{test}: interop peer {peer} is missing under CI ({how})");
+    }
+    eprintln!("SKIPPED {test}: {peer} not found ({how})");
+    None
+}
+
+fn runs(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+/// The OpenSSL 3 CLI, if installed.
+pub fn openssl(test: &str) -> Option<PathBuf> {
+    let ok = runs(Command::new("openssl").arg("version"));
+    if ok { Some(PathBuf::from("openssl")) } else { missing(test, "openssl", "apt-get install openssl") }
+}
+
+/// The workspace root (two levels above a crate's manifest directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A Python interpreter that can import `module`: `$CLAIMLINK_PYTHON`, then the workspace's
+/// `.venv` (made by `.ci/run`), then `python3`.
+pub fn python_with(test: &str, module: &str) -> Option<PathBuf> {
+    let candidates = std::env::var_os("CLAIMLINK_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([workspace_root().join(".venv/bin/python"), PathBuf::from("python3")]);
+    for python in candidates {
+        if runs(Command::new(&python).args(["-c", &format!("import {module}")])) {
+            return Some(python);
+        }
+    }
+    missing(test, &format!("Python module {module}"), "bash .ci/run creates .venv with it")
+}
+
+/// Runs a command and returns its output, panicking with stderr if it could not start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout as text.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
