@@ -211,12 +211,13 @@ fn recover(batch: &Batch) -> Result<u64> {
     let entries = fs::read_dir(&batch.staging).with_context(|| format!("cannot read {}", batch.staging.display()))?;
     for entry in entries {
         let entry = entry?;
-        let thing = entry.file_name().to_string_lossy().into_owned();
-        if tail.contains(&thing) {
-            publish(batch, &thing)?;
-        } else {
+        if !tail.contains(&entry.file_name().to_string_lossy().into_owned()) {
             fs::remove_dir_all(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
         }
+    }
+    // The last group may have been cut off anywhere in its renames (folder or label).
+    for thing in &tail {
+        publish(batch, thing)?;
     }
     Ok(count)
 }
