@@ -11,8 +11,8 @@ use std::fmt;
 use rand_core::CryptoRng;
 use sm2::dsa::signature::{Signer, Verifier};
 use sm2::elliptic_curve::sec1::ToSec1Point;
+use sm2::pkcs8::DecodePrivateKey;
 use sm2::pke::{DecryptingKey, EncryptingKey, Mode};
-use sm2::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use zeroize::Zeroizing;
 
 /// Longest distinguishing ID: its bit length must fit the 16-bit ENTL field.
@@ -93,9 +93,13 @@ pub enum Sm2CiphertextFormat {
     Der,
 }
 
-/// An SM2 private key. Zeroized on drop; `Debug` shows only the public key.
+/// An SM2 private key with its public key computed once. Zeroized on drop; `Debug` shows only
+/// the public key.
 #[derive(Clone)]
-pub struct Sm2PrivateKey(sm2::SecretKey);
+pub struct Sm2PrivateKey {
+    secret: sm2::SecretKey,
+    public: sm2::PublicKey,
+}
 
 /// An SM2 public key (a point on sm2p256v1).
 #[derive(Clone, PartialEq, Eq)]
@@ -122,48 +126,47 @@ pub struct Sm2VerifyingKey {
 impl Sm2PrivateKey {
     /// Generates a fresh key pair from `rng`.
     pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        Self(sm2::elliptic_curve::Generate::generate_from_rng(rng))
+        Self::from_secret(sm2::elliptic_curve::Generate::generate_from_rng(rng))
+    }
+
+    fn from_secret(secret: sm2::SecretKey) -> Self {
+        let public = secret.public_key();
+        Self { secret, public }
     }
 
     /// The key from its 32-byte big-endian scalar.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Sm2Error> {
-        sm2::SecretKey::from_slice(bytes)
-            .map(Self)
-            .map_err(|_| Sm2Error::InvalidPrivateKey)
+        sm2::SecretKey::from_slice(bytes).map(Self::from_secret).map_err(|_| Sm2Error::InvalidPrivateKey)
     }
 
     /// The 32-byte big-endian scalar.
     pub fn to_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.0.to_bytes().into())
+        Zeroizing::new(self.secret.to_bytes().into())
     }
 
     /// The key from an unencrypted PKCS#8 `PrivateKeyInfo` (algorithm ecPublicKey, curve sm2p256v1).
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, Sm2Error> {
-        sm2::SecretKey::from_pkcs8_der(der)
-            .map(Self)
-            .map_err(|_| Sm2Error::InvalidPrivateKey)
+        sm2::SecretKey::from_pkcs8_der(der).map(Self::from_secret).map_err(|_| Sm2Error::InvalidPrivateKey)
     }
 
-    /// The unencrypted PKCS#8 `PrivateKeyInfo` DER (it includes the public key).
+    /// The unencrypted PKCS#8 `PrivateKeyInfo` DER, with the public key inside the
+    /// `ECPrivateKey` (byte-identical to the `sm2` crate's encoding). Encoded here from the cached public key: upstream
+    /// recomputes it, a scalar multiplication per key that bulk issuance cannot afford.
     pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, Sm2Error> {
-        let doc = self.0.to_pkcs8_der().map_err(|_| Sm2Error::InvalidPrivateKey)?;
-        Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+        pkcs8::encode(&self.secret.to_bytes(), &self.public_key().to_sec1_uncompressed())
     }
 
     /// The matching public key.
     pub fn public_key(&self) -> Sm2PublicKey {
-        Sm2PublicKey(self.0.public_key())
+        Sm2PublicKey(self.public)
     }
 
     /// This key bound to `id` for signing.
     pub fn signing_key(&self, id: &DistId) -> Sm2SigningKey {
         // `new` fails only for an ID longer than ENTL allows, which `DistId` rules out.
-        let inner = sm2::dsa::SigningKey::new(id.as_str(), &self.0)
+        let inner = sm2::dsa::SigningKey::new(id.as_str(), &self.secret)
             .unwrap_or_else(|_| unreachable!("DistId length is bounded"));
-        Sm2SigningKey {
-            inner,
-            id: id.clone(),
-        }
+        Sm2SigningKey { inner, id: id.clone() }
     }
 
     /// Signs `msg` with distinguishing ID `id`. Prefer [`Self::signing_key`] for many signatures.
@@ -172,8 +175,12 @@ impl Sm2PrivateKey {
     }
 
     /// Decrypts a C1C3C2 ciphertext in the given format.
-    pub fn decrypt(&self, ciphertext: &[u8], format: Sm2CiphertextFormat) -> Result<Zeroizing<Vec<u8>>, Sm2Error> {
-        let key = DecryptingKey::new_with_mode(self.0.to_nonzero_scalar(), Mode::C1C3C2);
+    pub fn decrypt(
+        &self,
+        ciphertext: &[u8],
+        format: Sm2CiphertextFormat,
+    ) -> Result<Zeroizing<Vec<u8>>, Sm2Error> {
+        let key = DecryptingKey::new_with_mode(self.secret.to_nonzero_scalar(), Mode::C1C3C2);
         let result = match format {
             Sm2CiphertextFormat::C1C3C2 => key.decrypt(ciphertext),
             Sm2CiphertextFormat::Der => key.decrypt_der(ciphertext),
@@ -184,18 +191,14 @@ impl Sm2PrivateKey {
 
 impl fmt::Debug for Sm2PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sm2PrivateKey")
-            .field("public_key", &self.public_key())
-            .finish_non_exhaustive()
+        f.debug_struct("Sm2PrivateKey").field("public_key", &self.public_key()).finish_non_exhaustive()
     }
 }
 
 impl Sm2PublicKey {
     /// The key from SEC1 bytes (uncompressed `04 || x || y` or compressed).
     pub fn from_sec1_bytes(bytes: &[u8]) -> Result<Self, Sm2Error> {
-        sm2::PublicKey::from_sec1_bytes(bytes)
-            .map(Self)
-            .map_err(|_| Sm2Error::InvalidPublicKey)
+        sm2::PublicKey::from_sec1_bytes(bytes).map(Self).map_err(|_| Sm2Error::InvalidPublicKey)
     }
 
     /// Uncompressed SEC1 bytes `04 || x || y` (65 bytes), as used in SubjectPublicKeyInfo.
@@ -207,10 +210,7 @@ impl Sm2PublicKey {
     pub fn verifying_key(&self, id: &DistId) -> Sm2VerifyingKey {
         let inner = sm2::dsa::VerifyingKey::new(id.as_str(), self.0)
             .unwrap_or_else(|_| unreachable!("DistId length is bounded"));
-        Sm2VerifyingKey {
-            inner,
-            id: id.clone(),
-        }
+        Sm2VerifyingKey { inner, id: id.clone() }
     }
 
     /// Verifies `sig` over `msg` with distinguishing ID `id`.
@@ -247,10 +247,7 @@ impl fmt::Debug for Sm2PublicKey {
 impl Sm2SigningKey {
     /// Signs `msg` (deterministic nonce per RFC 6979 with SM3, so no RNG is needed).
     pub fn sign(&self, msg: &[u8]) -> Result<Sm2Signature, Sm2Error> {
-        self.inner
-            .try_sign(msg)
-            .map(Sm2Signature)
-            .map_err(|_| Sm2Error::SigningFailed)
+        self.inner.try_sign(msg).map(Sm2Signature).map_err(|_| Sm2Error::SigningFailed)
     }
 
     /// The distinguishing ID this key signs with.
@@ -260,27 +257,20 @@ impl Sm2SigningKey {
 
     /// The matching verifying key, bound to the same ID.
     pub fn verifying_key(&self) -> Sm2VerifyingKey {
-        Sm2VerifyingKey {
-            inner: self.inner.verifying_key().clone(),
-            id: self.id.clone(),
-        }
+        Sm2VerifyingKey { inner: self.inner.verifying_key().clone(), id: self.id.clone() }
     }
 }
 
 impl fmt::Debug for Sm2SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sm2SigningKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Sm2SigningKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
 impl Sm2VerifyingKey {
     /// Verifies `sig` over `msg`.
     pub fn verify(&self, msg: &[u8], sig: &Sm2Signature) -> Result<(), Sm2Error> {
-        self.inner
-            .verify(msg, &sig.0)
-            .map_err(|_| Sm2Error::VerificationFailed)
+        self.inner.verify(msg, &sig.0).map_err(|_| Sm2Error::VerificationFailed)
     }
 
     /// The distinguishing ID this key verifies with.
@@ -291,18 +281,14 @@ impl Sm2VerifyingKey {
 
 impl fmt::Debug for Sm2VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sm2VerifyingKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Sm2VerifyingKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
 impl Sm2Signature {
     /// Parses the DER `SEQUENCE { r INTEGER, s INTEGER }` form (strict DER).
     pub fn from_der(der: &[u8]) -> Result<Self, Sm2Error> {
-        sm2::dsa::Signature::from_der(der)
-            .map(Self)
-            .map_err(|_| Sm2Error::MalformedSignature)
+        sm2::dsa::Signature::from_der(der).map(Self).map_err(|_| Sm2Error::MalformedSignature)
     }
 
     /// The DER `SEQUENCE { r INTEGER, s INTEGER }` form used by X.509, CSRs and TLS.
@@ -312,9 +298,7 @@ impl Sm2Signature {
 
     /// Parses the raw 64-byte `r || s` form.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Sm2Error> {
-        sm2::dsa::Signature::from_slice(bytes)
-            .map(Self)
-            .map_err(|_| Sm2Error::MalformedSignature)
+        sm2::dsa::Signature::from_slice(bytes).map(Self).map_err(|_| Sm2Error::MalformedSignature)
     }
 
     /// The raw 64-byte `r || s` form.
@@ -349,6 +333,49 @@ impl<R: CryptoRng + ?Sized> rand_core::TryRng for AsTry<'_, R> {
 }
 
 impl<R: CryptoRng + ?Sized> rand_core::TryCryptoRng for AsTry<'_, R> {}
+
+mod pkcs8 {
+    //! PKCS#8 `PrivateKeyInfo` { ecPublicKey, sm2p256v1, ECPrivateKey (RFC 5915) }.
+
+    use der::asn1::{ObjectIdentifier as Oid, OctetStringRef};
+    use der::{Encode, Sequence};
+    use sec1::EcPrivateKey;
+    use zeroize::Zeroizing;
+
+    use super::Sm2Error;
+
+    const EC_PUBLIC_KEY: Oid = Oid::new_unwrap("1.2.840.10045.2.1");
+    const SM2P256V1: Oid = Oid::new_unwrap("1.2.156.10197.1.301");
+
+    #[derive(Sequence)]
+    struct Algorithm {
+        oid: Oid,
+        curve: Oid,
+    }
+
+    #[derive(Sequence)]
+    struct PrivateKeyInfo<'a> {
+        version: u8,
+        algorithm: Algorithm,
+        private_key: &'a OctetStringRef,
+    }
+
+    pub(super) fn encode(scalar: &[u8], public_sec1: &[u8]) -> Result<Zeroizing<Vec<u8>>, Sm2Error> {
+        let err = |_| Sm2Error::InvalidPrivateKey;
+        let ec = EcPrivateKey {
+            private_key: scalar,
+            parameters: None, // named once, in the AlgorithmIdentifier
+            public_key: Some(public_sec1),
+        };
+        let ec_der = Zeroizing::new(ec.to_der().map_err(err)?);
+        let info = PrivateKeyInfo {
+            version: 0,
+            algorithm: Algorithm { oid: EC_PUBLIC_KEY, curve: SM2P256V1 },
+            private_key: OctetStringRef::new(&ec_der).map_err(err)?,
+        };
+        info.to_der().map(Zeroizing::new).map_err(err)
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -55,11 +55,7 @@ impl std::fmt::Debug for Sm4Key {
 }
 
 fn exact<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N], Sm4Error> {
-    bytes.try_into().map_err(|_| Sm4Error::BadLength {
-        what,
-        expected: N,
-        actual: bytes.len(),
-    })
+    bytes.try_into().map_err(|_| Sm4Error::BadLength { what, expected: N, actual: bytes.len() })
 }
 
 impl Sm4Key {
@@ -125,8 +121,7 @@ impl Sm4Key {
     pub fn cbc_decrypt(&self, iv: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, Sm4Error> {
         let iv: [u8; BLOCK_LEN] = exact("iv", iv)?;
         let dec = cbc::Decryptor::<Sm4>::new(&self.0.into(), &iv.into());
-        dec.decrypt_padded_vec::<Pkcs7>(ciphertext)
-            .map_err(|_| Sm4Error::BadPadding)
+        dec.decrypt_padded_vec::<Pkcs7>(ciphertext).map_err(|_| Sm4Error::BadPadding)
     }
 
     /// CTR mode (128-bit big-endian counter starting at `iv`): encrypts or decrypts in place.
@@ -221,10 +216,8 @@ mod tests {
         let aad = h("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2");
         // RFC 8998 A.1: the plaintext's last eight bytes are AA (the project's REFERENCE.md says
         // DD, a typo: with DD the expected C and T of the RFC are not reproduced by any peer).
-        let pt: Vec<u8> = [0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF, 0xEE, 0xAA]
-            .iter()
-            .flat_map(|&b| [b; 8])
-            .collect();
+        let pt: Vec<u8> =
+            [0xAA, 0xBB, 0xCC, 0xDD, 0xEE, 0xFF, 0xEE, 0xAA].iter().flat_map(|&b| [b; 8]).collect();
         let sealed = key.gcm_seal(&nonce, &aad, &pt).unwrap();
         let (ct, tag) = sealed.split_at(pt.len());
         assert_eq!(

@@ -115,19 +115,13 @@ impl SignatureAlgorithm {
     }
 
     fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            Self::RsaPkcs1Sha256 | Self::RsaPkcs1Sha384 | Self::RsaPkcs1Sha512
-        )
+        matches!(self, Self::RsaPkcs1Sha256 | Self::RsaPkcs1Sha384 | Self::RsaPkcs1Sha512)
     }
 
     /// The AlgorithmIdentifier to place in certificates and CSRs (RSA carries NULL parameters,
     /// ECDSA and SM2 none, as RFC 5758 and GM/T 0015 require).
     pub fn identifier(self) -> AlgorithmIdentifierOwned {
-        AlgorithmIdentifierOwned {
-            oid: self.oid(),
-            parameters: self.is_rsa().then(|| AnyRef::NULL.into()),
-        }
+        AlgorithmIdentifierOwned { oid: self.oid(), parameters: self.is_rsa().then(|| AnyRef::NULL.into()) }
     }
 
     /// Recognises an AlgorithmIdentifier; `None` for anything unsupported or with wrong parameters.

@@ -130,19 +130,13 @@ impl Certificate {
     /// Parses DER (strict; bounded by [`MAX_DER_LEN`]).
     pub fn from_der(der: &[u8]) -> Result<Self, CertificateError> {
         if der.len() > MAX_DER_LEN {
-            return Err(CertificateError::TooLarge {
-                len: der.len(),
-                max: MAX_DER_LEN,
-            });
+            return Err(CertificateError::TooLarge { len: der.len(), max: MAX_DER_LEN });
         }
         let inner = x509_cert::Certificate::from_der(der).map_err(malformed)?;
         if inner.tbs_certificate().version() != x509_cert::Version::V3 {
             return Err(CertificateError::NotV3);
         }
-        let cert = Self {
-            der: der.to_vec(),
-            inner,
-        };
+        let cert = Self { der: der.to_vec(), inner };
         cert.check_extensions()?;
         Ok(cert)
     }
@@ -154,9 +148,7 @@ impl Certificate {
         }
         for (i, e) in exts.iter().enumerate() {
             if exts[..i].iter().any(|p| p.extn_id == e.extn_id) {
-                return Err(CertificateError::DuplicateExtension {
-                    oid: e.extn_id.to_string(),
-                });
+                return Err(CertificateError::DuplicateExtension { oid: e.extn_id.to_string() });
             }
         }
         // Decode the extensions path validation relies on, so later reads cannot fail.
@@ -275,7 +267,11 @@ impl Certificate {
         self.inner.tbs_certificate().extensions().map(|e| e.as_slice()).unwrap_or(&[])
     }
 
-    fn decode_ext<'a, T: Decode<'a>>(&'a self, oid: Oid, name: &'static str) -> Result<Option<(bool, T)>, CertificateError> {
+    fn decode_ext<'a, T: Decode<'a>>(
+        &'a self,
+        oid: Oid,
+        name: &'static str,
+    ) -> Result<Option<(bool, T)>, CertificateError> {
         self.extensions()
             .iter()
             .find(|e| e.extn_id == oid)

@@ -74,13 +74,17 @@ impl CertificateRequest {
                         .map_err(|e| CsrError::Malformed { reason: e.to_string() })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let san = SubjectAltName(names).to_der().map_err(|e| CsrError::Malformed { reason: e.to_string() })?;
+            let san =
+                SubjectAltName(names).to_der().map_err(|e| CsrError::Malformed { reason: e.to_string() })?;
             let ext = x509_cert::ext::Extension {
                 extn_id: ext_oids::SUBJECT_ALT_NAME,
                 critical: false,
-                extn_value: der::asn1::OctetString::new(san).map_err(|e| CsrError::Malformed { reason: e.to_string() })?,
+                extn_value: der::asn1::OctetString::new(san)
+                    .map_err(|e| CsrError::Malformed { reason: e.to_string() })?,
             };
-            let req = ExtensionReq(vec![ext]).to_der().map_err(|e| CsrError::Malformed { reason: e.to_string() })?;
+            let req = ExtensionReq(vec![ext])
+                .to_der()
+                .map_err(|e| CsrError::Malformed { reason: e.to_string() })?;
             let mut values = SetOfVec::new();
             values
                 .insert(der::Any::from_der(&req).map_err(|e| CsrError::Malformed { reason: e.to_string() })?)
@@ -110,17 +114,19 @@ impl CertificateRequest {
             return Err(CsrError::TooLarge { len: der.len(), max: MAX_DER_LEN });
         }
         let inner = CertReq::from_der(der).map_err(|e| CsrError::Malformed { reason: e.to_string() })?;
-        let algorithm = SignatureAlgorithm::from_identifier(&inner.algorithm).ok_or_else(|| CsrError::UnsupportedAlgorithm {
-            oid: inner.algorithm.oid.to_string(),
-        })?;
+        let algorithm = SignatureAlgorithm::from_identifier(&inner.algorithm)
+            .ok_or_else(|| CsrError::UnsupportedAlgorithm { oid: inner.algorithm.oid.to_string() })?;
         let public_key = PublicKey::from_spki(&inner.info.public_key)?;
-        let info_der = crate::cert::first_inner_tlv(der).ok_or_else(|| CsrError::Malformed { reason: "no request info".into() })?;
+        let info_der = crate::cert::first_inner_tlv(der)
+            .ok_or_else(|| CsrError::Malformed { reason: "no request info".into() })?;
         public_key
             .verify(algorithm, id, info_der, inner.signature.raw_bytes())
             .map_err(|_| CsrError::BadSignature)?;
         let csr = Self { der: der.to_vec(), inner, public_key };
         if csr.requested_extensions().len() > MAX_EXTENSIONS {
-            return Err(CsrError::Malformed { reason: format!("more than {MAX_EXTENSIONS} requested extensions") });
+            return Err(CsrError::Malformed {
+                reason: format!("more than {MAX_EXTENSIONS} requested extensions"),
+            });
         }
         Ok(csr)
     }

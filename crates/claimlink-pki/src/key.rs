@@ -1,6 +1,7 @@
 //! Private and public keys, and the [`Signer`] trait that certificate issuance signs through.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use claimlink_gm::{DistId, Sm2PrivateKey, Sm2PublicKey, Sm2Signature, Sm2SigningKey};
 use der::asn1::{BitString, ObjectIdentifier as Oid};
@@ -64,21 +65,28 @@ pub trait Signer: Send + Sync {
 
 /// A private key. `Debug` shows only the algorithm and public key.
 pub enum PrivateKey {
-    /// SM2, bound to the GM/T 0009 ID for X.509 signing.
+    /// SM2. The signer bound to the GM/T 0009 ID (with Z precomputed) is made on first use, so a
+    /// key that is only generated and exported costs one scalar multiplication.
     Sm2 {
         /// The key.
         key: Sm2PrivateKey,
-        /// The key bound to [`DistId::GMT_0009_DEFAULT`] (Z precomputed).
-        signer: Sm2SigningKey,
+        /// The key bound to [`DistId::GMT_0009_DEFAULT`].
+        signer: OnceLock<Sm2SigningKey>,
     },
-    /// ECDSA P-256 held by `ring`.
+    /// ECDSA P-256 held by `ring`. A freshly generated key takes its public key from ring's
+    /// PKCS#8 document and builds the signing key pair (which recomputes the public key to check
+    /// it) only when it first signs; an imported key is checked at once.
     P256 {
-        /// The key pair.
-        pair: rsig::EcdsaKeyPair,
-        /// Its PKCS#8 encoding, kept for export.
+        /// The PKCS#8 encoding, kept for export.
         pkcs8: Zeroizing<Vec<u8>>,
+        /// Uncompressed public point.
+        public: Vec<u8>,
+        /// The signing key pair.
+        pair: OnceLock<rsig::EcdsaKeyPair>,
     },
 }
+
+const P256_POINT_LEN: usize = 65;
 
 fn ring_rng() -> ring::rand::SystemRandom {
     ring::rand::SystemRandom::new()
@@ -90,24 +98,37 @@ impl PrivateKey {
         match algorithm {
             KeyAlgorithm::Sm2 => Ok(Self::from_sm2(Sm2PrivateKey::generate(rng))),
             KeyAlgorithm::P256 => {
-                let doc = rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &ring_rng())
-                    .map_err(|_| KeyError::SigningFailed)?;
-                Self::p256_from_pkcs8(doc.as_ref())
+                let doc =
+                    rsig::EcdsaKeyPair::generate_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, &ring_rng())
+                        .map_err(|_| KeyError::SigningFailed)?;
+                // ring's v1 document ends with `[1] { BIT STRING 04 || x || y }`.
+                let der = doc.as_ref();
+                let public = der
+                    .len()
+                    .checked_sub(P256_POINT_LEN)
+                    .map(|at| &der[at..])
+                    .filter(|p| p[0] == 4 && der[..der.len() - P256_POINT_LEN].ends_with(&[0x03, 0x42, 0x00]))
+                    .ok_or(KeyError::MalformedPrivateKey)?;
+                Ok(Self::P256 {
+                    public: public.to_vec(),
+                    pkcs8: Zeroizing::new(der.to_vec()),
+                    pair: OnceLock::new(),
+                })
             }
         }
     }
 
     fn from_sm2(key: Sm2PrivateKey) -> Self {
-        let signer = key.signing_key(&DistId::GMT_0009_DEFAULT);
-        Self::Sm2 { key, signer }
+        Self::Sm2 { key, signer: OnceLock::new() }
     }
 
     fn p256_from_pkcs8(der: &[u8]) -> Result<Self, KeyError> {
         let pair = rsig::EcdsaKeyPair::from_pkcs8(&rsig::ECDSA_P256_SHA256_ASN1_SIGNING, der, &ring_rng())
             .map_err(|_| KeyError::MalformedPrivateKey)?;
         Ok(Self::P256 {
-            pair,
+            public: pair.public_key().as_ref().to_vec(),
             pkcs8: Zeroizing::new(der.to_vec()),
+            pair: OnceLock::from(pair),
         })
     }
 
@@ -115,22 +136,15 @@ impl PrivateKey {
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, KeyError> {
         let info = PrivateKeyInfoRef::from_der(der).map_err(|_| KeyError::MalformedPrivateKey)?;
         if info.algorithm.oid != oids::EC_PUBLIC_KEY {
-            return Err(KeyError::UnsupportedPrivateKey {
-                oid: info.algorithm.oid.to_string(),
-            });
+            return Err(KeyError::UnsupportedPrivateKey { oid: info.algorithm.oid.to_string() });
         }
-        let curve: Oid = info
-            .algorithm
-            .parameters_oid()
-            .map_err(|_| KeyError::MalformedPrivateKey)?;
+        let curve: Oid = info.algorithm.parameters_oid().map_err(|_| KeyError::MalformedPrivateKey)?;
         match curve {
             oids::SM2P256V1 => Sm2PrivateKey::from_pkcs8_der(der)
                 .map(Self::from_sm2)
                 .map_err(|_| KeyError::MalformedPrivateKey),
             oids::SECP256R1 => Self::p256_from_pkcs8(der),
-            other => Err(KeyError::UnsupportedPrivateKey {
-                oid: other.to_string(),
-            }),
+            other => Err(KeyError::UnsupportedPrivateKey { oid: other.to_string() }),
         }
     }
 
@@ -159,20 +173,32 @@ impl Signer for PrivateKey {
     fn public_key(&self) -> PublicKey {
         match self {
             Self::Sm2 { key, .. } => PublicKey::Sm2(key.public_key()),
-            Self::P256 { pair, .. } => PublicKey::P256(pair.public_key().as_ref().to_vec()),
+            Self::P256 { public, .. } => PublicKey::P256(public.clone()),
         }
     }
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
         match self {
-            Self::Sm2 { signer, .. } => signer
+            Self::Sm2 { key, signer } => signer
+                .get_or_init(|| key.signing_key(&DistId::GMT_0009_DEFAULT))
                 .sign(msg)
                 .map(|s| s.to_der())
                 .map_err(|_| KeyError::SigningFailed),
-            Self::P256 { pair, .. } => pair
-                .sign(&ring_rng(), msg)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| KeyError::SigningFailed),
+            Self::P256 { pkcs8, pair, .. } => {
+                let pair = match pair.get() {
+                    Some(p) => p,
+                    None => {
+                        let made = rsig::EcdsaKeyPair::from_pkcs8(
+                            &rsig::ECDSA_P256_SHA256_ASN1_SIGNING,
+                            pkcs8,
+                            &ring_rng(),
+                        )
+                        .map_err(|_| KeyError::MalformedPrivateKey)?;
+                        pair.get_or_init(|| made)
+                    }
+                };
+                pair.sign(&ring_rng(), msg).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::SigningFailed)
+            }
         }
     }
 }
@@ -203,34 +229,24 @@ pub enum PublicKey {
 impl PublicKey {
     /// Parses a SubjectPublicKeyInfo.
     pub fn from_spki(spki: &SubjectPublicKeyInfoOwned) -> Result<Self, KeyError> {
-        let bits = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or(KeyError::MalformedPublicKey)?;
+        let bits = spki.subject_public_key.as_bytes().ok_or(KeyError::MalformedPublicKey)?;
         let alg = &spki.algorithm;
         if alg.oid == oids::RSA_ENCRYPTION {
             return Ok(Self::Rsa(bits.to_vec()));
         }
         if alg.oid != oids::EC_PUBLIC_KEY {
-            return Err(KeyError::UnsupportedPublicKey {
-                oid: alg.oid.to_string(),
-            });
+            return Err(KeyError::UnsupportedPublicKey { oid: alg.oid.to_string() });
         }
-        let curve: Oid = alg
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as().ok())
-            .ok_or(KeyError::MalformedPublicKey)?;
+        let curve: Oid =
+            alg.parameters.as_ref().and_then(|p| p.decode_as().ok()).ok_or(KeyError::MalformedPublicKey)?;
         match curve {
-            oids::SM2P256V1 => Sm2PublicKey::from_sec1_bytes(bits)
-                .map(Self::Sm2)
-                .map_err(|_| KeyError::MalformedPublicKey),
+            oids::SM2P256V1 => {
+                Sm2PublicKey::from_sec1_bytes(bits).map(Self::Sm2).map_err(|_| KeyError::MalformedPublicKey)
+            }
             oids::SECP256R1 if bits.len() == 65 && bits[0] == 4 => Ok(Self::P256(bits.to_vec())),
             oids::SECP384R1 if bits.len() == 97 && bits[0] == 4 => Ok(Self::P384(bits.to_vec())),
             oids::SECP256R1 | oids::SECP384R1 => Err(KeyError::MalformedPublicKey),
-            other => Err(KeyError::UnsupportedPublicKey {
-                oid: other.to_string(),
-            }),
+            other => Err(KeyError::UnsupportedPublicKey { oid: other.to_string() }),
         }
     }
 
@@ -292,10 +308,7 @@ impl PublicKey {
         msg: &[u8],
         signature: &[u8],
     ) -> Result<(), KeyError> {
-        let mismatch = || KeyError::AlgorithmMismatch {
-            algorithm,
-            key: self.kind(),
-        };
+        let mismatch = || KeyError::AlgorithmMismatch { algorithm, key: self.kind() };
         let ring_alg: &dyn rsig::VerificationAlgorithm = match (self, algorithm) {
             (Self::Sm2(k), SignatureAlgorithm::Sm2Sm3) => {
                 let sig = Sm2Signature::from_der(signature).map_err(|_| KeyError::BadSignature)?;
@@ -347,10 +360,14 @@ mod tests {
             let key = PrivateKey::generate(alg, &mut rng()).unwrap();
             let back = PrivateKey::from_pkcs8_der(&key.to_pkcs8_der().unwrap()).unwrap();
             assert_eq!(back.public_key(), key.public_key());
+            // The fresh key's cached public key matches what its (lazily built) signer uses.
+            let own = key.sign(b"tbs").unwrap();
+            key.public_key()
+                .verify(alg.signature_algorithm(), &DistId::GMT_0009_DEFAULT, b"tbs", &own)
+                .unwrap();
             let sig = back.sign(b"tbs").unwrap();
             let pk = PublicKey::from_spki_der(&key.public_key().to_spki_der()).unwrap();
-            pk.verify(alg.signature_algorithm(), &DistId::GMT_0009_DEFAULT, b"tbs", &sig)
-                .unwrap();
+            pk.verify(alg.signature_algorithm(), &DistId::GMT_0009_DEFAULT, b"tbs", &sig).unwrap();
             assert_eq!(
                 pk.verify(alg.signature_algorithm(), &DistId::GMT_0009_DEFAULT, b"tbX", &sig),
                 Err(KeyError::BadSignature)
@@ -368,15 +385,15 @@ mod tests {
         let sig = key.sign(b"tbs").unwrap();
         let pk = key.public_key();
         let empty = DistId::new("").unwrap();
-        assert_eq!(
-            pk.verify(SignatureAlgorithm::Sm2Sm3, &empty, b"tbs", &sig),
-            Err(KeyError::BadSignature)
-        );
+        assert_eq!(pk.verify(SignatureAlgorithm::Sm2Sm3, &empty, b"tbs", &sig), Err(KeyError::BadSignature));
     }
 
     #[test]
     fn garbage_private_keys_are_refused() {
-        assert_eq!(PrivateKey::from_pkcs8_der(b"\x30\x03\x02\x01\x00").err(), Some(KeyError::MalformedPrivateKey));
+        assert_eq!(
+            PrivateKey::from_pkcs8_der(b"\x30\x03\x02\x01\x00").err(),
+            Some(KeyError::MalformedPrivateKey)
+        );
         assert_eq!(PrivateKey::from_pkcs8_der(&[]).err(), Some(KeyError::MalformedPrivateKey));
     }
 

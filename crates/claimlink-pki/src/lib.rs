@@ -22,13 +22,13 @@ pub mod profile;
 pub mod verify;
 
 pub use alg::{KeyAlgorithm, SignatureAlgorithm};
-pub use x509_cert::name::Name;
 pub use cert::{Certificate, CertificateError, CertificateId};
 pub use csr::{CertificateRequest, CsrError};
 pub use key::{KeyError, PrivateKey, PublicKey, Signer};
 pub use pem::PemError;
 pub use profile::{IssueError, Issuer, Profile, Subject, ThingName, issue};
 pub use verify::{Purpose, TrustAnchors, ValidationOptions, VerifyError, verify_chain};
+pub use x509_cert::name::Name;
 
 /// Limits on untrusted input.
 pub mod limits {

@@ -55,9 +55,7 @@ pub enum NameError {
 /// in the reverse order as RFC 4514 specifies). Keys: CN, O, OU, C, ST, L, serialNumber, or a
 /// dotted OID.
 pub fn parse(input: &str) -> Result<Name, NameError> {
-    let syntax = || NameError::Syntax {
-        input: input.chars().take(MAX_NAME_STRING).collect(),
-    };
+    let syntax = || NameError::Syntax { input: input.chars().take(MAX_NAME_STRING).collect() };
     if input.trim().is_empty() || input.len() > MAX_NAME_STRING || !input.contains('=') {
         return Err(syntax());
     }
@@ -81,18 +79,13 @@ pub fn build(attrs: &[(Oid, &str)]) -> Result<Name, NameError> {
             })?;
             Any::from(s)
         } else {
-            let s = Utf8StringRef::new(value).map_err(|_| NameError::Value {
-                attribute: attr_name(*oid),
-                reason: "too long",
-            })?;
+            let s = Utf8StringRef::new(value)
+                .map_err(|_| NameError::Value { attribute: attr_name(*oid), reason: "too long" })?;
             Any::from(s)
         };
         let mut rdn = RelativeDistinguishedName::default();
         rdn.insert(AttributeTypeAndValue { oid: *oid, value: any })
-            .map_err(|_| NameError::Value {
-                attribute: attr_name(*oid),
-                reason: "cannot be encoded",
-            })?;
+            .map_err(|_| NameError::Value { attribute: attr_name(*oid), reason: "cannot be encoded" })?;
         seq.push(rdn);
     }
     Ok(Name::hazmat_from_rdn_sequence(seq))
@@ -135,10 +128,7 @@ pub fn with_common_name(name: &Name, cn: &str) -> Result<Name, NameError> {
 
 /// The first value of attribute `oid` in `name`, if it is a string.
 pub fn attribute(name: &Name, oid: Oid) -> Option<String> {
-    name.iter()
-        .find(|atv| atv.oid == oid)
-        .and_then(string_value)
-        .map(str::to_owned)
+    name.iter().find(|atv| atv.oid == oid).and_then(string_value).map(str::to_owned)
 }
 
 #[cfg(test)]

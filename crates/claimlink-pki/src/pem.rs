@@ -74,15 +74,10 @@ pub struct PemBlock {
 /// Decodes every PEM block in `text` (text between blocks is ignored, as OpenSSL does).
 pub fn decode_all(text: &[u8]) -> Result<Vec<PemBlock>, PemError> {
     if text.len() > MAX_PEM_LEN {
-        return Err(PemError::TooLarge {
-            len: text.len(),
-            max: MAX_PEM_LEN,
-        });
+        return Err(PemError::TooLarge { len: text.len(), max: MAX_PEM_LEN });
     }
-    let text = std::str::from_utf8(text).map_err(|_| PemError::Malformed {
-        index: 0,
-        reason: "not UTF-8 text".into(),
-    })?;
+    let text = std::str::from_utf8(text)
+        .map_err(|_| PemError::Malformed { index: 0, reason: "not UTF-8 text".into() })?;
     let mut blocks = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
@@ -91,26 +86,17 @@ pub fn decode_all(text: &[u8]) -> Result<Vec<PemBlock>, PemError> {
             return Err(PemError::TooManyBlocks { max: MAX_CHAIN_CERTS });
         }
         let from_begin = &rest[start..];
-        let end_at = from_begin.find("-----END ").ok_or_else(|| PemError::Malformed {
-            index,
-            reason: "no END line".into(),
-        })?;
+        let end_at = from_begin
+            .find("-----END ")
+            .ok_or_else(|| PemError::Malformed { index, reason: "no END line".into() })?;
         let after_end = &from_begin[end_at + 9..];
-        let close = after_end.find("-----").ok_or_else(|| PemError::Malformed {
-            index,
-            reason: "unterminated END line".into(),
-        })?;
+        let close = after_end
+            .find("-----")
+            .ok_or_else(|| PemError::Malformed { index, reason: "unterminated END line".into() })?;
         let block_len = end_at + 9 + close + 5;
-        let (label, der) = der::pem::decode_vec(from_begin[..block_len].as_bytes()).map_err(|e| {
-            PemError::Malformed {
-                index,
-                reason: e.to_string(),
-            }
-        })?;
-        blocks.push(PemBlock {
-            label: label.to_owned(),
-            der,
-        });
+        let (label, der) = der::pem::decode_vec(&from_begin.as_bytes()[..block_len])
+            .map_err(|e| PemError::Malformed { index, reason: e.to_string() })?;
+        blocks.push(PemBlock { label: label.to_owned(), der });
         rest = &from_begin[block_len..];
     }
     if blocks.is_empty() {
@@ -127,10 +113,7 @@ pub fn decode_labelled(text: &[u8], label: &'static str) -> Result<Vec<Vec<u8>>,
             if b.label == label {
                 Ok(b.der)
             } else {
-                Err(PemError::WrongLabel {
-                    expected: label,
-                    found: b.label,
-                })
+                Err(PemError::WrongLabel { expected: label, found: b.label })
             }
         })
         .collect()
@@ -163,9 +146,7 @@ pub fn encrypt_private_key<R: CryptoRng + ?Sized>(
     let params = pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, iv)
         .map_err(|_| PemError::EncryptionFailed)?;
     let info = PrivateKeyInfoRef::from_der(&der).map_err(|_| PemError::EncryptionFailed)?;
-    let doc = info
-        .encrypt_with_params(params, passphrase)
-        .map_err(|_| PemError::EncryptionFailed)?;
+    let doc = info.encrypt_with_params(params, passphrase).map_err(|_| PemError::EncryptionFailed)?;
     Ok(encode("ENCRYPTED PRIVATE KEY", doc.as_bytes()))
 }
 
@@ -173,10 +154,7 @@ pub fn encrypt_private_key<R: CryptoRng + ?Sized>(
 pub fn private_key_from_pem(text: &[u8], passphrase: Option<&[u8]>) -> Result<PrivateKey, PemError> {
     let mut blocks = decode_all(text)?;
     if blocks.len() != 1 {
-        return Err(PemError::Malformed {
-            index: 1,
-            reason: "expected exactly one private key".into(),
-        });
+        return Err(PemError::Malformed { index: 1, reason: "expected exactly one private key".into() });
     }
     let block = blocks.remove(0);
     let der = Zeroizing::new(block.der);
@@ -184,18 +162,13 @@ pub fn private_key_from_pem(text: &[u8], passphrase: Option<&[u8]>) -> Result<Pr
         "PRIVATE KEY" => Ok(PrivateKey::from_pkcs8_der(&der)?),
         "ENCRYPTED PRIVATE KEY" => {
             let passphrase = passphrase.ok_or(PemError::NeedsPassphrase)?;
-            let info = EncryptedPrivateKeyInfoRef::from_der(&der).map_err(|e| PemError::Malformed {
-                index: 0,
-                reason: e.to_string(),
-            })?;
+            let info = EncryptedPrivateKeyInfoRef::from_der(&der)
+                .map_err(|e| PemError::Malformed { index: 0, reason: e.to_string() })?;
             let plain = info.decrypt(passphrase).map_err(|_| PemError::WrongPassphrase)?;
             // A wrong passphrase that happens to leave valid padding yields garbage DER.
             PrivateKey::from_pkcs8_der(plain.as_bytes()).map_err(|_| PemError::WrongPassphrase)
         }
-        other => Err(PemError::WrongLabel {
-            expected: "PRIVATE KEY",
-            found: other.to_owned(),
-        }),
+        other => Err(PemError::WrongLabel { expected: "PRIVATE KEY", found: other.to_owned() }),
     }
 }
 

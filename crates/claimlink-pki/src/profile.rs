@@ -5,18 +5,18 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use der::asn1::{Any, BitString, Ia5String, ObjectIdentifier as Oid, OctetString, UintRef};
+use der::flagset::FlagSet;
 use der::{Encode, Sequence};
 use rand_core::CryptoRng;
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
-    SubjectAltName, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 use x509_cert::name::Name;
 use x509_cert::time::{Time, Validity};
-use der::flagset::FlagSet;
 
 use crate::cert::{Certificate, ext_oids};
 use crate::key::{KeyError, PublicKey, Signer, signature_bits};
@@ -187,12 +187,14 @@ fn ext<T: Encode>(oid: Oid, critical: bool, value: &T) -> Extension {
 }
 
 fn time(t: SystemTime) -> Result<Time, IssueError> {
-    der::DateTime::from_system_time(t)
-        .map(Time::from)
-        .map_err(|_| IssueError::BadTime)
+    der::DateTime::from_system_time(t).map(Time::from).map_err(|_| IssueError::BadTime)
 }
 
-fn extensions(profile: &Profile, subject_key: &PublicKey, issuer_key: &PublicKey) -> Result<Vec<Extension>, IssueError> {
+fn extensions(
+    profile: &Profile,
+    subject_key: &PublicKey,
+    issuer_key: &PublicKey,
+) -> Result<Vec<Extension>, IssueError> {
     let (bc, usages, eku): (BasicConstraints, FlagSet<KeyUsages>, Option<Oid>) = match profile {
         Profile::RootCa => (bc(true, None), KeyUsages::KeyCertSign | KeyUsages::CRLSign, None),
         Profile::IssuingCa { path_len } => (
@@ -200,32 +202,30 @@ fn extensions(profile: &Profile, subject_key: &PublicKey, issuer_key: &PublicKey
             KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature,
             None,
         ),
-        Profile::DeviceBirth | Profile::ClaimThing => (
-            bc(false, None),
-            KeyUsages::DigitalSignature.into(),
-            Some(ext_oids::KP_CLIENT_AUTH),
-        ),
-        Profile::TlsServer { .. } => (
-            bc(false, None),
-            KeyUsages::DigitalSignature.into(),
-            Some(ext_oids::KP_SERVER_AUTH),
-        ),
+        Profile::DeviceBirth | Profile::ClaimThing => {
+            (bc(false, None), KeyUsages::DigitalSignature.into(), Some(ext_oids::KP_CLIENT_AUTH))
+        }
+        Profile::TlsServer { .. } => {
+            (bc(false, None), KeyUsages::DigitalSignature.into(), Some(ext_oids::KP_SERVER_AUTH))
+        }
     };
-    let mut out = vec![
-        ext(ext_oids::BASIC_CONSTRAINTS, true, &bc),
-        ext(ext_oids::KEY_USAGE, true, &KeyUsage(usages)),
-    ];
+    let mut out =
+        vec![ext(ext_oids::BASIC_CONSTRAINTS, true, &bc), ext(ext_oids::KEY_USAGE, true, &KeyUsage(usages))];
     if let Some(purpose) = eku {
         out.push(ext(ext_oids::EXT_KEY_USAGE, false, &ExtendedKeyUsage(vec![purpose])));
     }
     if let Profile::TlsServer { dns, ips } = profile {
         out.push(ext(ext_oids::SUBJECT_ALT_NAME, false, &san(dns, ips)?));
     }
-    let ski = OctetString::new(subject_key.key_identifier().to_vec()).unwrap_or_else(|_| unreachable!("20 bytes"));
+    let ski =
+        OctetString::new(subject_key.key_identifier().to_vec()).unwrap_or_else(|_| unreachable!("20 bytes"));
     out.push(ext(ext_oids::SUBJECT_KEY_ID, false, &SubjectKeyIdentifier(ski)));
     if !matches!(profile, Profile::RootCa) {
         let aki = AuthorityKeyIdentifier {
-            key_identifier: Some(OctetString::new(issuer_key.key_identifier().to_vec()).unwrap_or_else(|_| unreachable!("20 bytes"))),
+            key_identifier: Some(
+                OctetString::new(issuer_key.key_identifier().to_vec())
+                    .unwrap_or_else(|_| unreachable!("20 bytes")),
+            ),
             authority_cert_issuer: None,
             authority_cert_serial_number: None,
         };
@@ -247,9 +247,14 @@ fn san(dns: &[String], ips: &[IpAddr]) -> Result<SubjectAltName, IssueError> {
         let valid = !d.is_empty()
             && d.len() <= 253
             && d.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && (l == "*" || l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+                !l.is_empty()
+                    && l.len() <= 63
+                    && (l == "*" || l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
             });
-        let ia5 = Ia5String::new(d).ok().filter(|_| valid).ok_or_else(|| IssueError::InvalidDnsName { name: d.clone() })?;
+        let ia5 = Ia5String::new(d)
+            .ok()
+            .filter(|_| valid)
+            .ok_or_else(|| IssueError::InvalidDnsName { name: d.clone() })?;
         names.push(GeneralName::DnsName(ia5));
     }
     for ip in ips {
@@ -330,7 +335,11 @@ pub(crate) fn build_signed<R: CryptoRng + ?Sized>(
 
 /// Signs the DER of `tbs` and wraps it as `SEQUENCE { tbs, algorithm, BIT STRING signature }`
 /// (the shape of certificates, CSRs and CRLs).
-pub(crate) fn sign_der<T: Encode>(tbs: &T, algorithm: AlgorithmIdentifierOwned, signer: &dyn Signer) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn sign_der<T: Encode>(
+    tbs: &T,
+    algorithm: AlgorithmIdentifierOwned,
+    signer: &dyn Signer,
+) -> Result<Vec<u8>, KeyError> {
     let tbs_der = tbs.to_der().unwrap_or_else(|_| unreachable!("TBS encodes"));
     let signature = signer.sign(&tbs_der)?;
     let signed = SignedDer {

@@ -146,12 +146,7 @@ pub struct ValidationOptions {
 impl ValidationOptions {
     /// Defaults at `time`: GM/T 0009 ID, depth 8, any purpose.
     pub fn at(time: SystemTime) -> Self {
-        Self {
-            time,
-            sm2_id: DistId::GMT_0009_DEFAULT,
-            max_depth: 8,
-            purpose: Purpose::Any,
-        }
+        Self { time, sm2_id: DistId::GMT_0009_DEFAULT, max_depth: 8, purpose: Purpose::Any }
     }
 }
 
@@ -187,13 +182,16 @@ fn check_alone(c: &Certificate, opts: &ValidationOptions) -> Result<(), VerifyEr
     Ok(())
 }
 
-fn check_signed_by(child: &Certificate, issuer: &Certificate, opts: &ValidationOptions) -> Result<(), VerifyError> {
+fn check_signed_by(
+    child: &Certificate,
+    issuer: &Certificate,
+    opts: &ValidationOptions,
+) -> Result<(), VerifyError> {
     let alg = child
         .signature_algorithm()
         .ok_or_else(|| VerifyError::UnsupportedAlgorithm { subject: subject(child) })?;
-    let key = issuer
-        .public_key()
-        .map_err(|_| VerifyError::UnsupportedAlgorithm { subject: subject(issuer) })?;
+    let key =
+        issuer.public_key().map_err(|_| VerifyError::UnsupportedAlgorithm { subject: subject(issuer) })?;
     key.verify(alg, &opts.sm2_id, child.tbs_der(), child.signature())
         .map_err(|_| VerifyError::BadSignature { subject: subject(child) })
 }

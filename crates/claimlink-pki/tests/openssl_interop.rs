@@ -7,6 +7,8 @@
 //! CA certificates it loads, so an SM2 chain is checked link by link: the issuing CA against the
 //! root, then the leaf against the issuing CA as a partial-chain anchor.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -70,7 +72,13 @@ fn every_profile_of_both_algorithms_is_accepted_by_openssl() {
     let d = dir.path();
     for alg in [KeyAlgorithm::Sm2, KeyAlgorithm::P256] {
         let root_key = PrivateKey::generate(alg, &mut rng()).unwrap();
-        let root = issue(&Issuer { certificate: None, signer: &root_key }, &Profile::RootCa, &subject("CN=Interop Root,O=claimlink,C=CN", &root_key, 30), &mut rng()).unwrap();
+        let root = issue(
+            &Issuer { certificate: None, signer: &root_key },
+            &Profile::RootCa,
+            &subject("CN=Interop Root,O=claimlink,C=CN", &root_key, 30),
+            &mut rng(),
+        )
+        .unwrap();
         let ca_key = PrivateKey::generate(alg, &mut rng()).unwrap();
         let ca = issue(
             &Issuer { certificate: Some(&root), signer: &root_key },
@@ -82,33 +90,60 @@ fn every_profile_of_both_algorithms_is_accepted_by_openssl() {
         let root_path = write(d, &format!("{alg}-root.pem"), &root.to_pem());
         let ca_path = write(d, &format!("{alg}-ca.pem"), &ca.to_pem());
         let root_text = text_of(&root_path);
-        assert!(root_text.contains("CA:TRUE") && root_text.contains("Certificate Sign, CRL Sign"), "{root_text}");
+        assert!(
+            root_text.contains("CA:TRUE") && root_text.contains("Certificate Sign, CRL Sign"),
+            "{root_text}"
+        );
         assert!(text_of(&ca_path).contains("CA:TRUE, pathlen:0"));
 
         let thing = claimlink_pki::ThingName::generate(&mut rng());
         let profiles = [
-            (Profile::DeviceBirth, format!("CN={thing},serialNumber={thing}"), "TLS Web Client Authentication", Purpose::ClientAuth),
             (
-                Profile::TlsServer { dns: vec!["staging.example.com".into()], ips: vec!["127.0.0.1".parse().unwrap()] },
+                Profile::DeviceBirth,
+                format!("CN={thing},serialNumber={thing}"),
+                "TLS Web Client Authentication",
+                Purpose::ClientAuth,
+            ),
+            (
+                Profile::TlsServer {
+                    dns: vec!["staging.example.com".into()],
+                    ips: vec!["127.0.0.1".parse().unwrap()],
+                },
                 "CN=staging.example.com".to_owned(),
                 "DNS:staging.example.com, IP Address:127.0.0.1",
                 Purpose::ServerAuth,
             ),
-            (Profile::ClaimThing, "CN=claim-thing,O=OEM".to_owned(), "TLS Web Client Authentication", Purpose::ClientAuth),
+            (
+                Profile::ClaimThing,
+                "CN=claim-thing,O=OEM".to_owned(),
+                "TLS Web Client Authentication",
+                Purpose::ClientAuth,
+            ),
         ];
         for (i, (profile, dn, expect, purpose)) in profiles.into_iter().enumerate() {
             let key = PrivateKey::generate(alg, &mut rng()).unwrap();
-            let leaf = issue(&Issuer { certificate: Some(&ca), signer: &ca_key }, &profile, &subject(&dn, &key, 20), &mut rng()).unwrap();
+            let leaf = issue(
+                &Issuer { certificate: Some(&ca), signer: &ca_key },
+                &profile,
+                &subject(&dn, &key, 20),
+                &mut rng(),
+            )
+            .unwrap();
             let leaf_path = write(d, &format!("{alg}-leaf{i}.pem"), &leaf.to_pem());
             let text = text_of(&leaf_path);
             assert!(text.contains(expect) && text.contains("CA:FALSE"), "{text}");
             if profile == Profile::DeviceBirth {
-                assert!(text.contains(&format!("CN = {thing}")) && text.contains(&format!("serialNumber = {thing}")), "{text}");
+                assert!(
+                    text.contains(&format!("CN = {thing}"))
+                        && text.contains(&format!("serialNumber = {thing}")),
+                    "{text}"
+                );
             }
             openssl_verify(alg, d, &root_path, &ca_path, &leaf_path);
             let mut opts = ValidationOptions::at(SystemTime::now());
             opts.purpose = purpose;
-            verify_chain(&leaf, std::slice::from_ref(&ca), &TrustAnchors::new(vec![root.clone()]), &opts).unwrap();
+            verify_chain(&leaf, std::slice::from_ref(&ca), &TrustAnchors::new(vec![root.clone()]), &opts)
+                .unwrap();
         }
     }
 }
@@ -121,9 +156,21 @@ fn sm2_chain_fails_in_openssl_without_the_gmt_0009_id() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root_key = PrivateKey::generate(KeyAlgorithm::Sm2, &mut rng()).unwrap();
-    let root = issue(&Issuer { certificate: None, signer: &root_key }, &Profile::RootCa, &subject("CN=R", &root_key, 1), &mut rng()).unwrap();
+    let root = issue(
+        &Issuer { certificate: None, signer: &root_key },
+        &Profile::RootCa,
+        &subject("CN=R", &root_key, 1),
+        &mut rng(),
+    )
+    .unwrap();
     let ca_key = PrivateKey::generate(KeyAlgorithm::Sm2, &mut rng()).unwrap();
-    let ca = issue(&Issuer { certificate: Some(&root), signer: &root_key }, &Profile::IssuingCa { path_len: None }, &subject("CN=I", &ca_key, 1), &mut rng()).unwrap();
+    let ca = issue(
+        &Issuer { certificate: Some(&root), signer: &root_key },
+        &Profile::IssuingCa { path_len: None },
+        &subject("CN=I", &ca_key, 1),
+        &mut rng(),
+    )
+    .unwrap();
     let r = write(dir.path(), "r.pem", &root.to_pem());
     let c = write(dir.path(), "c.pem", &ca.to_pem());
     let out = run(Command::new("openssl").args(["verify", "-CAfile", &r, &c]));
@@ -140,7 +187,12 @@ fn csrs_interoperate_with_openssl_req_both_ways() {
     for alg in [KeyAlgorithm::Sm2, KeyAlgorithm::P256] {
         // Ours -> openssl req -verify.
         let key = PrivateKey::generate(alg, &mut rng()).unwrap();
-        let csr = CertificateRequest::build(name::parse("CN=server.example,O=OEM").unwrap(), &key, &["server.example".into()]).unwrap();
+        let csr = CertificateRequest::build(
+            name::parse("CN=server.example,O=OEM").unwrap(),
+            &key,
+            &["server.example".into()],
+        )
+        .unwrap();
         let path = write(d, &format!("{alg}-ours.csr"), &csr.to_pem());
         let mut cmd = Command::new("openssl");
         cmd.args(["req", "-noout", "-verify", "-text", "-in", &path]);
@@ -156,18 +208,26 @@ fn csrs_interoperate_with_openssl_req_both_ways() {
         let key_path = d.join(format!("{alg}-openssl.key"));
         let genpkey: &[&str] = match alg {
             KeyAlgorithm::Sm2 => &["genpkey", "-algorithm", "SM2", "-out"],
-            KeyAlgorithm::P256 => &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"],
+            KeyAlgorithm::P256 => {
+                &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]
+            }
         };
         run_ok(Command::new("openssl").args(genpkey).arg(&key_path));
         let csr_path = d.join(format!("{alg}-openssl.csr"));
         let mut req = Command::new("openssl");
-        req.args(["req", "-new", "-subj", "/CN=device-from-openssl/O=OEM", "-key"]).arg(&key_path).arg("-out").arg(&csr_path);
+        req.args(["req", "-new", "-subj", "/CN=device-from-openssl/O=OEM", "-key"])
+            .arg(&key_path)
+            .arg("-out")
+            .arg(&csr_path);
         if alg == KeyAlgorithm::Sm2 {
             req.args(["-sm3", "-sigopt", DISTID]);
         }
         run_ok(&mut req);
         let theirs = CertificateRequest::from_pem(&std::fs::read(&csr_path).unwrap()).unwrap();
-        assert_eq!(name::attribute(theirs.subject(), name::attr::COMMON_NAME).as_deref(), Some("device-from-openssl"));
+        assert_eq!(
+            name::attribute(theirs.subject(), name::attr::COMMON_NAME).as_deref(),
+            Some("device-from-openssl")
+        );
         // And a tampered one is refused.
         let mut der = theirs.der().to_vec();
         let pos = der.windows(6).position(|w| w == b"device").unwrap();

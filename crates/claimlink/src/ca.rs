@@ -18,9 +18,9 @@ use claimlink_pki::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::PassphraseArg;
 use crate::files::{read_bounded, write_atomic, write_new};
 use crate::secret::{self, MIN_PASSPHRASE_LEN};
-use crate::PassphraseArg;
 
 const MAX_INPUT: u64 = 1 << 20;
 
@@ -120,7 +120,11 @@ pub(crate) fn init(args: &InitArgs) -> Result<()> {
         ("root-ca.pem", root.to_pem().into_bytes(), 0o644),
         ("root-ca.key", pem::encrypt_private_key(&root_key, pass.as_bytes(), &mut rng)?.into_bytes(), 0o600),
         ("issuing-ca.pem", issuing.to_pem().into_bytes(), 0o644),
-        ("issuing-ca.key", pem::encrypt_private_key(&issuing_key, pass.as_bytes(), &mut rng)?.into_bytes(), 0o600),
+        (
+            "issuing-ca.key",
+            pem::encrypt_private_key(&issuing_key, pass.as_bytes(), &mut rng)?.into_bytes(),
+            0o600,
+        ),
         ("chain.pem", format!("{}{}", issuing.to_pem(), root.to_pem()).into_bytes(), 0o644),
         ("ca.toml", toml::to_string(&info)?.into_bytes(), 0o644),
     ];
@@ -170,7 +174,8 @@ fn publish_dir(dir: &Path, files: &[(&str, Vec<u8>, u32)]) -> Result<()> {
 pub(crate) fn load(dir: &Path, passphrase: &PassphraseArg) -> Result<LoadedCa> {
     let info_path = dir.join("ca.toml");
     let info: CaInfo = toml::from_str(
-        &String::from_utf8(read_bounded(&info_path, MAX_INPUT)?).with_context(|| format!("{} is not UTF-8", info_path.display()))?,
+        &String::from_utf8(read_bounded(&info_path, MAX_INPUT)?)
+            .with_context(|| format!("{} is not UTF-8", info_path.display()))?,
     )
     .with_context(|| format!("{} is not a valid ca.toml", info_path.display()))?;
     let algorithm: KeyAlgorithm = info.algorithm.parse()?;

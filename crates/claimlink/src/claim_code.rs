@@ -90,14 +90,17 @@ impl ClaimCode {
     #[cfg_attr(not(test), allow(dead_code))] // staging's claim check uses it (issue 5)
     pub(crate) fn matches(&self, verifier: &str) -> bool {
         let mut parts = verifier.split('$');
-        let (Some("hmac-sm3"), Some(salt), Some(mac), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some("hmac-sm3"), Some(salt), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return false;
         };
         let (Ok(salt), Ok(expected)) = (hex::decode(salt), hex::decode(mac)) else {
             return false;
         };
         let actual = hmac_sm3(&salt, self.0.as_bytes());
-        expected.len() == actual.len() && expected.iter().zip(actual).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        expected.len() == actual.len()
+            && expected.iter().zip(actual).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 
@@ -133,8 +136,13 @@ mod tests {
     #[test]
     fn typing_mistakes_of_look_alikes_are_forgiven_and_bad_input_refused() {
         let code = ClaimCode::parse("0111-2222-3333-4444").unwrap();
-        assert_eq!(ClaimCode::parse("OIL1 2222 3333 4444").unwrap().expose_canonical(), code.expose_canonical());
-        for bad in ["", "0111-2222-3333-444", "0111-2222-3333-44445", "U111-2222-3333-4444", "ä111222233334444"] {
+        assert_eq!(
+            ClaimCode::parse("OIL1 2222 3333 4444").unwrap().expose_canonical(),
+            code.expose_canonical()
+        );
+        for bad in
+            ["", "0111-2222-3333-444", "0111-2222-3333-44445", "U111-2222-3333-4444", "ä111222233334444"]
+        {
             assert_eq!(ClaimCode::parse(bad).err(), Some(ClaimCodeError), "{bad}");
         }
     }

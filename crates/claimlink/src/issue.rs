@@ -160,9 +160,9 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
 }
 
 fn check_endpoint(endpoint: &str) -> Result<()> {
-    let ok = endpoint
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0));
+    let ok = endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
     if !ok {
         bail!("--staging-endpoint {endpoint:?} is not HOST:PORT");
     }
@@ -175,8 +175,10 @@ fn prepare(batch: &Batch, info: &BatchInfo, ca: &LoadedCa) -> Result<()> {
     }
     let info_path = batch.out.join("batch.toml");
     if info_path.exists() {
-        let text = fs::read_to_string(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?;
-        let existing: BatchInfo = toml::from_str(&text).with_context(|| format!("{} is not a batch description", info_path.display()))?;
+        let text =
+            fs::read_to_string(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?;
+        let existing: BatchInfo = toml::from_str(&text)
+            .with_context(|| format!("{} is not a batch description", info_path.display()))?;
         if existing.ca_issuing_id != info.ca_issuing_id || existing.algorithm != info.algorithm {
             bail!("{} was issued by another CA; use a new --out directory", batch.out.display());
         }
@@ -208,11 +210,13 @@ fn recover(batch: &Batch) -> Result<u64> {
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
         Ok(file) => scan_manifest(file, &path)?,
     };
-    let entries = fs::read_dir(&batch.staging).with_context(|| format!("cannot read {}", batch.staging.display()))?;
+    let entries =
+        fs::read_dir(&batch.staging).with_context(|| format!("cannot read {}", batch.staging.display()))?;
     for entry in entries {
         let entry = entry?;
         if !tail.contains(&entry.file_name().to_string_lossy().into_owned()) {
-            fs::remove_dir_all(entry.path()).with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("cannot remove {}", entry.path().display()))?;
         }
     }
     // The last group may have been cut off anywhere in its renames (folder or label).
@@ -261,13 +265,15 @@ fn publish(batch: &Batch, thing: &str) -> Result<()> {
     }
     let label = dir.join("label.svg");
     if label.exists() {
-        fs::rename(&label, batch.labels.join(format!("{thing}.svg"))).with_context(|| format!("cannot move {}", label.display()))?;
+        fs::rename(&label, batch.labels.join(format!("{thing}.svg")))
+            .with_context(|| format!("cannot move {}", label.display()))?;
     }
     Ok(())
 }
 
 fn produce(args: &IssueArgs, ca: &LoadedCa, batch: &Batch, done: u64) -> Result<()> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let threads =
+        args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
     let next = AtomicU64::new(done);
     let stop = AtomicBool::new(false);
     let org = name::attribute(ca.issuing.subject(), name::attr::ORGANIZATION);
@@ -305,7 +311,11 @@ fn produce(args: &IssueArgs, ca: &LoadedCa, batch: &Batch, done: u64) -> Result<
     Ok(())
 }
 
-fn commit_loop(batch: &Batch, rx: &mpsc::Receiver<Result<Done>>, progress: &indicatif::ProgressBar) -> Result<()> {
+fn commit_loop(
+    batch: &Batch,
+    rx: &mpsc::Receiver<Result<Done>>,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
     let mut manifest = OpenOptions::new()
         .create(true)
         .append(true)
@@ -428,7 +438,8 @@ fn device_toml(thing: &str, endpoint: &str, ca: &LoadedCa) -> String {
 /// Rewrites `manifest.csv` and `labels.html` from `manifest.jsonl` (streaming) and removes the
 /// empty staging directory.
 fn finish(batch: &Batch) -> Result<()> {
-    let manifest = File::open(batch.manifest()).with_context(|| format!("cannot open {}", batch.manifest().display()))?;
+    let manifest = File::open(batch.manifest())
+        .with_context(|| format!("cannot open {}", batch.manifest().display()))?;
     let csv_path = batch.out.join("manifest.csv");
     let sheet_path = batch.out.join("labels.html");
     let mut csv = std::io::BufWriter::new(File::create(batch.out.join(".manifest.csv.tmp"))?);

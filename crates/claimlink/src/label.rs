@@ -21,11 +21,7 @@ pub(crate) fn qr_payload(thing: &str, code: Option<&ClaimCode>) -> String {
 /// A 62 mm x 29 mm label as SVG.
 pub(crate) fn svg(thing: &str, code: Option<&ClaimCode>) -> Result<String> {
     let qr = QrCode::with_error_correction_level(qr_payload(thing, code).as_bytes(), EcLevel::M)?;
-    let inner = qr
-        .render::<svg::Color<'_>>()
-        .min_dimensions(200, 200)
-        .quiet_zone(true)
-        .build();
+    let inner = qr.render::<svg::Color<'_>>().min_dimensions(200, 200).quiet_zone(true).build();
     let inner = inner.trim_start_matches(|c| c != '<').to_owned();
     let inner = match inner.find("<svg") {
         Some(i) => inner[i..].replacen("<svg", r#"<svg x="4" y="4" width="104" height="104""#, 1),

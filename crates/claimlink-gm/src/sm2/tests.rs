@@ -10,23 +10,16 @@ fn h(s: &str) -> Vec<u8> {
 
 #[test]
 fn standard_signature_vector_verifies_against_d_times_g() {
-    let d = Sm2PrivateKey::from_bytes(&h(
-        "3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8",
-    ))
-    .unwrap();
+    let d = Sm2PrivateKey::from_bytes(&h("3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8"))
+        .unwrap();
     let r = h("F5A03B0648D2C4630EEAC513E1BB81A15944DA3827D5B74143AC7EACEEE720B3");
     let s = h("B1B6AA29DF212FD8763182BC0D421CA1BB9038FD1F7F42D4840B69C485BBC1AA");
     let sig = Sm2Signature::from_bytes(&[r, s].concat()).unwrap();
     let public = d.public_key();
-    public
-        .verify(&DistId::GMT_0009_DEFAULT, b"message digest", &sig)
-        .unwrap();
+    public.verify(&DistId::GMT_0009_DEFAULT, b"message digest", &sig).unwrap();
     // The same signature under another ID or another message must fail.
     let empty = DistId::new("").unwrap();
-    assert_eq!(
-        public.verify(&empty, b"message digest", &sig),
-        Err(Sm2Error::VerificationFailed)
-    );
+    assert_eq!(public.verify(&empty, b"message digest", &sig), Err(Sm2Error::VerificationFailed));
     assert_eq!(
         public.verify(&DistId::GMT_0009_DEFAULT, b"message digesT", &sig),
         Err(Sm2Error::VerificationFailed)
@@ -79,17 +72,19 @@ fn encryption_round_trips_in_both_formats_and_detects_tampering() {
 fn c1c3c2_layout_has_the_sm3_check_value_before_the_ciphertext() {
     // C3 = SM3(x2 || M || y2) sits right after C1; decrypting a C1C2C3 reordering must fail.
     let key = Sm2PrivateKey::generate(&mut rng());
-    let ct = key
-        .public_key()
-        .encrypt(&mut rng(), b"0123456789", Sm2CiphertextFormat::C1C3C2)
-        .unwrap();
+    let ct = key.public_key().encrypt(&mut rng(), b"0123456789", Sm2CiphertextFormat::C1C3C2).unwrap();
     let (c1, rest) = ct.split_at(65);
     let (c3, c2) = rest.split_at(32);
     let reordered = [c1, c2, c3].concat();
-    assert_eq!(
-        key.decrypt(&reordered, Sm2CiphertextFormat::C1C3C2),
-        Err(Sm2Error::DecryptionFailed)
-    );
+    assert_eq!(key.decrypt(&reordered, Sm2CiphertextFormat::C1C3C2), Err(Sm2Error::DecryptionFailed));
+}
+
+#[test]
+fn our_pkcs8_encoding_matches_upstreams() {
+    use sm2::pkcs8::EncodePrivateKey;
+    let key = Sm2PrivateKey::generate(&mut rng());
+    let upstream = key.secret.to_pkcs8_der().unwrap();
+    assert_eq!(&key.to_pkcs8_der().unwrap()[..], upstream.as_bytes());
 }
 
 #[test]
@@ -109,10 +104,7 @@ fn pkcs8_and_sec1_round_trip() {
 fn debug_output_never_contains_the_private_scalar() {
     let key = Sm2PrivateKey::generate(&mut rng());
     let secret = hex::encode(*key.to_bytes());
-    for text in [
-        format!("{key:?}"),
-        format!("{:?}", key.signing_key(&DistId::GMT_0009_DEFAULT)),
-    ] {
+    for text in [format!("{key:?}"), format!("{:?}", key.signing_key(&DistId::GMT_0009_DEFAULT))] {
         assert!(!text.to_lowercase().contains(&secret), "{text}");
     }
 }
@@ -120,9 +112,6 @@ fn debug_output_never_contains_the_private_scalar() {
 #[test]
 fn dist_id_length_is_bounded_by_entl() {
     assert!(DistId::new("a".repeat(MAX_DIST_ID_LEN)).is_ok());
-    assert_eq!(
-        DistId::new("a".repeat(MAX_DIST_ID_LEN + 1)),
-        Err(DistIdError { len: MAX_DIST_ID_LEN + 1 })
-    );
+    assert_eq!(DistId::new("a".repeat(MAX_DIST_ID_LEN + 1)), Err(DistIdError { len: MAX_DIST_ID_LEN + 1 }));
     assert_eq!(DistId::GMT_0009_DEFAULT.as_str(), "1234567812345678");
 }

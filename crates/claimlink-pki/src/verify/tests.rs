@@ -57,7 +57,8 @@ fn pki(alg: KeyAlgorithm) -> Pki {
 }
 
 fn leaf(p: &Pki, s: &Subject) -> Certificate {
-    issue(&Issuer { certificate: Some(&p.ca), signer: &p.ca_key }, &Profile::DeviceBirth, s, &mut rng()).unwrap()
+    issue(&Issuer { certificate: Some(&p.ca), signer: &p.ca_key }, &Profile::DeviceBirth, s, &mut rng())
+        .unwrap()
 }
 
 fn check(p: &Pki, leaf: &Certificate, opts: &ValidationOptions) -> Result<Vec<Certificate>, VerifyError> {
@@ -94,7 +95,10 @@ fn expired_and_not_yet_valid_are_refused() {
     let p = pki(KeyAlgorithm::P256);
     let key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
     let l = leaf(&p, &subject("dev", &key, 1));
-    assert!(matches!(check(&p, &l, &ValidationOptions::at(now() + YEAR * 2)), Err(VerifyError::Expired { .. })));
+    assert!(matches!(
+        check(&p, &l, &ValidationOptions::at(now() + YEAR * 2)),
+        Err(VerifyError::Expired { .. })
+    ));
     assert!(matches!(
         check(&p, &l, &ValidationOptions::at(now() - Duration::from_secs(7200))),
         Err(VerifyError::NotYetValid { .. })
@@ -119,7 +123,10 @@ fn wrong_issuer_is_refused() {
         &mut rng(),
     )
     .unwrap();
-    assert!(matches!(check(&p, &stranger, &ValidationOptions::at(now())), Err(VerifyError::UnknownIssuer { .. })));
+    assert!(matches!(
+        check(&p, &stranger, &ValidationOptions::at(now())),
+        Err(VerifyError::UnknownIssuer { .. })
+    ));
 }
 
 #[test]
@@ -128,12 +135,30 @@ fn issuer_with_ca_false_is_refused() {
     let dev_key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
     let dev = leaf(&p, &subject("dev", &dev_key, 20));
     assert_eq!(
-        issue(&Issuer { certificate: Some(&dev), signer: &dev_key }, &Profile::DeviceBirth, &subject("x", &dev_key, 1), &mut rng()).err(),
+        issue(
+            &Issuer { certificate: Some(&dev), signer: &dev_key },
+            &Profile::DeviceBirth,
+            &subject("x", &dev_key, 1),
+            &mut rng()
+        )
+        .err(),
         Some(crate::profile::IssueError::IssuerNotCa)
     );
     let victim_key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
-    let forged = build_signed(dev.subject().clone(), &dev_key, &Profile::DeviceBirth, &subject("victim", &victim_key, 1), &mut rng()).unwrap();
-    let r = verify_chain(&forged, &[p.ca.clone(), dev], &TrustAnchors::new(vec![p.root.clone()]), &ValidationOptions::at(now()));
+    let forged = build_signed(
+        dev.subject().clone(),
+        &dev_key,
+        &Profile::DeviceBirth,
+        &subject("victim", &victim_key, 1),
+        &mut rng(),
+    )
+    .unwrap();
+    let r = verify_chain(
+        &forged,
+        &[p.ca.clone(), dev],
+        &TrustAnchors::new(vec![p.root.clone()]),
+        &ValidationOptions::at(now()),
+    );
     assert!(matches!(r, Err(VerifyError::IssuerNotCa { .. })), "{r:?}");
 }
 
@@ -146,7 +171,10 @@ fn tampered_tbs_is_refused() {
     let pos = der.windows(11).position(|w| w == b"device-aaaa").unwrap();
     der[pos + 7] = b'b';
     let tampered = Certificate::from_der(&der).unwrap();
-    assert!(matches!(check(&p, &tampered, &ValidationOptions::at(now())), Err(VerifyError::BadSignature { .. })));
+    assert!(matches!(
+        check(&p, &tampered, &ValidationOptions::at(now())),
+        Err(VerifyError::BadSignature { .. })
+    ));
 }
 
 #[test]
@@ -162,8 +190,19 @@ fn path_len_exceeded_is_refused() {
     )
     .unwrap();
     let key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
-    let l = issue(&Issuer { certificate: Some(&sub), signer: &sub_key }, &Profile::DeviceBirth, &subject("dev", &key, 5), &mut rng()).unwrap();
-    let r = verify_chain(&l, &[p.ca.clone(), sub], &TrustAnchors::new(vec![p.root.clone()]), &ValidationOptions::at(now()));
+    let l = issue(
+        &Issuer { certificate: Some(&sub), signer: &sub_key },
+        &Profile::DeviceBirth,
+        &subject("dev", &key, 5),
+        &mut rng(),
+    )
+    .unwrap();
+    let r = verify_chain(
+        &l,
+        &[p.ca.clone(), sub],
+        &TrustAnchors::new(vec![p.root.clone()]),
+        &ValidationOptions::at(now()),
+    );
     assert!(matches!(r, Err(VerifyError::PathLenExceeded { path_len: 0, .. })), "{r:?}");
 }
 
