@@ -4,12 +4,16 @@
 # "device ceiling" rows of `cargo bench -p claimlink --bench crypto` (key generation + one
 # signature per device on every core), run on the same machine.
 #
+# Batches are kept until the end: ext4 allocates inodes slowly for minutes after a mass delete
+# (it skips recently freed inodes), which would slow whichever run came next.
+# BENCH_DIR picks the file system (default: a new directory under /tmp).
+#
 #   bash bench/issue-devices.sh [COUNTS...]      (default: 10000 100000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p claimlink
 bin="$PWD/target/release/claimlink"
-work="${BENCH_DIR:-$(mktemp -d /tmp/claimlink-bench.XXXXXX)}"
+work="$(mktemp -d "${BENCH_DIR:-/tmp}/claimlink-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 counts=("${@:-10000 100000}")
 read -r -a counts <<<"${counts[*]}"
@@ -26,6 +30,5 @@ for alg in sm2 p256; do
     read -r wall rss <"$work/time"
     rate=$(grep -o '([0-9]* devices/s)' "$work/log" | tr -dc 0-9)
     echo "| $alg | $n | $wall | $rate | $((rss / 1024)) |"
-    rm -rf "$out"
   done
 done

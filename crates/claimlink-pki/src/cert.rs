@@ -170,6 +170,11 @@ impl Certificate {
         Ok(all.remove(0))
     }
 
+    /// Parses a file's contents: PEM if it has a `-----BEGIN` line, else DER.
+    pub fn from_pem_or_der(bytes: &[u8]) -> Result<Self, CertificateError> {
+        if pem::looks_like_pem(bytes) { Self::from_pem(bytes) } else { Self::from_der(bytes) }
+    }
+
     /// Parses every `CERTIFICATE` block of a PEM bundle, in order.
     pub fn chain_from_pem(text: &[u8]) -> Result<Vec<Self>, CertificateError> {
         let blocks = pem::decode_labelled(text, "CERTIFICATE")?;

@@ -140,6 +140,11 @@ impl CertificateRequest {
         }
     }
 
+    /// Parses a file's contents: PEM if it has a `-----BEGIN` line, else DER.
+    pub fn from_pem_or_der(bytes: &[u8]) -> Result<Self, CsrError> {
+        if pem::looks_like_pem(bytes) { Self::from_pem(bytes) } else { Self::from_der(bytes) }
+    }
+
     /// The DER.
     pub fn der(&self) -> &[u8] {
         &self.der

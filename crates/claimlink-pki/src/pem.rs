@@ -71,6 +71,12 @@ pub struct PemBlock {
     pub der: Vec<u8>,
 }
 
+/// Whether `bytes` holds PEM rather than DER (DER starts with a SEQUENCE tag, PEM is text with
+/// a `-----BEGIN` line).
+pub fn looks_like_pem(bytes: &[u8]) -> bool {
+    bytes.first() != Some(&0x30) && bytes.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
 /// Decodes every PEM block in `text` (text between blocks is ignored, as OpenSSL does).
 pub fn decode_all(text: &[u8]) -> Result<Vec<PemBlock>, PemError> {
     if text.len() > MAX_PEM_LEN {

@@ -221,6 +221,12 @@ fn check_purpose(leaf: &Certificate, purpose: Purpose) -> Result<(), VerifyError
     let Some((oid, label)) = purpose.oid() else {
         return Ok(());
     };
+    // TLS authentication signs with the key: keyUsage, when present, must allow it.
+    if let Ok(Some((_, ku))) = leaf.key_usage() {
+        if !ku.0.contains(KeyUsages::DigitalSignature) {
+            return Err(VerifyError::WrongPurpose { subject: subject(leaf), purpose: label });
+        }
+    }
     match leaf.extended_key_usage() {
         Ok(Some((_, eku))) if eku.0.contains(&oid) => Ok(()),
         Ok(None) => Ok(()), // RFC 5280: no EKU means any purpose

@@ -245,3 +245,41 @@ fn csrs_interoperate_with_openssl_req_both_ways() {
         .unwrap();
     }
 }
+
+#[test]
+fn rsa_and_p384_chains_issued_by_openssl_verify_with_ours() {
+    if openssl("rsa_p384_chains").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ossl = |args: &[&str]| run_ok(Command::new("openssl").args(args).current_dir(d));
+    let ext = d.join("ext.cnf");
+    std::fs::write(&ext, "[v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n[leaf]\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n").unwrap();
+    for (name, genkey) in [
+        ("rsa", vec!["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        ("p384", vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
+    ] {
+        let (ca_key, ca_crt, leaf_key, leaf_csr, leaf_crt) =
+            (format!("{name}-ca.key"), format!("{name}-ca.pem"), format!("{name}-leaf.key"), format!("{name}-leaf.csr"), format!("{name}-leaf.pem"));
+        ossl(&[&genkey[..], &["-out", &ca_key]].concat());
+        ossl(&["req", "-x509", "-new", "-key", &ca_key, "-subj", "/CN=OpenSSL CA", "-days", "30", "-sha384", "-config", "ext.cnf", "-extensions", "v3_ca", "-out", &ca_crt]);
+        ossl(&[&genkey[..], &["-out", &leaf_key]].concat());
+        ossl(&["req", "-new", "-key", &leaf_key, "-subj", "/CN=OpenSSL leaf", "-out", &leaf_csr]);
+        ossl(&["x509", "-req", "-in", &leaf_csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-days", "30", "-sha256", "-extfile", "ext.cnf", "-extensions", "leaf", "-out", &leaf_crt]);
+        let ca = Certificate::from_pem(&std::fs::read(d.join(&ca_crt)).unwrap()).unwrap();
+        let leaf = Certificate::from_pem(&std::fs::read(d.join(&leaf_crt)).unwrap()).unwrap();
+        let csr = CertificateRequest::from_pem(&std::fs::read(d.join(&leaf_csr)).unwrap()).unwrap();
+        assert_eq!(csr.public_key(), &leaf.public_key().unwrap());
+        let mut opts = ValidationOptions::at(SystemTime::now());
+        opts.purpose = Purpose::ClientAuth;
+        let path = verify_chain(&leaf, &[], &TrustAnchors::new(vec![ca.clone()]), &opts).unwrap();
+        assert_eq!(path.len(), 2, "{name}");
+        // One flipped bit in the signature and the path is refused.
+        let mut der = leaf.der().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let bad = Certificate::from_der(&der).unwrap();
+        assert!(verify_chain(&bad, &[], &TrustAnchors::new(vec![ca]), &opts).is_err(), "{name}");
+    }
+}

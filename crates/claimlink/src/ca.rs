@@ -192,7 +192,7 @@ pub(crate) fn load(dir: &Path, passphrase: &PassphraseArg) -> Result<LoadedCa> {
 }
 
 fn read_cert(path: &Path) -> Result<Certificate> {
-    Certificate::from_pem(&read_bounded(path, MAX_INPUT)?).with_context(|| format!("{}", path.display()))
+    Certificate::from_pem_or_der(&read_bounded(path, MAX_INPUT)?).with_context(|| format!("{}", path.display()))
 }
 
 /// `ca sign-csr` arguments.
@@ -236,7 +236,7 @@ pub(crate) fn sign_csr(args: &SignCsrArgs) -> Result<()> {
     if args.out.exists() {
         bail!("{} already exists; refusing to overwrite it", args.out.display());
     }
-    let csr = CertificateRequest::from_pem(&read_bounded(&args.csr, MAX_INPUT)?)
+    let csr = CertificateRequest::from_pem_or_der(&read_bounded(&args.csr, MAX_INPUT)?)
         .with_context(|| format!("{}", args.csr.display()))?;
     let ca = load(&args.ca, &args.passphrase)?;
     let profile = match args.profile {

@@ -28,6 +28,9 @@ struct Symbol {
     width: usize,
 }
 
+/// Widest symbol the packed penalty scorer handles (version 11).
+const MAX_WIDTH: usize = 61;
+
 /// Encodes `payload` at error correction level M, choosing the mask with the lowest ISO/IEC
 /// 18004 section 7.8.3 penalty, as `qrcode` does, but scored on a plain module array: the
 /// crate's scorer took a third of the time of issuing a device.
@@ -35,6 +38,9 @@ fn encode(payload: &[u8]) -> Result<Symbol> {
     use qrcode::canvas::{Canvas, MaskPattern};
     let bits = qrcode::bits::encode_auto(payload, EcLevel::M)?;
     let version = bits.version();
+    if !matches!(version, qrcode::Version::Normal(v) if 4 * v + 17 <= MAX_WIDTH as i16) {
+        anyhow::bail!("label payload needs a QR symbol wider than {MAX_WIDTH} modules");
+    }
     let (data, ec) = qrcode::ec::construct_codewords(&bits.into_bytes(), version, EcLevel::M)?;
     let mut canvas = Canvas::new(version, EcLevel::M);
     canvas.draw_all_functional_patterns();
@@ -64,54 +70,54 @@ fn encode(payload: &[u8]) -> Result<Symbol> {
     Ok(best.1)
 }
 
-/// The mask penalty N1 + N2 + N3 + N4 of ISO/IEC 18004:2015 section 7.8.3, without allocating.
+/// The mask penalty N1 + N2 + N3 + N4 of ISO/IEC 18004:2015 section 7.8.3, on rows and columns
+/// packed into bit masks (symbols up to version 11, 61 modules wide; labels use version 3 or 4).
 fn penalty(s: &Symbol) -> usize {
     let w = s.width;
-    let mut columns = vec![false; s.dark.len()];
-    for (i, d) in s.dark.iter().enumerate() {
-        columns[(i % w) * w + i / w] = *d;
+    let mut rows = vec![0u64; w];
+    let mut cols = vec![0u64; w];
+    for (y, line) in s.dark.chunks(w).enumerate() {
+        for (x, d) in line.iter().enumerate() {
+            rows[y] |= u64::from(*d) << x;
+            cols[x] |= u64::from(*d) << y;
+        }
     }
-    let lines: usize =
-        s.dark.chunks(w).chain(columns.chunks(w)).map(|l| line_penalty(l.iter().copied())).sum();
-    let blocks = s
-        .dark
-        .chunks(w)
-        .zip(s.dark.chunks(w).skip(1))
-        .map(|(a, b)| (1..w).filter(|&x| a[x - 1] == a[x] && b[x - 1] == a[x] && b[x] == a[x]).count() * 3)
-        .sum::<usize>(); // N2: 2x2 blocks of one colour
-    let dark = s.dark.iter().filter(|d| **d).count();
-    let percent = dark * 100 / s.dark.len().max(1);
+    let lines: usize = rows.iter().chain(&cols).map(|l| line_penalty(*l, w)).sum();
+    let inner = (1u64 << (w - 1)) - 1; // pairs (x, x+1) for x in 0..w-1
+    let blocks: usize = rows
+        .windows(2)
+        .map(|ab| {
+            let (a, b) = (ab[0], ab[1]);
+            let same = !(a ^ (a >> 1)) & !(b ^ (b >> 1)) & !(a ^ b) & inner;
+            same.count_ones() as usize * 3 // N2: 2x2 blocks of one colour
+        })
+        .sum();
+    let dark: usize = rows.iter().map(|r| r.count_ones() as usize).sum();
+    let percent = dark * 100 / (w * w).max(1);
     lines + blocks + 10 * (percent.abs_diff(50) / 5) // N4: dark proportion away from 50 %
 }
 
 /// N1 (3 + (length - 5) for each run of five or more modules of one colour) and N3 (40 for each
 /// 1:1:3:1:1 finder-like pattern with four light modules on one side; the quiet zone outside
-/// the symbol counts as light) of one row or column.
-fn line_penalty(line: impl Iterator<Item = bool>) -> usize {
-    const FINDER_THEN_LIGHT: u16 = 0b101_1101_0000;
-    const LIGHT_THEN_FINDER: u16 = 0b000_0101_1101;
-    let (mut score, mut run, mut last, mut window) = (0, 0usize, None, 0u16);
-    let push = |bit: bool, window: &mut u16| {
-        *window = ((*window << 1) | u16::from(bit)) & 0x7ff;
-        if *window == FINDER_THEN_LIGHT || *window == LIGHT_THEN_FINDER { 40 } else { 0 }
-    };
-    for _ in 0..4 {
-        score += push(false, &mut window);
+/// the symbol counts as light) of one row or column of `w` modules, bit x = module x.
+fn line_penalty(line: u64, w: usize) -> usize {
+    const FINDER_THEN_LIGHT: u128 = 0b000_0101_1101; // bit order: module x at bit x
+    const LIGHT_THEN_FINDER: u128 = 0b101_1101_0000;
+    // Run boundaries: bit x set where module x differs from module x + 1, plus the line's end.
+    let mut ends = ((line ^ (line >> 1)) & ((1u64 << (w - 1)) - 1)) | (1u64 << (w - 1));
+    let (mut score, mut start) = (0, 0);
+    while ends != 0 {
+        let end = ends.trailing_zeros() as usize;
+        let run = end + 1 - start;
+        score += if run >= 5 { run - 2 } else { 0 };
+        start = end + 1;
+        ends &= ends - 1;
     }
-    for module in line {
-        score += push(module, &mut window);
-        if last == Some(module) {
-            run += 1;
-        } else {
-            score += if run >= 5 { run - 2 } else { 0 };
-            (run, last) = (1, Some(module));
-        }
-    }
-    score += if run >= 5 { run - 2 } else { 0 };
-    for _ in 0..4 {
-        score += push(false, &mut window);
-    }
-    score
+    let padded = u128::from(line) << 4; // four light modules before, and after (zeros above)
+    let finders = (0..=w + 8 - 11)
+        .filter(|k| matches!((padded >> k) & 0x7ff, FINDER_THEN_LIGHT | LIGHT_THEN_FINDER))
+        .count();
+    score + 40 * finders
 }
 
 /// The QR symbol as one SVG path of horizontal runs (far fewer bytes than a square per module),
@@ -208,8 +214,11 @@ mod tests {
         assert!(penalty(&ours) <= penalty(&theirs));
         // The penalty of a known pattern: a 5-run scores 3, a lone finder pattern 40 (x2: the
         // light padding matches on both sides), and nothing else.
-        assert_eq!(line_penalty([true, true, true, true, true].into_iter()), 3);
-        assert_eq!(line_penalty([true, false, true, true, true, false, true].into_iter()), 80);
+        assert_eq!(line_penalty(0b11111, 5), 3);
+        assert_eq!(line_penalty(0b1011101, 7), 80);
+        assert_eq!(line_penalty(0b1011101_0000, 11), 80);
+        assert_eq!(line_penalty(0b0101010, 7), 0);
+        assert_eq!(line_penalty(0b1111100000011, 13), 3 + 4);
         let no_code = encode(qr_payload(thing, None).as_bytes()).unwrap();
         assert_eq!(decode(&no_code), "CLM1:0123456789ABCDEF0123456789ABCDEF");
         // Every dark module is covered by exactly one run of the path.

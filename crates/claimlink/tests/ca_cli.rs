@@ -244,7 +244,7 @@ fn bad_input_gets_a_clear_error_and_writes_nothing() {
     assert!(!o.status.success() && stderr(&o).contains("file/batch"), "{}", stderr(&o));
     // Malformed CSR files, each named in the error; no certificate written.
     let cases: [(&str, &[u8], &str); 4] = [
-        ("garbage.csr", b"hello", "no PEM block"),
+        ("garbage.csr", b"hello", "malformed CSR"),
         (
             "b64.csr",
             b"-----BEGIN CERTIFICATE REQUEST-----\n@@@@\n-----END CERTIFICATE REQUEST-----\n",
@@ -388,6 +388,14 @@ fn openssl_csrs_are_signed_for_server_and_claim_thing_profiles() {
             }
             assert!(run_ok(v.arg(&cert)).contains("OK"));
         }
+        // The same CSR in DER is accepted too.
+        let der = env.s(&format!("{alg}.csr.der"));
+        run_ok(Command::new("openssl").args(["req", "-in", &csr, "-outform", "DER", "-out", &der]));
+        let cert = env.s(&format!("{alg}-from-der.pem"));
+        run_ok(bin().args([
+            "ca", "sign-csr", "--ca", &env.s(&ca), "--passphrase-file", &env.s("pass"), "--csr", &der,
+            "--profile", "claim-thing", "--out", &cert,
+        ]));
         // A server certificate needs a name.
         let o = out(bin().args([
             "ca",
