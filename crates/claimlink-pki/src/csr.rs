@@ -145,6 +145,16 @@ impl CertificateRequest {
         if pem::looks_like_pem(bytes) { Self::from_pem(bytes) } else { Self::from_der(bytes) }
     }
 
+    /// The signed part (the DER of certificationRequestInfo as received).
+    pub fn info_der(&self) -> &[u8] {
+        crate::cert::first_inner_tlv(&self.der).unwrap_or_else(|| unreachable!("parsed and verified"))
+    }
+
+    /// The signature bytes.
+    pub fn signature(&self) -> &[u8] {
+        self.inner.signature.raw_bytes()
+    }
+
     /// The DER.
     pub fn der(&self) -> &[u8] {
         &self.der

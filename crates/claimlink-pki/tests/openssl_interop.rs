@@ -260,13 +260,53 @@ fn rsa_and_p384_chains_issued_by_openssl_verify_with_ours() {
         ("rsa", vec!["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
         ("p384", vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"]),
     ] {
-        let (ca_key, ca_crt, leaf_key, leaf_csr, leaf_crt) =
-            (format!("{name}-ca.key"), format!("{name}-ca.pem"), format!("{name}-leaf.key"), format!("{name}-leaf.csr"), format!("{name}-leaf.pem"));
+        let (ca_key, ca_crt, leaf_key, leaf_csr, leaf_crt) = (
+            format!("{name}-ca.key"),
+            format!("{name}-ca.pem"),
+            format!("{name}-leaf.key"),
+            format!("{name}-leaf.csr"),
+            format!("{name}-leaf.pem"),
+        );
         ossl(&[&genkey[..], &["-out", &ca_key]].concat());
-        ossl(&["req", "-x509", "-new", "-key", &ca_key, "-subj", "/CN=OpenSSL CA", "-days", "30", "-sha384", "-config", "ext.cnf", "-extensions", "v3_ca", "-out", &ca_crt]);
+        ossl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &ca_key,
+            "-subj",
+            "/CN=OpenSSL CA",
+            "-days",
+            "30",
+            "-sha384",
+            "-config",
+            "ext.cnf",
+            "-extensions",
+            "v3_ca",
+            "-out",
+            &ca_crt,
+        ]);
         ossl(&[&genkey[..], &["-out", &leaf_key]].concat());
         ossl(&["req", "-new", "-key", &leaf_key, "-subj", "/CN=OpenSSL leaf", "-out", &leaf_csr]);
-        ossl(&["x509", "-req", "-in", &leaf_csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-days", "30", "-sha256", "-extfile", "ext.cnf", "-extensions", "leaf", "-out", &leaf_crt]);
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            &leaf_csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-days",
+            "30",
+            "-sha256",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            "leaf",
+            "-out",
+            &leaf_crt,
+        ]);
         let ca = Certificate::from_pem(&std::fs::read(d.join(&ca_crt)).unwrap()).unwrap();
         let leaf = Certificate::from_pem(&std::fs::read(d.join(&leaf_crt)).unwrap()).unwrap();
         let csr = CertificateRequest::from_pem(&std::fs::read(d.join(&leaf_csr)).unwrap()).unwrap();

@@ -192,7 +192,8 @@ pub(crate) fn load(dir: &Path, passphrase: &PassphraseArg) -> Result<LoadedCa> {
 }
 
 fn read_cert(path: &Path) -> Result<Certificate> {
-    Certificate::from_pem_or_der(&read_bounded(path, MAX_INPUT)?).with_context(|| format!("{}", path.display()))
+    Certificate::from_pem_or_der(&read_bounded(path, MAX_INPUT)?)
+        .with_context(|| format!("{}", path.display()))
 }
 
 /// `ca sign-csr` arguments.

@@ -393,8 +393,18 @@ fn openssl_csrs_are_signed_for_server_and_claim_thing_profiles() {
         run_ok(Command::new("openssl").args(["req", "-in", &csr, "-outform", "DER", "-out", &der]));
         let cert = env.s(&format!("{alg}-from-der.pem"));
         run_ok(bin().args([
-            "ca", "sign-csr", "--ca", &env.s(&ca), "--passphrase-file", &env.s("pass"), "--csr", &der,
-            "--profile", "claim-thing", "--out", &cert,
+            "ca",
+            "sign-csr",
+            "--ca",
+            &env.s(&ca),
+            "--passphrase-file",
+            &env.s("pass"),
+            "--csr",
+            &der,
+            "--profile",
+            "claim-thing",
+            "--out",
+            &cert,
         ]));
         // A server certificate needs a name.
         let o = out(bin().args([
