@@ -216,7 +216,7 @@ mod tests {
         // light padding matches on both sides), and nothing else.
         assert_eq!(line_penalty(0b11111, 5), 3);
         assert_eq!(line_penalty(0b1011101, 7), 80);
-        assert_eq!(line_penalty(0b1011101_0000, 11), 80);
+        assert_eq!(line_penalty(0b101_1101_0000, 11), 80);
         assert_eq!(line_penalty(0b0101010, 7), 0);
         assert_eq!(line_penalty(0b1111100000011, 13), 3 + 4);
         let no_code = encode(qr_payload(thing, None).as_bytes()).unwrap();
