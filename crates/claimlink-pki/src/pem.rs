@@ -10,6 +10,10 @@ use crate::limits::{MAX_CHAIN_CERTS, MAX_PEM_LEN};
 
 /// PBKDF2-HMAC-SHA256 iterations for encrypted private keys (OWASP 2023 guidance).
 pub const PBKDF2_ITERATIONS: u32 = 600_000;
+/// Most PBKDF2 iterations accepted when reading a key (a crafted file must not hang us).
+pub const MAX_PBKDF2_ITERATIONS: u32 = 5_000_000;
+/// Largest scrypt cost N (2^20, 1 GiB with r = 8) and r * p accepted when reading a key.
+pub const MAX_SCRYPT_COST: u64 = 1 << 20;
 
 /// Errors reading or writing PEM and PKCS#8. Messages never contain key material or passphrases.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +55,12 @@ pub enum PemError {
     /// The passphrase does not decrypt the key (or the key was altered).
     #[error("wrong passphrase, or the encrypted key is corrupt")]
     WrongPassphrase,
+    /// The key's password-based encryption asks for more work than this crate allows.
+    #[error("the key's encryption parameters are too costly ({what})")]
+    KdfTooCostly {
+        /// Which parameter.
+        what: &'static str,
+    },
     /// The key is encrypted but no passphrase was given.
     #[error("the private key is encrypted and needs a passphrase")]
     NeedsPassphrase,
@@ -170,11 +180,30 @@ pub fn private_key_from_pem(text: &[u8], passphrase: Option<&[u8]>) -> Result<Pr
             let passphrase = passphrase.ok_or(PemError::NeedsPassphrase)?;
             let info = EncryptedPrivateKeyInfoRef::from_der(&der)
                 .map_err(|e| PemError::Malformed { index: 0, reason: e.to_string() })?;
+            check_kdf_cost(&info.encryption_algorithm)?;
             let plain = info.decrypt(passphrase).map_err(|_| PemError::WrongPassphrase)?;
             // A wrong passphrase that happens to leave valid padding yields garbage DER.
             PrivateKey::from_pkcs8_der(plain.as_bytes()).map_err(|_| PemError::WrongPassphrase)
         }
         other => Err(PemError::WrongLabel { expected: "PRIVATE KEY", found: other.to_owned() }),
+    }
+}
+
+fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<(), PemError> {
+    use pkcs8::pkcs5::{EncryptionScheme, pbes2::Kdf};
+    let EncryptionScheme::Pbes2(params) = scheme else {
+        return Ok(()); // PBES1 is refused by the decryptor itself
+    };
+    match &params.kdf {
+        Kdf::Pbkdf2(p) if p.iteration_count > MAX_PBKDF2_ITERATIONS => {
+            Err(PemError::KdfTooCostly { what: "PBKDF2 iteration count" })
+        }
+        Kdf::Scrypt(p)
+            if p.cost_parameter > MAX_SCRYPT_COST || u32::from(p.block_size) * u32::from(p.parallelization) > 64 =>
+        {
+            Err(PemError::KdfTooCostly { what: "scrypt cost" })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -202,6 +231,25 @@ mod tests {
             );
             assert_eq!(private_key_from_pem(pem.as_bytes(), None).err(), Some(PemError::NeedsPassphrase));
         }
+    }
+
+    #[test]
+    fn a_key_demanding_absurd_pbkdf2_work_is_refused_before_deriving() {
+        let key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
+        let der = key.to_pkcs8_der().unwrap();
+        let info = PrivateKeyInfoRef::from_der(&der).unwrap();
+        // Encrypt cheaply with 65,536 iterations, then rewrite the count to 8,388,607.
+        let params = pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(0x01_0000, &[1; 16], [2; 16]).unwrap();
+        let mut doc = info.encrypt_with_params(params, b"pw").unwrap().as_bytes().to_vec();
+        let at = doc.windows(5).position(|w| w == [0x02, 0x03, 0x01, 0x00, 0x00]).unwrap();
+        doc[at + 2..at + 5].copy_from_slice(&[0x7f, 0xff, 0xff]);
+        let pem = encode("ENCRYPTED PRIVATE KEY", &doc);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            private_key_from_pem(pem.as_bytes(), Some(b"pw")).err(),
+            Some(PemError::KdfTooCostly { what: "PBKDF2 iteration count" })
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
