@@ -199,7 +199,8 @@ fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<(), PemErro
             Err(PemError::KdfTooCostly { what: "PBKDF2 iteration count" })
         }
         Kdf::Scrypt(p)
-            if p.cost_parameter > MAX_SCRYPT_COST || u32::from(p.block_size) * u32::from(p.parallelization) > 64 =>
+            if p.cost_parameter > MAX_SCRYPT_COST
+                || u32::from(p.block_size) * u32::from(p.parallelization) > 64 =>
         {
             Err(PemError::KdfTooCostly { what: "scrypt cost" })
         }
@@ -239,7 +240,8 @@ mod tests {
         let der = key.to_pkcs8_der().unwrap();
         let info = PrivateKeyInfoRef::from_der(&der).unwrap();
         // Encrypt cheaply with 65,536 iterations, then rewrite the count to 8,388,607.
-        let params = pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(0x01_0000, &[1; 16], [2; 16]).unwrap();
+        let params =
+            pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(0x01_0000, &[1; 16], [2; 16]).unwrap();
         let mut doc = info.encrypt_with_params(params, b"pw").unwrap().as_bytes().to_vec();
         let at = doc.windows(5).position(|w| w == [0x02, 0x03, 0x01, 0x00, 0x00]).unwrap();
         doc[at + 2..at + 5].copy_from_slice(&[0x7f, 0xff, 0xff]);
