@@ -156,6 +156,23 @@ pub struct Subject {
     pub extra_extensions: Vec<Extension>,
 }
 
+/// How far notBefore is set back from the time of issue, so that a device whose clock is a
+/// little behind still accepts a certificate issued just now.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(3600);
+
+impl Subject {
+    /// A subject valid from [`CLOCK_SKEW_ALLOWANCE`] before `now` until `now + validity`.
+    pub fn new(name: Name, public_key: PublicKey, now: SystemTime, validity: Duration) -> Self {
+        Self {
+            name,
+            public_key,
+            not_before: now - CLOCK_SKEW_ALLOWANCE,
+            not_after: now + validity,
+            extra_extensions: Vec::new(),
+        }
+    }
+}
+
 #[derive(Sequence)]
 struct TbsCertificate<'a> {
     #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]

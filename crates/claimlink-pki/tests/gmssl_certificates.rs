@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use claimlink_pki::profile::YEAR;
 use claimlink_pki::{
@@ -47,14 +47,7 @@ fn xy_hex(pk: &PublicKey) -> String {
 }
 
 fn subject(dn: &str, k: &PrivateKey) -> Subject {
-    let now = SystemTime::now();
-    Subject {
-        name: name::parse(dn).unwrap(),
-        public_key: k.public_key(),
-        not_before: now - Duration::from_secs(60),
-        not_after: now + YEAR * 20,
-        extra_extensions: vec![],
-    }
+    Subject::new(name::parse(dn).unwrap(), k.public_key(), SystemTime::now(), YEAR * 20)
 }
 
 fn link(cert: &Certificate, issuer_key: &PublicKey) -> String {

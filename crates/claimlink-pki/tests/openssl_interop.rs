@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use claimlink_pki::profile::YEAR;
 use claimlink_pki::verify::Purpose;
@@ -28,14 +28,7 @@ fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
 }
 
 fn subject(dn: &str, key: &dyn Signer, years: u32) -> Subject {
-    let now = SystemTime::now();
-    Subject {
-        name: name::parse(dn).unwrap(),
-        public_key: key.public_key(),
-        not_before: now - Duration::from_secs(60),
-        not_after: now + YEAR * years,
-        extra_extensions: vec![],
-    }
+    Subject::new(name::parse(dn).unwrap(), key.public_key(), SystemTime::now(), YEAR * years)
 }
 
 fn write(dir: &Path, file: &str, text: &str) -> String {

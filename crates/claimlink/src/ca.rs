@@ -71,14 +71,7 @@ pub(crate) fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
 }
 
 fn subject(name: Name, key: &PrivateKey, years: u32) -> Subject {
-    let now = SystemTime::now();
-    Subject {
-        name,
-        public_key: key.public_key(),
-        not_before: now - std::time::Duration::from_secs(3600),
-        not_after: now + YEAR * years,
-        extra_extensions: vec![],
-    }
+    Subject::new(name, key.public_key(), SystemTime::now(), YEAR * years)
 }
 
 /// `claimlink ca init`.
@@ -244,14 +237,8 @@ pub(crate) fn sign_csr(args: &SignCsrArgs) -> Result<()> {
         CsrProfile::Server => Profile::TlsServer { dns: args.dns.clone(), ips: args.ip.clone() },
         CsrProfile::ClaimThing => Profile::ClaimThing,
     };
-    let now = SystemTime::now();
-    let subject = Subject {
-        name: csr.subject().clone(),
-        public_key: csr.public_key().clone(),
-        not_before: now - std::time::Duration::from_secs(3600),
-        not_after: now + std::time::Duration::from_secs(u64::from(args.days) * 86_400),
-        extra_extensions: vec![],
-    };
+    let validity = std::time::Duration::from_secs(u64::from(args.days) * 86_400);
+    let subject = Subject::new(csr.subject().clone(), csr.public_key().clone(), SystemTime::now(), validity);
     let cert = issue(
         &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
         &profile,

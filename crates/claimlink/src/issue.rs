@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use claimlink_pki::profile::{DEVICE_VALIDITY, YEAR};
-use claimlink_pki::{Issuer, PrivateKey, Profile, Subject, ThingName, issue, name, pem};
+use claimlink_pki::{Issuer, PrivateKey, Profile, Signer, Subject, ThingName, issue, name, pem};
 use serde::{Deserialize, Serialize};
 
 use crate::PassphraseArg;
@@ -132,6 +132,8 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
         claim_codes: !args.no_claim_code,
         validity_years: args.validity_years,
     };
+    fs::create_dir_all(&batch.out).with_context(|| format!("cannot create {}", batch.out.display()))?;
+    let _lock = lock(&batch)?;
     prepare(&batch, &info, &ca)?;
     let done = recover(&batch)?;
     if done > args.count {
@@ -200,6 +202,21 @@ fn prepare(batch: &Batch, info: &BatchInfo, ca: &LoadedCa) -> Result<()> {
     write_atomic(&batch.out.join("chain.pem"), chain.as_bytes(), 0o644)?;
     write_atomic(&batch.out.join("root-ca.pem"), ca.root.to_pem().as_bytes(), 0o644)?;
     Ok(())
+}
+
+/// Takes `OUT/.lock` so that two runs never work on one batch; released when the process ends.
+fn lock(batch: &Batch) -> Result<File> {
+    let path = batch.out.join(".lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        anyhow::anyhow!("{} is being issued by another claimlink process", batch.out.display())
+    })?;
+    Ok(file)
 }
 
 /// Counts committed devices, repairs a torn manifest tail, and settles leftover staging folders.
@@ -376,17 +393,11 @@ fn make_device<R: rand_core::CryptoRng + ?Sized>(
     attrs.push((name::attr::COMMON_NAME, t));
     attrs.push((name::attr::SERIAL_NUMBER, t));
     let key = PrivateKey::generate(ca.algorithm, rng)?;
-    let now = SystemTime::now();
+    let subject = Subject::new(name::build(&attrs)?, key.public_key(), SystemTime::now(), validity);
     let cert = issue(
         &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
         &Profile::DeviceBirth,
-        &Subject {
-            name: name::build(&attrs)?,
-            public_key: claimlink_pki::Signer::public_key(&key),
-            not_before: now - Duration::from_secs(3600),
-            not_after: now + validity,
-            extra_extensions: vec![],
-        },
+        &subject,
         rng,
     )?;
     let code = (!args.no_claim_code).then(|| ClaimCode::generate(rng));

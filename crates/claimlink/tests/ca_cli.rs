@@ -452,6 +452,9 @@ fn an_interrupted_batch_resumes_without_losing_or_duplicating_devices() {
     while std::fs::metadata(&manifest).map_or(0, |m| m.len()) == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+    // While it runs, a second run on the same batch is refused.
+    let o = env.issue("ca", "b", total, &[]);
+    assert!(!o.status.success() && stderr(&o).contains("another claimlink process"), "{}", stderr(&o));
     child.kill().unwrap();
     child.wait().unwrap();
     let partial = manifest_names(&manifest).len();

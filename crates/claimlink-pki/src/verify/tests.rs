@@ -17,17 +17,9 @@ fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
 }
 
-fn subject(cn: &str, key: &PublicKeyOf, years: u32) -> Subject {
-    Subject {
-        name: name::parse(&format!("CN={cn},O=Test")).unwrap(),
-        public_key: key.public_key(),
-        not_before: now() - Duration::from_secs(3600),
-        not_after: now() + YEAR * years,
-        extra_extensions: vec![],
-    }
+fn subject(cn: &str, key: &PrivateKey, years: u32) -> Subject {
+    Subject::new(name::parse(&format!("CN={cn},O=Test")).unwrap(), key.public_key(), now(), YEAR * years)
 }
-
-type PublicKeyOf = PrivateKey;
 
 struct Pki {
     root_key: PrivateKey,
