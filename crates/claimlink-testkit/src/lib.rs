@@ -36,6 +36,16 @@ pub fn openssl(test: &str) -> Option<PathBuf> {
     if ok { Some(PathBuf::from("openssl")) } else { missing(test, "openssl", "apt-get install openssl") }
 }
 
+/// A command-line tool, if installed (`probe` is an argument that makes it exit 0), else the
+/// missing-peer policy with the Debian package that provides it.
+pub fn tool(test: &str, name: &str, probe: &str, package: &str) -> Option<PathBuf> {
+    if runs(Command::new(name).arg(probe)) {
+        Some(PathBuf::from(name))
+    } else {
+        missing(test, name, &format!("apt-get install {package}"))
+    }
+}
+
 /// The workspace root (two levels above a crate's manifest directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

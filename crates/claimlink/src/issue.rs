@@ -150,14 +150,16 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
     }
     finish(&batch)?;
     let made = args.count - done;
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "issued {made} {} devices in {secs:.1} s ({:.0} devices/s); {} in {}",
-        ca.algorithm,
-        made as f64 / secs.max(1e-9),
-        args.count,
-        batch.out.display()
-    );
+    if made > 0 {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "issued {made} {} devices in {secs:.1} s ({:.0} devices/s); {} in {}",
+            ca.algorithm,
+            made as f64 / secs.max(1e-9),
+            args.count,
+            batch.out.display()
+        );
+    }
     Ok(())
 }
 

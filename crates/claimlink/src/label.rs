@@ -147,7 +147,15 @@ fn qr_svg(symbol: &Symbol, x: u32, y: u32, size: u32) -> String {
 pub(crate) fn svg(thing: &str, code: Option<&ClaimCode>) -> Result<String> {
     let inner = qr_svg(&encode(qr_payload(thing, code).as_bytes())?, 4, 4, 104);
     let code_line = code
-        .map(|c| format!(r#"<text x="114" y="70" font-size="11">Claim code</text><text x="114" y="86" font-size="14" font-weight="bold">{}</text>"#, c.expose_grouped()))
+        .map(|c| {
+            // Two groups per line: 19 characters in one line do not fit at a typable size.
+            let grouped = c.expose_grouped();
+            let (first, second) = grouped.split_at(grouped.len().min(10));
+            format!(
+                r#"<text x="114" y="66" font-size="11">Claim code</text><text x="114" y="84" font-size="14" font-weight="bold">{}</text><text x="114" y="102" font-size="14" font-weight="bold">{second}</text>"#,
+                first.trim_end_matches('-')
+            )
+        })
         .unwrap_or_default();
     Ok(format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="62mm" height="29mm" viewBox="0 0 234 112" font-family="monospace">
@@ -228,6 +236,10 @@ mod tests {
             svg.split('h').skip(1).filter_map(|s| s.split('v').next()?.parse::<usize>().ok()).sum();
         assert_eq!(covered, dark);
         let label = super::svg(thing, Some(&code)).unwrap();
-        assert!(label.contains("7KQ2-M9XD-4HPT-ZC3W") && label.contains("0123456789abcdef"));
+        assert!(
+            label.contains(">7KQ2-M9XD<")
+                && label.contains(">4HPT-ZC3W<")
+                && label.contains("0123456789abcdef")
+        );
     }
 }

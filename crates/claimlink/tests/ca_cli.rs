@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use claimlink_testkit::{openssl, run_ok};
+use claimlink_testkit::{openssl, run_ok, tool};
 
 const PASS: &str = "correct horse battery staple";
 
@@ -140,10 +140,11 @@ fn issued_devices_are_complete_unique_and_verify_with_openssl() {
         }
         // The claim code is on the label but never in the manifest.
         let label = std::fs::read_to_string(env.p(&format!("{batch}/labels/{}.svg", names[0]))).unwrap();
-        let code = label.split("font-weight=\"bold\">").nth(1).unwrap().split('<').next().unwrap();
+        let line = |n: usize| label.split("font-weight=\"bold\">").nth(n).unwrap().split('<').next().unwrap();
+        let code = format!("{}-{}", line(1), line(2));
         assert_eq!(code.len(), 19);
         let manifest = std::fs::read_to_string(env.p(&format!("{batch}/manifest.jsonl"))).unwrap();
-        assert!(!manifest.contains(code) && !manifest.contains(&code.replace('-', "")));
+        assert!(!manifest.contains(&code) && !manifest.contains(&code.replace('-', "")));
         assert!(manifest.contains("\"claim_code_verifier\":\"hmac-sm3$"));
         if openssl("issued_devices_openssl").is_some() {
             for name in names.iter().take(5) {
@@ -508,4 +509,28 @@ fn batches_without_claim_codes_have_no_verifier_and_no_code_on_labels() {
     let name = manifest_names(&env.p("b/manifest.jsonl")).remove(0);
     let label = std::fs::read_to_string(env.p(&format!("b/labels/{name}.svg"))).unwrap();
     assert!(!label.contains("Claim code"));
+}
+
+#[test]
+fn printed_labels_scan_back_to_the_id_and_claim_code() {
+    // Render the SVG label as a printer would (librsvg) and scan it with an independent decoder
+    // (zbar), as a portal user's phone would.
+    let Some(rsvg) = tool("labels_scan", "rsvg-convert", "--version", "librsvg2-bin") else { return };
+    let Some(zbar) = tool("labels_scan", "zbarimg", "--version", "zbar-tools") else { return };
+    let env = Env::new();
+    env.init("sm2", "ca");
+    assert!(env.issue("ca", "b", 3, &[]).status.success());
+    for name in manifest_names(&env.p("b/manifest.jsonl")) {
+        let svg = env.p(&format!("b/labels/{name}.svg"));
+        let label = std::fs::read_to_string(&svg).unwrap();
+        let line = |n: usize| {
+            label.split("font-weight=\"bold\">").nth(n).unwrap().split('<').next().unwrap().to_owned()
+        };
+        let png = env.s(&format!("{name}.png"));
+        run_ok(Command::new(&rsvg).args(["-w", "600", "-b", "white", "-o", &png]).arg(&svg));
+        let scanned = run_ok(Command::new(&zbar).args(["-q", "--raw", &png]));
+        let expected =
+            format!("CLM1:{}:{}{}", name.to_uppercase(), line(1).replace('-', ""), line(2).replace('-', ""));
+        assert_eq!(scanned.trim(), expected);
+    }
 }
