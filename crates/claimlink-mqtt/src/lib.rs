@@ -4,7 +4,8 @@
 //!   remaining-length and UTF-8 rules of the specifications, property validity per packet type)
 //!   and encoded back;
 //! - [`topic`]: topic name and filter newtypes, wildcard matching and shared subscriptions;
-//! - [`reason`]: MQTT 5 reason codes and their MQTT 3.1.1 equivalents.
+//! - [`reason`]: MQTT 5 reason codes and their MQTT 3.1.1 equivalents;
+//! - [`server`]: the server side of one connection, driven by bytes, answers and time.
 //!
 //! What it is not: it opens no sockets, spawns no tasks, reads no clock. Callers hand it bytes
 //! and the current time; it hands back packets, bytes and deadlines.
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod packet;
 pub mod properties;
 pub mod reason;
+pub mod server;
 pub mod topic;
 
 pub use codec::{DecodeError, EncodeError, decode, encode};
