@@ -431,6 +431,14 @@ impl ServerConnection {
         self.fail(reason);
     }
 
+    /// The transport ended without a DISCONNECT (reset, EOF, TLS error): the will is published.
+    pub fn handle_transport_closed(&mut self) {
+        if self.state != State::Closed {
+            let will = self.will.take();
+            self.close(ReasonCode::UnspecifiedError, will);
+        }
+    }
+
     /// The earliest time `handle_timeout` must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed { None } else { self.deadline }

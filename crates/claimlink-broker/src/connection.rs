@@ -1,0 +1,282 @@
+//! One connection's task: reads bytes into the protocol state machine, answers its events with
+//! the hooks and the router, and writes what it produces.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use claimlink_mqtt::packet::{Connect, Publish, RetainHandling, Subscribe, Unsubscribe, Will};
+use claimlink_mqtt::server::{Event, ServerConfig, ServerConnection};
+use claimlink_mqtt::{Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::hooks::{ConnectRequest, Hooks, PeerIdentity};
+use crate::listener::Shared;
+use crate::router::Delivery;
+
+struct Session<C> {
+    client_id: String,
+    context: Arc<C>,
+    subscriptions: usize,
+}
+
+struct Task<H: Hooks> {
+    shared: Arc<Shared<H>>,
+    conn: ServerConnection,
+    id: u64,
+    peer: PeerIdentity,
+    tx: mpsc::Sender<Delivery>,
+    session: Option<Session<H::Context>>,
+}
+
+pub(crate) async fn serve<H: Hooks, S>(shared: Arc<Shared<H>>, stream: S, peer: PeerIdentity, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &shared.limits;
+    let config = ServerConfig {
+        max_packet_size: limits.max_packet_size,
+        receive_maximum: limits.receive_maximum,
+        topic_alias_maximum: limits.topic_alias_maximum,
+        connect_timeout: limits.connect_timeout,
+        max_queued: limits.max_queued,
+    };
+    let (tx, mut rx) = mpsc::channel(limits.max_queued.max(1));
+    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let conn = ServerConnection::new(config, Instant::now().into_std());
+    let mut task = Task { shared, conn, id, peer, tx, session: None };
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let deadline = task.conn.poll_timeout().map(Instant::from_std);
+        tokio::select! {
+            read = reader.read(&mut buf) => match read {
+                Ok(0) | Err(_) => task.conn.handle_transport_closed(),
+                Ok(n) => task.conn.handle_input(Instant::now().into_std(), &buf[..n]),
+            },
+            Some(delivery) = rx.recv() => match delivery {
+                Delivery::Message(m) => { let _ = task.conn.publish(m); }
+                Delivery::TakenOver => task.conn.disconnect(ReasonCode::SessionTakenOver),
+            },
+            () = sleep_until(deadline) => task.conn.handle_timeout(Instant::now().into_std()),
+            _ = shutdown.changed() => task.conn.disconnect(ReasonCode::ServerShuttingDown),
+        }
+        while let Some(event) = task.conn.poll_event() {
+            task.handle(event);
+        }
+        let out = task.conn.take_output();
+        if !out.is_empty() && writer.write_all(&out).await.is_err() {
+            task.conn.handle_transport_closed();
+            while let Some(event) = task.conn.poll_event() {
+                task.handle(event);
+            }
+        }
+        if task.conn.is_closed() {
+            let _ = writer.shutdown().await;
+            break;
+        }
+    }
+    task.finish();
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<H: Hooks> Task<H> {
+    fn v5(&self) -> bool {
+        self.conn.version() == ProtocolVersion::V5
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connect(c) => self.on_connect(&c),
+            Event::Publish(p) => self.on_publish(p),
+            Event::Subscribe(s) => self.on_subscribe(s),
+            Event::Unsubscribe(u) => self.on_unsubscribe(u),
+            Event::Delivered(_) => {}
+            Event::Closed { will, .. } => {
+                if let Some(will) = will {
+                    self.publish_will(will);
+                }
+            }
+        }
+    }
+
+    fn on_connect(&mut self, c: &Connect) {
+        let mut props = Properties::default();
+        let client_id = if c.client_id.is_empty() {
+            if !self.v5() && !c.clean_start {
+                return self.conn.reject(ReasonCode::ClientIdentifierNotValid);
+            }
+            let assigned = format!("auto-{}", self.id);
+            props.assigned_client_id = self.v5().then(|| assigned.clone());
+            assigned
+        } else {
+            c.client_id.clone()
+        };
+        if client_id.len() > self.shared.limits.max_client_id_len {
+            return self.conn.reject(ReasonCode::ClientIdentifierNotValid);
+        }
+        let request = ConnectRequest {
+            client_id: &client_id,
+            username: c.username.as_deref(),
+            password: c.password.as_deref(),
+            peer: &self.peer,
+        };
+        let context = match self.shared.hooks.on_connect(&request) {
+            Ok(ctx) => Arc::new(ctx),
+            Err(reason) => return self.conn.reject(reason),
+        };
+        if let Ok(mut router) = self.shared.router.lock() {
+            router.register(&client_id, self.id, self.tx.clone(), context.clone());
+        }
+        if self.v5() {
+            props.shared_subscription_available = Some(false);
+            props.maximum_qos = None;
+            props.retain_available = Some(true);
+        }
+        self.conn.accept(Instant::now().into_std(), false, props);
+        self.shared.hooks.connected(&context, &client_id);
+        tracing::debug!(client_id = %client_id, addr = %self.peer.addr, "connected");
+        self.session = Some(Session { client_id, context, subscriptions: 0 });
+    }
+
+    fn topic_fits(&self, topic: &str) -> bool {
+        let limits = &self.shared.limits;
+        topic.len() <= limits.max_topic_len && topic.split('/').count() <= limits.max_topic_levels
+    }
+
+    fn on_publish(&mut self, p: Publish) {
+        let Some(session) = &self.session else { return };
+        let topic = match TopicName::new(p.topic.as_str()) {
+            Ok(t) if self.topic_fits(&p.topic) && !p.topic.starts_with('$') => t,
+            _ => return self.refuse_publish(&p, ReasonCode::TopicNameInvalid),
+        };
+        if !self.shared.hooks.authorize_publish(&session.context, &topic, p.retain) {
+            return self.refuse_publish(&p, ReasonCode::NotAuthorized);
+        }
+        let delivered = match self.shared.router.lock() {
+            Ok(mut router) => {
+                if p.retain {
+                    router.retain(&p);
+                }
+                router.publish(&topic, &p, |ctx| self.shared.hooks.authorize_receive(ctx, &topic))
+            }
+            Err(_) => 0,
+        };
+        let reason = if delivered == 0 && self.v5() { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, reason),
+            (QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, reason),
+            _ => {}
+        }
+    }
+
+    /// MQTT 5 clients get the reason in the acknowledgement of a QoS 1/2 message; otherwise the
+    /// connection is closed, as AWS IoT Core does for unauthorised publishes.
+    fn refuse_publish(&mut self, p: &Publish, reason: ReasonCode) {
+        match (self.v5(), p.qos, p.packet_id) {
+            (true, QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, reason),
+            (true, QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, reason),
+            _ => self.conn.disconnect(reason),
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let Some(session) = &mut self.session else { return };
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let too_long = filter.as_str().len() > self.shared.limits.max_topic_len
+                || filter.as_str().split('/').count() > self.shared.limits.max_topic_levels;
+            let reason = if filter.shared().is_some() {
+                ReasonCode::SharedSubscriptionsNotSupported
+            } else if too_long {
+                ReasonCode::TopicFilterInvalid
+            } else if session.subscriptions >= self.shared.limits.max_subscriptions {
+                ReasonCode::QuotaExceeded
+            } else if !self.shared.hooks.authorize_subscribe(&session.context, filter) {
+                ReasonCode::NotAuthorized
+            } else {
+                let Ok(mut router) = self.shared.router.lock() else { continue };
+                let new = router.subscribe(&session.client_id, filter, *options);
+                session.subscriptions += usize::from(new);
+                let send = match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => new,
+                    RetainHandling::DoNotSend => false,
+                };
+                if send {
+                    for mut m in router.retained_for(filter) {
+                        m.qos = m.qos.min(options.qos);
+                        retained.push(m);
+                    }
+                }
+                match options.qos {
+                    QoS::AtMostOnce => ReasonCode::Success,
+                    QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                    QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                }
+            };
+            reasons.push(reason);
+        }
+        self.conn.suback(s.packet_id, reasons);
+        for m in retained {
+            let allowed = TopicName::new(m.topic.as_str())
+                .is_ok_and(|t| self.shared.hooks.authorize_receive(&session.context, &t));
+            if allowed {
+                let _ = self.conn.publish(m); // retained messages keep retain = 1 on subscribe
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let Some(session) = &mut self.session else { return };
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        if let Ok(mut router) = self.shared.router.lock() {
+            for filter in &u.filters {
+                let existed = router.unsubscribe(&session.client_id, filter);
+                session.subscriptions -= usize::from(existed);
+                reasons.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+            }
+        }
+        self.conn.unsuback(u.packet_id, if self.v5() { reasons } else { Vec::new() });
+    }
+
+    fn publish_will(&mut self, will: Will) {
+        let Some(session) = &self.session else { return };
+        let Ok(topic) = TopicName::new(will.topic.as_str()) else { return };
+        if !self.topic_fits(&will.topic) || !self.shared.hooks.authorize_publish(&session.context, &topic, will.retain) {
+            return;
+        }
+        let message = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            packet_id: None,
+            properties: will.properties,
+            payload: will.payload,
+        };
+        if let Ok(mut router) = self.shared.router.lock() {
+            if message.retain {
+                router.retain(&message);
+            }
+            router.publish(&topic, &message, |ctx| self.shared.hooks.authorize_receive(ctx, &topic));
+        }
+    }
+
+    fn finish(self) {
+        let Some(session) = self.session else { return };
+        if let Ok(mut router) = self.shared.router.lock() {
+            router.unregister(&session.client_id, self.id);
+        }
+        self.shared.hooks.disconnected(&session.context, &session.client_id);
+        tracing::debug!(client_id = %session.client_id, "disconnected");
+    }
+}

@@ -1,0 +1,74 @@
+//! What a role decides for the broker.
+
+use std::net::SocketAddr;
+
+use claimlink_mqtt::{ReasonCode, TopicFilter, TopicName};
+use rustls::pki_types::CertificateDer;
+
+/// Who is on the other end of a connection, as the transport saw it.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// The TLS server name the client asked for (SNI), if any.
+    pub sni: Option<String>,
+    /// The client's certificate chain, leaf first (empty without TLS client authentication).
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+/// A CONNECT to decide on. The password is given as bytes and must not be logged.
+#[derive(Debug)]
+pub struct ConnectRequest<'a> {
+    /// Client identifier (already assigned by the broker if the client sent none).
+    pub client_id: &'a str,
+    /// User name.
+    pub username: Option<&'a str>,
+    /// Password.
+    pub password: Option<&'a [u8]>,
+    /// Transport identity.
+    pub peer: &'a PeerIdentity,
+}
+
+/// Decisions a role makes. Every method runs on the connection's task and must not block.
+pub trait Hooks: Send + Sync + 'static {
+    /// Per-connection state the role keeps (identity, bound policy variables, ...).
+    type Context: Send + Sync + 'static;
+
+    /// Accept a CONNECT with a context, or refuse it with a reason (CONNACK "not authorized",
+    /// "bad user name or password", ...).
+    fn on_connect(&self, request: &ConnectRequest<'_>) -> Result<Self::Context, ReasonCode>;
+
+    /// May this connection publish to `topic` (with the retain flag as given)?
+    fn authorize_publish(&self, _ctx: &Self::Context, _topic: &TopicName, _retain: bool) -> bool {
+        true
+    }
+
+    /// May this connection subscribe to `filter`?
+    fn authorize_subscribe(&self, _ctx: &Self::Context, _filter: &TopicFilter) -> bool {
+        true
+    }
+
+    /// May this connection receive a message published on `topic`?
+    fn authorize_receive(&self, _ctx: &Self::Context, _topic: &TopicName) -> bool {
+        true
+    }
+
+    /// The connection was accepted.
+    fn connected(&self, _ctx: &Self::Context, _client_id: &str) {}
+
+    /// The connection ended.
+    fn disconnected(&self, _ctx: &Self::Context, _client_id: &str) {}
+}
+
+/// Lets everyone do everything: for `claimlink broker` and tests. Transport security (client
+/// certificates) still applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Hooks for AllowAll {
+    type Context = ();
+
+    fn on_connect(&self, _request: &ConnectRequest<'_>) -> Result<(), ReasonCode> {
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! Listeners (plain TCP for development and tests, TLS for everything else) and the broker
+//! handle that owns the router and the hooks.
+
+use std::io;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::connection;
+use crate::hooks::{Hooks, PeerIdentity};
+use crate::router::Router;
+
+/// Bounds on what clients may make the broker hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Simultaneous connections per broker.
+    pub max_connections: usize,
+    /// Largest packet accepted.
+    pub max_packet_size: u32,
+    /// Incoming unacknowledged QoS 1/2 messages per connection.
+    pub receive_maximum: u16,
+    /// Incoming topic aliases per connection.
+    pub topic_alias_maximum: u16,
+    /// Outgoing messages queued per connection (router queue and the window queue each).
+    pub max_queued: usize,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_len: usize,
+    /// Most `/`-separated levels in a topic.
+    pub max_topic_levels: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Longest client identifier, in bytes.
+    pub max_client_id_len: usize,
+    /// Time allowed for the TLS handshake and the CONNECT.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_packet_size: 128 * 1024 + 1024,
+            receive_maximum: 100,
+            topic_alias_maximum: 10,
+            max_queued: 1000,
+            max_topic_len: 256,
+            max_topic_levels: 8,
+            max_subscriptions: 50,
+            max_client_id_len: 128,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Chooses the TLS configuration (server certificate, client verifier) per connection from
+/// the server name the client asked for. `None` refuses the handshake.
+pub trait TlsSelector: Send + Sync + 'static {
+    /// The configuration for `sni`.
+    fn select(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>>;
+}
+
+impl TlsSelector for Arc<rustls::ServerConfig> {
+    fn select(&self, _sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
+        Some(self.clone())
+    }
+}
+
+pub(crate) struct Shared<H: Hooks> {
+    pub(crate) hooks: H,
+    pub(crate) router: Mutex<Router<H::Context>>,
+    pub(crate) limits: Limits,
+    pub(crate) next_connection: AtomicU64,
+    connections: Arc<Semaphore>,
+}
+
+/// A broker: hooks, router and limits, served on any number of listeners.
+pub struct Broker<H: Hooks> {
+    shared: Arc<Shared<H>>,
+}
+
+impl<H: Hooks> Clone for Broker<H> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl<H: Hooks> Broker<H> {
+    /// A broker with these hooks and limits.
+    pub fn new(hooks: H, limits: Limits) -> Self {
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let shared = Shared {
+            hooks,
+            router: Mutex::new(Router::default()),
+            limits,
+            next_connection: AtomicU64::new(1),
+            connections,
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> usize {
+        self.shared.router.lock().map_or(0, |r| r.clients())
+    }
+
+    /// Serves plain MQTT on `listener` until `shutdown` turns true.
+    pub async fn serve_tcp(&self, listener: TcpListener, shutdown: watch::Receiver<bool>) -> io::Result<()> {
+        self.serve(listener, None, shutdown).await
+    }
+
+    /// Serves MQTT over TLS on `listener` until `shutdown` turns true.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: Arc<dyn TlsSelector>,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        self.serve(listener, Some(tls), shutdown).await
+    }
+
+    async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<Arc<dyn TlsSelector>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        loop {
+            let (stream, addr) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%addr, "connection limit reached; refusing");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            let (tls, shutdown) = (tls.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let timeout = shared.limits.connect_timeout;
+                let Some(tls) = tls else {
+                    let peer = PeerIdentity { addr, sni: None, certificates: Vec::new() };
+                    connection::serve(shared, stream, peer, shutdown).await;
+                    return;
+                };
+                match tokio::time::timeout(timeout, handshake(stream, &*tls)).await {
+                    Ok(Ok((stream, sni, certificates))) => {
+                        let peer = PeerIdentity { addr, sni, certificates };
+                        connection::serve(shared, stream, peer, shutdown).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    }
+}
+
+type Handshaken = (
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Option<String>,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+);
+
+async fn handshake(stream: tokio::net::TcpStream, tls: &dyn TlsSelector) -> io::Result<Handshaken> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let config = tls
+        .select(sni.as_deref())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no TLS configuration for this server name"))?;
+    let stream = start.into_stream(config).await?;
+    let certificates = stream.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+    Ok((stream, sni, certificates))
+}

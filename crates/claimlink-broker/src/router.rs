@@ -1,0 +1,299 @@
+//! Who receives what: a topic trie of subscriptions, the connected clients' delivery queues,
+//! and retained messages.
+//!
+//! Delivery never waits: each client has a bounded queue, and a message for a full queue is
+//! dropped for that client only (and counted), so a slow consumer cannot stall anyone else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use claimlink_mqtt::packet::{Publish, SubscriptionOptions};
+use claimlink_mqtt::{QoS, TopicFilter, TopicName};
+use tokio::sync::mpsc;
+
+/// What a connection task receives from the router.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A message to send (QoS already reduced to the subscription's maximum).
+    Message(Publish),
+    /// Another connection took over this client identifier.
+    TakenOver,
+}
+
+struct Client<C> {
+    connection: u64,
+    tx: mpsc::Sender<Delivery>,
+    context: Arc<C>,
+}
+
+#[derive(Default)]
+struct Node {
+    subscribers: HashMap<String, SubscriptionOptions>,
+    children: HashMap<String, Node>,
+}
+
+impl Node {
+    fn insert(&mut self, levels: &[&str], client: &str, options: SubscriptionOptions) -> bool {
+        match levels.split_first() {
+            None => self.subscribers.insert(client.to_owned(), options).is_none(),
+            Some((level, rest)) => self.children.entry((*level).to_owned()).or_default().insert(rest, client, options),
+        }
+    }
+
+    fn remove(&mut self, levels: &[&str], client: &str) -> bool {
+        match levels.split_first() {
+            None => self.subscribers.remove(client).is_some(),
+            Some((level, rest)) => {
+                let Some(child) = self.children.get_mut(*level) else { return false };
+                let removed = child.remove(rest, client);
+                if child.subscribers.is_empty() && child.children.is_empty() {
+                    self.children.remove(*level);
+                }
+                removed
+            }
+        }
+    }
+
+    fn remove_client(&mut self, client: &str) {
+        self.subscribers.remove(client);
+        self.children.retain(|_, c| {
+            c.remove_client(client);
+            !(c.subscribers.is_empty() && c.children.is_empty())
+        });
+    }
+
+    /// Collects subscribers whose filters match `levels`; `first` applies the `$` rule.
+    fn collect(&self, levels: &[&str], first: bool, out: &mut HashMap<String, QoS>) {
+        let dollar = first && levels.first().is_some_and(|l| l.starts_with('$'));
+        if !dollar {
+            if let Some(hash) = self.children.get("#") {
+                merge(out, &hash.subscribers);
+            }
+        }
+        let Some((level, rest)) = levels.split_first() else {
+            merge(out, &self.subscribers);
+            return;
+        };
+        if let Some(child) = self.children.get(*level) {
+            child.collect(rest, false, out);
+        }
+        if !dollar {
+            if let Some(plus) = self.children.get("+") {
+                plus.collect(rest, false, out);
+            }
+        }
+    }
+}
+
+/// A client's highest matching QoS wins when several of its filters match (section 3.3.4).
+fn merge(out: &mut HashMap<String, QoS>, subs: &HashMap<String, SubscriptionOptions>) {
+    for (client, options) in subs {
+        let q = out.entry(client.clone()).or_insert(options.qos);
+        *q = (*q).max(options.qos);
+    }
+}
+
+/// Router state shared by all connections.
+pub struct Router<C> {
+    clients: HashMap<String, Client<C>>,
+    trie: Node,
+    retained: BTreeMap<String, Publish>,
+    dropped: AtomicU64,
+}
+
+impl<C> Default for Router<C> {
+    fn default() -> Self {
+        Self { clients: HashMap::new(), trie: Node::default(), retained: BTreeMap::new(), dropped: AtomicU64::new(0) }
+    }
+}
+
+impl<C> Router<C> {
+    /// Registers a connection for `client_id`; an older connection with the same id is told it
+    /// was taken over. Returns whether one was.
+    pub fn register(&mut self, client_id: &str, connection: u64, tx: mpsc::Sender<Delivery>, context: Arc<C>) -> bool {
+        let old = self.clients.insert(client_id.to_owned(), Client { connection, tx, context });
+        match old {
+            Some(old) => {
+                self.trie.remove_client(client_id);
+                let _ = old.tx.try_send(Delivery::TakenOver);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a connection, unless a newer one already took its client id.
+    pub fn unregister(&mut self, client_id: &str, connection: u64) {
+        if self.clients.get(client_id).is_some_and(|c| c.connection == connection) {
+            self.clients.remove(client_id);
+            self.trie.remove_client(client_id);
+        }
+    }
+
+    /// Adds a subscription (replacing one on the same filter). Returns whether it is new.
+    pub fn subscribe(&mut self, client_id: &str, filter: &TopicFilter, options: SubscriptionOptions) -> bool {
+        let levels: Vec<&str> = filter.pattern().split('/').collect();
+        self.trie.insert(&levels, client_id, options)
+    }
+
+    /// Removes a subscription. Returns whether it existed.
+    pub fn unsubscribe(&mut self, client_id: &str, filter: &TopicFilter) -> bool {
+        let levels: Vec<&str> = filter.pattern().split('/').collect();
+        self.trie.remove(&levels, client_id)
+    }
+
+    /// Stores or clears (empty payload) the retained message of a topic.
+    pub fn retain(&mut self, message: &Publish) {
+        if message.payload.is_empty() {
+            self.retained.remove(&message.topic);
+        } else {
+            let mut kept = message.clone();
+            kept.dup = false;
+            kept.packet_id = None;
+            kept.properties.topic_alias = None;
+            self.retained.insert(message.topic.clone(), kept);
+        }
+    }
+
+    /// Retained messages matching `filter`.
+    pub fn retained_for(&self, filter: &TopicFilter) -> Vec<Publish> {
+        self.retained
+            .values()
+            .filter(|m| TopicName::new(m.topic.as_str()).is_ok_and(|t| filter.matches(&t)))
+            .cloned()
+            .collect()
+    }
+
+    /// Delivers `message` to every matching subscriber that `may_receive` allows. Returns how
+    /// many queues took it.
+    pub fn publish(&self, topic: &TopicName, message: &Publish, may_receive: impl Fn(&C) -> bool) -> usize {
+        let levels: Vec<&str> = topic.levels().collect();
+        let mut targets = HashMap::new();
+        self.trie.collect(&levels, true, &mut targets);
+        let mut delivered = 0;
+        for (client_id, qos) in targets {
+            let Some(client) = self.clients.get(&client_id) else { continue };
+            if !may_receive(&client.context) {
+                continue;
+            }
+            let mut copy = message.clone();
+            copy.qos = copy.qos.min(qos);
+            copy.retain = false;
+            copy.dup = false;
+            copy.packet_id = None;
+            copy.properties.topic_alias = None;
+            match client.tx.try_send(Delivery::Message(copy)) {
+                Ok(()) => delivered += 1,
+                Err(_) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Messages dropped because a subscriber's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use claimlink_mqtt::Properties;
+
+    fn msg(topic: &str) -> Publish {
+        Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: topic.into(),
+            packet_id: Some(3),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn client(r: &mut Router<()>, id: &str, conn: u64) -> mpsc::Receiver<Delivery> {
+        let (tx, rx) = mpsc::channel(2);
+        r.register(id, conn, tx, Arc::new(()));
+        rx
+    }
+
+    #[test]
+    fn the_trie_matches_like_the_filter_definition() {
+        let mut r = Router::default();
+        let cases = ["a/b", "a/+", "a/#", "#", "+/b", "$SYS/#", "+/+"];
+        let mut receivers = Vec::new();
+        for (i, f) in cases.iter().enumerate() {
+            receivers.push(client(&mut r, &format!("c{i}"), i as u64));
+            r.subscribe(&format!("c{i}"), &TopicFilter::new(*f).unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce));
+        }
+        for topic in ["a/b", "a", "x/b", "$SYS/x", "a/b/c"] {
+            let name = TopicName::new(topic).unwrap();
+            let levels: Vec<&str> = name.levels().collect();
+            let mut got = HashMap::new();
+            r.trie.collect(&levels, true, &mut got);
+            for (i, f) in cases.iter().enumerate() {
+                let expected = TopicFilter::new(*f).unwrap().matches(&name);
+                assert_eq!(got.contains_key(&format!("c{i}")), expected, "{f} vs {topic}");
+            }
+        }
+    }
+
+    #[test]
+    fn takeover_unsubscribes_the_old_connection_and_tells_it() {
+        let mut r = Router::default();
+        let mut old = client(&mut r, "dev", 1);
+        r.subscribe("dev", &TopicFilter::new("t").unwrap(), SubscriptionOptions::qos(QoS::AtMostOnce));
+        let _new = client(&mut r, "dev", 2);
+        assert!(matches!(old.try_recv(), Ok(Delivery::TakenOver)));
+        assert_eq!(r.publish(&TopicName::new("t").unwrap(), &msg("t"), |_| true), 0, "subscriptions did not survive takeover");
+        r.unregister("dev", 1);
+        assert_eq!(r.clients(), 1, "the old connection's exit leaves the new one registered");
+    }
+
+    #[test]
+    fn a_full_queue_drops_for_that_client_only_and_qos_is_capped() {
+        let mut r = Router::default();
+        let mut slow = client(&mut r, "slow", 1);
+        let mut fast = client(&mut r, "fast", 2);
+        for c in ["slow", "fast"] {
+            r.subscribe(c, &TopicFilter::new("t").unwrap(), SubscriptionOptions::qos(QoS::AtMostOnce));
+        }
+        let t = TopicName::new("t").unwrap();
+        for _ in 0..2 {
+            assert_eq!(r.publish(&t, &msg("t"), |_| true), 2);
+        }
+        // Drain only the fast one; the slow queue (capacity 2) is full.
+        while let Ok(Delivery::Message(m)) = fast.try_recv() {
+            assert_eq!(m.qos, QoS::AtMostOnce, "capped at the subscription QoS");
+            assert!(!m.retain && m.packet_id.is_none());
+        }
+        assert_eq!(r.publish(&t, &msg("t"), |_| true), 1);
+        assert_eq!(r.dropped(), 1);
+        assert!(slow.try_recv().is_ok());
+    }
+
+    #[test]
+    fn retained_messages_are_stored_cleared_and_matched() {
+        let mut r: Router<()> = Router::default();
+        r.retain(&msg("a/b"));
+        r.retain(&msg("a/c"));
+        assert_eq!(r.retained_for(&TopicFilter::new("a/+").unwrap()).len(), 2);
+        let mut clear = msg("a/b");
+        clear.payload = Bytes::new();
+        r.retain(&clear);
+        let left = r.retained_for(&TopicFilter::new("#").unwrap());
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].packet_id, None);
+    }
+}
