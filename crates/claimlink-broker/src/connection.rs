@@ -30,8 +30,12 @@ struct Task<H: Hooks> {
     session: Option<Session<H::Context>>,
 }
 
-pub(crate) async fn serve<H: Hooks, S>(shared: Arc<Shared<H>>, stream: S, peer: PeerIdentity, mut shutdown: watch::Receiver<bool>)
-where
+pub(crate) async fn serve<H: Hooks, S>(
+    shared: Arc<Shared<H>>,
+    stream: S,
+    peer: PeerIdentity,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &shared.limits;
@@ -56,7 +60,11 @@ where
                 Ok(n) => task.conn.handle_input(Instant::now().into_std(), &buf[..n]),
             },
             Some(delivery) = rx.recv() => match delivery {
-                Delivery::Message(m) => { let _ = task.conn.publish(m); }
+                Delivery::Message(m, qos) => {
+                    let mut m = Publish::clone(&m);
+                    m.qos = qos;
+                    let _ = task.conn.publish(m);
+                }
                 Delivery::TakenOver => task.conn.disconnect(ReasonCode::SessionTakenOver),
             },
             () = sleep_until(deadline) => task.conn.handle_timeout(Instant::now().into_std()),
@@ -169,7 +177,8 @@ impl<H: Hooks> Task<H> {
             }
             Err(_) => 0,
         };
-        let reason = if delivered == 0 && self.v5() { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        let reason =
+            if delivered == 0 && self.v5() { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
         match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, reason),
             (QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, reason),
@@ -251,7 +260,9 @@ impl<H: Hooks> Task<H> {
     fn publish_will(&mut self, will: Will) {
         let Some(session) = &self.session else { return };
         let Ok(topic) = TopicName::new(will.topic.as_str()) else { return };
-        if !self.topic_fits(&will.topic) || !self.shared.hooks.authorize_publish(&session.context, &topic, will.retain) {
+        if !self.topic_fits(&will.topic)
+            || !self.shared.hooks.authorize_publish(&session.context, &topic, will.retain)
+        {
             return;
         }
         let message = Publish {

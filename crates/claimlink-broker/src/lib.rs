@@ -13,6 +13,7 @@ mod connection;
 pub mod hooks;
 pub mod listener;
 pub mod router;
+pub mod tls;
 
 pub use hooks::{AllowAll, ConnectRequest, Hooks, PeerIdentity};
 pub use listener::{Broker, Limits, TlsSelector};

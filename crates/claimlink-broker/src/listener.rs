@@ -170,9 +170,9 @@ type Handshaken = (
 async fn handshake(stream: tokio::net::TcpStream, tls: &dyn TlsSelector) -> io::Result<Handshaken> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
-    let config = tls
-        .select(sni.as_deref())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::PermissionDenied, "no TLS configuration for this server name"))?;
+    let config = tls.select(sni.as_deref()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::PermissionDenied, "no TLS configuration for this server name")
+    })?;
     let stream = start.into_stream(config).await?;
     let certificates = stream.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
     Ok((stream, sni, certificates))

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 /// What a connection task receives from the router.
 #[derive(Debug)]
 pub enum Delivery {
-    /// A message to send (QoS already reduced to the subscription's maximum).
-    Message(Publish),
+    /// A message to send, shared by all its subscribers, and the QoS for this one (the lower
+    /// of the published QoS and the subscription's maximum).
+    Message(Arc<Publish>, QoS),
     /// Another connection took over this client identifier.
     TakenOver,
 }
@@ -37,7 +38,9 @@ impl Node {
     fn insert(&mut self, levels: &[&str], client: &str, options: SubscriptionOptions) -> bool {
         match levels.split_first() {
             None => self.subscribers.insert(client.to_owned(), options).is_none(),
-            Some((level, rest)) => self.children.entry((*level).to_owned()).or_default().insert(rest, client, options),
+            Some((level, rest)) => {
+                self.children.entry((*level).to_owned()).or_default().insert(rest, client, options)
+            }
         }
     }
 
@@ -104,14 +107,25 @@ pub struct Router<C> {
 
 impl<C> Default for Router<C> {
     fn default() -> Self {
-        Self { clients: HashMap::new(), trie: Node::default(), retained: BTreeMap::new(), dropped: AtomicU64::new(0) }
+        Self {
+            clients: HashMap::new(),
+            trie: Node::default(),
+            retained: BTreeMap::new(),
+            dropped: AtomicU64::new(0),
+        }
     }
 }
 
 impl<C> Router<C> {
     /// Registers a connection for `client_id`; an older connection with the same id is told it
     /// was taken over. Returns whether one was.
-    pub fn register(&mut self, client_id: &str, connection: u64, tx: mpsc::Sender<Delivery>, context: Arc<C>) -> bool {
+    pub fn register(
+        &mut self,
+        client_id: &str,
+        connection: u64,
+        tx: mpsc::Sender<Delivery>,
+        context: Arc<C>,
+    ) -> bool {
         let old = self.clients.insert(client_id.to_owned(), Client { connection, tx, context });
         match old {
             Some(old) => {
@@ -171,19 +185,19 @@ impl<C> Router<C> {
         let levels: Vec<&str> = topic.levels().collect();
         let mut targets = HashMap::new();
         self.trie.collect(&levels, true, &mut targets);
+        let mut shared = message.clone();
+        shared.retain = false;
+        shared.dup = false;
+        shared.packet_id = None;
+        shared.properties.topic_alias = None;
+        let shared = Arc::new(shared);
         let mut delivered = 0;
         for (client_id, qos) in targets {
             let Some(client) = self.clients.get(&client_id) else { continue };
             if !may_receive(&client.context) {
                 continue;
             }
-            let mut copy = message.clone();
-            copy.qos = copy.qos.min(qos);
-            copy.retain = false;
-            copy.dup = false;
-            copy.packet_id = None;
-            copy.properties.topic_alias = None;
-            match client.tx.try_send(Delivery::Message(copy)) {
+            match client.tx.try_send(Delivery::Message(shared.clone(), shared.qos.min(qos))) {
                 Ok(()) => delivered += 1,
                 Err(_) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +249,11 @@ mod tests {
         let mut receivers = Vec::new();
         for (i, f) in cases.iter().enumerate() {
             receivers.push(client(&mut r, &format!("c{i}"), i as u64));
-            r.subscribe(&format!("c{i}"), &TopicFilter::new(*f).unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce));
+            r.subscribe(
+                &format!("c{i}"),
+                &TopicFilter::new(*f).unwrap(),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            );
         }
         for topic in ["a/b", "a", "x/b", "$SYS/x", "a/b/c"] {
             let name = TopicName::new(topic).unwrap();
@@ -256,7 +274,11 @@ mod tests {
         r.subscribe("dev", &TopicFilter::new("t").unwrap(), SubscriptionOptions::qos(QoS::AtMostOnce));
         let _new = client(&mut r, "dev", 2);
         assert!(matches!(old.try_recv(), Ok(Delivery::TakenOver)));
-        assert_eq!(r.publish(&TopicName::new("t").unwrap(), &msg("t"), |_| true), 0, "subscriptions did not survive takeover");
+        assert_eq!(
+            r.publish(&TopicName::new("t").unwrap(), &msg("t"), |_| true),
+            0,
+            "subscriptions did not survive takeover"
+        );
         r.unregister("dev", 1);
         assert_eq!(r.clients(), 1, "the old connection's exit leaves the new one registered");
     }
@@ -274,8 +296,8 @@ mod tests {
             assert_eq!(r.publish(&t, &msg("t"), |_| true), 2);
         }
         // Drain only the fast one; the slow queue (capacity 2) is full.
-        while let Ok(Delivery::Message(m)) = fast.try_recv() {
-            assert_eq!(m.qos, QoS::AtMostOnce, "capped at the subscription QoS");
+        while let Ok(Delivery::Message(m, qos)) = fast.try_recv() {
+            assert_eq!(qos, QoS::AtMostOnce, "capped at the subscription QoS");
             assert!(!m.retain && m.packet_id.is_none());
         }
         assert_eq!(r.publish(&t, &msg("t"), |_| true), 1);

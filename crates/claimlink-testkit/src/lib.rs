@@ -36,10 +36,11 @@ pub fn openssl(test: &str) -> Option<PathBuf> {
     if ok { Some(PathBuf::from("openssl")) } else { missing(test, "openssl", "apt-get install openssl") }
 }
 
-/// A command-line tool, if installed (`probe` is an argument that makes it exit 0), else the
-/// missing-peer policy with the Debian package that provides it.
+/// A command-line tool, if it can be started (`probe` is a harmless argument such as
+/// `--help`; its exit status does not matter), else the missing-peer policy with the Debian
+/// package that provides it.
 pub fn tool(test: &str, name: &str, probe: &str, package: &str) -> Option<PathBuf> {
-    if runs(Command::new(name).arg(probe)) {
+    if Command::new(name).arg(probe).output().is_ok() {
         Some(PathBuf::from(name))
     } else {
         missing(test, name, &format!("apt-get install {package}"))

@@ -2,6 +2,7 @@
 //! installs the tracing subscriber and dispatches; the work lives in the library crates and in
 //! the command modules beside this file.
 
+mod broker_cmd;
 mod ca;
 mod claim_code;
 mod files;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the platform with embedded defaults in ./claimlink-data.
     Up(up::UpArgs),
+    /// Run a plain MQTT broker (TCP and TLS listeners) from a TOML configuration.
+    Broker(broker_cmd::BrokerArgs),
     /// Manufacturer CA: create it, issue device identities, sign CSRs, verify chains.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -56,13 +59,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLAIMLINK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // rustls warns about every client that sends an IP address as SNI (mosquitto does).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rustls=error")),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(&args),
+        Command::Broker(args) => broker_cmd::run(&args),
         Command::Ca(CaCommand::Init(args)) => ca::init(&args),
         Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),
         Command::Ca(CaCommand::SignCsr(args)) => ca::sign_csr(&args),
