@@ -144,7 +144,7 @@ impl<H: Hooks> Task<H> {
             router.register(&client_id, self.id, self.tx.clone(), context.clone());
         }
         if self.v5() {
-            props.shared_subscription_available = Some(false);
+            props.shared_subscription_available = Some(true);
             props.maximum_qos = None;
             props.retain_available = Some(true);
         }
@@ -203,9 +203,7 @@ impl<H: Hooks> Task<H> {
         for (filter, options) in &s.filters {
             let too_long = filter.as_str().len() > self.shared.limits.max_topic_len
                 || filter.as_str().split('/').count() > self.shared.limits.max_topic_levels;
-            let reason = if filter.shared().is_some() {
-                ReasonCode::SharedSubscriptionsNotSupported
-            } else if too_long {
+            let reason = if too_long {
                 ReasonCode::TopicFilterInvalid
             } else if session.subscriptions >= self.shared.limits.max_subscriptions {
                 ReasonCode::QuotaExceeded
@@ -215,11 +213,13 @@ impl<H: Hooks> Task<H> {
                 let Ok(mut router) = self.shared.router.lock() else { continue };
                 let new = router.subscribe(&session.client_id, filter, *options);
                 session.subscriptions += usize::from(new);
-                let send = match options.retain_handling {
-                    RetainHandling::SendAtSubscribe => true,
-                    RetainHandling::SendIfNew => new,
-                    RetainHandling::DoNotSend => false,
-                };
+                // Shared subscriptions get no retained messages (section 4.8.2).
+                let send = filter.shared().is_none()
+                    && match options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => new,
+                        RetainHandling::DoNotSend => false,
+                    };
                 if send {
                     for mut m in router.retained_for(filter) {
                         m.qos = m.qos.min(options.qos);

@@ -28,72 +28,123 @@ struct Client<C> {
     context: Arc<C>,
 }
 
+/// The members of one shared subscription group (`$share/{group}/{filter}`) on one filter;
+/// each message goes to one of them, in turn.
+#[derive(Default)]
+struct Group {
+    members: Vec<(String, SubscriptionOptions)>,
+    cursor: usize,
+}
+
 #[derive(Default)]
 struct Node {
     subscribers: HashMap<String, SubscriptionOptions>,
+    groups: HashMap<String, Group>,
     children: HashMap<String, Node>,
 }
 
 impl Node {
-    fn insert(&mut self, levels: &[&str], client: &str, options: SubscriptionOptions) -> bool {
-        match levels.split_first() {
-            None => self.subscribers.insert(client.to_owned(), options).is_none(),
-            Some((level, rest)) => {
-                self.children.entry((*level).to_owned()).or_default().insert(rest, client, options)
-            }
-        }
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.groups.is_empty() && self.children.is_empty()
     }
 
-    fn remove(&mut self, levels: &[&str], client: &str) -> bool {
-        match levels.split_first() {
-            None => self.subscribers.remove(client).is_some(),
-            Some((level, rest)) => {
-                let Some(child) = self.children.get_mut(*level) else { return false };
-                let removed = child.remove(rest, client);
-                if child.subscribers.is_empty() && child.children.is_empty() {
-                    self.children.remove(*level);
+    fn insert(
+        &mut self,
+        levels: &[&str],
+        client: &str,
+        group: Option<&str>,
+        options: SubscriptionOptions,
+    ) -> bool {
+        let Some((level, rest)) = levels.split_first() else {
+            let Some(group) = group else {
+                return self.subscribers.insert(client.to_owned(), options).is_none();
+            };
+            let members = &mut self.groups.entry(group.to_owned()).or_default().members;
+            return match members.iter_mut().find(|(c, _)| c == client) {
+                Some(member) => {
+                    member.1 = options;
+                    false
                 }
-                removed
+                None => {
+                    members.push((client.to_owned(), options));
+                    true
+                }
+            };
+        };
+        self.children.entry((*level).to_owned()).or_default().insert(rest, client, group, options)
+    }
+
+    fn remove(&mut self, levels: &[&str], client: &str, group: Option<&str>) -> bool {
+        let Some((level, rest)) = levels.split_first() else {
+            let Some(group) = group else { return self.subscribers.remove(client).is_some() };
+            let Some(g) = self.groups.get_mut(group) else { return false };
+            let before = g.members.len();
+            g.members.retain(|(c, _)| c != client);
+            let removed = g.members.len() < before;
+            if g.members.is_empty() {
+                self.groups.remove(group);
             }
+            return removed;
+        };
+        let Some(child) = self.children.get_mut(*level) else { return false };
+        let removed = child.remove(rest, client, group);
+        if child.is_empty() {
+            self.children.remove(*level);
         }
+        removed
     }
 
     fn remove_client(&mut self, client: &str) {
         self.subscribers.remove(client);
+        self.groups.retain(|_, g| {
+            g.members.retain(|(c, _)| c != client);
+            !g.members.is_empty()
+        });
         self.children.retain(|_, c| {
             c.remove_client(client);
-            !(c.subscribers.is_empty() && c.children.is_empty())
+            !c.is_empty()
         });
     }
 
-    /// Collects subscribers whose filters match `levels`; `first` applies the `$` rule.
-    fn collect(&self, levels: &[&str], first: bool, out: &mut HashMap<String, QoS>) {
+    /// Collects subscribers whose filters match `levels` (one member per shared group); `first`
+    /// applies the `$` rule.
+    fn collect(&mut self, levels: &[&str], first: bool, out: &mut HashMap<String, QoS>) {
         let dollar = first && levels.first().is_some_and(|l| l.starts_with('$'));
         if !dollar {
-            if let Some(hash) = self.children.get("#") {
-                merge(out, &hash.subscribers);
+            if let Some(hash) = self.children.get_mut("#") {
+                hash.take(out);
             }
         }
         let Some((level, rest)) = levels.split_first() else {
-            merge(out, &self.subscribers);
+            self.take(out);
             return;
         };
-        if let Some(child) = self.children.get(*level) {
+        if let Some(child) = self.children.get_mut(*level) {
             child.collect(rest, false, out);
         }
         if !dollar {
-            if let Some(plus) = self.children.get("+") {
+            if let Some(plus) = self.children.get_mut("+") {
                 plus.collect(rest, false, out);
             }
         }
     }
-}
 
-/// A client's highest matching QoS wins when several of its filters match (section 3.3.4).
-fn merge(out: &mut HashMap<String, QoS>, subs: &HashMap<String, SubscriptionOptions>) {
-    for (client, options) in subs {
-        let q = out.entry(client.clone()).or_insert(options.qos);
-        *q = (*q).max(options.qos);
+    /// Adds this node's subscribers, and the next member of each group. A client's highest
+    /// matching QoS wins when several of its filters match (section 3.3.4).
+    fn take(&mut self, out: &mut HashMap<String, QoS>) {
+        let mut add = |client: &String, qos: QoS| {
+            let q = out.entry(client.clone()).or_insert(qos);
+            *q = (*q).max(qos);
+        };
+        for (client, options) in &self.subscribers {
+            add(client, options.qos);
+        }
+        for group in self.groups.values_mut() {
+            group.cursor = (group.cursor + 1) % group.members.len().max(1);
+            if let Some((client, options)) = group.members.get(group.cursor) {
+                add(client, options.qos);
+            }
+        }
     }
 }
 
@@ -148,13 +199,13 @@ impl<C> Router<C> {
     /// Adds a subscription (replacing one on the same filter). Returns whether it is new.
     pub fn subscribe(&mut self, client_id: &str, filter: &TopicFilter, options: SubscriptionOptions) -> bool {
         let levels: Vec<&str> = filter.pattern().split('/').collect();
-        self.trie.insert(&levels, client_id, options)
+        self.trie.insert(&levels, client_id, filter.shared().map(|(g, _)| g), options)
     }
 
     /// Removes a subscription. Returns whether it existed.
     pub fn unsubscribe(&mut self, client_id: &str, filter: &TopicFilter) -> bool {
         let levels: Vec<&str> = filter.pattern().split('/').collect();
-        self.trie.remove(&levels, client_id)
+        self.trie.remove(&levels, client_id, filter.shared().map(|(g, _)| g))
     }
 
     /// Stores or clears (empty payload) the retained message of a topic.
@@ -181,7 +232,12 @@ impl<C> Router<C> {
 
     /// Delivers `message` to every matching subscriber that `may_receive` allows. Returns how
     /// many queues took it.
-    pub fn publish(&self, topic: &TopicName, message: &Publish, may_receive: impl Fn(&C) -> bool) -> usize {
+    pub fn publish(
+        &mut self,
+        topic: &TopicName,
+        message: &Publish,
+        may_receive: impl Fn(&C) -> bool,
+    ) -> usize {
         let levels: Vec<&str> = topic.levels().collect();
         let mut targets = HashMap::new();
         self.trie.collect(&levels, true, &mut targets);
@@ -303,6 +359,33 @@ mod tests {
         assert_eq!(r.publish(&t, &msg("t"), |_| true), 1);
         assert_eq!(r.dropped(), 1);
         assert!(slow.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_shared_group_gets_each_message_once_in_turn() {
+        let mut r = Router::default();
+        let mut a = client(&mut r, "a", 1);
+        let mut b = client(&mut r, "b", 2);
+        let mut plain = client(&mut r, "p", 3);
+        let shared = TopicFilter::new("$share/workers/jobs/+").unwrap();
+        r.subscribe("a", &shared, SubscriptionOptions::qos(QoS::AtLeastOnce));
+        r.subscribe("b", &shared, SubscriptionOptions::qos(QoS::AtLeastOnce));
+        r.subscribe("p", &TopicFilter::new("jobs/#").unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce));
+        let t = TopicName::new("jobs/1").unwrap();
+        let count = |rx: &mut mpsc::Receiver<Delivery>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        for _ in 0..2 {
+            assert_eq!(
+                r.publish(&t, &msg("jobs/1"), |_| true),
+                2,
+                "one group member and the plain subscriber"
+            );
+        }
+        assert_eq!((count(&mut a), count(&mut b), count(&mut plain)), (1, 1, 2));
+        // A member that leaves no longer gets a turn.
+        r.unsubscribe("a", &shared);
+        r.publish(&t, &msg("jobs/1"), |_| true);
+        r.publish(&t, &msg("jobs/1"), |_| true);
+        assert_eq!((count(&mut a), count(&mut b)), (0, 2));
     }
 
     #[test]

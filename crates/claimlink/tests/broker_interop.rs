@@ -322,3 +322,27 @@ fn a_second_connection_with_the_same_client_id_takes_over() {
     let got = read_all(&mut first);
     assert_eq!(got, [0xE0, 0x01, 0x8E], "the older connection is told: session taken over");
 }
+
+#[test]
+fn a_shared_subscription_splits_the_messages_between_its_members() {
+    if !peers("broker_shared") {
+        return;
+    }
+    let pki = Pki::new();
+    let b = BrokerProc::start(&pki);
+    let members: Vec<Child> = (0..2)
+        .map(|_| sub(&pki, &b, &["-V", "mqttv5", "-t", "$share/workers/jobs/#", "-q", "1", "-C", "2"]))
+        .collect();
+    for i in 0..4 {
+        let p = publish(
+            &pki,
+            &b,
+            Some("good"),
+            &["-V", "mqttv5", "-t", &format!("jobs/{i}"), "-m", "work", "-q", "1"],
+        );
+        assert!(p.status.success());
+    }
+    let got: Vec<usize> =
+        members.into_iter().map(|m| output_of(m).lines().filter(|l| l.ends_with(" work")).count()).collect();
+    assert_eq!(got, [2, 2], "each member gets its share, none twice");
+}
