@@ -13,12 +13,25 @@ use tokio::time::Instant;
 
 use crate::hooks::{ConnectRequest, Hooks, PeerIdentity};
 use crate::listener::Shared;
-use crate::router::Delivery;
+use crate::router::{Delivery, Registration};
 
 struct Session<C> {
     client_id: String,
     context: Arc<C>,
     subscriptions: usize,
+}
+
+/// How long the session outlives this connection: MQTT 5 asks with the Session Expiry
+/// Interval, MQTT 3.1.1 with clean session = 0; both are capped by the broker's limit.
+fn session_expiry(c: &Connect, max: std::time::Duration) -> std::time::Duration {
+    let asked = match c.version {
+        ProtocolVersion::V5 => {
+            std::time::Duration::from_secs(u64::from(c.properties.session_expiry.unwrap_or(0)))
+        }
+        ProtocolVersion::V311 if !c.clean_start => max,
+        ProtocolVersion::V311 => std::time::Duration::ZERO,
+    };
+    asked.min(max)
 }
 
 struct Task<H: Hooks> {
@@ -140,15 +153,21 @@ impl<H: Hooks> Task<H> {
             Ok(ctx) => Arc::new(ctx),
             Err(reason) => return self.conn.reject(reason),
         };
-        if let Ok(mut router) = self.shared.router.lock() {
-            router.register(&client_id, self.id, self.tx.clone(), context.clone());
-        }
+        let expiry = session_expiry(c, self.shared.limits.max_session_expiry);
+        let registration =
+            Registration { connection: self.id, tx: self.tx.clone(), context: context.clone(), expiry };
+        let session_present = match self.shared.router.lock() {
+            Ok(mut router) => {
+                router.register(&client_id, registration, c.clean_start, Instant::now().into_std())
+            }
+            Err(_) => false,
+        };
         if self.v5() {
             props.shared_subscription_available = Some(true);
             props.maximum_qos = None;
             props.retain_available = Some(true);
         }
-        self.conn.accept(Instant::now().into_std(), false, props);
+        self.conn.accept(Instant::now().into_std(), session_present, props);
         self.shared.hooks.connected(&context, &client_id);
         tracing::debug!(client_id = %client_id, addr = %self.peer.addr, "connected");
         self.session = Some(Session { client_id, context, subscriptions: 0 });
@@ -282,10 +301,11 @@ impl<H: Hooks> Task<H> {
         }
     }
 
-    fn finish(self) {
-        let Some(session) = self.session else { return };
+    fn finish(mut self) {
+        let Some(session) = self.session.take() else { return };
+        let unacknowledged = self.conn.take_unacknowledged();
         if let Ok(mut router) = self.shared.router.lock() {
-            router.unregister(&session.client_id, self.id);
+            router.unregister(&session.client_id, self.id, unacknowledged, Instant::now().into_std());
         }
         self.shared.hooks.disconnected(&session.context, &session.client_id);
         tracing::debug!(client_id = %session.client_id, "disconnected");

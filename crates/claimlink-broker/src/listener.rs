@@ -37,6 +37,11 @@ pub struct Limits {
     pub max_client_id_len: usize,
     /// Time allowed for the TLS handshake and the CONNECT.
     pub connect_timeout: Duration,
+    /// Longest a session outlives its connection (MQTT 5 session expiry is capped to this; an
+    /// MQTT 3.1.1 persistent session gets exactly this).
+    pub max_session_expiry: Duration,
+    /// Messages kept per offline session.
+    pub max_offline_messages: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +57,8 @@ impl Default for Limits {
             max_subscriptions: 50,
             max_client_id_len: 128,
             connect_timeout: Duration::from_secs(10),
+            max_session_expiry: Duration::from_secs(3600),
+            max_offline_messages: 1000,
         }
     }
 }
@@ -94,7 +101,7 @@ impl<H: Hooks> Broker<H> {
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let shared = Shared {
             hooks,
-            router: Mutex::new(Router::default()),
+            router: Mutex::new(Router::with_offline_limit(limits.max_offline_messages)),
             limits,
             next_connection: AtomicU64::new(1),
             connections,
@@ -122,12 +129,31 @@ impl<H: Hooks> Broker<H> {
         self.serve(listener, Some(tls), shutdown).await
     }
 
+    /// Expires offline sessions once a second until shutdown.
+    fn spawn_sweeper(&self, mut shutdown: watch::Receiver<bool>) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Ok(mut router) = shared.router.lock() {
+                            router.sweep(std::time::Instant::now());
+                        }
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+    }
+
     async fn serve(
         &self,
         listener: TcpListener,
         tls: Option<Arc<dyn TlsSelector>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
+        self.spawn_sweeper(shutdown.clone());
         loop {
             let (stream, addr) = tokio::select! {
                 accepted = listener.accept() => accepted?,

@@ -4,9 +4,10 @@
 //! Delivery never waits: each client has a bounded queue, and a message for a full queue is
 //! dropped for that client only (and counted), so a slow consumer cannot stall anyone else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use claimlink_mqtt::packet::{Publish, SubscriptionOptions};
 use claimlink_mqtt::{QoS, TopicFilter, TopicName};
@@ -22,9 +23,21 @@ pub enum Delivery {
     TakenOver,
 }
 
-struct Client<C> {
+struct Online {
     connection: u64,
     tx: mpsc::Sender<Delivery>,
+}
+
+/// A client's session: its subscriptions live in the trie under its id; while it is offline,
+/// QoS 1 and 2 messages wait in a bounded queue until it returns or the session expires.
+struct Client<C> {
+    online: Option<Online>,
+    /// How long the session outlives its connection (zero: it ends with it).
+    expiry: Duration,
+    /// When the last connection ended.
+    offline_since: Option<Instant>,
+    queue: VecDeque<(Arc<Publish>, QoS)>,
+    /// The context of the last connection, for receive authorisation while offline.
     context: Arc<C>,
 }
 
@@ -148,12 +161,33 @@ impl Node {
     }
 }
 
+/// A connection as the router needs it.
+pub struct Registration<C> {
+    /// The broker's id of the connection (to tell a stale unregister from a current one).
+    pub connection: u64,
+    /// Where deliveries go.
+    pub tx: mpsc::Sender<Delivery>,
+    /// The role's context for authorising deliveries.
+    pub context: Arc<C>,
+    /// How long the session outlives the connection.
+    pub expiry: Duration,
+}
+
+impl<C> Client<C> {
+    fn is_expired(&self, now: Instant) -> bool {
+        self.online.is_none()
+            && self.offline_since.is_some_and(|t| now.saturating_duration_since(t) >= self.expiry)
+    }
+}
+
 /// Router state shared by all connections.
 pub struct Router<C> {
     clients: HashMap<String, Client<C>>,
     trie: Node,
     retained: BTreeMap<String, Publish>,
     dropped: AtomicU64,
+    /// Messages kept per offline session.
+    max_offline: usize,
 }
 
 impl<C> Default for Router<C> {
@@ -163,37 +197,95 @@ impl<C> Default for Router<C> {
             trie: Node::default(),
             retained: BTreeMap::new(),
             dropped: AtomicU64::new(0),
+            max_offline: 1000,
         }
     }
 }
 
 impl<C> Router<C> {
-    /// Registers a connection for `client_id`; an older connection with the same id is told it
-    /// was taken over. Returns whether one was.
+    /// A router that keeps at most `max_offline` messages per offline session.
+    pub fn with_offline_limit(max_offline: usize) -> Self {
+        Self { max_offline, ..Self::default() }
+    }
+
+    /// Registers a connection for `client_id`. An older connection with the same id is told it
+    /// was taken over. With `clean_start`, or when the old session has expired, the session
+    /// starts empty; otherwise its subscriptions stay and its queued messages are handed to the
+    /// new connection. Returns whether a session was present (CONNACK "session present").
     pub fn register(
         &mut self,
         client_id: &str,
-        connection: u64,
-        tx: mpsc::Sender<Delivery>,
-        context: Arc<C>,
+        online: Registration<C>,
+        clean_start: bool,
+        now: Instant,
     ) -> bool {
-        let old = self.clients.insert(client_id.to_owned(), Client { connection, tx, context });
-        match old {
-            Some(old) => {
-                self.trie.remove_client(client_id);
-                let _ = old.tx.try_send(Delivery::TakenOver);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Forgets a connection, unless a newer one already took its client id.
-    pub fn unregister(&mut self, client_id: &str, connection: u64) {
-        if self.clients.get(client_id).is_some_and(|c| c.connection == connection) {
-            self.clients.remove(client_id);
+        let Registration { connection, tx, context, expiry } = online;
+        let expired = self.clients.get(client_id).is_some_and(|c| c.is_expired(now));
+        let fresh = clean_start || expired || !self.clients.contains_key(client_id);
+        if fresh {
             self.trie.remove_client(client_id);
         }
+        let entry = self.clients.entry(client_id.to_owned()).or_insert_with(|| Client {
+            online: None,
+            expiry,
+            offline_since: None,
+            queue: VecDeque::new(),
+            context: context.clone(),
+        });
+        if let Some(old) = entry.online.take() {
+            let _ = old.tx.try_send(Delivery::TakenOver);
+        }
+        if fresh {
+            entry.queue.clear();
+        }
+        for (message, qos) in entry.queue.drain(..) {
+            if tx.try_send(Delivery::Message(message, qos)).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        entry.expiry = expiry;
+        entry.offline_since = None;
+        entry.context = context;
+        entry.online = Some(Online { connection, tx });
+        !fresh
+    }
+
+    /// Ends a connection, unless a newer one already took its client id. A session with an
+    /// expiry stays, with `unacknowledged` messages queued first for its next connection.
+    pub fn unregister(
+        &mut self,
+        client_id: &str,
+        connection: u64,
+        unacknowledged: Vec<Publish>,
+        now: Instant,
+    ) {
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        if client.online.as_ref().is_none_or(|o| o.connection != connection) {
+            return;
+        }
+        client.online = None;
+        if client.expiry.is_zero() {
+            self.clients.remove(client_id);
+            self.trie.remove_client(client_id);
+            return;
+        }
+        client.offline_since = Some(now);
+        for m in unacknowledged.into_iter().rev() {
+            let qos = m.qos;
+            client.queue.push_front((Arc::new(m), qos));
+        }
+        client.queue.truncate(self.max_offline);
+    }
+
+    /// Removes offline sessions whose expiry has passed. Returns how many.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        let expired: Vec<String> =
+            self.clients.iter().filter(|(_, c)| c.is_expired(now)).map(|(id, _)| id.clone()).collect();
+        for id in &expired {
+            self.clients.remove(id);
+            self.trie.remove_client(id);
+        }
+        expired.len()
     }
 
     /// Adds a subscription (replacing one on the same filter). Returns whether it is new.
@@ -249,13 +341,24 @@ impl<C> Router<C> {
         let shared = Arc::new(shared);
         let mut delivered = 0;
         for (client_id, qos) in targets {
-            let Some(client) = self.clients.get(&client_id) else { continue };
+            let Some(client) = self.clients.get_mut(&client_id) else { continue };
             if !may_receive(&client.context) {
                 continue;
             }
-            match client.tx.try_send(Delivery::Message(shared.clone(), shared.qos.min(qos))) {
-                Ok(()) => delivered += 1,
-                Err(_) => {
+            let qos = shared.qos.min(qos);
+            match &client.online {
+                Some(online) => match online.tx.try_send(Delivery::Message(shared.clone(), qos)) {
+                    Ok(()) => delivered += 1,
+                    Err(_) => {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                // Offline with a session: QoS 1 and 2 wait (section 4.1); QoS 0 may be dropped.
+                None if qos != QoS::AtMostOnce && client.queue.len() < self.max_offline => {
+                    client.queue.push_back((shared.clone(), qos));
+                    delivered += 1;
+                }
+                None => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -270,6 +373,11 @@ impl<C> Router<C> {
 
     /// Connected clients.
     pub fn clients(&self) -> usize {
+        self.clients.values().filter(|c| c.online.is_some()).count()
+    }
+
+    /// Sessions kept, connected or not.
+    pub fn sessions(&self) -> usize {
         self.clients.len()
     }
 }
@@ -293,9 +401,24 @@ mod tests {
     }
 
     fn client(r: &mut Router<()>, id: &str, conn: u64) -> mpsc::Receiver<Delivery> {
+        connect(r, id, conn, true, Duration::ZERO).1
+    }
+
+    fn connect(
+        r: &mut Router<()>,
+        id: &str,
+        conn: u64,
+        clean: bool,
+        expiry: Duration,
+    ) -> (bool, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(2);
-        r.register(id, conn, tx, Arc::new(()));
-        rx
+        let present = r.register(
+            id,
+            Registration { connection: conn, tx, context: Arc::new(()), expiry },
+            clean,
+            Instant::now(),
+        );
+        (present, rx)
     }
 
     #[test]
@@ -335,7 +458,7 @@ mod tests {
             0,
             "subscriptions did not survive takeover"
         );
-        r.unregister("dev", 1);
+        r.unregister("dev", 1, Vec::new(), Instant::now());
         assert_eq!(r.clients(), 1, "the old connection's exit leaves the new one registered");
     }
 
@@ -359,6 +482,54 @@ mod tests {
         assert_eq!(r.publish(&t, &msg("t"), |_| true), 1);
         assert_eq!(r.dropped(), 1);
         assert!(slow.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_subscriptions_and_queues_while_offline() {
+        let mut r = Router::default();
+        let hour = Duration::from_secs(3600);
+        let (present, _rx) = connect(&mut r, "dev", 1, false, hour);
+        assert!(!present);
+        r.subscribe("dev", &TopicFilter::new("cmd/#").unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce));
+        let now = Instant::now();
+        let unacked = msg("cmd/unacked");
+        r.unregister("dev", 1, vec![unacked], now);
+        assert_eq!((r.clients(), r.sessions()), (0, 1));
+        let t = TopicName::new("cmd/go").unwrap();
+        assert_eq!(r.publish(&t, &msg("cmd/go"), |_| true), 1, "queued for the offline session");
+        let mut qos0 = msg("cmd/go");
+        qos0.qos = QoS::AtMostOnce;
+        assert_eq!(r.publish(&t, &qos0, |_| true), 0, "QoS 0 is not kept");
+        let (present, mut rx) = connect(&mut r, "dev", 2, false, hour);
+        assert!(present);
+        let topics: Vec<String> = std::iter::from_fn(|| match rx.try_recv() {
+            Ok(Delivery::Message(m, _)) => Some(m.topic.clone()),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(topics, ["cmd/unacked", "cmd/go"], "unacknowledged first, then what came while away");
+        // Subscriptions survived: a new message is delivered live.
+        assert_eq!(r.publish(&t, &msg("cmd/go"), |_| true), 1);
+        // A clean start throws the session away.
+        r.unregister("dev", 2, Vec::new(), now);
+        let (present, _rx) = connect(&mut r, "dev", 3, true, hour);
+        assert!(!present);
+        assert_eq!(r.publish(&t, &msg("cmd/go"), |_| true), 0, "subscriptions are gone");
+    }
+
+    #[test]
+    fn sessions_expire() {
+        let mut r = Router::default();
+        let (_, _rx) = connect(&mut r, "dev", 1, false, Duration::from_secs(10));
+        let start = Instant::now();
+        r.unregister("dev", 1, Vec::new(), start);
+        assert_eq!(r.sweep(start + Duration::from_secs(9)), 0);
+        assert_eq!(r.sweep(start + Duration::from_secs(10)), 1);
+        assert_eq!(r.sessions(), 0);
+        // Expiry zero: the session ends with the connection.
+        let (_, _rx) = connect(&mut r, "eph", 2, false, Duration::ZERO);
+        r.unregister("eph", 2, Vec::new(), start);
+        assert_eq!(r.sessions(), 0);
     }
 
     #[test]

@@ -431,6 +431,23 @@ impl ServerConnection {
         self.fail(reason);
     }
 
+    /// Outgoing QoS 1/2 messages the client has not received for sure (sent without PUBACK or
+    /// PUBREC, or still queued), oldest first, for the session to keep after the connection.
+    /// Messages whose PUBREC arrived are not included: the client has them.
+    pub fn take_unacknowledged(&mut self) -> Vec<Publish> {
+        let mut out: Vec<Publish> = std::mem::take(&mut self.inflight)
+            .into_values()
+            .filter(|(_, stage)| *stage != Stage::Qos2Released)
+            .map(|(mut m, _)| {
+                m.packet_id = None;
+                m.dup = false;
+                m
+            })
+            .collect();
+        out.extend(self.queue.drain(..));
+        out
+    }
+
     /// The transport ended without a DISCONNECT (reset, EOF, TLS error): the will is published.
     pub fn handle_transport_closed(&mut self) {
         if self.state != State::Closed {

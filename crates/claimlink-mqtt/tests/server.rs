@@ -371,3 +371,18 @@ fn subscribe_and_unsubscribe_are_handed_to_the_broker_and_answered() {
     p.server.unsuback(6, vec![ReasonCode::Success]);
     assert_eq!(p.server.take_output(), [0xB0, 0x02, 0, 6]);
 }
+
+#[test]
+fn unacknowledged_messages_are_handed_back_for_the_session() {
+    let props = Properties { receive_maximum: Some(2), ..Default::default() };
+    let mut p = Pair::connected(ProtocolVersion::V5, 0, props, ServerConfig::default());
+    for t in ["m1", "m2", "m3", "m4"] {
+        p.server.publish(publish(t, QoS::ExactlyOnce, None)).unwrap();
+    }
+    p.received();
+    // m1 reached PUBREC (the client has it); m2 is in flight unacknowledged; m3, m4 wait.
+    p.send(&Packet::PubRec(Ack::new(1)));
+    p.received();
+    let back: Vec<String> = p.server.take_unacknowledged().into_iter().map(|m| m.topic).collect();
+    assert_eq!(back, ["m2", "m3", "m4"]);
+}

@@ -57,6 +57,8 @@ struct LimitsFile {
     max_packet_size: Option<u32>,
     max_queued: Option<usize>,
     receive_maximum: Option<u16>,
+    max_session_expiry_secs: Option<u64>,
+    max_offline_messages: Option<usize>,
 }
 
 /// `claimlink broker`.
@@ -74,6 +76,10 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
     limits.max_packet_size = l.max_packet_size.unwrap_or(limits.max_packet_size);
     limits.max_queued = l.max_queued.unwrap_or(limits.max_queued);
     limits.receive_maximum = l.receive_maximum.unwrap_or(limits.receive_maximum);
+    if let Some(secs) = l.max_session_expiry_secs {
+        limits.max_session_expiry = std::time::Duration::from_secs(secs);
+    }
+    limits.max_offline_messages = l.max_offline_messages.unwrap_or(limits.max_offline_messages);
     let tls: Vec<Option<Arc<dyn TlsSelector>>> = file
         .listener
         .iter()

@@ -346,3 +346,34 @@ fn a_shared_subscription_splits_the_messages_between_its_members() {
         members.into_iter().map(|m| output_of(m).lines().filter(|l| l.ends_with(" work")).count()).collect();
     assert_eq!(got, [2, 2], "each member gets its share, none twice");
 }
+
+#[test]
+fn a_persistent_session_receives_what_was_published_while_it_was_away() {
+    if !peers("broker_persistent") {
+        return;
+    }
+    let pki = Pki::new();
+    let b = BrokerProc::start(&pki);
+    for (version, id) in
+        [(vec!["-V", "mqttv311"], "persist-311"), (vec!["-V", "mqttv5", "-x", "60"], "persist-5")]
+    {
+        // Subscribe with a persistent session, then leave at once (-E).
+        let first = Command::new("mosquitto_sub")
+            .args(tls_args(&pki, b.tls, Some("good")))
+            .args(&version)
+            .args(["-i", id, "-c", "-q", "1", "-t", &format!("{id}/cmd/#"), "-E"])
+            .output()
+            .unwrap();
+        assert!(first.status.success(), "{first:?}");
+        let p = publish(&pki, &b, Some("good"), &["-t", &format!("{id}/cmd/reboot"), "-m", "now", "-q", "1"]);
+        assert!(p.status.success());
+        // Back again: the message waited.
+        let again = sub(
+            &pki,
+            &b,
+            &[version.as_slice(), &["-i", id, "-c", "-q", "1", "-t", &format!("{id}/cmd/#"), "-C", "1"]]
+                .concat(),
+        );
+        assert_eq!(output_of(again).trim(), format!("{id}/cmd/reboot now"), "{id}");
+    }
+}
