@@ -1,0 +1,171 @@
+"""MQTT 3.1.1 and 5 scenarios against a broker on 127.0.0.1:PORT with paho-mqtt (an independent
+client implementation). Usage: scenarios.py PORT. Prints one line per scenario, "ok NAME" or
+"FAIL NAME: why", and exits non-zero if any failed."""
+
+import sys
+import threading
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+PORT = int(sys.argv[1])
+TIMEOUT = 5.0
+
+
+def client(version, cid=None, **kw):
+    cid = cid or "paho-" + uuid.uuid4().hex[:8]
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=version, **kw)
+    c.inbox = []
+    c.got = threading.Event()
+    c.on_message = lambda cl, ud, msg: (c.inbox.append((msg.topic, msg.payload, msg.retain)), c.got.set())
+    return c
+
+
+def connect(c, version, clean=True, props=None):
+    if version == mqtt.MQTTv5:
+        rc = c.connect("127.0.0.1", PORT, keepalive=30, clean_start=clean, properties=props)
+    else:
+        rc = c.connect("127.0.0.1", PORT, keepalive=30)
+    c.loop_start()
+    return rc
+
+
+def wait_for(c, n):
+    deadline = time.time() + TIMEOUT
+    while len(c.inbox) < n and time.time() < deadline:
+        time.sleep(0.02)
+    return len(c.inbox) >= n
+
+
+def subscribe(c, topic, qos=1):
+    done = threading.Event()
+    c.on_subscribe = lambda *a: done.set()
+    c.subscribe(topic, qos)
+    assert done.wait(TIMEOUT), "no SUBACK"
+
+
+def stop(*clients):
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+def pubsub(version):
+    sub, pub = client(version), client(version)
+    connect(sub, version), connect(pub, version)
+    subscribe(sub, "paho/pubsub/#")
+    for q in (0, 1, 2):
+        pub.publish("paho/pubsub/%d" % q, b"q%d" % q, qos=q).wait_for_publish(TIMEOUT)
+    assert wait_for(sub, 3), sub.inbox
+    assert sorted(p for _, p, _ in sub.inbox) == [b"q0", b"q1", b"q2"], sub.inbox
+    stop(sub, pub)
+
+
+def session_resume(version):
+    cid = "paho-resume-" + uuid.uuid4().hex[:6]
+    props = None
+    if version == mqtt.MQTTv5:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 60
+    kw = {} if version == mqtt.MQTTv5 else {"clean_session": False}
+    a = client(version, cid, **kw)
+    connect(a, version, clean=False, props=props)
+    subscribe(a, "paho/resume/+")
+    stop(a)
+    pub = client(version)
+    connect(pub, version)
+    pub.publish("paho/resume/x", b"while-away", qos=1).wait_for_publish(TIMEOUT)
+    stop(pub)
+    b = client(version, cid, **kw)
+    present = threading.Event()
+    b.on_connect = lambda cl, ud, flags, rc, pr=None: present.set() if flags.session_present else None
+    connect(b, version, clean=False, props=props)
+    assert wait_for(b, 1), "queued message not delivered on resume"
+    assert present.wait(TIMEOUT), "CONNACK session present not set"
+    assert b.inbox[0][1] == b"while-away"
+    stop(b)
+
+
+def will_delay_zero(version):
+    # The will of a client that vanishes reaches a watcher (delay 0: at once).
+    watcher = client(version)
+    connect(watcher, version)
+    subscribe(watcher, "paho/will/+")
+    doomed = client(version)
+    doomed.will_set("paho/will/gone", b"bye", qos=1)
+    connect(doomed, version)
+    time.sleep(0.3)
+    doomed._sock.close()  # no DISCONNECT
+    doomed.loop_stop()
+    assert wait_for(watcher, 1), "no will"
+    stop(watcher)
+
+
+def topic_alias():
+    sub, pub = client(mqtt.MQTTv5), client(mqtt.MQTTv5)
+    connect(sub, mqtt.MQTTv5), connect(pub, mqtt.MQTTv5)
+    subscribe(sub, "paho/alias/long/topic/name")
+    first = Properties(PacketTypes.PUBLISH)
+    first.TopicAlias = 1
+    pub.publish("paho/alias/long/topic/name", b"one", qos=1, properties=first).wait_for_publish(TIMEOUT)
+    again = Properties(PacketTypes.PUBLISH)
+    again.TopicAlias = 1
+    pub.publish("", b"two", qos=1, properties=again).wait_for_publish(TIMEOUT)
+    assert wait_for(sub, 2), sub.inbox
+    assert [t for t, _, _ in sub.inbox] == ["paho/alias/long/topic/name"] * 2, sub.inbox
+    stop(sub, pub)
+
+
+def shared_subscription():
+    members = [client(mqtt.MQTTv5) for _ in range(2)]
+    for m in members:
+        connect(m, mqtt.MQTTv5)
+        subscribe(m, "$share/g/paho/shared/#")
+    pub = client(mqtt.MQTTv5)
+    connect(pub, mqtt.MQTTv5)
+    for i in range(6):
+        pub.publish("paho/shared/%d" % i, b"x", qos=1).wait_for_publish(TIMEOUT)
+    time.sleep(0.5)
+    counts = [len(m.inbox) for m in members]
+    assert counts == [3, 3], counts
+    stop(pub, *members)
+
+
+def flow_control():
+    # The client announces Receive Maximum 2; 20 QoS 1 messages must all arrive anyway.
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = 2
+    sub, pub = client(mqtt.MQTTv5), client(mqtt.MQTTv5)
+    connect(sub, mqtt.MQTTv5, props=props), connect(pub, mqtt.MQTTv5)
+    subscribe(sub, "paho/flow")
+    for i in range(20):
+        pub.publish("paho/flow", b"%d" % i, qos=1)
+    assert wait_for(sub, 20), len(sub.inbox)
+    assert [int(p) for _, p, _ in sub.inbox] == list(range(20)), "order or loss"
+    stop(sub, pub)
+
+
+SCENARIOS = [
+    ("pubsub 3.1.1", lambda: pubsub(mqtt.MQTTv311)),
+    ("pubsub 5", lambda: pubsub(mqtt.MQTTv5)),
+    ("session resume 3.1.1", lambda: session_resume(mqtt.MQTTv311)),
+    ("session resume 5", lambda: session_resume(mqtt.MQTTv5)),
+    ("will 3.1.1", lambda: will_delay_zero(mqtt.MQTTv311)),
+    ("will 5", lambda: will_delay_zero(mqtt.MQTTv5)),
+    ("topic alias 5", topic_alias),
+    ("shared subscription 5", shared_subscription),
+    ("flow control 5", flow_control),
+]
+
+failed = 0
+for name, run in SCENARIOS:
+    try:
+        run()
+        print("ok", name, flush=True)
+    except Exception as e:  # report every scenario, then fail
+        failed += 1
+        print("FAIL %s: %r" % (name, e), flush=True)
+sys.exit(1 if failed else 0)
