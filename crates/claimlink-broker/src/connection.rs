@@ -64,7 +64,8 @@ pub(crate) async fn serve<H: Hooks, S>(
     let conn = ServerConnection::new(config, Instant::now().into_std());
     let mut task = Task { shared, conn, id, peer, tx, session: None };
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small on purpose: an idle connection should cost little; the state machine keeps partial packets.
+    let mut buf = vec![0u8; 4 * 1024];
     loop {
         let deadline = task.conn.poll_timeout().map(Instant::from_std);
         tokio::select! {
@@ -72,14 +73,16 @@ pub(crate) async fn serve<H: Hooks, S>(
                 Ok(0) | Err(_) => task.conn.handle_transport_closed(),
                 Ok(n) => task.conn.handle_input(Instant::now().into_std(), &buf[..n]),
             },
-            Some(delivery) = rx.recv() => match delivery {
-                Delivery::Message(m, qos) => {
-                    let mut m = Publish::clone(&m);
-                    m.qos = qos;
-                    let _ = task.conn.publish(m);
+            Some(delivery) = rx.recv() => {
+                // Take what else is waiting too, so that one write carries many messages.
+                task.deliver(delivery);
+                for _ in 0..DELIVERY_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => task.deliver(more),
+                        Err(_) => break,
+                    }
                 }
-                Delivery::TakenOver => task.conn.disconnect(ReasonCode::SessionTakenOver),
-            },
+            }
             () = sleep_until(deadline) => task.conn.handle_timeout(Instant::now().into_std()),
             _ = shutdown.changed() => task.conn.disconnect(ReasonCode::ServerShuttingDown),
         }
@@ -108,7 +111,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Deliveries taken from the queue per write.
+const DELIVERY_BATCH: usize = 255;
+
 impl<H: Hooks> Task<H> {
+    fn deliver(&mut self, delivery: Delivery) {
+        match delivery {
+            Delivery::Message(m, qos) => {
+                let mut m = Publish::clone(&m);
+                m.qos = qos;
+                let _ = self.conn.publish(m);
+            }
+            Delivery::TakenOver => self.conn.disconnect(ReasonCode::SessionTakenOver),
+        }
+    }
+
     fn v5(&self) -> bool {
         self.conn.version() == ProtocolVersion::V5
     }

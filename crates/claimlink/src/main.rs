@@ -2,6 +2,7 @@
 //! installs the tracing subscriber and dispatches; the work lives in the library crates and in
 //! the command modules beside this file.
 
+mod bench_cmd;
 mod broker_cmd;
 mod ca;
 mod claim_code;
@@ -33,6 +34,15 @@ enum Command {
     /// Manufacturer CA: create it, issue device identities, sign CSRs, verify chains.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Load generators for benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Drive any MQTT broker (ours or another) with the same load.
+    Mqtt(bench_cmd::BenchMqttArgs),
 }
 
 #[derive(Subcommand)]
@@ -68,6 +78,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(&args),
         Command::Broker(args) => broker_cmd::run(&args),
+        Command::Bench(BenchCommand::Mqtt(args)) => bench_cmd::run(&args),
         Command::Ca(CaCommand::Init(args)) => ca::init(&args),
         Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),
         Command::Ca(CaCommand::SignCsr(args)) => ca::sign_csr(&args),
