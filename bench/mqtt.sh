@@ -51,6 +51,8 @@ keyfile $work/server.key
 require_certificate true
 allow_anonymous true
 max_queued_messages 10000
+# Unlimited in-flight QoS 1/2 messages per client, as claimlink allows a 3.1.1 client.
+max_inflight_messages 0
 max_connections -1
 CONF
 mosquitto -c mosquitto.conf >mosquitto.out 2>&1 &
