@@ -190,15 +190,10 @@ impl<H: Hooks> Task<H> {
         self.session = Some(Session { client_id, context, subscriptions: 0 });
     }
 
-    fn topic_fits(&self, topic: &str) -> bool {
-        let limits = &self.shared.limits;
-        topic.len() <= limits.max_topic_len && topic.split('/').count() <= limits.max_topic_levels
-    }
-
     fn on_publish(&mut self, p: Publish) {
         let Some(session) = &self.session else { return };
         let topic = match TopicName::new(p.topic.as_str()) {
-            Ok(t) if self.topic_fits(&p.topic) && !p.topic.starts_with('$') => t,
+            Ok(t) if self.shared.limits.fits_topic(&p.topic) && !p.topic.starts_with('$') => t,
             _ => return self.refuse_publish(&p, ReasonCode::TopicNameInvalid),
         };
         if !self.shared.hooks.authorize_publish(&session.context, &topic, p.retain) {
@@ -237,9 +232,7 @@ impl<H: Hooks> Task<H> {
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in &s.filters {
-            let too_long = filter.as_str().len() > self.shared.limits.max_topic_len
-                || filter.as_str().split('/').count() > self.shared.limits.max_topic_levels;
-            let reason = if too_long {
+            let reason = if !self.shared.limits.fits_topic(filter.as_str()) {
                 ReasonCode::TopicFilterInvalid
             } else if session.subscriptions >= self.shared.limits.max_subscriptions {
                 ReasonCode::QuotaExceeded
@@ -296,7 +289,7 @@ impl<H: Hooks> Task<H> {
     fn publish_will(&mut self, will: Will) {
         let Some(session) = &self.session else { return };
         let Ok(topic) = TopicName::new(will.topic.as_str()) else { return };
-        if !self.topic_fits(&will.topic)
+        if !self.shared.limits.fits_topic(&will.topic)
             || !self.shared.hooks.authorize_publish(&session.context, &topic, will.retain)
         {
             return;

@@ -63,6 +63,13 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Whether a topic name or filter is within the length and level limits.
+    pub fn fits_topic(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_len && topic.split('/').count() <= self.max_topic_levels
+    }
+}
+
 /// Chooses the TLS configuration (server certificate, client verifier) per connection from
 /// the server name the client asked for. `None` refuses the handshake.
 pub trait TlsSelector: Send + Sync + 'static {
