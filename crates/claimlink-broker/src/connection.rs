@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering;
 use claimlink_mqtt::packet::{Connect, Publish, RetainHandling, Subscribe, Unsubscribe, Will};
 use claimlink_mqtt::server::{Event, ServerConfig, ServerConnection};
 use claimlink_mqtt::{Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::hooks::{ConnectRequest, Hooks, PeerIdentity};
 use crate::listener::Shared;
-use crate::router::{Delivery, Registration};
+use crate::router::{Kick, Message, Registration, Routed};
 
 struct Session<C> {
     client_id: String,
@@ -39,8 +40,11 @@ struct Task<H: Hooks> {
     conn: ServerConnection,
     id: u64,
     peer: PeerIdentity,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Routed>,
+    kick: Arc<Kick>,
     session: Option<Session<H::Context>>,
+    /// The will to publish, with its delay, once the connection is over.
+    will: Option<(Publish, Duration)>,
 }
 
 pub(crate) async fn serve<H: Hooks, S>(
@@ -62,7 +66,8 @@ pub(crate) async fn serve<H: Hooks, S>(
     let (tx, mut rx) = mpsc::channel(limits.max_queued.max(1));
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let conn = ServerConnection::new(config, Instant::now().into_std());
-    let mut task = Task { shared, conn, id, peer, tx, session: None };
+    let kick = Arc::new(Kick::default());
+    let mut task = Task { shared, conn, id, peer, tx, kick: kick.clone(), session: None, will: None };
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Small on purpose: an idle connection should cost little; the state machine keeps partial packets.
     let mut buf = vec![0u8; 4 * 1024];
@@ -75,19 +80,24 @@ pub(crate) async fn serve<H: Hooks, S>(
             },
             Some(delivery) = rx.recv() => {
                 // Take what else is waiting too, so that one write carries many messages.
-                task.deliver(delivery);
+                let now = Instant::now().into_std();
+                task.deliver(&delivery, now);
                 for _ in 0..DELIVERY_BATCH {
                     match rx.try_recv() {
-                        Ok(more) => task.deliver(more),
+                        Ok(more) => task.deliver(&more, now),
                         Err(_) => break,
                     }
                 }
             }
+            reason = kick.kicked() => task.conn.disconnect(reason),
             () = sleep_until(deadline) => task.conn.handle_timeout(Instant::now().into_std()),
             _ = shutdown.changed() => task.conn.disconnect(ReasonCode::ServerShuttingDown),
         }
         while let Some(event) = task.conn.poll_event() {
-            task.handle(event);
+            match event {
+                Event::Connect(c) => task.on_connect(&c).await,
+                other => task.handle(other),
+            }
         }
         let out = task.conn.take_output();
         if !out.is_empty() && writer.write_all(&out).await.is_err() {
@@ -115,14 +125,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 const DELIVERY_BATCH: usize = 255;
 
 impl<H: Hooks> Task<H> {
-    fn deliver(&mut self, delivery: Delivery) {
-        match delivery {
-            Delivery::Message(m, qos) => {
-                let mut m = Publish::clone(&m);
-                m.qos = qos;
-                let _ = self.conn.publish(m);
-            }
-            Delivery::TakenOver => self.conn.disconnect(ReasonCode::SessionTakenOver),
+    fn deliver(&mut self, routed: &Routed, now: std::time::Instant) {
+        if let Some(p) = routed.to_publish(now) {
+            let _ = self.conn.publish(p);
         }
     }
 
@@ -132,20 +137,16 @@ impl<H: Hooks> Task<H> {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Connect(c) => self.on_connect(&c),
+            Event::Connect(_) => {} // answered in the loop, which can wait for the hook
             Event::Publish(p) => self.on_publish(p),
             Event::Subscribe(s) => self.on_subscribe(s),
             Event::Unsubscribe(u) => self.on_unsubscribe(u),
             Event::Delivered(_) => {}
-            Event::Closed { will, .. } => {
-                if let Some(will) = will {
-                    self.publish_will(will);
-                }
-            }
+            Event::Closed { will, .. } => self.will = will.and_then(|w| self.authorize_will(w)),
         }
     }
 
-    fn on_connect(&mut self, c: &Connect) {
+    async fn on_connect(&mut self, c: &Connect) {
         let mut props = Properties::default();
         let client_id = if c.client_id.is_empty() {
             if !self.v5() && !c.clean_start {
@@ -166,28 +167,32 @@ impl<H: Hooks> Task<H> {
             password: c.password.as_deref(),
             peer: &self.peer,
         };
-        let context = match self.shared.hooks.on_connect(&request) {
+        let context = match self.shared.hooks.on_connect(&request).await {
             Ok(ctx) => Arc::new(ctx),
             Err(reason) => return self.conn.reject(reason),
         };
         let expiry = session_expiry(c, self.shared.limits.max_session_expiry);
-        let registration =
-            Registration { connection: self.id, tx: self.tx.clone(), context: context.clone(), expiry };
-        let session_present = match self.shared.router.lock() {
-            Ok(mut router) => {
-                router.register(&client_id, registration, c.clean_start, Instant::now().into_std())
-            }
-            Err(_) => false,
+        let registration = Registration {
+            connection: self.id,
+            tx: self.tx.clone(),
+            kick: self.kick.clone(),
+            context: context.clone(),
+            expiry,
+        };
+        let Ok(resumed) = self.shared.router.lock().map(|mut router| {
+            router.register(&client_id, registration, c.clean_start, Instant::now().into_std())
+        }) else {
+            return self.conn.reject(ReasonCode::ServerUnavailable);
         };
         if self.v5() {
             props.shared_subscription_available = Some(true);
             props.maximum_qos = None;
             props.retain_available = Some(true);
         }
-        self.conn.accept(Instant::now().into_std(), session_present, props);
+        self.conn.accept(Instant::now().into_std(), resumed.session_present, props);
         self.shared.hooks.connected(&context, &client_id);
         tracing::debug!(client_id = %client_id, addr = %self.peer.addr, "connected");
-        self.session = Some(Session { client_id, context, subscriptions: 0 });
+        self.session = Some(Session { client_id, context, subscriptions: resumed.subscriptions });
     }
 
     fn on_publish(&mut self, p: Publish) {
@@ -199,18 +204,23 @@ impl<H: Hooks> Task<H> {
         if !self.shared.hooks.authorize_publish(&session.context, &topic, p.retain) {
             return self.refuse_publish(&p, ReasonCode::NotAuthorized);
         }
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        let message = Arc::new(Message::new(p, Instant::now().into_std()));
         let delivered = match self.shared.router.lock() {
             Ok(mut router) => {
-                if p.retain {
-                    router.retain(&p);
+                if message.publish.retain {
+                    router.retain(&message);
                 }
-                router.publish(&topic, &p, |ctx| self.shared.hooks.authorize_receive(ctx, &topic))
+                let hooks = &self.shared.hooks;
+                router.publish(&topic, &message, Some(&session.client_id), |ctx| {
+                    hooks.authorize_receive(ctx, &topic)
+                })
             }
             Err(_) => 0,
         };
         let reason =
             if delivered == 0 && self.v5() { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
-        match (p.qos, p.packet_id) {
+        match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, reason),
             (QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, reason),
             _ => {}
@@ -229,6 +239,12 @@ impl<H: Hooks> Task<H> {
 
     fn on_subscribe(&mut self, s: Subscribe) {
         let Some(session) = &mut self.session else { return };
+        // No Local on a shared subscription is a protocol error (section 3.8.3.1).
+        if s.filters.iter().any(|(f, o)| o.no_local && f.shared().is_some()) {
+            return self.conn.disconnect(ReasonCode::ProtocolError);
+        }
+        let now = Instant::now().into_std();
+        let id = s.properties.subscription_ids.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in &s.filters {
@@ -240,7 +256,7 @@ impl<H: Hooks> Task<H> {
                 ReasonCode::NotAuthorized
             } else {
                 let Ok(mut router) = self.shared.router.lock() else { continue };
-                let new = router.subscribe(&session.client_id, filter, *options);
+                let new = router.subscribe(&session.client_id, filter, *options, id);
                 session.subscriptions += usize::from(new);
                 // Shared subscriptions get no retained messages (section 4.8.2).
                 let send = filter.shared().is_none()
@@ -250,8 +266,9 @@ impl<H: Hooks> Task<H> {
                         RetainHandling::DoNotSend => false,
                     };
                 if send {
-                    for mut m in router.retained_for(filter) {
+                    for mut m in router.retained_for(filter, now) {
                         m.qos = m.qos.min(options.qos);
+                        m.subscription_ids.extend(id);
                         retained.push(m);
                     }
                 }
@@ -265,10 +282,10 @@ impl<H: Hooks> Task<H> {
         }
         self.conn.suback(s.packet_id, reasons);
         for m in retained {
-            let allowed = TopicName::new(m.topic.as_str())
+            let allowed = TopicName::new(m.message.publish.topic.as_str())
                 .is_ok_and(|t| self.shared.hooks.authorize_receive(&session.context, &t));
-            if allowed {
-                let _ = self.conn.publish(m); // retained messages keep retain = 1 on subscribe
+            if let Some(p) = m.to_publish(now).filter(|_| allowed) {
+                let _ = self.conn.publish(p); // retained messages keep retain = 1 on subscribe
             }
         }
     }
@@ -286,38 +303,57 @@ impl<H: Hooks> Task<H> {
         self.conn.unsuback(u.packet_id, if self.v5() { reasons } else { Vec::new() });
     }
 
-    fn publish_will(&mut self, will: Will) {
-        let Some(session) = &self.session else { return };
-        let Ok(topic) = TopicName::new(will.topic.as_str()) else { return };
+    /// The will as a message with its delay, if the role lets this client publish it.
+    fn authorize_will(&self, will: Will) -> Option<(Publish, Duration)> {
+        let session = self.session.as_ref()?;
+        let topic = TopicName::new(will.topic.as_str()).ok()?;
         if !self.shared.limits.fits_topic(&will.topic)
             || !self.shared.hooks.authorize_publish(&session.context, &topic, will.retain)
         {
-            return;
+            return None;
         }
+        let mut properties = will.properties;
+        let delay = Duration::from_secs(u64::from(properties.will_delay.take().unwrap_or(0)));
         let message = Publish {
             dup: false,
             qos: will.qos,
             retain: will.retain,
             topic: will.topic,
             packet_id: None,
-            properties: will.properties,
+            properties,
             payload: will.payload,
         };
-        if let Ok(mut router) = self.shared.router.lock() {
-            if message.retain {
-                router.retain(&message);
-            }
-            router.publish(&topic, &message, |ctx| self.shared.hooks.authorize_receive(ctx, &topic));
-        }
+        Some((message, delay))
     }
 
     fn finish(mut self) {
         let Some(session) = self.session.take() else { return };
         let unacknowledged = self.conn.take_unacknowledged();
+        let now = Instant::now().into_std();
+        let will = self.will.take();
         if let Ok(mut router) = self.shared.router.lock() {
-            router.unregister(&session.client_id, self.id, unacknowledged, Instant::now().into_std());
+            if let Some(will) = router.unregister(&session.client_id, self.id, unacknowledged, will, now) {
+                publish_from(&self.shared, &mut router, will, Some(&session.client_id), now);
+            }
         }
         self.shared.hooks.disconnected(&session.context, &session.client_id);
         tracing::debug!(client_id = %session.client_id, "disconnected");
     }
+}
+
+/// Publishes a message the broker originates or holds (a will, a role's event) to everyone
+/// the role lets receive it.
+pub(crate) fn publish_from<H: Hooks>(
+    shared: &Shared<H>,
+    router: &mut crate::router::Router<H::Context>,
+    message: Publish,
+    publisher: Option<&str>,
+    now: std::time::Instant,
+) -> usize {
+    let Ok(topic) = TopicName::new(message.topic.as_str()) else { return 0 };
+    let message = Arc::new(Message::new(message, now));
+    if message.publish.retain {
+        router.retain(&message);
+    }
+    router.publish(&topic, &message, publisher, |ctx| shared.hooks.authorize_receive(ctx, &topic))
 }

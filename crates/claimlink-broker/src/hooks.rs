@@ -29,14 +29,19 @@ pub struct ConnectRequest<'a> {
     pub peer: &'a PeerIdentity,
 }
 
-/// Decisions a role makes. Every method runs on the connection's task and must not block.
+/// Decisions a role makes. Every method runs on the connection's task; all but `on_connect`
+/// are called for every packet and must not block.
 pub trait Hooks: Send + Sync + 'static {
     /// Per-connection state the role keeps (identity, bound policy variables, ...).
     type Context: Send + Sync + 'static;
 
     /// Accept a CONNECT with a context, or refuse it with a reason (CONNACK "not authorized",
-    /// "bad user name or password", ...).
-    fn on_connect(&self, request: &ConnectRequest<'_>) -> Result<Self::Context, ReasonCode>;
+    /// "bad user name or password", ...). It may wait (a database, just-in-time provisioning);
+    /// the connection does nothing else meanwhile.
+    fn on_connect(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> impl Future<Output = Result<Self::Context, ReasonCode>> + Send;
 
     /// May this connection publish to `topic` (with the retain flag as given)?
     fn authorize_publish(&self, _ctx: &Self::Context, _topic: &TopicName, _retain: bool) -> bool {
@@ -68,7 +73,7 @@ pub struct AllowAll;
 impl Hooks for AllowAll {
     type Context = ();
 
-    fn on_connect(&self, _request: &ConnectRequest<'_>) -> Result<(), ReasonCode> {
+    async fn on_connect(&self, _request: &ConnectRequest<'_>) -> Result<(), ReasonCode> {
         Ok(())
     }
 }

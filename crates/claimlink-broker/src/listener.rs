@@ -2,8 +2,11 @@
 //! handle that owns the router and the hooks.
 
 use std::io;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, Weak};
+
+use claimlink_mqtt::ReasonCode;
+use claimlink_mqtt::packet::Publish;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -89,6 +92,26 @@ pub(crate) struct Shared<H: Hooks> {
     pub(crate) limits: Limits,
     pub(crate) next_connection: AtomicU64,
     connections: Arc<Semaphore>,
+    /// Whether a sweeper task runs (one per broker, however many listeners).
+    sweeping: AtomicBool,
+}
+
+/// A broker handle that does not keep it alive (see [`Broker::downgrade`]).
+pub struct WeakBroker<H: Hooks> {
+    shared: Weak<Shared<H>>,
+}
+
+impl<H: Hooks> Clone for WeakBroker<H> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
+}
+
+impl<H: Hooks> WeakBroker<H> {
+    /// The broker, if it still exists.
+    pub fn upgrade(&self) -> Option<Broker<H>> {
+        self.shared.upgrade().map(|shared| Broker { shared })
+    }
 }
 
 /// A broker: hooks, router and limits, served on any number of listeners.
@@ -112,6 +135,7 @@ impl<H: Hooks> Broker<H> {
             limits,
             next_connection: AtomicU64::new(1),
             connections,
+            sweeping: AtomicBool::new(false),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -136,19 +160,48 @@ impl<H: Hooks> Broker<H> {
         self.serve(listener, Some(tls), shutdown).await
     }
 
-    /// Expires offline sessions once a second until shutdown.
+    /// Publishes a message from the broker itself (a role's event, a command to a device) to
+    /// every subscriber the role lets receive it. Returns how many queues took it.
+    pub fn publish(&self, message: Publish) -> usize {
+        let Ok(mut router) = self.shared.router.lock() else { return 0 };
+        connection::publish_from(&self.shared, &mut router, message, None, std::time::Instant::now())
+    }
+
+    /// Ends the connection of `client_id`, if online, with `reason` (MQTT 5 clients get it in a
+    /// DISCONNECT). Returns whether it was online.
+    pub fn disconnect(&self, client_id: &str, reason: ReasonCode) -> bool {
+        self.shared.router.lock().is_ok_and(|mut r| r.disconnect(client_id, reason))
+    }
+
+    /// A handle that does not keep the broker alive, for hooks that must reach their broker.
+    pub fn downgrade(&self) -> WeakBroker<H> {
+        WeakBroker { shared: Arc::downgrade(&self.shared) }
+    }
+
+    /// Expires offline sessions and publishes wills whose delay has passed, once a second,
+    /// until shutdown.
     fn spawn_sweeper(&self, mut shutdown: watch::Receiver<bool>) {
+        if self.shared.sweeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
+                        let now = std::time::Instant::now();
                         if let Ok(mut router) = shared.router.lock() {
-                            router.sweep(std::time::Instant::now());
+                            router.sweep(now);
+                            for (client_id, will) in router.due_wills(now) {
+                                connection::publish_from(&shared, &mut router, will, Some(&client_id), now);
+                            }
                         }
                     }
-                    _ = shutdown.changed() => return,
+                    _ = shutdown.changed() => {
+                        shared.sweeping.store(false, std::sync::atomic::Ordering::Release);
+                        return;
+                    }
                 }
             }
         });

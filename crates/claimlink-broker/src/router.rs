@@ -1,5 +1,5 @@
 //! Who receives what: a topic trie of subscriptions, the connected clients' delivery queues,
-//! and retained messages.
+//! retained messages and wills waiting for their delay.
 //!
 //! Delivery never waits: each client has a bounded queue, and a message for a full queue is
 //! dropped for that client only (and counted), so a slow consumer cannot stall anyone else.
@@ -10,22 +10,106 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use claimlink_mqtt::packet::{Publish, SubscriptionOptions};
-use claimlink_mqtt::{QoS, TopicFilter, TopicName};
+use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use tokio::sync::mpsc;
 
-/// What a connection task receives from the router.
+/// An application message as the broker keeps it: what was published and when it arrived
+/// (for the Message Expiry Interval).
 #[derive(Debug)]
-pub enum Delivery {
-    /// A message to send, shared by all its subscribers, and the QoS for this one (the lower
-    /// of the published QoS and the subscription's maximum).
-    Message(Arc<Publish>, QoS),
-    /// Another connection took over this client identifier.
-    TakenOver,
+pub struct Message {
+    /// The message as published (no packet id, no topic alias, dup cleared).
+    pub publish: Publish,
+    /// When the broker received it.
+    pub received: Instant,
+}
+
+impl Message {
+    /// Wraps a received message, clearing what belongs to the publisher's connection only.
+    pub fn new(mut publish: Publish, received: Instant) -> Self {
+        publish.dup = false;
+        publish.packet_id = None;
+        publish.properties.topic_alias = None;
+        publish.properties.subscription_ids.clear();
+        Self { publish, received }
+    }
+
+    /// Whether its Message Expiry Interval has passed at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.remaining(now) == Some(0)
+    }
+
+    /// Seconds left of its expiry interval (`None`: it does not expire).
+    fn remaining(&self, now: Instant) -> Option<u32> {
+        let interval = self.publish.properties.message_expiry?;
+        let waited = now.saturating_duration_since(self.received).as_secs();
+        Some(u32::try_from(u64::from(interval).saturating_sub(waited)).unwrap_or(0))
+    }
+}
+
+/// One message for one subscriber.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The message, shared by all its subscribers.
+    pub message: Arc<Message>,
+    /// The lower of the published QoS and the subscription's maximum.
+    pub qos: QoS,
+    /// The retain flag to send (kept only for Retain As Published subscriptions, and for
+    /// retained messages sent on subscribe).
+    pub retain: bool,
+    /// Identifiers of the matching subscriptions (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Routed {
+    /// The PUBLISH to send at `now`, with the expiry interval reduced by the time the message
+    /// waited (section 3.3.2.3.3); `None` when it has expired and must not be sent.
+    pub fn to_publish(&self, now: Instant) -> Option<Publish> {
+        let remaining = self.message.remaining(now);
+        if remaining == Some(0) {
+            return None;
+        }
+        let mut p = self.message.publish.clone();
+        p.qos = self.qos;
+        p.retain = self.retain;
+        p.properties.message_expiry = remaining;
+        p.properties.subscription_ids.clone_from(&self.subscription_ids);
+        Some(p)
+    }
+}
+
+/// An order to end a connection, kept apart from the delivery queue so that a full queue
+/// cannot delay it: a session taken over by a newer connection with the same client id, or
+/// closed by the role (for example because its certificate was revoked).
+#[derive(Debug, Default)]
+pub struct Kick {
+    reason: std::sync::Mutex<Option<ReasonCode>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Kick {
+    /// Orders the connection to end with `reason` (the first order wins).
+    pub fn kick(&self, reason: ReasonCode) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits for an order.
+    pub async fn kicked(&self) -> ReasonCode {
+        loop {
+            self.notify.notified().await;
+            if let Some(reason) = self.reason.lock().ok().and_then(|mut r| r.take()) {
+                return reason;
+            }
+        }
+    }
 }
 
 struct Online {
     connection: u64,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Routed>,
+    kick: Arc<Kick>,
 }
 
 /// A client's session: its subscriptions live in the trie under its id; while it is offline,
@@ -36,22 +120,40 @@ struct Client<C> {
     expiry: Duration,
     /// When the last connection ended.
     offline_since: Option<Instant>,
-    queue: VecDeque<(Arc<Publish>, QoS)>,
+    queue: VecDeque<Routed>,
     /// The context of the last connection, for receive authorisation while offline.
     context: Arc<C>,
+    /// Subscriptions the session holds.
+    subscriptions: usize,
+}
+
+/// A subscription as stored in the trie.
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    options: SubscriptionOptions,
+    id: Option<u32>,
+}
+
+/// What matched for one client: the highest QoS, whether any matching subscription keeps the
+/// retain flag, and all subscription identifiers.
+#[derive(Debug, Default)]
+struct Target {
+    qos: Option<QoS>,
+    retain_as_published: bool,
+    ids: Vec<u32>,
 }
 
 /// The members of one shared subscription group (`$share/{group}/{filter}`) on one filter;
 /// each message goes to one of them, in turn.
 #[derive(Default)]
 struct Group {
-    members: Vec<(String, SubscriptionOptions)>,
+    members: Vec<(String, Sub)>,
     cursor: usize,
 }
 
 #[derive(Default)]
 struct Node {
-    subscribers: HashMap<String, SubscriptionOptions>,
+    subscribers: HashMap<String, Sub>,
     groups: HashMap<String, Group>,
     children: HashMap<String, Node>,
 }
@@ -61,30 +163,24 @@ impl Node {
         self.subscribers.is_empty() && self.groups.is_empty() && self.children.is_empty()
     }
 
-    fn insert(
-        &mut self,
-        levels: &[&str],
-        client: &str,
-        group: Option<&str>,
-        options: SubscriptionOptions,
-    ) -> bool {
+    fn insert(&mut self, levels: &[&str], client: &str, group: Option<&str>, sub: Sub) -> bool {
         let Some((level, rest)) = levels.split_first() else {
             let Some(group) = group else {
-                return self.subscribers.insert(client.to_owned(), options).is_none();
+                return self.subscribers.insert(client.to_owned(), sub).is_none();
             };
             let members = &mut self.groups.entry(group.to_owned()).or_default().members;
             return match members.iter_mut().find(|(c, _)| c == client) {
                 Some(member) => {
-                    member.1 = options;
+                    member.1 = sub;
                     false
                 }
                 None => {
-                    members.push((client.to_owned(), options));
+                    members.push((client.to_owned(), sub));
                     true
                 }
             };
         };
-        self.children.entry((*level).to_owned()).or_default().insert(rest, client, group, options)
+        self.children.entry((*level).to_owned()).or_default().insert(rest, client, group, sub)
     }
 
     fn remove(&mut self, levels: &[&str], client: &str, group: Option<&str>) -> bool {
@@ -120,57 +216,75 @@ impl Node {
     }
 
     /// Collects subscribers whose filters match `levels` (one member per shared group); `first`
-    /// applies the `$` rule.
-    fn collect(&mut self, levels: &[&str], first: bool, out: &mut HashMap<String, QoS>) {
+    /// applies the `$` rule; `publisher` is skipped where its own subscription says No Local.
+    fn collect(&mut self, levels: &[&str], first: bool, publisher: Option<&str>, out: &mut Targets) {
         let dollar = first && levels.first().is_some_and(|l| l.starts_with('$'));
         if !dollar {
             if let Some(hash) = self.children.get_mut("#") {
-                hash.take(out);
+                hash.take(publisher, out);
             }
         }
         let Some((level, rest)) = levels.split_first() else {
-            self.take(out);
+            self.take(publisher, out);
             return;
         };
         if let Some(child) = self.children.get_mut(*level) {
-            child.collect(rest, false, out);
+            child.collect(rest, false, publisher, out);
         }
         if !dollar {
             if let Some(plus) = self.children.get_mut("+") {
-                plus.collect(rest, false, out);
+                plus.collect(rest, false, publisher, out);
             }
         }
     }
 
-    /// Adds this node's subscribers, and the next member of each group. A client's highest
-    /// matching QoS wins when several of its filters match (section 3.3.4).
-    fn take(&mut self, out: &mut HashMap<String, QoS>) {
-        let mut add = |client: &String, qos: QoS| {
-            let q = out.entry(client.clone()).or_insert(qos);
-            *q = (*q).max(qos);
+    /// Adds this node's subscribers, and the next member of each group. When several of a
+    /// client's filters match, it gets one message with the highest QoS and every subscription
+    /// identifier (section 3.3.4).
+    fn take(&mut self, publisher: Option<&str>, out: &mut Targets) {
+        let mut add = |client: &String, sub: &Sub| {
+            let t = out.entry(client.clone()).or_default();
+            t.qos = Some(t.qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
+            t.retain_as_published |= sub.options.retain_as_published;
+            t.ids.extend(sub.id);
         };
-        for (client, options) in &self.subscribers {
-            add(client, options.qos);
+        for (client, sub) in &self.subscribers {
+            if !(sub.options.no_local && publisher == Some(client.as_str())) {
+                add(client, sub);
+            }
         }
         for group in self.groups.values_mut() {
             group.cursor = (group.cursor + 1) % group.members.len().max(1);
-            if let Some((client, options)) = group.members.get(group.cursor) {
-                add(client, options.qos);
+            if let Some((client, sub)) = group.members.get(group.cursor) {
+                add(client, sub);
             }
         }
     }
 }
+
+type Targets = HashMap<String, Target>;
 
 /// A connection as the router needs it.
 pub struct Registration<C> {
     /// The broker's id of the connection (to tell a stale unregister from a current one).
     pub connection: u64,
     /// Where deliveries go.
-    pub tx: mpsc::Sender<Delivery>,
+    pub tx: mpsc::Sender<Routed>,
+    /// Where orders to end the connection go.
+    pub kick: Arc<Kick>,
     /// The role's context for authorising deliveries.
     pub context: Arc<C>,
     /// How long the session outlives the connection.
     pub expiry: Duration,
+}
+
+/// What `register` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumed {
+    /// Whether a session was present (CONNACK "session present").
+    pub session_present: bool,
+    /// Subscriptions the resumed session holds (0 for a new one).
+    pub subscriptions: usize,
 }
 
 impl<C> Client<C> {
@@ -180,11 +294,18 @@ impl<C> Client<C> {
     }
 }
 
+/// A will waiting for its delay, published unless the client returns first.
+struct PendingWill {
+    due: Instant,
+    message: Publish,
+}
+
 /// Router state shared by all connections.
 pub struct Router<C> {
     clients: HashMap<String, Client<C>>,
     trie: Node,
-    retained: BTreeMap<String, Publish>,
+    retained: BTreeMap<String, Arc<Message>>,
+    wills: HashMap<String, PendingWill>,
     dropped: AtomicU64,
     /// Messages kept per offline session.
     max_offline: usize,
@@ -196,6 +317,7 @@ impl<C> Default for Router<C> {
             clients: HashMap::new(),
             trie: Node::default(),
             retained: BTreeMap::new(),
+            wills: HashMap::new(),
             dropped: AtomicU64::new(0),
             max_offline: 1000,
         }
@@ -211,15 +333,16 @@ impl<C> Router<C> {
     /// Registers a connection for `client_id`. An older connection with the same id is told it
     /// was taken over. With `clean_start`, or when the old session has expired, the session
     /// starts empty; otherwise its subscriptions stay and its queued messages are handed to the
-    /// new connection. Returns whether a session was present (CONNACK "session present").
+    /// new connection. A will waiting for its delay is cancelled (section 3.1.3.2).
     pub fn register(
         &mut self,
         client_id: &str,
         online: Registration<C>,
         clean_start: bool,
         now: Instant,
-    ) -> bool {
-        let Registration { connection, tx, context, expiry } = online;
+    ) -> Resumed {
+        let Registration { connection, tx, kick, context, expiry } = online;
+        self.wills.remove(client_id);
         let expired = self.clients.get(client_id).is_some_and(|c| c.is_expired(now));
         let fresh = clean_start || expired || !self.clients.contains_key(client_id);
         if fresh {
@@ -231,50 +354,74 @@ impl<C> Router<C> {
             offline_since: None,
             queue: VecDeque::new(),
             context: context.clone(),
+            subscriptions: 0,
         });
         if let Some(old) = entry.online.take() {
-            let _ = old.tx.try_send(Delivery::TakenOver);
+            old.kick.kick(ReasonCode::SessionTakenOver);
         }
         if fresh {
             entry.queue.clear();
+            entry.subscriptions = 0;
         }
-        for (message, qos) in entry.queue.drain(..) {
-            if tx.try_send(Delivery::Message(message, qos)).is_err() {
+        for routed in entry.queue.drain(..) {
+            if routed.message.is_expired(now) {
+                continue;
+            }
+            if tx.try_send(routed).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         entry.expiry = expiry;
         entry.offline_since = None;
         entry.context = context;
-        entry.online = Some(Online { connection, tx });
-        !fresh
+        entry.online = Some(Online { connection, tx, kick });
+        Resumed { session_present: !fresh, subscriptions: entry.subscriptions }
     }
 
     /// Ends a connection, unless a newer one already took its client id. A session with an
     /// expiry stays, with `unacknowledged` messages queued first for its next connection.
+    ///
+    /// `will` is the connection's will with its delay, already authorised. It is returned when
+    /// it must be published now: no delay, or the session ends with the connection. With a
+    /// delay it waits (at most until the session would expire) and [`Router::due_wills`] hands
+    /// it out later, unless the client reconnects first. A connection that was taken over has
+    /// its delayed will cancelled by the newer one.
     pub fn unregister(
         &mut self,
         client_id: &str,
         connection: u64,
         unacknowledged: Vec<Publish>,
+        will: Option<(Publish, Duration)>,
         now: Instant,
-    ) {
-        let Some(client) = self.clients.get_mut(client_id) else { return };
-        if client.online.as_ref().is_none_or(|o| o.connection != connection) {
-            return;
-        }
+    ) -> Option<Publish> {
+        let current = self
+            .clients
+            .get(client_id)
+            .is_some_and(|c| c.online.as_ref().is_some_and(|o| o.connection == connection));
+        let Some(client) = self.clients.get_mut(client_id).filter(|_| current) else {
+            return will.and_then(|(w, delay)| delay.is_zero().then_some(w));
+        };
         client.online = None;
         if client.expiry.is_zero() {
             self.clients.remove(client_id);
             self.trie.remove_client(client_id);
-            return;
+            return will.map(|(w, _)| w);
         }
         client.offline_since = Some(now);
         for m in unacknowledged.into_iter().rev() {
             let qos = m.qos;
-            client.queue.push_front((Arc::new(m), qos));
+            let message = Arc::new(Message::new(m, now));
+            client.queue.push_front(Routed { message, qos, retain: false, subscription_ids: Vec::new() });
         }
         client.queue.truncate(self.max_offline);
+        match will {
+            Some((w, delay)) if !delay.is_zero() => {
+                let due = now + delay.min(client.expiry);
+                self.wills.insert(client_id.to_owned(), PendingWill { due, message: w });
+                None
+            }
+            other => other.map(|(w, _)| w),
+        }
     }
 
     /// Removes offline sessions whose expiry has passed. Returns how many.
@@ -285,69 +432,99 @@ impl<C> Router<C> {
             self.clients.remove(id);
             self.trie.remove_client(id);
         }
+        self.retained.retain(|_, m| !m.is_expired(now));
         expired.len()
     }
 
+    /// Wills whose delay has passed at `now`, to publish, with the client ids they belong to.
+    pub fn due_wills(&mut self, now: Instant) -> Vec<(String, Publish)> {
+        let due: Vec<String> =
+            self.wills.iter().filter(|(_, w)| w.due <= now).map(|(id, _)| id.clone()).collect();
+        due.into_iter().filter_map(|id| self.wills.remove(&id).map(|w| (id, w.message))).collect()
+    }
+
+    /// The context of a client's session, connected or not.
+    pub fn context(&self, client_id: &str) -> Option<Arc<C>> {
+        self.clients.get(client_id).map(|c| c.context.clone())
+    }
+
     /// Adds a subscription (replacing one on the same filter). Returns whether it is new.
-    pub fn subscribe(&mut self, client_id: &str, filter: &TopicFilter, options: SubscriptionOptions) -> bool {
+    pub fn subscribe(
+        &mut self,
+        client_id: &str,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
         let levels: Vec<&str> = filter.pattern().split('/').collect();
-        self.trie.insert(&levels, client_id, filter.shared().map(|(g, _)| g), options)
+        let new = self.trie.insert(&levels, client_id, filter.shared().map(|(g, _)| g), Sub { options, id });
+        if let Some(c) = self.clients.get_mut(client_id) {
+            c.subscriptions += usize::from(new);
+        }
+        new
     }
 
     /// Removes a subscription. Returns whether it existed.
     pub fn unsubscribe(&mut self, client_id: &str, filter: &TopicFilter) -> bool {
         let levels: Vec<&str> = filter.pattern().split('/').collect();
-        self.trie.remove(&levels, client_id, filter.shared().map(|(g, _)| g))
+        let existed = self.trie.remove(&levels, client_id, filter.shared().map(|(g, _)| g));
+        if let Some(c) = self.clients.get_mut(client_id) {
+            c.subscriptions -= usize::from(existed);
+        }
+        existed
     }
 
     /// Stores or clears (empty payload) the retained message of a topic.
-    pub fn retain(&mut self, message: &Publish) {
-        if message.payload.is_empty() {
-            self.retained.remove(&message.topic);
+    pub fn retain(&mut self, message: &Arc<Message>) {
+        if message.publish.payload.is_empty() {
+            self.retained.remove(&message.publish.topic);
         } else {
-            let mut kept = message.clone();
-            kept.dup = false;
-            kept.packet_id = None;
-            kept.properties.topic_alias = None;
-            self.retained.insert(message.topic.clone(), kept);
+            self.retained.insert(message.publish.topic.clone(), message.clone());
         }
     }
 
-    /// Retained messages matching `filter`.
-    pub fn retained_for(&self, filter: &TopicFilter) -> Vec<Publish> {
+    /// Unexpired retained messages matching `filter`, with the retain flag set.
+    pub fn retained_for(&self, filter: &TopicFilter, now: Instant) -> Vec<Routed> {
         self.retained
             .values()
-            .filter(|m| TopicName::new(m.topic.as_str()).is_ok_and(|t| filter.matches(&t)))
-            .cloned()
+            .filter(|m| !m.is_expired(now))
+            .filter(|m| TopicName::new(m.publish.topic.as_str()).is_ok_and(|t| filter.matches(&t)))
+            .map(|m| Routed {
+                message: m.clone(),
+                qos: m.publish.qos,
+                retain: true,
+                subscription_ids: Vec::new(),
+            })
             .collect()
     }
 
-    /// Delivers `message` to every matching subscriber that `may_receive` allows. Returns how
-    /// many queues took it.
+    /// Delivers `message` to every matching subscriber that `may_receive` allows (`publisher`
+    /// is the sending client, for No Local). Returns how many queues took it.
     pub fn publish(
         &mut self,
         topic: &TopicName,
-        message: &Publish,
+        message: &Arc<Message>,
+        publisher: Option<&str>,
         may_receive: impl Fn(&C) -> bool,
     ) -> usize {
         let levels: Vec<&str> = topic.levels().collect();
         let mut targets = HashMap::new();
-        self.trie.collect(&levels, true, &mut targets);
-        let mut shared = message.clone();
-        shared.retain = false;
-        shared.dup = false;
-        shared.packet_id = None;
-        shared.properties.topic_alias = None;
-        let shared = Arc::new(shared);
+        self.trie.collect(&levels, true, publisher, &mut targets);
         let mut delivered = 0;
-        for (client_id, qos) in targets {
+        for (client_id, target) in targets {
             let Some(client) = self.clients.get_mut(&client_id) else { continue };
             if !may_receive(&client.context) {
                 continue;
             }
-            let qos = shared.qos.min(qos);
+            let qos = message.publish.qos.min(target.qos.unwrap_or(QoS::AtMostOnce));
+            let routed = Routed {
+                message: message.clone(),
+                qos,
+                retain: message.publish.retain && target.retain_as_published,
+                subscription_ids: target.ids,
+            };
             match &client.online {
-                Some(online) => match online.tx.try_send(Delivery::Message(shared.clone(), qos)) {
+                Some(online) => match online.tx.try_send(routed) {
                     Ok(()) => delivered += 1,
                     Err(_) => {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +532,7 @@ impl<C> Router<C> {
                 },
                 // Offline with a session: QoS 1 and 2 wait (section 4.1); QoS 0 may be dropped.
                 None if qos != QoS::AtMostOnce && client.queue.len() < self.max_offline => {
-                    client.queue.push_back((shared.clone(), qos));
+                    client.queue.push_back(routed);
                     delivered += 1;
                 }
                 None => {
@@ -364,6 +541,13 @@ impl<C> Router<C> {
             }
         }
         delivered
+    }
+
+    /// Tells the connection of `client_id` to end with `reason`. Returns whether it was online.
+    pub fn disconnect(&mut self, client_id: &str, reason: ReasonCode) -> bool {
+        let Some(online) = self.clients.get(client_id).and_then(|c| c.online.as_ref()) else { return false };
+        online.kick.kick(reason);
+        true
     }
 
     /// Messages dropped because a subscriber's queue was full.
@@ -400,8 +584,20 @@ mod tests {
         }
     }
 
-    fn client(r: &mut Router<()>, id: &str, conn: u64) -> mpsc::Receiver<Delivery> {
+    fn client(r: &mut Router<()>, id: &str, conn: u64) -> mpsc::Receiver<Routed> {
         connect(r, id, conn, true, Duration::ZERO).1
+    }
+
+    fn arc(p: Publish) -> Arc<Message> {
+        Arc::new(Message::new(p, Instant::now()))
+    }
+
+    fn publish(r: &mut Router<()>, topic: &str, p: Publish) -> usize {
+        r.publish(&TopicName::new(topic).unwrap(), &arc(p), None, |_| true)
+    }
+
+    fn sub(r: &mut Router<()>, client: &str, filter: &str, options: SubscriptionOptions) -> bool {
+        r.subscribe(client, &TopicFilter::new(filter).unwrap(), options, None)
     }
 
     fn connect(
@@ -410,15 +606,27 @@ mod tests {
         conn: u64,
         clean: bool,
         expiry: Duration,
-    ) -> (bool, mpsc::Receiver<Delivery>) {
+    ) -> (bool, mpsc::Receiver<Routed>) {
+        let (present, rx, _) = connect_kick(r, id, conn, clean, expiry);
+        (present, rx)
+    }
+
+    fn connect_kick(
+        r: &mut Router<()>,
+        id: &str,
+        conn: u64,
+        clean: bool,
+        expiry: Duration,
+    ) -> (bool, mpsc::Receiver<Routed>, Arc<Kick>) {
         let (tx, rx) = mpsc::channel(2);
-        let present = r.register(
+        let kick = Arc::new(Kick::default());
+        let resumed = r.register(
             id,
-            Registration { connection: conn, tx, context: Arc::new(()), expiry },
+            Registration { connection: conn, tx, kick: kick.clone(), context: Arc::new(()), expiry },
             clean,
             Instant::now(),
         );
-        (present, rx)
+        (resumed.session_present, rx, kick)
     }
 
     #[test]
@@ -428,17 +636,13 @@ mod tests {
         let mut receivers = Vec::new();
         for (i, f) in cases.iter().enumerate() {
             receivers.push(client(&mut r, &format!("c{i}"), i as u64));
-            r.subscribe(
-                &format!("c{i}"),
-                &TopicFilter::new(*f).unwrap(),
-                SubscriptionOptions::qos(QoS::AtLeastOnce),
-            );
+            sub(&mut r, &format!("c{i}"), f, SubscriptionOptions::qos(QoS::AtLeastOnce));
         }
         for topic in ["a/b", "a", "x/b", "$SYS/x", "a/b/c"] {
             let name = TopicName::new(topic).unwrap();
             let levels: Vec<&str> = name.levels().collect();
             let mut got = HashMap::new();
-            r.trie.collect(&levels, true, &mut got);
+            r.trie.collect(&levels, true, None, &mut got);
             for (i, f) in cases.iter().enumerate() {
                 let expected = TopicFilter::new(*f).unwrap().matches(&name);
                 assert_eq!(got.contains_key(&format!("c{i}")), expected, "{f} vs {topic}");
@@ -449,16 +653,16 @@ mod tests {
     #[test]
     fn takeover_unsubscribes_the_old_connection_and_tells_it() {
         let mut r = Router::default();
-        let mut old = client(&mut r, "dev", 1);
-        r.subscribe("dev", &TopicFilter::new("t").unwrap(), SubscriptionOptions::qos(QoS::AtMostOnce));
+        let (_, _old, kick) = connect_kick(&mut r, "dev", 1, true, Duration::ZERO);
+        sub(&mut r, "dev", "t", SubscriptionOptions::qos(QoS::AtMostOnce));
         let _new = client(&mut r, "dev", 2);
-        assert!(matches!(old.try_recv(), Ok(Delivery::TakenOver)));
-        assert_eq!(
-            r.publish(&TopicName::new("t").unwrap(), &msg("t"), |_| true),
-            0,
-            "subscriptions did not survive takeover"
-        );
-        r.unregister("dev", 1, Vec::new(), Instant::now());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let reason = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), kick.kicked()).await.expect("no kick")
+        });
+        assert_eq!(reason, ReasonCode::SessionTakenOver);
+        assert_eq!(publish(&mut r, "t", msg("t")), 0, "subscriptions did not survive takeover");
+        r.unregister("dev", 1, Vec::new(), None, Instant::now());
         assert_eq!(r.clients(), 1, "the old connection's exit leaves the new one registered");
     }
 
@@ -468,18 +672,18 @@ mod tests {
         let mut slow = client(&mut r, "slow", 1);
         let mut fast = client(&mut r, "fast", 2);
         for c in ["slow", "fast"] {
-            r.subscribe(c, &TopicFilter::new("t").unwrap(), SubscriptionOptions::qos(QoS::AtMostOnce));
+            sub(&mut r, c, "t", SubscriptionOptions::qos(QoS::AtMostOnce));
         }
-        let t = TopicName::new("t").unwrap();
         for _ in 0..2 {
-            assert_eq!(r.publish(&t, &msg("t"), |_| true), 2);
+            assert_eq!(publish(&mut r, "t", msg("t")), 2);
         }
         // Drain only the fast one; the slow queue (capacity 2) is full.
-        while let Ok(Delivery::Message(m, qos)) = fast.try_recv() {
-            assert_eq!(qos, QoS::AtMostOnce, "capped at the subscription QoS");
-            assert!(!m.retain && m.packet_id.is_none());
+        while let Ok(routed) = fast.try_recv() {
+            let m = routed.to_publish(Instant::now()).unwrap();
+            assert_eq!(m.qos, QoS::AtMostOnce, "capped at the subscription QoS");
+            assert!(!m.retain && m.packet_id.is_none(), "retain cleared without Retain As Published");
         }
-        assert_eq!(r.publish(&t, &msg("t"), |_| true), 1);
+        assert_eq!(publish(&mut r, "t", msg("t")), 1);
         assert_eq!(r.dropped(), 1);
         assert!(slow.try_recv().is_ok());
     }
@@ -490,31 +694,31 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let (present, _rx) = connect(&mut r, "dev", 1, false, hour);
         assert!(!present);
-        r.subscribe("dev", &TopicFilter::new("cmd/#").unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce));
+        sub(&mut r, "dev", "cmd/#", SubscriptionOptions::qos(QoS::AtLeastOnce));
+        sub(&mut r, "dev", "other", SubscriptionOptions::qos(QoS::AtLeastOnce));
         let now = Instant::now();
         let unacked = msg("cmd/unacked");
-        r.unregister("dev", 1, vec![unacked], now);
+        r.unregister("dev", 1, vec![unacked], None, now);
         assert_eq!((r.clients(), r.sessions()), (0, 1));
-        let t = TopicName::new("cmd/go").unwrap();
-        assert_eq!(r.publish(&t, &msg("cmd/go"), |_| true), 1, "queued for the offline session");
+        assert_eq!(publish(&mut r, "cmd/go", msg("cmd/go")), 1, "queued for the offline session");
         let mut qos0 = msg("cmd/go");
         qos0.qos = QoS::AtMostOnce;
-        assert_eq!(r.publish(&t, &qos0, |_| true), 0, "QoS 0 is not kept");
-        let (present, mut rx) = connect(&mut r, "dev", 2, false, hour);
-        assert!(present);
-        let topics: Vec<String> = std::iter::from_fn(|| match rx.try_recv() {
-            Ok(Delivery::Message(m, _)) => Some(m.topic.clone()),
-            _ => None,
-        })
-        .collect();
+        assert_eq!(publish(&mut r, "cmd/go", qos0), 0, "QoS 0 is not kept");
+        let (tx, mut rx) = mpsc::channel(8);
+        let registration =
+            Registration { connection: 2, tx, kick: Arc::default(), context: Arc::new(()), expiry: hour };
+        let resumed = r.register("dev", registration, false, Instant::now());
+        assert_eq!(resumed, Resumed { session_present: true, subscriptions: 2 });
+        let topics: Vec<String> =
+            std::iter::from_fn(|| rx.try_recv().ok().map(|m| m.message.publish.topic.clone())).collect();
         assert_eq!(topics, ["cmd/unacked", "cmd/go"], "unacknowledged first, then what came while away");
         // Subscriptions survived: a new message is delivered live.
-        assert_eq!(r.publish(&t, &msg("cmd/go"), |_| true), 1);
+        assert_eq!(publish(&mut r, "cmd/go", msg("cmd/go")), 1);
         // A clean start throws the session away.
-        r.unregister("dev", 2, Vec::new(), now);
+        r.unregister("dev", 2, Vec::new(), None, now);
         let (present, _rx) = connect(&mut r, "dev", 3, true, hour);
         assert!(!present);
-        assert_eq!(r.publish(&t, &msg("cmd/go"), |_| true), 0, "subscriptions are gone");
+        assert_eq!(publish(&mut r, "cmd/go", msg("cmd/go")), 0, "subscriptions are gone");
     }
 
     #[test]
@@ -522,13 +726,13 @@ mod tests {
         let mut r = Router::default();
         let (_, _rx) = connect(&mut r, "dev", 1, false, Duration::from_secs(10));
         let start = Instant::now();
-        r.unregister("dev", 1, Vec::new(), start);
+        r.unregister("dev", 1, Vec::new(), None, start);
         assert_eq!(r.sweep(start + Duration::from_secs(9)), 0);
         assert_eq!(r.sweep(start + Duration::from_secs(10)), 1);
         assert_eq!(r.sessions(), 0);
         // Expiry zero: the session ends with the connection.
         let (_, _rx) = connect(&mut r, "eph", 2, false, Duration::ZERO);
-        r.unregister("eph", 2, Vec::new(), start);
+        r.unregister("eph", 2, Vec::new(), None, start);
         assert_eq!(r.sessions(), 0);
     }
 
@@ -539,14 +743,13 @@ mod tests {
         let mut b = client(&mut r, "b", 2);
         let mut plain = client(&mut r, "p", 3);
         let shared = TopicFilter::new("$share/workers/jobs/+").unwrap();
-        r.subscribe("a", &shared, SubscriptionOptions::qos(QoS::AtLeastOnce));
-        r.subscribe("b", &shared, SubscriptionOptions::qos(QoS::AtLeastOnce));
-        r.subscribe("p", &TopicFilter::new("jobs/#").unwrap(), SubscriptionOptions::qos(QoS::AtLeastOnce));
-        let t = TopicName::new("jobs/1").unwrap();
-        let count = |rx: &mut mpsc::Receiver<Delivery>| std::iter::from_fn(|| rx.try_recv().ok()).count();
+        sub(&mut r, "a", "$share/workers/jobs/+", SubscriptionOptions::qos(QoS::AtLeastOnce));
+        sub(&mut r, "b", "$share/workers/jobs/+", SubscriptionOptions::qos(QoS::AtLeastOnce));
+        sub(&mut r, "p", "jobs/#", SubscriptionOptions::qos(QoS::AtLeastOnce));
+        let count = |rx: &mut mpsc::Receiver<Routed>| std::iter::from_fn(|| rx.try_recv().ok()).count();
         for _ in 0..2 {
             assert_eq!(
-                r.publish(&t, &msg("jobs/1"), |_| true),
+                publish(&mut r, "jobs/1", msg("jobs/1")),
                 2,
                 "one group member and the plain subscriber"
             );
@@ -554,22 +757,118 @@ mod tests {
         assert_eq!((count(&mut a), count(&mut b), count(&mut plain)), (1, 1, 2));
         // A member that leaves no longer gets a turn.
         r.unsubscribe("a", &shared);
-        r.publish(&t, &msg("jobs/1"), |_| true);
-        r.publish(&t, &msg("jobs/1"), |_| true);
+        publish(&mut r, "jobs/1", msg("jobs/1"));
+        publish(&mut r, "jobs/1", msg("jobs/1"));
         assert_eq!((count(&mut a), count(&mut b)), (0, 2));
     }
 
     #[test]
     fn retained_messages_are_stored_cleared_and_matched() {
         let mut r: Router<()> = Router::default();
-        r.retain(&msg("a/b"));
-        r.retain(&msg("a/c"));
-        assert_eq!(r.retained_for(&TopicFilter::new("a/+").unwrap()).len(), 2);
+        let now = Instant::now();
+        r.retain(&arc(msg("a/b")));
+        r.retain(&arc(msg("a/c")));
+        assert_eq!(r.retained_for(&TopicFilter::new("a/+").unwrap(), now).len(), 2);
         let mut clear = msg("a/b");
         clear.payload = Bytes::new();
-        r.retain(&clear);
-        let left = r.retained_for(&TopicFilter::new("#").unwrap());
+        r.retain(&arc(clear));
+        let left = r.retained_for(&TopicFilter::new("#").unwrap(), now);
         assert_eq!(left.len(), 1);
-        assert_eq!(left[0].packet_id, None);
+        let p = left[0].to_publish(now).unwrap();
+        assert_eq!((p.packet_id, p.retain), (None, true));
+    }
+
+    #[test]
+    fn no_local_retain_as_published_and_subscription_ids() {
+        let mut r = Router::default();
+        let (tx, mut me) = mpsc::channel(8);
+        let registration = Registration {
+            connection: 1,
+            tx,
+            kick: Arc::default(),
+            context: Arc::new(()),
+            expiry: Duration::ZERO,
+        };
+        r.register("me", registration, true, Instant::now());
+        let mut other = client(&mut r, "other", 2);
+        let mut no_local = SubscriptionOptions::qos(QoS::AtLeastOnce);
+        no_local.no_local = true;
+        r.subscribe("me", &TopicFilter::new("chat/+").unwrap(), no_local, Some(7));
+        r.subscribe(
+            "me",
+            &TopicFilter::new("chat/#").unwrap(),
+            SubscriptionOptions::qos(QoS::AtMostOnce),
+            Some(9),
+        );
+        let mut rap = SubscriptionOptions::qos(QoS::AtLeastOnce);
+        rap.retain_as_published = true;
+        r.subscribe("other", &TopicFilter::new("chat/#").unwrap(), rap, None);
+        let topic = TopicName::new("chat/room").unwrap();
+        let m = arc(msg("chat/room")); // retain = 1, QoS 1
+        assert_eq!(r.publish(&topic, &m, Some("me"), |_| true), 2);
+        let mine = me.try_recv().unwrap().to_publish(Instant::now()).unwrap();
+        assert_eq!(mine.properties.subscription_ids, [9], "only the filter without No Local matched");
+        assert_eq!(mine.qos, QoS::AtMostOnce);
+        assert!(!mine.retain);
+        let theirs = other.try_recv().unwrap().to_publish(Instant::now()).unwrap();
+        assert!(theirs.retain, "Retain As Published keeps the flag");
+        // From someone else, both of my filters match: one message, highest QoS, both ids.
+        assert_eq!(r.publish(&topic, &m, Some("other"), |_| true), 2);
+        let mut ids = me.try_recv().unwrap().subscription_ids;
+        ids.sort_unstable();
+        assert_eq!(ids, [7, 9]);
+    }
+
+    #[test]
+    fn expired_messages_are_not_delivered_and_the_interval_counts_down() {
+        let start = Instant::now();
+        let mut p = msg("t");
+        p.properties.message_expiry = Some(10);
+        let m = Arc::new(Message::new(p, start));
+        let routed =
+            Routed { message: m.clone(), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![] };
+        assert_eq!(
+            routed.to_publish(start + Duration::from_secs(4)).unwrap().properties.message_expiry,
+            Some(6)
+        );
+        assert!(routed.to_publish(start + Duration::from_secs(10)).is_none());
+        // Retained and queued copies expire too.
+        let mut r: Router<()> = Router::default();
+        r.retain(&m);
+        let all = TopicFilter::new("#").unwrap();
+        assert_eq!(r.retained_for(&all, start + Duration::from_secs(9)).len(), 1);
+        assert_eq!(r.retained_for(&all, start + Duration::from_secs(11)).len(), 0);
+        r.sweep(start + Duration::from_secs(11));
+        assert!(r.retained.is_empty(), "the sweep forgets expired retained messages");
+    }
+
+    #[test]
+    fn a_delayed_will_waits_and_a_return_cancels_it() {
+        let mut r: Router<()> = Router::default();
+        let hour = Duration::from_secs(3600);
+        let start = Instant::now();
+        let will = || Some((msg("status/dev"), Duration::from_secs(30)));
+        let (_, _rx) = connect(&mut r, "dev", 1, false, hour);
+        assert!(r.unregister("dev", 1, Vec::new(), will(), start).is_none(), "delayed");
+        assert!(r.due_wills(start + Duration::from_secs(29)).is_empty());
+        let due = r.due_wills(start + Duration::from_secs(30));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, "dev");
+        // The client returns within the delay: no will.
+        let (_, _rx) = connect(&mut r, "dev", 2, false, hour);
+        r.unregister("dev", 2, Vec::new(), will(), start);
+        let (_, _rx) = connect(&mut r, "dev", 3, false, hour);
+        assert!(r.due_wills(start + hour).is_empty(), "cancelled by the new connection");
+        // The delay is capped by the session expiry; a session that ends now publishes now.
+        let (_, _rx) = connect(&mut r, "short", 4, false, Duration::from_secs(5));
+        r.unregister("short", 4, Vec::new(), will(), start);
+        assert_eq!(r.due_wills(start + Duration::from_secs(5)).len(), 1);
+        let (_, _rx) = connect(&mut r, "eph", 5, true, Duration::ZERO);
+        assert!(r.unregister("eph", 5, Vec::new(), will(), start).is_some());
+        // A connection taken over loses its delayed will but not an immediate one.
+        let (_, _rx) = connect(&mut r, "tk", 6, false, hour);
+        let (_, _rx2) = connect(&mut r, "tk", 7, false, hour);
+        assert!(r.unregister("tk", 6, Vec::new(), will(), start).is_none());
+        assert!(r.unregister("tk", 6, Vec::new(), Some((msg("x"), Duration::ZERO)), start).is_some());
     }
 }

@@ -9,7 +9,8 @@
 //! (1.5 times the interval, section 3.1.2.10); the receive maximum the server announced for
 //! incoming QoS 1 and 2 messages; incoming topic aliases; packet identifier rules of the QoS 1
 //! and 2 flows in both directions; and, outgoing, the client's receive maximum and maximum
-//! packet size, with a bounded queue behind the window.
+//! packet size, with a bounded queue behind the window, and topic aliases up to the client's
+//! Topic Alias Maximum (the first topics sent get one, for the life of the connection).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -124,6 +125,8 @@ pub struct ServerConnection {
     // Outgoing.
     client_receive_maximum: u16,
     client_max_packet: Option<u32>,
+    client_alias_maximum: u16,
+    aliases_out: HashMap<String, u16>,
     inflight: BTreeMap<u16, (Publish, Stage)>,
     queue: VecDeque<Publish>,
     next_id: u16,
@@ -149,6 +152,8 @@ impl ServerConnection {
             aliases_in: HashMap::new(),
             client_receive_maximum: u16::MAX,
             client_max_packet: None,
+            client_alias_maximum: 0,
+            aliases_out: HashMap::new(),
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             next_id: 1,
@@ -212,6 +217,11 @@ impl ServerConnection {
                 self.client_keep_alive = c.keep_alive;
                 self.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
                 self.client_max_packet = c.properties.maximum_packet_size;
+                self.client_alias_maximum = if c.version == ProtocolVersion::V5 {
+                    c.properties.topic_alias_maximum.unwrap_or(0)
+                } else {
+                    0
+                };
                 self.state = State::AwaitingAccept;
                 self.events.push_back(Event::Connect(c));
             }
@@ -376,6 +386,10 @@ impl ServerConnection {
 
     /// Sends an application message. QoS 1 and 2 messages get a packet identifier and wait in a
     /// bounded queue while the client's receive window is full.
+    ///
+    /// A message larger than the client's Maximum Packet Size is dropped for it, as section
+    /// 3.1.2.25 requires: at once for QoS 0 ([`SendError::TooLarge`]), and for QoS 1 and 2 when
+    /// its turn in the window comes.
     pub fn publish(&mut self, mut message: Publish) -> Result<(), SendError> {
         if self.state != State::Connected {
             return Err(SendError::NotConnected);
@@ -383,18 +397,9 @@ impl ServerConnection {
         if self.version == ProtocolVersion::V311 {
             message.properties = Properties::default();
         }
-        if let Some(max) = self.client_max_packet {
-            let mut probe = Vec::new();
-            message.packet_id = (message.qos != QoS::AtMostOnce).then_some(1);
-            let _ = encode(&Packet::Publish(message.clone()), self.version, &mut probe);
-            if probe.len() > max as usize {
-                return Err(SendError::TooLarge);
-            }
-        }
         message.packet_id = None;
         if message.qos == QoS::AtMostOnce {
-            self.send(&Packet::Publish(message));
-            return Ok(());
+            return if self.transmit(message) { Ok(()) } else { Err(SendError::TooLarge) };
         }
         if self.queue.len() >= self.config.max_queued {
             return Err(SendError::QueueFull);
@@ -409,10 +414,40 @@ impl ServerConnection {
             let Some(mut m) = self.queue.pop_front() else { break };
             let id = self.allocate_id();
             m.packet_id = Some(id);
+            if !self.transmit(m.clone()) {
+                continue;
+            }
             let stage = if m.qos == QoS::AtLeastOnce { Stage::Qos1Sent } else { Stage::Qos2Sent };
-            self.send(&Packet::Publish(m.clone()));
             self.inflight.insert(id, (m, stage));
         }
+    }
+
+    /// Encodes one outgoing PUBLISH, replacing its topic by an alias where one is assigned (or
+    /// can still be). Returns false, sending nothing, when the packet is larger than the client
+    /// accepts.
+    fn transmit(&mut self, mut m: Publish) -> bool {
+        let mut new_alias = None;
+        if self.client_alias_maximum > 0 {
+            if let Some(&alias) = self.aliases_out.get(&m.topic) {
+                m.properties.topic_alias = Some(alias);
+                m.topic.clear();
+            } else if self.aliases_out.len() < usize::from(self.client_alias_maximum) {
+                let alias = self.aliases_out.len() as u16 + 1;
+                m.properties.topic_alias = Some(alias);
+                new_alias = Some((m.topic.clone(), alias));
+            }
+        }
+        let start = self.output.len();
+        if encode(&Packet::Publish(m), self.version, &mut self.output).is_err()
+            || self.client_max_packet.is_some_and(|max| self.output.len() - start > max as usize)
+        {
+            self.output.truncate(start);
+            return false;
+        }
+        if let Some((topic, alias)) = new_alias {
+            self.aliases_out.insert(topic, alias);
+        }
+        true
     }
 
     fn allocate_id(&mut self) -> u16 {

@@ -300,6 +300,48 @@ fn messages_larger_than_the_client_accepts_are_not_sent() {
     assert!(p.received().is_empty());
     p.server.publish(publish("t", QoS::AtMostOnce, None)).unwrap();
     assert_eq!(p.received().len(), 1);
+    // A QoS 1 message too large is dropped when its turn comes, and takes no window slot.
+    let mut big = publish("t", QoS::AtLeastOnce, None);
+    big.payload = Bytes::from(vec![0u8; 64]);
+    p.server.publish(big).unwrap();
+    p.server.publish(publish("t", QoS::AtLeastOnce, None)).unwrap();
+    let sent = p.received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(p.server.inflight(), 1);
+}
+
+#[test]
+fn outgoing_topic_aliases_up_to_the_clients_maximum() {
+    let props = Properties { topic_alias_maximum: Some(2), ..Default::default() };
+    let mut p = Pair::connected(ProtocolVersion::V5, 0, props, ServerConfig::default());
+    for topic in ["a/1", "a/2", "a/3", "a/1", "a/2", "a/3"] {
+        p.server.publish(publish(topic, QoS::AtLeastOnce, None)).unwrap();
+    }
+    let sent: Vec<(String, Option<u16>)> = p
+        .received()
+        .into_iter()
+        .map(|packet| match packet {
+            Packet::Publish(m) => (m.topic, m.properties.topic_alias),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let expected = [
+        ("a/1", Some(1)),
+        ("a/2", Some(2)),
+        ("a/3", None), // no alias left
+        ("", Some(1)),
+        ("", Some(2)),
+        ("a/3", None),
+    ];
+    assert_eq!(sent, expected.map(|(t, a)| (t.to_owned(), a)));
+    // What the session keeps has the full topic (aliases die with the connection).
+    let kept = p.server.take_unacknowledged();
+    assert!(kept.iter().all(|m| !m.topic.is_empty() && m.properties.topic_alias.is_none()));
+    // Without the client's consent (3.1.1, or no Topic Alias Maximum) no alias is used.
+    let mut q = Pair::connected(ProtocolVersion::V311, 0, Properties::default(), ServerConfig::default());
+    q.server.publish(publish("a/1", QoS::AtMostOnce, None)).unwrap();
+    q.server.publish(publish("a/1", QoS::AtMostOnce, None)).unwrap();
+    assert!(q.received().iter().all(|m| matches!(m, Packet::Publish(m) if m.topic == "a/1")));
 }
 
 #[test]

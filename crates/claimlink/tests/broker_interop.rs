@@ -377,3 +377,36 @@ fn a_persistent_session_receives_what_was_published_while_it_was_away() {
         assert_eq!(output_of(again).trim(), format!("{id}/cmd/reboot now"), "{id}");
     }
 }
+
+#[test]
+fn a_delayed_will_waits_for_its_delay() {
+    if !peers("broker_will_delay") {
+        return;
+    }
+    let pki = Pki::new();
+    let b = BrokerProc::start(&pki);
+    let watcher = sub(&pki, &b, &["-t", "lwt/#", "-C", "1"]);
+    let mut doomed = Command::new("mosquitto_sub")
+        .args(tls_args(&pki, b.tls, Some("good")))
+        .args(["-V", "5", "-t", "x", "-i", "slow-doom", "-c", "-x", "60"])
+        .args([
+            "--will-topic",
+            "lwt/slow",
+            "--will-payload",
+            "late",
+            "-D",
+            "will",
+            "will-delay-interval",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let gone = std::time::Instant::now();
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    assert_eq!(output_of(watcher).trim(), "lwt/slow late");
+    assert!(gone.elapsed() >= Duration::from_millis(1900), "will arrived after {:?}", gone.elapsed());
+}

@@ -98,10 +98,119 @@ def will_delay_zero(version):
     doomed.will_set("paho/will/gone", b"bye", qos=1)
     connect(doomed, version)
     time.sleep(0.3)
-    doomed._sock.close()  # no DISCONNECT
-    doomed.loop_stop()
+    vanish(doomed)
     assert wait_for(watcher, 1), "no will"
     stop(watcher)
+
+
+def vanish(c):
+    c._sock.close()  # no DISCONNECT
+    c.loop_stop()
+
+
+def will_delay():
+    # MQTT 5 Will Delay Interval: the will waits; a return within the delay cancels it.
+    watcher = client(mqtt.MQTTv5)
+    connect(watcher, mqtt.MQTTv5)
+    subscribe(watcher, "paho/willdelay/+")
+    session = Properties(PacketTypes.CONNECT)
+    session.SessionExpiryInterval = 60
+    delayed = Properties(PacketTypes.WILLMESSAGE)
+    delayed.WillDelayInterval = 2
+    cid = "paho-wd-" + uuid.uuid4().hex[:6]
+    doomed = client(mqtt.MQTTv5, cid)
+    doomed.will_set("paho/willdelay/late", b"late", qos=1, properties=delayed)
+    connect(doomed, mqtt.MQTTv5, clean=False, props=session)
+    time.sleep(0.3)
+    t0 = time.time()
+    vanish(doomed)
+    time.sleep(1.2)
+    assert not watcher.inbox, "will published before its delay"
+    assert wait_for(watcher, 1), "no will after the delay"
+    assert time.time() - t0 >= 1.9, "too early"
+    # Returning within the delay cancels the will.
+    cid = "paho-wd-" + uuid.uuid4().hex[:6]
+    back = client(mqtt.MQTTv5, cid)
+    back.will_set("paho/willdelay/cancelled", b"no", qos=1, properties=delayed)
+    connect(back, mqtt.MQTTv5, clean=False, props=session)
+    time.sleep(0.3)
+    vanish(back)
+    time.sleep(0.3)
+    again = client(mqtt.MQTTv5, cid)
+    connect(again, mqtt.MQTTv5, clean=False, props=session)
+    time.sleep(3.5)
+    assert [t for t, _, _ in watcher.inbox] == ["paho/willdelay/late"], watcher.inbox
+    stop(watcher, again)
+
+
+def message_expiry():
+    pub = client(mqtt.MQTTv5)
+    connect(pub, mqtt.MQTTv5)
+    short = Properties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 1
+    pub.publish("paho/expiry/short", b"gone", qos=1, retain=True, properties=short).wait_for_publish(TIMEOUT)
+    long = Properties(PacketTypes.PUBLISH)
+    long.MessageExpiryInterval = 60
+    pub.publish("paho/expiry/long", b"kept", qos=1, retain=True, properties=long).wait_for_publish(TIMEOUT)
+    time.sleep(2.2)
+    sub = client(mqtt.MQTTv5)
+    got = []
+    sub.on_message = lambda cl, ud, m: got.append((m.topic, getattr(m.properties, "MessageExpiryInterval", None)))
+    connect(sub, mqtt.MQTTv5)
+    subscribe(sub, "paho/expiry/+")
+    time.sleep(0.5)
+    assert len(got) == 1 and got[0][0] == "paho/expiry/long", got
+    assert got[0][1] is not None and 55 <= got[0][1] <= 58, "expiry not counted down: %r" % got
+    for t in ("paho/expiry/short", "paho/expiry/long"):
+        pub.publish(t, b"", qos=1, retain=True).wait_for_publish(TIMEOUT)
+    stop(pub, sub)
+
+
+def no_local_and_subscription_ids():
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    me, other = client(mqtt.MQTTv5), client(mqtt.MQTTv5)
+    ids = []
+    me.on_message = lambda cl, ud, m: (
+        me.inbox.append((m.topic, m.payload, m.retain)),
+        ids.append(getattr(m.properties, "SubscriptionIdentifier", None)),
+    )
+    connect(me, mqtt.MQTTv5), connect(other, mqtt.MQTTv5)
+    done = threading.Event()
+    me.on_subscribe = lambda *a: done.set()
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = 42
+    me.subscribe("paho/nolocal", options=SubscribeOptions(qos=1, noLocal=True), properties=props)
+    assert done.wait(TIMEOUT), "no SUBACK"
+    me.publish("paho/nolocal", b"mine", qos=1).wait_for_publish(TIMEOUT)
+    other.publish("paho/nolocal", b"theirs", qos=1).wait_for_publish(TIMEOUT)
+    assert wait_for(me, 1)
+    time.sleep(0.3)
+    assert [p for _, p, _ in me.inbox] == [b"theirs"], me.inbox
+    assert ids == [[42]], ids
+    stop(me, other)
+
+
+def outgoing_topic_alias():
+    # The subscriber allows 1 alias. paho-mqtt does not resolve incoming aliases itself, so this
+    # checks the wire: the first topic carries alias 1 once, repeats are sent as the alias only,
+    # and a second topic (no alias left) is sent in full. (mosquitto_sub, which does resolve
+    # them, is checked in broker_interop.rs.)
+    props = Properties(PacketTypes.CONNECT)
+    props.TopicAliasMaximum = 1
+    sub, pub = client(mqtt.MQTTv5), client(mqtt.MQTTv5)
+    seen = []
+    sub.on_message = lambda cl, ud, m: (
+        sub.inbox.append((m.topic, m.payload, m.retain)),
+        seen.append((m.topic, getattr(m.properties, "TopicAlias", None))),
+    )
+    connect(sub, mqtt.MQTTv5, props=props), connect(pub, mqtt.MQTTv5)
+    subscribe(sub, "paho/outalias/#")
+    for t in ("paho/outalias/a", "paho/outalias/b", "paho/outalias/a", "paho/outalias/a"):
+        pub.publish(t, b"x", qos=1).wait_for_publish(TIMEOUT)
+    assert wait_for(sub, 4), sub.inbox
+    assert seen == [("paho/outalias/a", 1), ("paho/outalias/b", None), ("", 1), ("", 1)], seen
+    stop(sub, pub)
 
 
 def topic_alias():
@@ -155,7 +264,11 @@ SCENARIOS = [
     ("session resume 5", lambda: session_resume(mqtt.MQTTv5)),
     ("will 3.1.1", lambda: will_delay_zero(mqtt.MQTTv311)),
     ("will 5", lambda: will_delay_zero(mqtt.MQTTv5)),
+    ("will delay 5", will_delay),
+    ("message expiry 5", message_expiry),
+    ("no local and subscription ids 5", no_local_and_subscription_ids),
     ("topic alias 5", topic_alias),
+    ("outgoing topic alias 5", outgoing_topic_alias),
     ("shared subscription 5", shared_subscription),
     ("flow control 5", flow_control),
 ]
