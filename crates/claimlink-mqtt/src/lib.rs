@@ -5,13 +5,15 @@
 //!   and encoded back;
 //! - [`topic`]: topic name and filter newtypes, wildcard matching and shared subscriptions;
 //! - [`reason`]: MQTT 5 reason codes and their MQTT 3.1.1 equivalents;
-//! - [`server`]: the server side of one connection, driven by bytes, answers and time.
+//! - [`server`]: the server side of one connection, driven by bytes, answers and time;
+//! - [`client`]: the client side of one connection, for the device agent and the simulator.
 //!
 //! What it is not: it opens no sockets, spawns no tasks, reads no clock. Callers hand it bytes
 //! and the current time; it hands back packets, bytes and deadlines.
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod codec;
 pub mod packet;
 pub mod properties;
