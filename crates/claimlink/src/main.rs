@@ -17,6 +17,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: the broker allocates a message on one thread
+/// and frees it on another, and glibc's arena locks were a tenth of the broker's time under
+/// load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Self-hosted onboarding-by-claim for IoT fleets, with a GM/T (SM2/SM3/SM4) and NIST PKI.
 #[derive(Parser)]
 #[command(name = "claimlink", version, about, long_about = None)]
