@@ -69,14 +69,23 @@ pub(crate) async fn serve<H: Hooks, S>(
     let kick = Arc::new(Kick::default());
     let mut task = Task { shared, conn, id, peer, tx, kick: kick.clone(), session: None, will: None };
     let (mut reader, mut writer) = tokio::io::split(stream);
-    // Small on purpose: an idle connection should cost little; the state machine keeps partial packets.
-    let mut buf = vec![0u8; 4 * 1024];
+    // Small while quiet, so that an idle connection costs little (the state machine keeps
+    // partial packets); grown while reads fill it, so that a busy publisher is read in fewer,
+    // larger turns.
+    let mut buf = vec![0u8; READ_BUFFER_MIN];
     loop {
         let deadline = task.conn.poll_timeout().map(Instant::from_std);
         tokio::select! {
             read = reader.read(&mut buf) => match read {
                 Ok(0) | Err(_) => task.conn.handle_transport_closed(),
-                Ok(n) => task.conn.handle_input(Instant::now().into_std(), &buf[..n]),
+                Ok(n) => {
+                    task.conn.handle_input(Instant::now().into_std(), &buf[..n]);
+                    if n == buf.len() && buf.len() < READ_BUFFER_MAX {
+                        buf.resize(buf.len() * 4, 0);
+                    } else if n < READ_BUFFER_MIN / 2 && buf.len() > READ_BUFFER_MIN {
+                        buf = vec![0u8; READ_BUFFER_MIN];
+                    }
+                }
             },
             Some(delivery) = rx.recv() => {
                 // Take what else is waiting too, so that one write carries many messages.
@@ -121,8 +130,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+const READ_BUFFER_MIN: usize = 4 * 1024;
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
 /// Deliveries taken from the queue per write.
-const DELIVERY_BATCH: usize = 255;
+const DELIVERY_BATCH: usize = 1023;
 
 impl<H: Hooks> Task<H> {
     fn deliver(&mut self, routed: &Routed, now: std::time::Instant) {

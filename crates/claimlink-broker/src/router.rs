@@ -106,6 +106,17 @@ impl Kick {
     }
 }
 
+/// Hash maps of the router: foldhash is several times faster than SipHash on short keys and
+/// still seeded per process, so crafted topic levels or client ids cannot force collisions.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn map<K, V>() -> Map<K, V> {
+    HashMap::with_hasher(foldhash::fast::RandomState::default())
+}
+
+/// A client identifier shared by the session and every subscription of the client.
+type ClientKey = Arc<str>;
+
 struct Online {
     connection: u64,
     tx: mpsc::Sender<Routed>,
@@ -115,6 +126,8 @@ struct Online {
 /// A client's session: its subscriptions live in the trie under its id; while it is offline,
 /// QoS 1 and 2 messages wait in a bounded queue until it returns or the session expires.
 struct Client<C> {
+    /// The client id, shared with the trie.
+    key: ClientKey,
     online: Option<Online>,
     /// How long the session outlives its connection (zero: it ends with it).
     expiry: Duration,
@@ -147,15 +160,20 @@ struct Target {
 /// each message goes to one of them, in turn.
 #[derive(Default)]
 struct Group {
-    members: Vec<(String, Sub)>,
+    members: Vec<(ClientKey, Sub)>,
     cursor: usize,
 }
 
-#[derive(Default)]
 struct Node {
-    subscribers: HashMap<String, Sub>,
-    groups: HashMap<String, Group>,
-    children: HashMap<String, Node>,
+    subscribers: Map<ClientKey, Sub>,
+    groups: Map<String, Group>,
+    children: Map<String, Node>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self { subscribers: map(), groups: map(), children: map() }
+    }
 }
 
 impl Node {
@@ -163,10 +181,10 @@ impl Node {
         self.subscribers.is_empty() && self.groups.is_empty() && self.children.is_empty()
     }
 
-    fn insert(&mut self, levels: &[&str], client: &str, group: Option<&str>, sub: Sub) -> bool {
+    fn insert(&mut self, levels: &[&str], client: &ClientKey, group: Option<&str>, sub: Sub) -> bool {
         let Some((level, rest)) = levels.split_first() else {
             let Some(group) = group else {
-                return self.subscribers.insert(client.to_owned(), sub).is_none();
+                return self.subscribers.insert(client.clone(), sub).is_none();
             };
             let members = &mut self.groups.entry(group.to_owned()).or_default().members;
             return match members.iter_mut().find(|(c, _)| c == client) {
@@ -175,7 +193,7 @@ impl Node {
                     false
                 }
                 None => {
-                    members.push((client.to_owned(), sub));
+                    members.push((client.clone(), sub));
                     true
                 }
             };
@@ -188,7 +206,7 @@ impl Node {
             let Some(group) = group else { return self.subscribers.remove(client).is_some() };
             let Some(g) = self.groups.get_mut(group) else { return false };
             let before = g.members.len();
-            g.members.retain(|(c, _)| c != client);
+            g.members.retain(|(c, _)| &**c != client);
             let removed = g.members.len() < before;
             if g.members.is_empty() {
                 self.groups.remove(group);
@@ -206,7 +224,7 @@ impl Node {
     fn remove_client(&mut self, client: &str) {
         self.subscribers.remove(client);
         self.groups.retain(|_, g| {
-            g.members.retain(|(c, _)| c != client);
+            g.members.retain(|(c, _)| &**c != client);
             !g.members.is_empty()
         });
         self.children.retain(|_, c| {
@@ -242,14 +260,14 @@ impl Node {
     /// client's filters match, it gets one message with the highest QoS and every subscription
     /// identifier (section 3.3.4).
     fn take(&mut self, publisher: Option<&str>, out: &mut Targets) {
-        let mut add = |client: &String, sub: &Sub| {
+        let mut add = |client: &ClientKey, sub: &Sub| {
             let t = out.entry(client.clone()).or_default();
             t.qos = Some(t.qos.map_or(sub.options.qos, |q| q.max(sub.options.qos)));
             t.retain_as_published |= sub.options.retain_as_published;
             t.ids.extend(sub.id);
         };
         for (client, sub) in &self.subscribers {
-            if !(sub.options.no_local && publisher == Some(client.as_str())) {
+            if !(sub.options.no_local && publisher == Some(&**client)) {
                 add(client, sub);
             }
         }
@@ -262,7 +280,7 @@ impl Node {
     }
 }
 
-type Targets = HashMap<String, Target>;
+type Targets = Map<ClientKey, Target>;
 
 /// A connection as the router needs it.
 pub struct Registration<C> {
@@ -302,24 +320,26 @@ struct PendingWill {
 
 /// Router state shared by all connections.
 pub struct Router<C> {
-    clients: HashMap<String, Client<C>>,
+    clients: Map<ClientKey, Client<C>>,
     trie: Node,
     retained: BTreeMap<String, Arc<Message>>,
-    wills: HashMap<String, PendingWill>,
+    wills: Map<String, PendingWill>,
     dropped: AtomicU64,
     /// Messages kept per offline session.
     max_offline: usize,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<C> Default for Router<C> {
     fn default() -> Self {
         Self {
-            clients: HashMap::new(),
+            clients: map(),
             trie: Node::default(),
             retained: BTreeMap::new(),
-            wills: HashMap::new(),
+            wills: map(),
             dropped: AtomicU64::new(0),
             max_offline: 1000,
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -348,7 +368,9 @@ impl<C> Router<C> {
         if fresh {
             self.trie.remove_client(client_id);
         }
-        let entry = self.clients.entry(client_id.to_owned()).or_insert_with(|| Client {
+        let key: ClientKey = Arc::from(client_id);
+        let entry = self.clients.entry(key.clone()).or_insert_with(|| Client {
+            key,
             online: None,
             expiry,
             offline_since: None,
@@ -426,7 +448,7 @@ impl<C> Router<C> {
 
     /// Removes offline sessions whose expiry has passed. Returns how many.
     pub fn sweep(&mut self, now: Instant) -> usize {
-        let expired: Vec<String> =
+        let expired: Vec<ClientKey> =
             self.clients.iter().filter(|(_, c)| c.is_expired(now)).map(|(id, _)| id.clone()).collect();
         for id in &expired {
             self.clients.remove(id);
@@ -457,7 +479,8 @@ impl<C> Router<C> {
         id: Option<u32>,
     ) -> bool {
         let levels: Vec<&str> = filter.pattern().split('/').collect();
-        let new = self.trie.insert(&levels, client_id, filter.shared().map(|(g, _)| g), Sub { options, id });
+        let key = self.clients.get(client_id).map_or_else(|| Arc::from(client_id), |c| c.key.clone());
+        let new = self.trie.insert(&levels, &key, filter.shared().map(|(g, _)| g), Sub { options, id });
         if let Some(c) = self.clients.get_mut(client_id) {
             c.subscriptions += usize::from(new);
         }
@@ -508,7 +531,7 @@ impl<C> Router<C> {
         may_receive: impl Fn(&C) -> bool,
     ) -> usize {
         let levels: Vec<&str> = topic.levels().collect();
-        let mut targets = HashMap::new();
+        let mut targets = Map::with_hasher(self.hasher.clone());
         self.trie.collect(&levels, true, publisher, &mut targets);
         let mut delivered = 0;
         for (client_id, target) in targets {
@@ -641,11 +664,11 @@ mod tests {
         for topic in ["a/b", "a", "x/b", "$SYS/x", "a/b/c"] {
             let name = TopicName::new(topic).unwrap();
             let levels: Vec<&str> = name.levels().collect();
-            let mut got = HashMap::new();
+            let mut got = super::map();
             r.trie.collect(&levels, true, None, &mut got);
             for (i, f) in cases.iter().enumerate() {
                 let expected = TopicFilter::new(*f).unwrap().matches(&name);
-                assert_eq!(got.contains_key(&format!("c{i}")), expected, "{f} vs {topic}");
+                assert_eq!(got.contains_key(format!("c{i}").as_str()), expected, "{f} vs {topic}");
             }
         }
     }

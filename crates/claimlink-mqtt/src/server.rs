@@ -180,10 +180,31 @@ impl ServerConnection {
         if self.state == State::Closed {
             return;
         }
-        self.input.extend_from_slice(bytes);
+        if self.input.is_empty() {
+            // The usual case: whole packets, decoded straight from the caller's buffer; only an
+            // incomplete tail is kept.
+            let used = self.decode_from(now, bytes);
+            if self.state != State::Closed {
+                self.input.extend_from_slice(&bytes[used..]);
+            }
+            return;
+        }
+        let mut input = std::mem::take(&mut self.input);
+        input.extend_from_slice(bytes);
+        let used = self.decode_from(now, &input);
+        input.drain(..used.min(input.len()));
+        if self.state != State::Closed {
+            self.input = input;
+        }
+    }
+
+    /// Handles every whole packet at the start of `buf`; returns the bytes they used. Packets
+    /// after a CONNECT wait, undecoded, until the broker has accepted it: clients may send them
+    /// without waiting for CONNACK (section 3.1.4), and a refused client's are never processed.
+    fn decode_from(&mut self, now: Instant, buf: &[u8]) -> usize {
         let mut used = 0;
-        while self.state != State::Closed {
-            match decode(&self.input[used..], self.version, self.config.max_packet_size as usize) {
+        while matches!(self.state, State::AwaitingConnect | State::Connected) {
+            match decode(&buf[used..], self.version, self.config.max_packet_size as usize) {
                 Ok(Some((packet, n))) => {
                     used += n;
                     self.touch(now);
@@ -200,7 +221,7 @@ impl ServerConnection {
                 }
             }
         }
-        self.input.drain(..used.min(self.input.len()));
+        used
     }
 
     fn touch(&mut self, now: Instant) {
@@ -338,6 +359,15 @@ impl ServerConnection {
             (self.client_keep_alive > 0).then(|| Duration::from_secs(u64::from(self.client_keep_alive)));
         self.deadline = None;
         self.touch(now);
+        // Packets the client sent right after CONNECT.
+        if !self.input.is_empty() {
+            let mut input = std::mem::take(&mut self.input);
+            let used = self.decode_from(now, &input);
+            input.drain(..used.min(input.len()));
+            if self.state != State::Closed {
+                self.input = input;
+            }
+        }
     }
 
     /// Refuses the pending CONNECT with `reason` (sent as a 3.1.1 return code to 3.1.1 clients).

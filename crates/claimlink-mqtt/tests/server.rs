@@ -428,3 +428,62 @@ fn unacknowledged_messages_are_handed_back_for_the_session() {
     let back: Vec<String> = p.server.take_unacknowledged().into_iter().map(|m| m.topic).collect();
     assert_eq!(back, ["m2", "m3", "m4"]);
 }
+
+#[test]
+fn packets_split_anywhere_across_reads_decode_the_same() {
+    // Three packets cut at every possible pair of points: what the server sees must not depend
+    // on how the transport happened to split the bytes. Packets sent right after CONNECT,
+    // before CONNACK, are legal (section 3.1.4) and wait for the broker's answer.
+    let mut wire = Vec::new();
+    encode(&connect_packet(ProtocolVersion::V5, 30, Properties::default()), ProtocolVersion::V5, &mut wire)
+        .unwrap();
+    let connect_len = wire.len();
+    encode(&Packet::Publish(publish("a/b", QoS::AtLeastOnce, Some(1))), ProtocolVersion::V5, &mut wire)
+        .unwrap();
+    encode(&Packet::PingReq, ProtocolVersion::V5, &mut wire).unwrap();
+    for i in 1..wire.len() {
+        for j in i..wire.len() {
+            let mut p = Pair::new(ProtocolVersion::V5, ServerConfig::default());
+            let cuts = [&wire[..i], &wire[i..j], &wire[j..]];
+            let mut accepted = false;
+            let mut publishes = 0;
+            let mut fed = 0;
+            for part in cuts {
+                p.server.handle_input(p.now, part);
+                fed += part.len();
+                // Accepting releases packets that came right after CONNECT: loop until quiet.
+                while let Some(e) = p.server.poll_event() {
+                    match e {
+                        Event::Connect(_) => {
+                            assert!(fed >= connect_len);
+                            p.server.accept(p.now, false, Properties::default());
+                            accepted = true;
+                        }
+                        Event::Publish(m) => {
+                            assert_eq!(m.topic, "a/b");
+                            publishes += 1;
+                        }
+                        other => panic!("cut at {i},{j}: {other:?}"),
+                    }
+                }
+            }
+            assert!(accepted && publishes == 1, "cut at {i},{j}");
+            assert!(!p.server.is_closed());
+        }
+    }
+}
+
+#[test]
+fn packets_after_a_refused_connect_are_never_processed() {
+    let mut wire = Vec::new();
+    encode(&connect_packet(ProtocolVersion::V5, 30, Properties::default()), ProtocolVersion::V5, &mut wire)
+        .unwrap();
+    encode(&Packet::Publish(publish("a/b", QoS::AtMostOnce, None)), ProtocolVersion::V5, &mut wire).unwrap();
+    let mut p = Pair::new(ProtocolVersion::V5, ServerConfig::default());
+    p.server.handle_input(p.now, &wire);
+    assert!(matches!(p.events().as_slice(), [Event::Connect(_)]), "the PUBLISH waits for the answer");
+    p.server.reject(ReasonCode::NotAuthorized);
+    let events = p.events();
+    assert!(events.iter().all(|e| !matches!(e, Event::Publish(_))), "{events:?}");
+    assert!(p.server.is_closed());
+}
