@@ -64,11 +64,19 @@ bench() { "$bin" bench mqtt --host 127.0.0.1 --port "$1" --ca ca/root-ca.pem --c
 
 echo "| measurement | claimlink | mosquitto 2.0.11 | ratio |"
 echo "|---|---:|---:|---:|"
+# Each row runs REPEAT times (default 3), alternating the brokers, and reports the medians.
+repeat=${REPEAT:-3}
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+rate() { bench "$@" | grep -oE '[0-9]+ (msg|connections)/s' | cut -d' ' -f1; }
 row() {
   local name="$1"; shift
-  local a b
-  a=$(bench "$ours_port" "$@" | grep -oE '[0-9]+ (msg|connections)/s' | cut -d' ' -f1)
-  b=$(bench "$mosq_port" "$@" | grep -oE '[0-9]+ (msg|connections)/s' | cut -d' ' -f1)
+  local a="" b=""
+  for _ in $(seq 1 "$repeat"); do
+    a="$a $(rate "$ours_port" "$@")"
+    b="$b $(rate "$mosq_port" "$@")"
+  done
+  a=$(echo $a | tr ' ' '\n' | median)
+  b=$(echo $b | tr ' ' '\n' | median)
   echo "| $name | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') |"
 }
 for payload in 64 1024; do

@@ -196,6 +196,16 @@ fn check_signed_by(
         .map_err(|_| VerifyError::BadSignature { subject: subject(child) })
 }
 
+/// Whether `child` names `issuer` as its issuer and carries a valid signature by its key (SM2
+/// with the GM/T 0009 default ID). Only that: no validity, usage or path checks - for
+/// registering certificates, where the full validation happens at connection time.
+pub fn verify_signed_by(child: &Certificate, issuer: &Certificate) -> Result<(), VerifyError> {
+    if child.issuer() != issuer.subject() {
+        return Err(VerifyError::BadSignature { subject: subject(child) });
+    }
+    check_signed_by(child, issuer, &ValidationOptions::at(std::time::SystemTime::now()))
+}
+
 /// `non_self_issued_below`: intermediate certificates between this issuer and the leaf that
 /// are not self-issued (RFC 5280 6.1.4 (l)-(m)).
 fn check_issuer_may_sign(issuer: &Certificate, non_self_issued_below: usize) -> Result<(), VerifyError> {

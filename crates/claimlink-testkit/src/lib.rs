@@ -87,3 +87,45 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A PostgreSQL database made for one test and dropped after it.
+#[derive(Debug)]
+pub struct PostgresDatabase {
+    admin_url: String,
+    name: String,
+    /// URL of the new database.
+    pub url: String,
+}
+
+/// A fresh, empty database on the PostgreSQL server of `$DATABASE_URL` (`.ci/run` sets it),
+/// created and dropped with `psql`. Without `$DATABASE_URL` the missing-peer policy applies.
+pub fn postgres(test: &str) -> Option<PostgresDatabase> {
+    let Ok(admin_url) = std::env::var("DATABASE_URL") else {
+        return missing(test, "PostgreSQL ($DATABASE_URL)", "bash .ci/run starts PostgreSQL and sets it");
+    };
+    let name = format!(
+        "claimlink_test_{}_{}_{}",
+        test.chars().filter(char::is_ascii_alphanumeric).take(20).collect::<String>().to_lowercase(),
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+    );
+    run_ok(Command::new("psql").args([&admin_url, "-qAt", "-c", &format!("CREATE DATABASE {name}")]));
+    // Replace the database part of the URL (after the last '/', before any '?').
+    let (base, query) = admin_url.split_once('?').map_or((admin_url.as_str(), ""), |(b, q)| (b, q));
+    let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+    let url = if query.is_empty() { format!("{server}/{name}") } else { format!("{server}/{name}?{query}") };
+    Some(PostgresDatabase { admin_url, name, url })
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-qAt",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
