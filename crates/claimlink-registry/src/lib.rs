@@ -906,6 +906,24 @@ impl Tx {
         Ok(())
     }
 
+    /// Removes a thing from a group (absent: nothing to do).
+    pub async fn remove_thing_from_group(
+        &mut self,
+        account_id: &str,
+        group: &str,
+        thing: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM thing_group_members WHERE account_id = $1 AND group_name = $2 AND thing_name = $3",
+        )
+        .bind(account_id)
+        .bind(group)
+        .bind(thing)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// The groups a thing is in.
     pub async fn groups_of_thing(&mut self, account_id: &str, thing: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(
