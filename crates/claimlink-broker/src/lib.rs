@@ -16,4 +16,4 @@ pub mod router;
 pub mod tls;
 
 pub use hooks::{AllowAll, ConnectRequest, Hooks, PeerIdentity};
-pub use listener::{Broker, Limits, TlsSelector};
+pub use listener::{Broker, Handshaken, Limits, TlsSelector, WeakBroker, handshake};

@@ -140,6 +140,11 @@ impl<H: Hooks> Broker<H> {
         Self { shared: Arc::new(shared) }
     }
 
+    /// The role's hooks.
+    pub fn hooks(&self) -> &H {
+        &self.shared.hooks
+    }
+
     /// Connected clients.
     pub fn clients(&self) -> usize {
         self.shared.router.lock().map_or(0, |r| r.clients())
@@ -176,6 +181,21 @@ impl<H: Hooks> Broker<H> {
     /// A handle that does not keep the broker alive, for hooks that must reach their broker.
     pub fn downgrade(&self) -> WeakBroker<H> {
         WeakBroker { shared: Arc::downgrade(&self.shared) }
+    }
+
+    /// Serves one connection that the caller accepted (and, for TLS, handshook) itself: for
+    /// roles that pick a broker per connection, such as one per account chosen by SNI. The
+    /// broker's connection limit applies; over it, the connection is dropped.
+    pub async fn serve_stream<S>(&self, stream: S, peer: PeerIdentity, shutdown: watch::Receiver<bool>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.spawn_sweeper(shutdown.clone());
+        let Ok(_permit) = self.shared.connections.clone().try_acquire_owned() else {
+            tracing::warn!(addr = %peer.addr, "connection limit reached; refusing");
+            return;
+        };
+        connection::serve(self.shared.clone(), stream, peer, shutdown).await;
     }
 
     /// Expires offline sessions and publishes wills whose delay has passed, once a second,
@@ -247,13 +267,16 @@ impl<H: Hooks> Broker<H> {
     }
 }
 
-type Handshaken = (
+/// A finished TLS handshake: the stream, the server name the client sent, its certificates.
+pub type Handshaken = (
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     Option<String>,
     Vec<rustls::pki_types::CertificateDer<'static>>,
 );
 
-async fn handshake(stream: tokio::net::TcpStream, tls: &dyn TlsSelector) -> io::Result<Handshaken> {
+/// Runs the server side of a TLS handshake with the configuration `tls` picks for the client's
+/// server name.
+pub async fn handshake(stream: tokio::net::TcpStream, tls: &dyn TlsSelector) -> io::Result<Handshaken> {
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     let config = tls.select(sni.as_deref()).ok_or_else(|| {

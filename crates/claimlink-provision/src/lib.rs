@@ -342,7 +342,9 @@ impl Template {
                         match a[0].as_str() {
                             Some(map) if self.mappings.contains_key(map) => {}
                             Some(map) => {
-                                return Err(invalid(format!("Fn::FindInMap: no mapping {map:?} in Mappings")));
+                                return Err(invalid(format!(
+                                    "Fn::FindInMap: no mapping {map:?} in Mappings"
+                                )));
                             }
                             None => self.check_value(&a[0])?,
                         }

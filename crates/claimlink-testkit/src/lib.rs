@@ -129,3 +129,46 @@ impl Drop for PostgresDatabase {
             .output();
     }
 }
+
+/// paho-mqtt clients driven from a test, one JSON command at a time (see
+/// `py/paho_driver.py` for the commands).
+#[derive(Debug)]
+pub struct Paho {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Paho {
+    /// Starts the driver, if Python with paho-mqtt is available (else the missing-peer policy).
+    pub fn start(test: &str) -> Option<Self> {
+        let python = python_with(test, "paho.mqtt.client")?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/paho_driver.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the paho driver: {e}"));
+        let stdin = child.stdin.take().unwrap_or_else(|| unreachable!("piped"));
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap_or_else(|| unreachable!("piped")));
+        Some(Self { child, stdin, stdout })
+    }
+
+    /// Sends one command (a JSON object) and returns the driver's answer (a JSON text).
+    pub fn run(&mut self, command: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{command}").unwrap_or_else(|e| panic!("paho driver gone: {e}"));
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap_or_else(|e| panic!("paho driver gone: {e}"));
+        assert!(!line.is_empty(), "the paho driver exited");
+        line
+    }
+}
+
+impl Drop for Paho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,825 @@
+//! The admin REST API of the account endpoint, shaped like AWS IoT's control plane (paths,
+//! verbs, JSON field names), authenticated with per-account API tokens (`Authorization: Bearer
+//! clk_...`, stored hashed). Errors are `{"code": ..., "message": ...}` with a 4xx status and a
+//! stable code; a refused request changes nothing. The OpenAPI document is at `/openapi.json`.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use claimlink_registry::{
+    Account, AuditRecord, CaMode, CaStatus, CertificateStatus, NewCa, PolicyTarget, RegistryError,
+    TemplateKind, Tx,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::AccountServer;
+
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// An API error: status and stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match &e {
+            RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RegistryError::AlreadyExists { .. } | RegistryError::State(_) => StatusCode::CONFLICT,
+            RegistryError::Invalid(_) | RegistryError::LimitExceeded(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "registry failure in the API");
+            "internal failure".to_owned()
+        } else {
+            e.to_string()
+        };
+        Self { status, code: e.code(), message }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "code": self.code, "message": self.message }))).into_response()
+    }
+}
+
+type ApiResult = Result<axum::Json<Value>, ApiError>;
+
+/// The routes: method, path, operation (the AWS CLI verb), summary. The OpenAPI document is
+/// made from this table, and a test checks that every entry is served.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("get", "/endpoint", "describe-endpoint", "The MQTT endpoint of the account"),
+    (
+        "get",
+        "/registrationcode",
+        "get-registration-code",
+        "The code a DEFAULT-mode CA's verification certificate carries as CN",
+    ),
+    ("post", "/cacertificate", "register-ca-certificate", "Register a CA certificate"),
+    ("get", "/cacertificates", "list-ca-certificates", "List CA certificates"),
+    ("get", "/cacertificate/{caCertificateId}", "describe-ca-certificate", "Describe a CA certificate"),
+    (
+        "put",
+        "/cacertificate/{caCertificateId}",
+        "update-ca-certificate",
+        "Change status, auto-registration, template",
+    ),
+    ("post", "/certificate/register", "register-certificate", "Register a device certificate"),
+    ("get", "/certificates", "list-certificates", "List device certificates"),
+    ("get", "/certificates/{certificateId}", "describe-certificate", "Describe a device certificate"),
+    (
+        "put",
+        "/certificates/{certificateId}",
+        "update-certificate",
+        "Change a certificate's status (live sessions end when it leaves ACTIVE)",
+    ),
+    ("post", "/provisioning-templates", "create-provisioning-template", "Create a provisioning template"),
+    ("get", "/provisioning-templates", "list-provisioning-templates", "List provisioning templates"),
+    (
+        "get",
+        "/provisioning-templates/{templateName}",
+        "describe-provisioning-template",
+        "Describe a template",
+    ),
+    ("patch", "/provisioning-templates/{templateName}", "update-provisioning-template", "Update a template"),
+    ("delete", "/provisioning-templates/{templateName}", "delete-provisioning-template", "Delete a template"),
+    ("post", "/policies/{policyName}", "create-policy", "Create a policy"),
+    ("get", "/policies/{policyName}", "get-policy", "Get a policy"),
+    ("get", "/policies", "list-policies", "List policies"),
+    (
+        "put",
+        "/target-policies/{policyName}",
+        "attach-policy",
+        "Attach a policy to a certificate or thing group ARN",
+    ),
+    ("post", "/target-policies/{policyName}", "detach-policy", "Detach a policy"),
+    ("post", "/things/{thingName}", "create-thing", "Create a thing"),
+    ("get", "/things/{thingName}", "describe-thing", "Describe a thing"),
+    ("delete", "/things/{thingName}", "delete-thing", "Delete a thing"),
+    ("get", "/things", "list-things", "List things"),
+    ("post", "/thing-types/{thingTypeName}", "create-thing-type", "Create a thing type"),
+    ("post", "/thing-groups/{thingGroupName}", "create-thing-group", "Create a thing group"),
+    ("put", "/thing-groups/addThingToThingGroup", "add-thing-to-thing-group", "Add a thing to a group"),
+    (
+        "put",
+        "/things/{thingName}/principals",
+        "attach-thing-principal",
+        "Attach a certificate ARN to a thing",
+    ),
+    ("get", "/provisioning-failures", "list-provisioning-failures", "Why provisioning failed, newest first"),
+];
+
+/// Serves the API on `listener` until shutdown.
+pub async fn serve(server: AccountServer, listener: TcpListener) -> std::io::Result<()> {
+    let mut shutdown = server.shared.shutdown.clone();
+    let app = router(server);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+}
+
+/// The API's routes.
+pub fn router(server: AccountServer) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/endpoint", get(describe_endpoint))
+        .route("/registrationcode", get(registration_code))
+        .route("/cacertificate", post(register_ca))
+        .route("/cacertificates", get(list_cas))
+        .route("/cacertificate/{id}", get(describe_ca).put(update_ca))
+        .route("/certificate/register", post(register_certificate))
+        .route("/certificates", get(list_certificates))
+        .route("/certificates/{id}", get(describe_certificate).put(update_certificate))
+        .route("/provisioning-templates", post(create_template).get(list_templates))
+        .route(
+            "/provisioning-templates/{name}",
+            get(describe_template).patch(update_template).delete(delete_template),
+        )
+        .route("/policies", get(list_policies))
+        .route("/policies/{name}", post(create_policy).get(get_policy))
+        .route("/target-policies/{name}", put(attach_policy).post(detach_policy))
+        .route("/things", get(list_things))
+        .route("/things/{name}", post(create_thing).get(describe_thing).delete(delete_thing))
+        .route("/things/{name}/principals", put(attach_thing_principal))
+        .route("/thing-types/{name}", post(create_thing_type))
+        .route("/thing-groups/addThingToThingGroup", put(add_thing_to_group))
+        .route("/thing-groups/{name}", post(create_thing_group))
+        .route("/provisioning-failures", get(provisioning_failures))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(server)
+}
+
+async fn openapi() -> axum::Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for (method, path, op, summary) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = json!({
+            "operationId": op,
+            "summary": summary,
+            "security": [{ "bearer": [] }],
+            "responses": {
+                "200": { "description": "OK (JSON)" },
+                "4XX": { "description": "Refused: {\"code\", \"message\"}", "content": { "application/json": {
+                    "schema": { "$ref": "#/components/schemas/Error" } } } }
+            }
+        });
+    }
+    axum::Json(json!({
+        "openapi": "3.0.3",
+        "info": { "title": "claimlink account API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": { "Error": { "type": "object", "required": ["code", "message"], "properties": {
+                "code": { "type": "string" }, "message": { "type": "string" } } } }
+        }
+    }))
+}
+
+/// The caller's account and token name.
+async fn auth(server: &AccountServer, headers: &HeaderMap) -> Result<(Account, String), ApiError> {
+    let unauthorized =
+        || ApiError::new(StatusCode::UNAUTHORIZED, "UnauthorizedException", "a valid API token is required");
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    let mut tx = server.store().read().await?;
+    tx.account_for_token(token.trim()).await?.ok_or_else(unauthorized)
+}
+
+fn body(bytes: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if bytes.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::bad("the request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad(format!("the request body is not valid JSON: {e}"))),
+    }
+}
+
+fn field<'a>(m: &'a serde_json::Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad(format!("{name} must be a string"))),
+    }
+}
+
+fn required<'a>(m: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    field(m, name)?.ok_or_else(|| ApiError::bad(format!("{name} is required")))
+}
+
+fn flag(m: &serde_json::Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::bad(format!("{name} must be true or false"))),
+    }
+}
+
+fn string_map(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|s| (k.clone(), s.to_owned()))
+                    .ok_or_else(|| ApiError::bad(format!("{what} values must be strings")))
+            })
+            .collect(),
+        Some(_) => Err(ApiError::bad(format!("{what} must be an object"))),
+    }
+}
+
+fn arn(a: &Account, rest: &str) -> String {
+    let partition = if a.region.starts_with("cn-") { "aws-cn" } else { "aws" };
+    format!("arn:{partition}:iot:{}:{}:{rest}", a.region, a.id)
+}
+
+/// Commits a mutation with its audit row.
+async fn commit(mut tx: Tx, a: &Account, actor: &str, action: &str, target: &str) -> Result<(), ApiError> {
+    let record = AuditRecord {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        result: "ok".into(),
+        detail: None,
+        at: claimlink_registry::now(),
+    };
+    tx.audit(Some(&a.id), &record).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn describe_endpoint(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    Ok(axum::Json(json!({ "endpointAddress": a.endpoint })))
+}
+
+async fn registration_code(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    Ok(axum::Json(json!({ "registrationCode": a.registration_code })))
+}
+
+fn ca_json(a: &Account, ca: &claimlink_registry::CaCertificate) -> Value {
+    json!({
+        "certificateArn": arn(a, &format!("cacert/{}", ca.id)),
+        "certificateId": ca.id,
+        "status": ca.status,
+        "certificatePem": ca.pem,
+        "autoRegistrationStatus": if ca.auto_registration { "ENABLE" } else { "DISABLE" },
+        "certificateMode": ca.mode,
+        "creationDate": ca.created as f64 / 1000.0,
+        "lastModifiedDate": ca.updated as f64 / 1000.0,
+    })
+}
+
+async fn register_ca(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let mode = match field(&m, "certificateMode")? {
+        Some(mode) => CaMode::parse(mode)?,
+        None => CaMode::Default,
+    };
+    let template = match m.get("registrationConfig") {
+        Some(Value::Object(rc)) => field(rc, "templateName")?.map(str::to_owned),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err(ApiError::bad("registrationConfig must be an object")),
+    };
+    let new = NewCa {
+        pem: required(&m, "caCertificate")?,
+        mode,
+        status: if flag(&m, "setAsActive")?.unwrap_or(false) { CaStatus::Active } else { CaStatus::Inactive },
+        auto_registration: flag(&m, "allowAutoRegistration")?.unwrap_or(false),
+        template_name: template.as_deref(),
+        verification_pem: field(&m, "verificationCertificate")?,
+    };
+    let mut tx = s.store().begin().await?;
+    let ca = tx.register_ca(&a, &new).await?;
+    commit(tx, &a, &actor, "RegisterCACertificate", &ca.id).await?;
+    let _ = s.reload(&a.id).await;
+    Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cacert/{}", ca.id)), "certificateId": ca.id })))
+}
+
+async fn list_cas(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let cas = s.store().read().await?.list_cas(&a.id).await?;
+    let list: Vec<Value> = cas
+        .iter()
+        .map(|c| json!({ "certificateArn": arn(&a, &format!("cacert/{}", c.id)), "certificateId": c.id, "status": c.status, "certificateMode": c.mode, "creationDate": c.created as f64 / 1000.0 }))
+        .collect();
+    Ok(axum::Json(json!({ "certificates": list })))
+}
+
+async fn describe_ca(State(s): State<AccountServer>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let ca = s.store().read().await?.describe_ca(&a.id, &id).await?;
+    Ok(axum::Json(json!({
+        "certificateDescription": ca_json(&a, &ca),
+        "registrationConfig": { "templateName": ca.template_name },
+    })))
+}
+
+async fn update_ca(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let status = match q.get("newStatus").map(String::as_str).or(field(&m, "newStatus")?) {
+        Some(v) => Some(CaStatus::parse(v)?),
+        None => None,
+    };
+    let auto = match q
+        .get("newAutoRegistrationStatus")
+        .map(String::as_str)
+        .or(field(&m, "newAutoRegistrationStatus")?)
+    {
+        Some("ENABLE") => Some(true),
+        Some("DISABLE") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "newAutoRegistrationStatus must be ENABLE or DISABLE, not {other:?}"
+            )));
+        }
+        None => None,
+    };
+    let template = match m.get("registrationConfig") {
+        Some(Value::Object(rc)) => Some(field(rc, "templateName")?),
+        None => None,
+        Some(_) => return Err(ApiError::bad("registrationConfig must be an object")),
+    };
+    let mut tx = s.store().begin().await?;
+    tx.update_ca(&a.id, &id, status, auto, template).await?;
+    commit(tx, &a, &actor, "UpdateCACertificate", &id).await?;
+    let _ = s.reload(&a.id).await;
+    Ok(axum::Json(json!({})))
+}
+
+fn cert_json(a: &Account, c: &claimlink_registry::CertificateRecord) -> Value {
+    json!({
+        "certificateArn": arn(a, &format!("cert/{}", c.id)),
+        "certificateId": c.id,
+        "caCertificateId": c.ca_id,
+        "status": c.status,
+        "certificatePem": c.pem,
+        "ownedBy": a.id,
+        "creationDate": c.created as f64 / 1000.0,
+        "lastModifiedDate": c.updated as f64 / 1000.0,
+    })
+}
+
+async fn register_certificate(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let pem = required(&m, "certificatePem")?;
+    let status = match field(&m, "status")? {
+        Some(v) => CertificateStatus::parse(v)?,
+        None => CertificateStatus::Inactive,
+    };
+    let mut tx = s.store().begin().await?;
+    let ca_id = match field(&m, "caCertificatePem")? {
+        Some(ca_pem) => {
+            let ca = claimlink_registry::parse_certificate_pem(ca_pem)?;
+            let id = ca.id().to_string();
+            tx.describe_ca(&a.id, &id).await?;
+            Some(id)
+        }
+        None => None,
+    };
+    let c = tx.register_certificate(&a.id, pem, ca_id.as_deref(), status).await?;
+    commit(tx, &a, &actor, "RegisterCertificate", &c.id).await?;
+    let _ = s.reload(&a.id).await;
+    Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id })))
+}
+
+async fn list_certificates(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let certs = s.store().read().await?.list_certificates(&a.id).await?;
+    let list: Vec<Value> = certs
+        .iter()
+        .map(|c| json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id, "status": c.status, "creationDate": c.created as f64 / 1000.0 }))
+        .collect();
+    Ok(axum::Json(json!({ "certificates": list })))
+}
+
+async fn describe_certificate(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let c = s.store().read().await?.describe_certificate(&a.id, &id).await?;
+    Ok(axum::Json(json!({ "certificateDescription": cert_json(&a, &c) })))
+}
+
+async fn update_certificate(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let status = q
+        .get("newStatus")
+        .map(String::as_str)
+        .or(field(&m, "newStatus")?)
+        .ok_or_else(|| ApiError::bad("newStatus is required"))?;
+    let status = CertificateStatus::parse(status)?;
+    let mut tx = s.store().begin().await?;
+    tx.update_certificate_status(&a.id, &id, status).await?;
+    commit(tx, &a, &actor, "UpdateCertificate", &id).await?;
+    let _ = s.reload(&a.id).await;
+    if status != CertificateStatus::Active {
+        let dropped = s.drop_sessions(&a.id, &id);
+        tracing::info!(certificate = %id, %status, dropped, "certificate left ACTIVE");
+    }
+    Ok(axum::Json(json!({})))
+}
+
+fn template_json(a: &Account, t: &claimlink_registry::Template) -> Value {
+    json!({
+        "templateArn": arn(a, &format!("provisioningtemplate/{}", t.name)),
+        "templateName": t.name,
+        "description": t.description,
+        "creationDate": t.created as f64 / 1000.0,
+        "lastModifiedDate": t.updated as f64 / 1000.0,
+        "defaultVersionId": 1,
+        "templateBody": t.body,
+        "enabled": t.enabled,
+        "type": t.kind,
+    })
+}
+
+async fn create_template(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let name = required(&m, "templateName")?;
+    let body_text = required(&m, "templateBody")?;
+    claimlink_provision::Template::parse(body_text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+    let kind = match field(&m, "type")? {
+        Some(k) => TemplateKind::parse(k)?,
+        None => TemplateKind::FleetProvisioning,
+    };
+    let mut tx = s.store().begin().await?;
+    let t = tx
+        .create_template(
+            &a.id,
+            name,
+            kind,
+            body_text,
+            flag(&m, "enabled")?.unwrap_or(false),
+            field(&m, "description")?,
+        )
+        .await?;
+    commit(tx, &a, &actor, "CreateProvisioningTemplate", name).await?;
+    Ok(axum::Json(
+        json!({ "templateArn": arn(&a, &format!("provisioningtemplate/{}", t.name)), "templateName": t.name, "defaultVersionId": 1 }),
+    ))
+}
+
+async fn list_templates(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let ts = s.store().read().await?.list_templates(&a.id).await?;
+    let list: Vec<Value> = ts
+        .iter()
+        .map(|t| {
+            let mut v = template_json(&a, t);
+            v.as_object_mut().map(|o| o.remove("templateBody"));
+            v
+        })
+        .collect();
+    Ok(axum::Json(json!({ "templates": list })))
+}
+
+async fn describe_template(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let t = s.store().read().await?.template(&a.id, &name).await?;
+    Ok(axum::Json(template_json(&a, &t)))
+}
+
+async fn update_template(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let new_body = field(&m, "templateBody")?;
+    if let Some(text) = new_body {
+        claimlink_provision::Template::parse(text)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+    }
+    let mut tx = s.store().begin().await?;
+    tx.update_template(&a.id, &name, new_body, flag(&m, "enabled")?, field(&m, "description")?).await?;
+    commit(tx, &a, &actor, "UpdateProvisioningTemplate", &name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn delete_template(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let mut tx = s.store().begin().await?;
+    tx.delete_template(&a.id, &name).await?;
+    commit(tx, &a, &actor, "DeleteProvisioningTemplate", &name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn create_policy(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let doc = required(&m, "policyDocument")?;
+    claimlink_policy::Policy::parse(doc)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+    let mut tx = s.store().begin().await?;
+    let (p, warnings) = tx.create_policy(&a.id, &name, doc).await?;
+    commit(tx, &a, &actor, "CreatePolicy", &name).await?;
+    Ok(axum::Json(json!({
+        "policyName": p.name,
+        "policyArn": arn(&a, &format!("policy/{}", p.name)),
+        "policyDocument": p.document,
+        "policyVersionId": p.default_version.to_string(),
+        "warnings": warnings,
+    })))
+}
+
+async fn get_policy(State(s): State<AccountServer>, h: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let p = s.store().read().await?.get_policy(&a.id, &name).await?;
+    Ok(axum::Json(json!({
+        "policyName": p.name,
+        "policyArn": arn(&a, &format!("policy/{}", p.name)),
+        "policyDocument": p.document,
+        "defaultVersionId": p.default_version.to_string(),
+        "creationDate": p.created as f64 / 1000.0,
+        "lastModifiedDate": p.updated as f64 / 1000.0,
+    })))
+}
+
+async fn list_policies(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let ps = s.store().read().await?.list_policies(&a.id).await?;
+    let list: Vec<Value> = ps
+        .iter()
+        .map(|p| json!({ "policyName": p.name, "policyArn": arn(&a, &format!("policy/{}", p.name)) }))
+        .collect();
+    Ok(axum::Json(json!({ "policies": list })))
+}
+
+/// A certificate or thing group ARN of this account, or a bare certificate id.
+fn policy_target(a: &Account, target: &str) -> Result<PolicyTarget, ApiError> {
+    let prefix = arn(a, "");
+    let rest = target.strip_prefix(&prefix).unwrap_or(target);
+    if let Some(id) = rest.strip_prefix("cert/") {
+        Ok(PolicyTarget::Certificate(id.to_owned()))
+    } else if let Some(g) = rest.strip_prefix("thinggroup/") {
+        Ok(PolicyTarget::ThingGroup(g.to_owned()))
+    } else if rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(PolicyTarget::Certificate(rest.to_owned()))
+    } else {
+        Err(ApiError::bad(format!(
+            "target {target:?} is not a certificate or thing group ARN of this account ({prefix}...)"
+        )))
+    }
+}
+
+async fn attach_policy(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let target = policy_target(&a, required(&m, "target")?)?;
+    let mut tx = s.store().begin().await?;
+    tx.attach_policy(&a.id, &name, &target).await?;
+    commit(tx, &a, &actor, "AttachPolicy", &name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn detach_policy(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let target = policy_target(&a, required(&m, "target")?)?;
+    let mut tx = s.store().begin().await?;
+    tx.detach_policy(&a.id, &name, &target).await?;
+    commit(tx, &a, &actor, "DetachPolicy", &name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+fn thing_json(a: &Account, t: &claimlink_registry::Thing) -> Value {
+    json!({
+        "thingName": t.name,
+        "thingArn": arn(a, &format!("thing/{}", t.name)),
+        "thingTypeName": t.thing_type,
+        "attributes": t.attributes,
+        "version": t.version,
+    })
+}
+
+async fn create_thing(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let attributes = match m.get("attributePayload") {
+        Some(Value::Object(p)) => string_map(p.get("attributes"), "attributes")?,
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(_) => return Err(ApiError::bad("attributePayload must be an object")),
+    };
+    let mut tx = s.store().begin().await?;
+    let t = tx.create_thing(&a.id, &name, field(&m, "thingTypeName")?, &attributes).await?;
+    commit(tx, &a, &actor, "CreateThing", &name).await?;
+    Ok(axum::Json(json!({ "thingName": t.name, "thingArn": arn(&a, &format!("thing/{}", t.name)) })))
+}
+
+async fn describe_thing(State(s): State<AccountServer>, h: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let t = s.store().read().await?.describe_thing(&a.id, &name).await?;
+    Ok(axum::Json(thing_json(&a, &t)))
+}
+
+async fn delete_thing(State(s): State<AccountServer>, h: HeaderMap, Path(name): Path<String>) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let mut tx = s.store().begin().await?;
+    tx.delete_thing(&a.id, &name).await?;
+    commit(tx, &a, &actor, "DeleteThing", &name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn list_things(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let things = s.store().read().await?.list_things(&a.id).await?;
+    Ok(axum::Json(json!({ "things": things.iter().map(|t| thing_json(&a, t)).collect::<Vec<_>>() })))
+}
+
+async fn create_thing_type(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let (description, searchable) = match m.get("thingTypeProperties") {
+        Some(Value::Object(p)) => {
+            let searchable = match p.get("searchableAttributes") {
+                Some(Value::Array(v)) => v
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| ApiError::bad("searchableAttributes must hold strings"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => Vec::new(),
+                Some(_) => return Err(ApiError::bad("searchableAttributes must be a list")),
+            };
+            (field(p, "thingTypeDescription")?.map(str::to_owned), searchable)
+        }
+        None | Some(Value::Null) => (None, Vec::new()),
+        Some(_) => return Err(ApiError::bad("thingTypeProperties must be an object")),
+    };
+    let mut tx = s.store().begin().await?;
+    tx.create_thing_type(&a.id, &name, description.as_deref(), &searchable).await?;
+    commit(tx, &a, &actor, "CreateThingType", &name).await?;
+    Ok(axum::Json(json!({ "thingTypeName": name, "thingTypeArn": arn(&a, &format!("thingtype/{name}")) })))
+}
+
+async fn create_thing_group(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let attributes = match m.get("thingGroupProperties") {
+        Some(Value::Object(p)) => match p.get("attributePayload") {
+            Some(Value::Object(ap)) => string_map(ap.get("attributes"), "attributes")?,
+            _ => BTreeMap::new(),
+        },
+        _ => BTreeMap::new(),
+    };
+    let mut tx = s.store().begin().await?;
+    tx.create_thing_group(&a.id, &name, field(&m, "parentGroupName")?, &attributes).await?;
+    commit(tx, &a, &actor, "CreateThingGroup", &name).await?;
+    Ok(axum::Json(json!({ "thingGroupName": name, "thingGroupArn": arn(&a, &format!("thinggroup/{name}")) })))
+}
+
+async fn add_thing_to_group(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let group = required(&m, "thingGroupName")?;
+    let thing = required(&m, "thingName")?;
+    let mut tx = s.store().begin().await?;
+    tx.add_thing_to_group(&a.id, group, thing).await?;
+    commit(tx, &a, &actor, "AddThingToThingGroup", thing).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn attach_thing_principal(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let principal = match h.get("x-amzn-iot-principal").and_then(|v| v.to_str().ok()) {
+        Some(p) => p.to_owned(),
+        None => required(&m, "principal")?.to_owned(),
+    };
+    let PolicyTarget::Certificate(cert) = policy_target(&a, &principal)? else {
+        return Err(ApiError::bad("the principal must be a certificate ARN"));
+    };
+    let mut tx = s.store().begin().await?;
+    tx.attach_thing_principal(&a.id, &name, &cert).await?;
+    commit(tx, &a, &actor, "AttachThingPrincipal", &name).await?;
+    Ok(axum::Json(json!({})))
+}
+
+async fn provisioning_failures(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let failures = s
+        .store()
+        .read()
+        .await?
+        .provisioning_failures(&a.id, q.get("certificateId").map(String::as_str))
+        .await?;
+    Ok(axum::Json(json!({ "failures": failures })))
+}
+
+/// Used by tests: the method of a route-table entry.
+pub fn method_of(m: &str) -> Method {
+    match m {
+        "post" => Method::POST,
+        "put" => Method::PUT,
+        "patch" => Method::PATCH,
+        "delete" => Method::DELETE,
+        _ => Method::GET,
+    }
+}

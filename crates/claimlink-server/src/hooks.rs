@@ -1,0 +1,244 @@
+//! The broker hooks of one account: who may connect (certificate status, JITP, JITR,
+//! `iot:Connect`), and the account's policies on every packet.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use claimlink_broker::{ConnectRequest, Hooks, WeakBroker};
+use claimlink_mqtt::packet::Publish;
+use claimlink_mqtt::{Properties, QoS, ReasonCode, TopicFilter, TopicName};
+use claimlink_pki::Certificate;
+use claimlink_policy::{Action, Bound, Variables};
+use claimlink_registry::{Account, CertificateStatus};
+
+use crate::AccountServer;
+
+/// One accepted connection, as the hooks see it afterwards.
+#[derive(Debug)]
+pub struct Connection {
+    /// The certificate it authenticated with (registry id).
+    pub certificate_id: String,
+    /// The thing named by the client id and attached to the certificate, if any.
+    pub thing_name: Option<String>,
+    /// Its policies, bound to its variables.
+    bound: Bound,
+    serial: u64,
+}
+
+/// The hooks of one account's broker.
+pub struct AccountHooks {
+    server: AccountServer,
+    account: Account,
+    broker: OnceLock<WeakBroker<AccountHooks>>,
+}
+
+impl std::fmt::Debug for AccountHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountHooks").field("account", &self.account.id).finish_non_exhaustive()
+    }
+}
+
+impl AccountHooks {
+    pub(crate) fn new(server: AccountServer, account: Account) -> Self {
+        Self { server, account, broker: OnceLock::new() }
+    }
+
+    pub(crate) fn set_broker(&self, broker: WeakBroker<AccountHooks>) {
+        let _ = self.broker.set(broker);
+    }
+
+    /// Publishes an event of the platform (presence, certificate registration) in the account.
+    fn event(&self, topic: String, body: serde_json::Value) {
+        let Some(broker) = self.broker.get().and_then(WeakBroker::upgrade) else { return };
+        broker.publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic,
+            packet_id: None,
+            properties: Properties::default(),
+            payload: Bytes::from(body.to_string()),
+        });
+    }
+
+    async fn admit(&self, request: &ConnectRequest<'_>) -> Result<Connection, ReasonCode> {
+        let client_id = request.client_id;
+        if client_id.starts_with('$') || client_id.len() > 128 {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        let certs = &request.peer.certificates;
+        let leaf = certs
+            .first()
+            .and_then(|c| Certificate::from_der(c.as_ref()).ok())
+            .ok_or(ReasonCode::NotAuthorized)?;
+        let intermediates: Vec<Certificate> =
+            certs.iter().skip(1).filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
+        let entry = self.server.entry(&self.account.id).ok_or(ReasonCode::ServerUnavailable)?;
+        let ca_id = entry.admit(&leaf, &intermediates).map_err(|_| ReasonCode::NotAuthorized)?;
+        let certificate_id = leaf.id().to_string();
+        let store = &self.server.shared.store;
+        let unavailable = |e: claimlink_registry::RegistryError| {
+            tracing::warn!(error = %e, "registry unavailable during CONNECT");
+            ReasonCode::ServerUnavailable
+        };
+        let record = store
+            .read()
+            .await
+            .map_err(unavailable)?
+            .certificate(&self.account.id, &certificate_id)
+            .await
+            .map_err(unavailable)?;
+        match record {
+            Some(r) if r.status == CertificateStatus::Active => {}
+            Some(r) => {
+                tracing::info!(certificate = %certificate_id, status = %r.status, "certificate not ACTIVE");
+                return Err(ReasonCode::NotAuthorized);
+            }
+            None => self.register(&leaf, ca_id.as_deref(), &certificate_id).await?,
+        }
+        // The thing: the one named by the client id, if it is attached to this certificate.
+        let mut tx = store.read().await.map_err(unavailable)?;
+        let attached =
+            tx.things_of_certificate(&self.account.id, &certificate_id).await.map_err(unavailable)?;
+        let thing = if attached.iter().any(|t| t == client_id) {
+            tx.thing(&self.account.id, client_id).await.map_err(unavailable)?
+        } else {
+            None
+        };
+        let records = tx
+            .effective_policies(&self.account.id, &certificate_id, thing.as_ref().map(|t| t.name.as_str()))
+            .await
+            .map_err(unavailable)?;
+        drop(tx);
+        let policies: Vec<_> = records
+            .iter()
+            .filter_map(|p| self.server.policy(&self.account.id, &p.name, p.default_version, &p.document))
+            .collect();
+        let vars = Variables {
+            client_id: client_id.to_owned(),
+            thing_name: thing.as_ref().map(|t| t.name.clone()),
+            thing_type_name: thing.as_ref().and_then(|t| t.thing_type.clone()),
+            thing_attributes: thing.as_ref().map(|t| t.attributes.clone()).unwrap_or_default(),
+            subject: claimlink_provision::subject_fields(&leaf),
+            issuer: issuer_fields(&leaf),
+            certificate_serial: Some(leaf.serial_hex()),
+        };
+        let bound = Bound::bind(policies.iter().map(|p| &**p), &self.account.region, &self.account.id, &vars);
+        if !bound.allows(Action::Connect, client_id) {
+            tracing::info!(client_id, certificate = %certificate_id, "iot:Connect denied");
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(Connection {
+            certificate_id,
+            thing_name: thing.map(|t| t.name),
+            bound,
+            serial: self.server.next_serial(),
+        })
+    }
+
+    /// A certificate seen for the first time: JITP with the CA's template (the connection then
+    /// goes on), or JITR (it is refused until someone activates the certificate).
+    async fn register(
+        &self,
+        leaf: &Certificate,
+        ca_id: Option<&str>,
+        certificate_id: &str,
+    ) -> Result<(), ReasonCode> {
+        let store = &self.server.shared.store;
+        let ca_id = ca_id.ok_or(ReasonCode::NotAuthorized)?;
+        let ca = store
+            .read()
+            .await
+            .map_err(|_| ReasonCode::ServerUnavailable)?
+            .describe_ca(&self.account.id, ca_id)
+            .await
+            .map_err(|_| ReasonCode::NotAuthorized)?;
+        if !ca.auto_registration {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        let Some(template) = ca.template_name else {
+            match claimlink_provision::jitr(store, &self.account, ca_id, leaf).await {
+                Ok((_, event)) => self.event(format!("$aws/events/certificates/registered/{ca_id}"), event),
+                Err(e) => tracing::info!(error = %e, "JITR failed"),
+            }
+            return Err(ReasonCode::NotAuthorized);
+        };
+        match claimlink_provision::jitp(store, &self.account, ca_id, &template, leaf).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_transient() => {
+                // Another connection of the same device provisioned it a moment ago.
+                let now = store.read().await.map_err(|_| ReasonCode::ServerUnavailable)?;
+                let mut now = now;
+                match now.certificate(&self.account.id, certificate_id).await {
+                    Ok(Some(r)) if r.status == CertificateStatus::Active => Ok(()),
+                    _ => Err(ReasonCode::ServerUnavailable),
+                }
+            }
+            Err(_) => Err(ReasonCode::NotAuthorized),
+        }
+    }
+}
+
+fn issuer_fields(cert: &Certificate) -> std::collections::BTreeMap<String, String> {
+    use claimlink_pki::name::{attr, attribute};
+    let issuer = cert.issuer();
+    [
+        ("CommonName", attr::COMMON_NAME),
+        ("Organization", attr::ORGANIZATION),
+        ("OrganizationalUnit", attr::ORGANIZATIONAL_UNIT),
+        ("Country", attr::COUNTRY),
+        ("State", attr::STATE),
+        ("SerialNumber", attr::SERIAL_NUMBER),
+    ]
+    .into_iter()
+    .filter_map(|(k, oid)| attribute(issuer, oid).map(|v| (k.to_owned(), v)))
+    .collect()
+}
+
+impl Hooks for AccountHooks {
+    type Context = Connection;
+
+    async fn on_connect(&self, request: &ConnectRequest<'_>) -> Result<Connection, ReasonCode> {
+        self.admit(request).await
+    }
+
+    fn authorize_publish(&self, ctx: &Connection, topic: &TopicName, retain: bool) -> bool {
+        ctx.bound.allows(Action::Publish, topic.as_str())
+            && (!retain || ctx.bound.allows(Action::RetainPublish, topic.as_str()))
+    }
+
+    fn authorize_subscribe(&self, ctx: &Connection, filter: &TopicFilter) -> bool {
+        ctx.bound.allows(Action::Subscribe, filter.as_str())
+    }
+
+    fn authorize_receive(&self, ctx: &Connection, topic: &TopicName) -> bool {
+        ctx.bound.allows(Action::Receive, topic.as_str())
+    }
+
+    fn connected(&self, ctx: &Connection, client_id: &str) {
+        self.server.track(&self.account.id, &ctx.certificate_id, client_id, ctx.serial, true);
+        self.event(
+            format!("$aws/events/presence/connected/{client_id}"),
+            presence(client_id, "connected", ctx),
+        );
+    }
+
+    fn disconnected(&self, ctx: &Connection, client_id: &str) {
+        self.server.track(&self.account.id, &ctx.certificate_id, client_id, ctx.serial, false);
+        self.event(
+            format!("$aws/events/presence/disconnected/{client_id}"),
+            presence(client_id, "disconnected", ctx),
+        );
+    }
+}
+
+fn presence(client_id: &str, event: &str, ctx: &Connection) -> serde_json::Value {
+    serde_json::json!({
+        "clientId": client_id,
+        "timestamp": claimlink_registry::now(),
+        "eventType": event,
+        "sessionIdentifier": format!("{:016x}", ctx.serial),
+        "principalIdentifier": ctx.certificate_id,
+        "versionNumber": 0,
+    })
+}

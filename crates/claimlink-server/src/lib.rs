@@ -1,0 +1,388 @@
+//! The OEM account endpoint: one TLS listener for many accounts, each chosen by the server name
+//! its devices send (SNI), each with its own broker (sessions, topics and client ids never mix
+//! between accounts), its registry, its policies; and the admin API.
+//!
+//! On the handshake a device's certificate must chain to one of the account's ACTIVE CA
+//! certificates, or be a certificate registered in the account without a CA. On CONNECT:
+//! a registered certificate must be ACTIVE; an unknown one from a CA with auto-registration is
+//! provisioned on the spot by the CA's JITP template (so the first connection succeeds), or
+//! registered PENDING_ACTIVATION with the JITR event when the CA has no template. Then the
+//! policies attached to the certificate (and to its thing's groups) are bound to the
+//! connection's variables, `iot:Connect` is checked, and every PUBLISH, SUBSCRIBE and delivery
+//! after it is checked against them.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod hooks;
+mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use claimlink_broker::{Broker, Limits, PeerIdentity};
+use claimlink_mqtt::ReasonCode;
+use claimlink_pki::Certificate;
+use claimlink_registry::{Account, CaMode, CaStatus, CertificateStatus, Store};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use hooks::{AccountHooks, Connection};
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The server certificate or key is unusable.
+    #[error("server TLS material: {0}")]
+    Tls(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] claimlink_registry::RegistryError),
+    /// A socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What an account's devices may connect with, kept in memory for the handshake (which cannot
+/// wait for a database).
+#[derive(Debug)]
+pub(crate) struct AccountEntry {
+    pub(crate) account: Account,
+    /// ACTIVE CA certificates, with their registry ids.
+    pub(crate) cas: Vec<(String, Certificate)>,
+    /// Ids of certificates registered without a CA (and not revoked).
+    pub(crate) registered: HashSet<String>,
+}
+
+impl AccountEntry {
+    /// The registered CA that `leaf` (with `intermediates`) chains to, or `None` when the leaf
+    /// is a certificate registered without a CA. `Err` when neither.
+    pub(crate) fn admit(
+        &self,
+        leaf: &Certificate,
+        intermediates: &[Certificate],
+    ) -> Result<Option<String>, String> {
+        if self.registered.contains(&leaf.id().to_string()) {
+            return Ok(None);
+        }
+        let anchors = claimlink_pki::TrustAnchors::new(self.cas.iter().map(|(_, c)| c.clone()).collect());
+        let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
+        opts.purpose = claimlink_pki::Purpose::ClientAuth;
+        let path =
+            claimlink_pki::verify_chain(leaf, intermediates, &anchors, &opts).map_err(|e| e.to_string())?;
+        let anchor = path.last().map(|c| c.id().to_string()).unwrap_or_default();
+        Ok(self.cas.iter().find(|(id, _)| *id == anchor).map(|(id, _)| id.clone()))
+    }
+}
+
+/// Everything the account endpoint shares between connections, the API and the accept loop.
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    accounts: RwLock<HashMap<String, Arc<AccountEntry>>>,
+    hosts: RwLock<HashMap<String, String>>,
+    brokers: Mutex<HashMap<String, Broker<AccountHooks>>>,
+    pub(crate) server_chain: Vec<CertificateDer<'static>>,
+    pub(crate) server_key: PrivateKeyDer<'static>,
+    policies: Mutex<HashMap<(String, String, i64), Arc<claimlink_policy::Policy>>>,
+    /// Live connections per (account, certificate): client id -> connection serial.
+    live: Mutex<HashMap<(String, String), HashMap<String, u64>>>,
+    next_serial: AtomicU64,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The account endpoint.
+#[derive(Clone)]
+pub struct AccountServer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AccountServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountServer").finish_non_exhaustive()
+    }
+}
+
+/// Server TLS identity: the chain (leaf first, covering every account endpoint's host name,
+/// for example with a wildcard) and its PKCS#8 key, PEM.
+pub struct ServerIdentity {
+    /// Certificate chain, PEM.
+    pub chain_pem: String,
+    /// Private key, PKCS#8 PEM.
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+impl AccountServer {
+    /// An account endpoint over `store`; `shutdown` turning true stops everything.
+    pub async fn new(
+        store: Store,
+        identity: &ServerIdentity,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, ServerError> {
+        let chain = Certificate::chain_from_pem(identity.chain_pem.as_bytes())
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let key = claimlink_pki::pem::private_key_from_pem(identity.key_pem.as_bytes(), None)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let key_der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
+        let shared = Shared {
+            store,
+            accounts: RwLock::new(HashMap::new()),
+            hosts: RwLock::new(HashMap::new()),
+            brokers: Mutex::new(HashMap::new()),
+            server_chain: chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
+            server_key: PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
+            policies: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            next_serial: AtomicU64::new(1),
+            limits,
+            shutdown,
+        };
+        let server = Self { shared: Arc::new(shared) };
+        server.reload_all().await?;
+        Ok(server)
+    }
+
+    /// The registry.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Re-reads every account's CAs and registered certificates (after changes made elsewhere,
+    /// for example by another server process on the same PostgreSQL).
+    pub async fn reload_all(&self) -> Result<(), ServerError> {
+        let accounts = self.shared.store.read().await?.accounts().await?;
+        for a in accounts {
+            self.reload(&a.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads one account.
+    pub async fn reload(&self, account_id: &str) -> Result<(), ServerError> {
+        let mut tx = self.shared.store.read().await?;
+        let account = tx.account(account_id).await?;
+        let mut cas = Vec::new();
+        for ca in tx.list_cas(account_id).await? {
+            if ca.status == CaStatus::Active {
+                if let Ok(c) = Certificate::from_pem(ca.pem.as_bytes()) {
+                    cas.push((ca.id, c));
+                }
+            }
+        }
+        let registered = tx
+            .list_certificates(account_id)
+            .await?
+            .into_iter()
+            .filter(|c| c.ca_id.is_none() && c.status != CertificateStatus::Revoked)
+            .map(|c| c.id)
+            .collect();
+        drop(tx);
+        let entry = Arc::new(AccountEntry { account: account.clone(), cas, registered });
+        if let Ok(mut hosts) = self.shared.hosts.write() {
+            hosts.insert(account.endpoint.clone(), account.id.clone());
+        }
+        if let Ok(mut accounts) = self.shared.accounts.write() {
+            accounts.insert(account.id.clone(), entry);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn entry(&self, account_id: &str) -> Option<Arc<AccountEntry>> {
+        self.shared.accounts.read().ok()?.get(account_id).cloned()
+    }
+
+    pub(crate) fn entry_for_host(&self, host: &str) -> Option<Arc<AccountEntry>> {
+        let id = self.shared.hosts.read().ok()?.get(&host.to_ascii_lowercase()).cloned()?;
+        self.entry(&id)
+    }
+
+    /// Accounts whose DEFAULT-mode CAs serve devices that send no server name.
+    pub(crate) fn default_mode_cas(&self) -> Vec<(String, String, Certificate)> {
+        let Ok(accounts) = self.shared.accounts.read() else { return Vec::new() };
+        let mut out = Vec::new();
+        for entry in accounts.values() {
+            for (id, cert) in &entry.cas {
+                out.push((entry.account.id.clone(), id.clone(), cert.clone()));
+            }
+        }
+        out
+    }
+
+    /// Whether the CA `ca_id` of `account_id` is registered in DEFAULT mode (checked against the
+    /// registry when a device arrives without SNI).
+    pub(crate) async fn is_default_mode(&self, account_id: &str, ca_id: &str) -> bool {
+        let Ok(mut tx) = self.shared.store.read().await else { return false };
+        tx.describe_ca(account_id, ca_id).await.is_ok_and(|ca| ca.mode == CaMode::Default)
+    }
+
+    /// The broker of an account (made on first use).
+    pub fn broker(&self, account_id: &str) -> Option<Broker<AccountHooks>> {
+        let mut brokers = self.shared.brokers.lock().ok()?;
+        if let Some(b) = brokers.get(account_id) {
+            return Some(b.clone());
+        }
+        let entry = self.entry(account_id)?;
+        let hooks = AccountHooks::new(self.clone(), entry.account.clone());
+        let broker = Broker::new(hooks, self.shared.limits.clone());
+        if let Some(h) = broker_hooks(&broker) {
+            h.set_broker(broker.downgrade());
+        }
+        brokers.insert(account_id.to_owned(), broker.clone());
+        Some(broker)
+    }
+
+    /// A parsed policy, cached by (account, name, version).
+    pub(crate) fn policy(
+        &self,
+        account_id: &str,
+        name: &str,
+        version: i64,
+        document: &str,
+    ) -> Option<Arc<claimlink_policy::Policy>> {
+        let key = (account_id.to_owned(), name.to_owned(), version);
+        if let Some(p) = self.shared.policies.lock().ok()?.get(&key) {
+            return Some(p.clone());
+        }
+        let parsed = Arc::new(claimlink_policy::Policy::parse(document).ok()?);
+        self.shared.policies.lock().ok()?.insert(key, parsed.clone());
+        Some(parsed)
+    }
+
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.shared.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn track(&self, account: &str, certificate: &str, client_id: &str, serial: u64, up: bool) {
+        let Ok(mut live) = self.shared.live.lock() else { return };
+        let key = (account.to_owned(), certificate.to_owned());
+        if up {
+            live.entry(key).or_default().insert(client_id.to_owned(), serial);
+        } else if let Some(clients) = live.get_mut(&key) {
+            if clients.get(client_id) == Some(&serial) {
+                clients.remove(client_id);
+            }
+            if clients.is_empty() {
+                live.remove(&key);
+            }
+        }
+    }
+
+    /// Drops every live session that authenticated with `certificate_id` (a certificate moved
+    /// out of ACTIVE). Returns how many.
+    pub fn drop_sessions(&self, account_id: &str, certificate_id: &str) -> usize {
+        let clients: Vec<String> = self
+            .shared
+            .live
+            .lock()
+            .ok()
+            .and_then(|l| {
+                l.get(&(account_id.to_owned(), certificate_id.to_owned()))
+                    .map(|m| m.keys().cloned().collect())
+            })
+            .unwrap_or_default();
+        let Some(broker) = self.broker(account_id) else { return 0 };
+        clients.iter().filter(|c| broker.disconnect(c, ReasonCode::NotAuthorized)).count()
+    }
+
+    /// Serves MQTT over TLS on `listener` until shutdown.
+    pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
+        let mut shutdown = self.shared.shutdown.clone();
+        let selector: Arc<dyn claimlink_broker::TlsSelector> =
+            Arc::new(tls::Selector { server: self.clone(), cache: Mutex::new(HashMap::new()) });
+        loop {
+            let (stream, addr) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let _ = stream.set_nodelay(true);
+            let server = self.clone();
+            let selector = selector.clone();
+            tokio::spawn(async move {
+                let timeout = server.shared.limits.connect_timeout;
+                let handshake =
+                    tokio::time::timeout(timeout, claimlink_broker::handshake(stream, &*selector)).await;
+                let (stream, sni, certificates) = match handshake {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%addr, "TLS handshake timed out"),
+                };
+                let Some(account_id) = server.account_of(sni.as_deref(), &certificates).await else {
+                    return tracing::debug!(%addr, "no account for this connection");
+                };
+                let Some(broker) = server.broker(&account_id) else { return };
+                let peer = PeerIdentity { addr, sni, certificates };
+                broker.serve_stream(stream, peer, server.shared.shutdown.clone()).await;
+            });
+        }
+    }
+
+    /// The account a handshaken connection belongs to: by SNI, else by the DEFAULT-mode CA that
+    /// issued its certificate.
+    async fn account_of(
+        &self,
+        sni: Option<&str>,
+        certificates: &[CertificateDer<'static>],
+    ) -> Option<String> {
+        if let Some(host) = sni {
+            return self.entry_for_host(host).map(|e| e.account.id.clone());
+        }
+        let leaf = Certificate::from_der(certificates.first()?.as_ref()).ok()?;
+        let intermediates: Vec<Certificate> =
+            certificates.iter().skip(1).filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
+        for (account, ca_id, _) in self.default_mode_cas() {
+            let entry = self.entry(&account)?;
+            if entry.admit(&leaf, &intermediates).ok().flatten().as_deref() == Some(ca_id.as_str())
+                && self.is_default_mode(&account, &ca_id).await
+            {
+                return Some(account);
+            }
+        }
+        None
+    }
+
+    /// Starts the MQTT listener and the admin API; returns their addresses.
+    pub async fn start(
+        &self,
+        mqtt: SocketAddr,
+        api: SocketAddr,
+    ) -> Result<(SocketAddr, SocketAddr), ServerError> {
+        let mqtt_listener = TcpListener::bind(mqtt).await?;
+        let api_listener = TcpListener::bind(api).await?;
+        let addrs = (mqtt_listener.local_addr()?, api_listener.local_addr()?);
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.serve_mqtt(mqtt_listener).await {
+                tracing::error!(error = %e, "MQTT listener stopped");
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api::serve(me, api_listener).await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        // Changes made by other processes sharing the database reach this one within a minute.
+        let me = self.clone();
+        let mut shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { let _ = me.reload_all().await; }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+        Ok(addrs)
+    }
+}
+
+fn broker_hooks(broker: &Broker<AccountHooks>) -> Option<&AccountHooks> {
+    Some(broker.hooks())
+}
