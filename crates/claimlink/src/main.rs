@@ -7,9 +7,11 @@ mod broker_cmd;
 mod ca;
 mod claim_code;
 mod files;
+mod iot_cmd;
 mod issue;
 mod label;
 mod secret;
+mod server_cmd;
 mod up;
 
 use std::path::PathBuf;
@@ -40,9 +42,22 @@ enum Command {
     /// Manufacturer CA: create it, issue device identities, sign CSRs, verify chains.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run the OEM account endpoint (MQTT per account by SNI, JITP, policies, admin API).
+    Server(server_cmd::ServerArgs),
+    /// Operator tasks on accounts (direct registry access).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// The account's admin API with the AWS CLI's `aws iot` verbs and flags.
+    Iot(iot_cmd::IotArgs),
     /// Load generators for benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account and print its first API token (shown once).
+    Create(server_cmd::AccountCreateArgs),
 }
 
 #[derive(Subcommand)]
@@ -84,6 +99,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(&args),
         Command::Broker(args) => broker_cmd::run(&args),
+        Command::Server(args) => server_cmd::run(&args),
+        Command::Account(AccountCommand::Create(args)) => server_cmd::account_create(&args),
+        Command::Iot(args) => match iot_cmd::run(&args) {
+            Ok(iot_cmd::Outcome::Done) => Ok(()),
+            Ok(iot_cmd::Outcome::Refused) => return ExitCode::from(254),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(255);
+            }
+        },
         Command::Bench(BenchCommand::Mqtt(args)) => bench_cmd::run(&args),
         Command::Ca(CaCommand::Init(args)) => ca::init(&args),
         Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),

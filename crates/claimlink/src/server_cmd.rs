@@ -1,0 +1,125 @@
+//! `claimlink server --config FILE`: the OEM account endpoint (MQTT over mutual TLS for every
+//! account, chosen by SNI, and the admin API); `claimlink account create`: the operator's way
+//! to open an account and get its first API token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use claimlink_broker::Limits;
+use claimlink_registry::Store;
+use claimlink_server::{AccountServer, ServerIdentity};
+use serde::Deserialize;
+
+use crate::files::read_bounded;
+
+/// `server` arguments.
+#[derive(clap::Args)]
+pub(crate) struct ServerArgs {
+    /// TOML configuration: `database`, `mqtt`, `api` and `[tls] certificate / private_key`.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    /// `sqlite://PATH` or `postgres://...` (`$DATABASE_URL` wins when set).
+    database: Option<String>,
+    mqtt: SocketAddr,
+    api: SocketAddr,
+    tls: TlsFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    certificate: PathBuf,
+    private_key: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_connections: Option<usize>,
+    max_queued: Option<usize>,
+}
+
+fn database_url(configured: Option<&str>) -> Result<String> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .or_else(|| configured.map(str::to_owned))
+        .context("no database: set `database` in the configuration or $DATABASE_URL")
+}
+
+/// `claimlink server`.
+pub(crate) fn run(args: &ServerArgs) -> Result<()> {
+    let text = String::from_utf8(read_bounded(&args.config, 1 << 20)?)
+        .with_context(|| format!("{} is not UTF-8", args.config.display()))?;
+    let file: ServerFile = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    let path = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
+    let identity = ServerIdentity {
+        chain_pem: String::from_utf8(read_bounded(&path(&file.tls.certificate), 1 << 20)?)?,
+        key_pem: String::from_utf8(read_bounded(&path(&file.tls.private_key), 1 << 20)?)?.into(),
+    };
+    let url = database_url(file.database.as_deref())?;
+    let mut limits = Limits::default();
+    limits.max_connections = file.limits.max_connections.unwrap_or(limits.max_connections);
+    limits.max_queued = file.limits.max_queued.unwrap_or(limits.max_queued);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let server = AccountServer::new(store, &identity, limits, shutdown).await?;
+        let (mqtt, api) = server.start(file.mqtt, file.api).await?;
+        println!("listening on mqtts://{mqtt}");
+        println!("admin API on http://{api}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::signal::ctrl_c().await?;
+        let _ = stop.send(true);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok(())
+    })
+}
+
+/// `account create` arguments.
+#[derive(clap::Args)]
+pub(crate) struct AccountCreateArgs {
+    /// Registry: `sqlite://PATH` or `postgres://...` (else $DATABASE_URL).
+    #[arg(long)]
+    database: Option<String>,
+    /// Account name (1-128 of a-z A-Z 0-9 : _ -).
+    #[arg(long)]
+    name: String,
+    /// Host name its devices connect to (SNI); the server certificate must cover it.
+    #[arg(long)]
+    endpoint: String,
+    /// Region, for ARNs.
+    #[arg(long, default_value = "cn-north-1")]
+    region: String,
+}
+
+/// `claimlink account create`: prints the account and its first API token (shown once).
+pub(crate) fn account_create(args: &AccountCreateArgs) -> Result<()> {
+    let url = database_url(args.database.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let mut tx = store.begin().await?;
+        let account = tx.create_account(&args.name, &args.endpoint, &args.region).await?;
+        let token = tx.create_api_token(&account.id, "owner").await?;
+        tx.commit().await?;
+        let out = serde_json::json!({
+            "accountId": account.id,
+            "endpointAddress": account.endpoint,
+            "region": account.region,
+            "apiToken": token,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        Ok(())
+    })
+}
