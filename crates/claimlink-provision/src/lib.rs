@@ -18,8 +18,7 @@ use std::collections::BTreeMap;
 use claimlink_pki::Certificate;
 use claimlink_pki::name::{attr, attribute};
 use claimlink_registry::{
-    Account, AuditRecord, CertificateRecord, CertificateStatus, PolicyTarget, ProvisioningFailure,
-    RegistryError, Store, Tx,
+    Account, AuditRecord, CertificateRecord, CertificateStatus, ProvisioningFailure, RegistryError, Store, Tx,
 };
 use serde_json::{Map, Value};
 
@@ -723,16 +722,42 @@ pub async fn jitp(
     template_name: &str,
     cert: &Certificate,
 ) -> Result<Provisioned, ProvisionError> {
+    // Everything that only reads happens before the write transaction, which SQLite
+    // serialises: it should hold the writer for as few statements as possible.
+    let stored = match store.read().await {
+        Ok(mut tx) => tx.template(&account.id, template_name).await,
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(stored) => jitp_with(store, account, ca_id, &stored, cert).await,
+        Err(e) => {
+            let e = ProvisionError::from(e);
+            let id = cert.id().to_string();
+            record_failure(store, account, &id, Some(ca_id), Some(template_name), &e.to_string()).await;
+            Err(e)
+        }
+    }
+}
+
+/// [`jitp`] with the stored template already read (the account endpoint reads it in the same
+/// transaction as the certificate lookup).
+pub async fn jitp_with(
+    store: &Store,
+    account: &Account,
+    ca_id: &str,
+    stored: &claimlink_registry::Template,
+    cert: &Certificate,
+) -> Result<Provisioned, ProvisionError> {
     let certificate_id = cert.id().to_string();
+    let template_name = stored.name.as_str();
     let result = async {
-        let mut tx = store.begin().await?;
-        let stored = tx.template(&account.id, template_name).await?;
         if !stored.enabled {
             return Err(fit(&format!("template {template_name} is disabled")));
         }
         let template = Template::parse(&stored.body)?;
         let params = template.parameters_for(cert, &certificate_id);
         let plan = template.plan(&params, template_name)?;
+        let mut tx = store.begin().await?;
         let provisioned = apply(&mut tx, account, ca_id, cert, &plan).await?;
         tx.audit(Some(&account.id), &audit_row("JITP", &certificate_id, "ok", Some(template_name))).await?;
         tx.commit().await?;
@@ -796,18 +821,20 @@ async fn apply(
     plan: &Plan,
 ) -> Result<Provisioned, ProvisionError> {
     let a = &account.id;
-    let pem = cert.to_pem();
-    let record = tx.register_certificate(a, &pem, Some(ca_id), CertificateStatus::PendingActivation).await?;
+    // The chain was verified by the TLS handshake that brought the device here.
+    let mut record = tx.insert_verified_certificate(a, cert, Some(ca_id)).await?;
     let mut thing_name = None;
     if let Some(t) = &plan.thing {
-        let template = tx.thing(a, &t.name).await?;
-        match template {
-            None => {
-                tx.create_thing(a, &t.name, t.thing_type.as_deref(), &t.attributes).await?;
-                for g in &t.groups {
-                    tx.add_thing_to_group(a, g, &t.name).await.map_err(|e| group_error(e, g))?;
-                }
-            }
+        match tx.thing(a, &t.name).await? {
+            None => tx
+                .insert_new_thing(a, &t.name, t.thing_type.as_deref(), &t.attributes, &t.groups)
+                .await
+                .map_err(|e| match e {
+                    RegistryError::NotFound { kind: "thing group", name } => fit(&format!(
+                        "thing group {name} named by the template does not exist in this account"
+                    )),
+                    other => other.into(),
+                })?,
             Some(existing) => update_thing(tx, a, &existing, t).await?,
         }
         thing_name = Some(t.name.clone());
@@ -823,22 +850,20 @@ async fn apply(
                 Err(e) => return Err(e.into()),
             }
         }
-        tx.attach_policy(a, name, &PolicyTarget::Certificate(record.id.clone())).await.map_err(
-            |e| match e {
-                RegistryError::NotFound { kind: "policy", name } => {
-                    fit(&format!("policy {name} named by the template does not exist in this account"))
-                }
-                other => other.into(),
-            },
-        )?;
         policies.push(name.clone());
     }
+    tx.attach_policies_to_new_certificate(a, &record.id, &policies).await.map_err(|e| match e {
+        RegistryError::NotFound { kind: "policy", name } => {
+            fit(&format!("policy {name} named by the template does not exist in this account"))
+        }
+        other => other.into(),
+    })?;
     if let Some(thing) = &thing_name {
-        tx.attach_thing_principal(a, thing, &record.id).await?;
+        tx.link_thing_principal(a, thing, &record.id).await?;
     }
     let status = plan.certificate_status.unwrap_or(CertificateStatus::Active);
-    let certificate = tx.update_certificate_status(a, &record.id, status).await?;
-    Ok(Provisioned { certificate, thing_name, policies })
+    tx.set_new_certificate_status(a, &mut record, status).await?;
+    Ok(Provisioned { certificate: record, thing_name, policies })
 }
 
 fn group_error(e: RegistryError, group: &str) -> ProvisionError {

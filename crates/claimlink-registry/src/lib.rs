@@ -1152,21 +1152,44 @@ impl Tx {
         certificate_id: &str,
         thing: Option<&str>,
     ) -> Result<Vec<PolicyRecord>> {
-        let mut names = self
-            .attached_policy_names(account_id, &PolicyTarget::Certificate(certificate_id.to_owned()))
-            .await?;
-        if let Some(thing) = thing {
-            for g in self.groups_of_thing(account_id, thing).await? {
-                names.extend(self.attached_policy_names(account_id, &PolicyTarget::ThingGroup(g)).await?);
-            }
-        }
-        names.sort();
-        names.dedup();
-        let mut out = Vec::with_capacity(names.len());
-        for n in names {
-            out.push(self.get_policy(account_id, &n).await?);
-        }
-        Ok(out)
+        // One round trip: this runs on every CONNECT.
+        let rows = sqlx::query(
+            "SELECT DISTINCT p.name, p.default_version, p.created, p.updated, v.document \
+             FROM policy_attachments a \
+             JOIN policies p ON p.account_id = a.account_id AND p.name = a.policy_name \
+             JOIN policy_versions v ON v.account_id = p.account_id AND v.policy_name = p.name AND v.version = p.default_version \
+             WHERE a.account_id = $1 AND ((a.target_type = 'cert' AND a.target = $2) \
+                OR (a.target_type = 'thinggroup' AND a.target IN \
+                    (SELECT group_name FROM thing_group_members WHERE account_id = $1 AND thing_name = $3))) \
+             ORDER BY p.name",
+        )
+        .bind(account_id)
+        .bind(certificate_id)
+        .bind(thing.unwrap_or(""))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(policy_from).collect()
+    }
+
+    /// The thing named `name` if it is attached to the certificate (the thing a connection
+    /// with client id `name` speaks for): one round trip.
+    pub async fn attached_thing(
+        &mut self,
+        account_id: &str,
+        certificate_id: &str,
+        name: &str,
+    ) -> Result<Option<Thing>> {
+        let row = sqlx::query(
+            "SELECT t.* FROM things t JOIN thing_principals p \
+             ON p.account_id = t.account_id AND p.thing_name = t.name \
+             WHERE t.account_id = $1 AND p.certificate_id = $2 AND t.name = $3",
+        )
+        .bind(account_id)
+        .bind(certificate_id)
+        .bind(name)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(thing_from).transpose()
     }
 
     // ---- provisioning templates -------------------------------------------------------
@@ -1287,6 +1310,163 @@ impl Tx {
         if n == 0 {
             return Err(RegistryError::not_found("provisioning template", name));
         }
+        Ok(())
+    }
+
+    // ---- provisioning: the few statements a new device needs ---------------------------
+
+    /// Registers a certificate whose chain the caller has verified (the TLS handshake did), as
+    /// PENDING_ACTIVATION, without re-reading anything: one INSERT.
+    pub async fn insert_verified_certificate(
+        &mut self,
+        account_id: &str,
+        cert: &Certificate,
+        ca_id: Option<&str>,
+    ) -> Result<CertificateRecord> {
+        let now = now_ms();
+        let record = CertificateRecord {
+            id: cert.id().to_string(),
+            pem: cert.to_pem(),
+            status: CertificateStatus::PendingActivation,
+            ca_id: ca_id.map(str::to_owned),
+            created: now,
+            updated: now,
+        };
+        let n = sqlx::query(
+            "INSERT INTO certificates (account_id, id, pem, status, ca_id, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(&record.id)
+        .bind(&record.pem)
+        .bind(record.status.as_str())
+        .bind(ca_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        created(n, "certificate", &record.id)?;
+        Ok(record)
+    }
+
+    /// Creates a thing known not to exist (checked in this transaction), in `groups` (at most
+    /// 10, each must exist): one INSERT per row.
+    pub async fn insert_new_thing(
+        &mut self,
+        account_id: &str,
+        name: &str,
+        thing_type: Option<&str>,
+        attributes: &BTreeMap<String, String>,
+        groups: &[String],
+    ) -> Result<()> {
+        validate_thing_name("thing name", name)?;
+        validate_attributes(attributes)?;
+        if groups.len() > MAX_GROUPS_PER_THING {
+            return Err(RegistryError::limit(format!("a thing is in at most {MAX_GROUPS_PER_THING} groups")));
+        }
+        if let Some(t) = thing_type {
+            self.require_thing_type(account_id, t).await?;
+        }
+        let now = now_ms();
+        let n = sqlx::query(
+            "INSERT INTO things (account_id, name, thing_type, attributes, version, created, updated) \
+             VALUES ($1, $2, $3, $4, 1, $5, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(thing_type)
+        .bind(serde_json::to_string(attributes).unwrap_or_default())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        created(n, "thing", name)?;
+        for g in groups {
+            let n = sqlx::query(
+                "INSERT INTO thing_group_members (account_id, group_name, thing_name) \
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM thing_groups WHERE account_id = $1 AND name = $2) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(account_id)
+            .bind(g)
+            .bind(name)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+            if n == 0 && !self.thing_group_exists(account_id, g).await? {
+                return Err(RegistryError::not_found("thing group", g));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches existing policies to a certificate made in this transaction (so it has none
+    /// yet): one INSERT per policy, refused if the policy does not exist.
+    pub async fn attach_policies_to_new_certificate(
+        &mut self,
+        account_id: &str,
+        certificate_id: &str,
+        policies: &[String],
+    ) -> Result<()> {
+        if policies.len() > MAX_POLICIES_PER_CERTIFICATE {
+            return Err(RegistryError::limit(format!(
+                "at most {MAX_POLICIES_PER_CERTIFICATE} policies per certificate"
+            )));
+        }
+        for p in policies {
+            let n = sqlx::query(
+                "INSERT INTO policy_attachments (account_id, policy_name, target_type, target) \
+                 SELECT $1, $2, 'cert', $3 WHERE EXISTS (SELECT 1 FROM policies WHERE account_id = $1 AND name = $2) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(account_id)
+            .bind(p)
+            .bind(certificate_id)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+            if n == 0 {
+                return Err(RegistryError::not_found("policy", p));
+            }
+        }
+        Ok(())
+    }
+
+    /// Links a certificate and a thing that both exist in this transaction: one INSERT.
+    pub async fn link_thing_principal(
+        &mut self,
+        account_id: &str,
+        thing: &str,
+        certificate_id: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO thing_principals (account_id, thing_name, certificate_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(account_id)
+        .bind(thing)
+        .bind(certificate_id)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets the status of a certificate made in this transaction: one UPDATE.
+    pub async fn set_new_certificate_status(
+        &mut self,
+        account_id: &str,
+        record: &mut CertificateRecord,
+        status: CertificateStatus,
+    ) -> Result<()> {
+        let now = now_ms();
+        sqlx::query("UPDATE certificates SET status = $1, updated = $2 WHERE account_id = $3 AND id = $4")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(account_id)
+            .bind(&record.id)
+            .execute(&mut *self.tx)
+            .await?;
+        record.status = status;
+        record.updated = now;
         Ok(())
     }
 

@@ -73,38 +73,46 @@ impl AccountHooks {
             .ok_or(ReasonCode::NotAuthorized)?;
         let intermediates: Vec<Certificate> =
             certs.iter().skip(1).filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
-        let entry = self.server.entry(&self.account.id).ok_or(ReasonCode::ServerUnavailable)?;
-        let ca_id = entry.admit(&leaf, &intermediates).map_err(|_| ReasonCode::NotAuthorized)?;
         let certificate_id = leaf.id().to_string();
+        // The handshake verified the chain a moment ago and noted its CA; verify again only if
+        // that note is gone.
+        let ca_id = match self.server.take_admitted(&certificate_id) {
+            Some(ca) => ca,
+            None => {
+                let entry = self.server.entry(&self.account.id).ok_or(ReasonCode::ServerUnavailable)?;
+                entry.admit(&leaf, &intermediates).map_err(|_| ReasonCode::NotAuthorized)?
+            }
+        };
         let store = &self.server.shared.store;
         let unavailable = |e: claimlink_registry::RegistryError| {
             tracing::warn!(error = %e, "registry unavailable during CONNECT");
             ReasonCode::ServerUnavailable
         };
-        let record = store
-            .read()
-            .await
-            .map_err(unavailable)?
-            .certificate(&self.account.id, &certificate_id)
-            .await
-            .map_err(unavailable)?;
+        let mut tx = store.read().await.map_err(unavailable)?;
+        let record = tx.certificate(&self.account.id, &certificate_id).await.map_err(unavailable)?;
         match record {
             Some(r) if r.status == CertificateStatus::Active => {}
             Some(r) => {
                 tracing::info!(certificate = %certificate_id, status = %r.status, "certificate not ACTIVE");
                 return Err(ReasonCode::NotAuthorized);
             }
-            None => self.register(&leaf, ca_id.as_deref(), &certificate_id).await?,
+            None => {
+                // Unknown: read what registering it needs in this same transaction.
+                let ca_id = ca_id.ok_or(ReasonCode::NotAuthorized)?;
+                let ca =
+                    tx.describe_ca(&self.account.id, &ca_id).await.map_err(|_| ReasonCode::NotAuthorized)?;
+                let template = match (&ca.template_name, ca.auto_registration) {
+                    (Some(t), true) => Some(tx.template(&self.account.id, t).await.map_err(unavailable)?),
+                    _ => None,
+                };
+                drop(tx);
+                self.register(&leaf, &ca, template.as_ref(), &certificate_id).await?;
+                tx = store.read().await.map_err(unavailable)?;
+            }
         }
         // The thing: the one named by the client id, if it is attached to this certificate.
-        let mut tx = store.read().await.map_err(unavailable)?;
-        let attached =
-            tx.things_of_certificate(&self.account.id, &certificate_id).await.map_err(unavailable)?;
-        let thing = if attached.iter().any(|t| t == client_id) {
-            tx.thing(&self.account.id, client_id).await.map_err(unavailable)?
-        } else {
-            None
-        };
+        let thing =
+            tx.attached_thing(&self.account.id, &certificate_id, client_id).await.map_err(unavailable)?;
         let records = tx
             .effective_policies(&self.account.id, &certificate_id, thing.as_ref().map(|t| t.name.as_str()))
             .await
@@ -141,35 +149,27 @@ impl AccountHooks {
     async fn register(
         &self,
         leaf: &Certificate,
-        ca_id: Option<&str>,
+        ca: &claimlink_registry::CaCertificate,
+        template: Option<&claimlink_registry::Template>,
         certificate_id: &str,
     ) -> Result<(), ReasonCode> {
         let store = &self.server.shared.store;
-        let ca_id = ca_id.ok_or(ReasonCode::NotAuthorized)?;
-        let ca = store
-            .read()
-            .await
-            .map_err(|_| ReasonCode::ServerUnavailable)?
-            .describe_ca(&self.account.id, ca_id)
-            .await
-            .map_err(|_| ReasonCode::NotAuthorized)?;
         if !ca.auto_registration {
             return Err(ReasonCode::NotAuthorized);
         }
-        let Some(template) = ca.template_name else {
-            match claimlink_provision::jitr(store, &self.account, ca_id, leaf).await {
-                Ok((_, event)) => self.event(format!("$aws/events/certificates/registered/{ca_id}"), event),
+        let Some(template) = template else {
+            match claimlink_provision::jitr(store, &self.account, &ca.id, leaf).await {
+                Ok((_, event)) => self.event(format!("$aws/events/certificates/registered/{}", ca.id), event),
                 Err(e) => tracing::info!(error = %e, "JITR failed"),
             }
             return Err(ReasonCode::NotAuthorized);
         };
-        match claimlink_provision::jitp(store, &self.account, ca_id, &template, leaf).await {
+        match claimlink_provision::jitp_with(store, &self.account, &ca.id, template, leaf).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_transient() => {
                 // Another connection of the same device provisioned it a moment ago.
-                let now = store.read().await.map_err(|_| ReasonCode::ServerUnavailable)?;
-                let mut now = now;
-                match now.certificate(&self.account.id, certificate_id).await {
+                let mut tx = store.read().await.map_err(|_| ReasonCode::ServerUnavailable)?;
+                match tx.certificate(&self.account.id, certificate_id).await {
                     Ok(Some(r)) if r.status == CertificateStatus::Active => Ok(()),
                     _ => Err(ReasonCode::ServerUnavailable),
                 }

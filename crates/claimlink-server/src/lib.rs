@@ -89,6 +89,9 @@ pub(crate) struct Shared {
     pub(crate) server_chain: Vec<CertificateDer<'static>>,
     pub(crate) server_key: PrivateKeyDer<'static>,
     policies: Mutex<HashMap<(String, String, i64), Arc<claimlink_policy::Policy>>>,
+    /// Certificates the TLS verifier admitted, with the CA they chain to, until the CONNECT
+    /// that follows picks the note up (bounded: cleared when it grows past 10,000).
+    admitted: Mutex<HashMap<String, Option<String>>>,
     /// Live connections per (account, certificate): client id -> connection serial.
     live: Mutex<HashMap<(String, String), HashMap<String, u64>>>,
     next_serial: AtomicU64,
@@ -138,6 +141,7 @@ impl AccountServer {
             server_chain: chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
             server_key: PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
             policies: Mutex::new(HashMap::new()),
+            admitted: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             limits,
@@ -252,6 +256,19 @@ impl AccountServer {
         let parsed = Arc::new(claimlink_policy::Policy::parse(document).ok()?);
         self.shared.policies.lock().ok()?.insert(key, parsed.clone());
         Some(parsed)
+    }
+
+    pub(crate) fn note_admitted(&self, certificate_id: String, ca_id: Option<String>) {
+        if let Ok(mut m) = self.shared.admitted.lock() {
+            if m.len() >= 10_000 {
+                m.clear();
+            }
+            m.insert(certificate_id, ca_id);
+        }
+    }
+
+    pub(crate) fn take_admitted(&self, certificate_id: &str) -> Option<Option<String>> {
+        self.shared.admitted.lock().ok()?.remove(certificate_id)
     }
 
     pub(crate) fn next_serial(&self) -> u64 {

@@ -46,7 +46,11 @@ impl claimlink_broker::TlsSelector for Selector {
 impl Selector {
     fn build(&self, admits: Admits) -> Option<Arc<rustls::ServerConfig>> {
         let provider = rustls::crypto::ring::default_provider();
-        let verifier = Arc::new(Verifier { admits, algorithms: provider.signature_verification_algorithms });
+        let verifier = Arc::new(Verifier {
+            admits,
+            algorithms: provider.signature_verification_algorithms,
+            server: self.server.clone(),
+        });
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .ok()?
@@ -67,10 +71,16 @@ enum Admits {
     DefaultMode(Vec<Certificate>),
 }
 
-#[derive(Debug)]
 struct Verifier {
     admits: Admits,
     algorithms: WebPkiSupportedAlgorithms,
+    server: AccountServer,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("admits", &self.admits).finish_non_exhaustive()
+    }
 }
 
 impl ClientCertVerifier for Verifier {
@@ -96,16 +106,18 @@ impl ClientCertVerifier for Verifier {
         let intermediates: Vec<Certificate> =
             intermediates.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
         match &self.admits {
-            Admits::Account(entry) => entry.admit(&leaf, &intermediates).map_err(bad)?,
+            Admits::Account(entry) => {
+                let ca = entry.admit(&leaf, &intermediates).map_err(bad)?;
+                self.server.note_admitted(leaf.id().to_string(), ca);
+            }
             Admits::DefaultMode(cas) => {
                 let anchors = claimlink_pki::TrustAnchors::new(cas.clone());
                 let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
                 opts.purpose = claimlink_pki::Purpose::ClientAuth;
                 claimlink_pki::verify_chain(&leaf, &intermediates, &anchors, &opts)
                     .map_err(|e| bad(e.to_string()))?;
-                None
             }
-        };
+        }
         Ok(ClientCertVerified::assertion())
     }
 

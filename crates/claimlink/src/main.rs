@@ -9,6 +9,7 @@ mod claim_code;
 mod files;
 mod iot_cmd;
 mod issue;
+mod jitp_bench;
 mod label;
 mod secret;
 mod server_cmd;
@@ -64,6 +65,9 @@ enum AccountCommand {
 enum BenchCommand {
     /// Drive any MQTT broker (ours or another) with the same load.
     Mqtt(bench_cmd::BenchMqttArgs),
+    /// Onboarding rate of the account endpoint: N never-seen devices provisioned in their first
+    /// CONNECT, then the same devices reconnecting.
+    Jitp(jitp_bench::JitpArgs),
 }
 
 #[derive(Subcommand)]
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(BenchCommand::Mqtt(args)) => bench_cmd::run(&args),
+        Command::Bench(BenchCommand::Jitp(args)) => jitp_bench::run(&args),
         Command::Ca(CaCommand::Init(args)) => ca::init(&args),
         Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),
         Command::Ca(CaCommand::SignCsr(args)) => ca::sign_csr(&args),
