@@ -52,7 +52,18 @@ impl Text<'_> {
     }
 
     fn starts_with_at(&self, i: usize, lit: &[u8]) -> bool {
-        i + lit.len() <= self.len() && lit.iter().enumerate().all(|(k, c)| self.at(i + k) == *c)
+        if i + lit.len() > self.len() {
+            return false;
+        }
+        let a = self.a.len();
+        if i >= a {
+            self.b[i - a..].starts_with(lit)
+        } else if i + lit.len() <= a {
+            self.a[i..].starts_with(lit)
+        } else {
+            let (head, tail) = lit.split_at(a - i);
+            self.a[i..] == *head && self.b.starts_with(tail)
+        }
     }
 
     /// Bytes of the character starting at `i` (both halves are whole UTF-8 strings).
