@@ -70,6 +70,8 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 rate() { bench "$@" | grep -oE '[0-9]+ (msg|connections)/s' | cut -d' ' -f1; }
 row() {
   local name="$1"; shift
+  # ONLY=regex runs the matching rows only.
+  if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
   local a="" b=""
   for _ in $(seq 1 "$repeat"); do
     a="$a $(rate "$ours_port" "$@")"
@@ -90,6 +92,7 @@ row "mutual-TLS handshakes, 16 concurrent (connections/s)" --mode handshakes --c
 # Memory per idle TLS connection: open IDLE (default 10,000) connections, wait until they are all
 # up (or 300 s have passed), then divide the broker's RSS growth by the connections established.
 idle=${IDLE:-10000}
+[ "$idle" -gt 0 ] || exit 0
 for which in ours mosq; do
   if [ $which = ours ]; then port=$ours_port pid=$ours_pid; else port=$mosq_port pid=$mosq_pid; fi
   before=$(rss_kib $pid)

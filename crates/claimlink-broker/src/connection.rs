@@ -45,7 +45,7 @@ struct Task<H: Hooks> {
     session: Option<Session<H::Context>>,
     /// The will to publish, with its delay, once the connection is over.
     will: Option<(Publish, Duration)>,
-    /// A message from this client was just dropped for a subscriber whose queue was full.
+    /// A message from this client just met a subscriber queue that was nearly or completely full.
     congested: bool,
 }
 
@@ -126,7 +126,7 @@ pub(crate) async fn serve<H: Hooks, S>(
             // This client publishes faster than some subscriber takes: let the delivering tasks
             // run before reading more from it. It still gets its turn, so nobody is stalled,
             // but CPU goes to delivering rather than to decrypting messages that would be
-            // dropped.
+            // dropped. (A subscriber that never reads only costs its publishers this yield.)
             tokio::task::yield_now().await;
         }
     }
@@ -234,12 +234,12 @@ impl<H: Hooks> Task<H> {
                     router.retain(&message);
                 }
                 let hooks = &self.shared.hooks;
-                let dropped = router.dropped();
+                let pressure = router.pressure();
                 let n = router.publish(&topic, &message, Some(&session.client_id), |ctx| {
                     hooks.authorize_receive(ctx, &topic)
                 });
-                // Exact: every drop happens under the router lock held here.
-                self.congested |= router.dropped() > dropped;
+                // Exact: the counter only moves under the router lock held here.
+                self.congested |= router.pressure() > pressure;
                 n
             }
             Err(_) => 0,

@@ -328,6 +328,7 @@ pub struct Router<C> {
     /// Messages kept per offline session.
     max_offline: usize,
     hasher: foldhash::fast::RandomState,
+    pressure: u64,
 }
 
 impl<C> Default for Router<C> {
@@ -340,6 +341,7 @@ impl<C> Default for Router<C> {
             dropped: AtomicU64::new(0),
             max_offline: 1000,
             hasher: foldhash::fast::RandomState::default(),
+            pressure: 0,
         }
     }
 }
@@ -548,9 +550,17 @@ impl<C> Router<C> {
             };
             match &client.online {
                 Some(online) => match online.tx.try_send(routed) {
-                    Ok(()) => delivered += 1,
+                    Ok(()) => {
+                        delivered += 1;
+                        // A queue three quarters full: the publisher should ease off before
+                        // messages are dropped (see `pressure`).
+                        if online.tx.capacity() < online.tx.max_capacity() / 4 {
+                            self.pressure += 1;
+                        }
+                    }
                     Err(_) => {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.pressure += 1;
                     }
                 },
                 // Offline with a session: QoS 1 and 2 wait (section 4.1); QoS 0 may be dropped.
@@ -571,6 +581,12 @@ impl<C> Router<C> {
         let Some(online) = self.clients.get(client_id).and_then(|c| c.online.as_ref()) else { return false };
         online.kick.kick(reason);
         true
+    }
+
+    /// Deliveries so far that found a subscriber's queue nearly or completely full: a
+    /// publisher whose message raised it should yield before reading more.
+    pub fn pressure(&self) -> u64 {
+        self.pressure
     }
 
     /// Messages dropped because a subscriber's queue was full.
