@@ -108,7 +108,10 @@ pub struct Store {
     reader: AnyPool,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_registry.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_registry.sql")),
+    (2, include_str!("../migrations/0002_connect_indexes.sql")),
+];
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -1152,15 +1155,19 @@ impl Tx {
         certificate_id: &str,
         thing: Option<&str>,
     ) -> Result<Vec<PolicyRecord>> {
-        // One round trip: this runs on every CONNECT.
+        // One round trip: this runs on every CONNECT. Two index searches (the certificate's
+        // attachments; the thing's groups' attachments), never a scan of the fleet.
         let rows = sqlx::query(
-            "SELECT DISTINCT p.name, p.default_version, p.created, p.updated, v.document \
-             FROM policy_attachments a \
-             JOIN policies p ON p.account_id = a.account_id AND p.name = a.policy_name \
+            "SELECT p.name, p.default_version, p.created, p.updated, v.document FROM ( \
+               SELECT policy_name FROM policy_attachments \
+                 WHERE account_id = $1 AND target_type = 'cert' AND target = $2 \
+               UNION \
+               SELECT a.policy_name FROM thing_group_members m JOIN policy_attachments a \
+                 ON a.account_id = m.account_id AND a.target_type = 'thinggroup' AND a.target = m.group_name \
+                 WHERE m.account_id = $1 AND m.thing_name = $3 \
+             ) x \
+             JOIN policies p ON p.account_id = $1 AND p.name = x.policy_name \
              JOIN policy_versions v ON v.account_id = p.account_id AND v.policy_name = p.name AND v.version = p.default_version \
-             WHERE a.account_id = $1 AND ((a.target_type = 'cert' AND a.target = $2) \
-                OR (a.target_type = 'thinggroup' AND a.target IN \
-                    (SELECT group_name FROM thing_group_members WHERE account_id = $1 AND thing_name = $3))) \
              ORDER BY p.name",
         )
         .bind(account_id)
