@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// Live connections per (account, certificate): client id -> connection serial.
     live: Mutex<HashMap<(String, String), HashMap<String, u64>>>,
     next_serial: AtomicU64,
+    /// When an unknown server name last made us reload the accounts (Unix ms).
+    last_reload: std::sync::atomic::AtomicI64,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 }
@@ -144,6 +146,7 @@ impl AccountServer {
             admitted: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
+            last_reload: std::sync::atomic::AtomicI64::new(0),
             limits,
             shutdown,
         };
@@ -202,8 +205,39 @@ impl AccountServer {
     }
 
     pub(crate) fn entry_for_host(&self, host: &str) -> Option<Arc<AccountEntry>> {
-        let id = self.shared.hosts.read().ok()?.get(&host.to_ascii_lowercase()).cloned()?;
-        self.entry(&id)
+        let id = self.shared.hosts.read().ok()?.get(&host.to_ascii_lowercase()).cloned();
+        match id {
+            Some(id) => self.entry(&id),
+            None => {
+                // Perhaps an account opened since the last reload (`claimlink account create`
+                // writes to the registry directly): look again, at most every 5 seconds. This
+                // device is refused; its retry will find the account.
+                self.reload_soon();
+                None
+            }
+        }
+    }
+
+    fn reload_soon(&self) {
+        let now = claimlink_registry::now();
+        let last = self.shared.last_reload.load(Ordering::Relaxed);
+        if now - last < 5_000
+            || self
+                .shared
+                .last_reload
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let me = self.clone();
+            handle.spawn(async move {
+                if let Err(e) = me.reload_all().await {
+                    tracing::warn!(error = %e, "reloading accounts failed");
+                }
+            });
+        }
     }
 
     /// Accounts whose DEFAULT-mode CAs serve devices that send no server name.

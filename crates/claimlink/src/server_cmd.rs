@@ -24,7 +24,7 @@ pub(crate) struct ServerArgs {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerFile {
-    /// `sqlite://PATH` or `postgres://...` (`$DATABASE_URL` wins when set).
+    /// `sqlite://PATH` or `postgres://...` (else `$DATABASE_URL`).
     database: Option<String>,
     mqtt: SocketAddr,
     api: SocketAddr,
@@ -47,11 +47,13 @@ struct LimitsFile {
     max_queued: Option<usize>,
 }
 
+/// The registry to use: what the command line or the configuration file says, else
+/// `$DATABASE_URL`.
 fn database_url(configured: Option<&str>) -> Result<String> {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .or_else(|| configured.map(str::to_owned))
-        .context("no database: set `database` in the configuration or $DATABASE_URL")
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .context("no database: set `database` in the configuration (or --database), or $DATABASE_URL")
 }
 
 /// `claimlink server`.
