@@ -1,6 +1,7 @@
 //! `claimlink broker --config FILE`: a plain MQTT broker (every authenticated client may do
 //! everything) on TCP and TLS listeners - for interop tests and benchmarks.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,7 +103,8 @@ async fn serve(
             .with_context(|| format!("cannot listen on {}", conf.bind))?;
         let addr = socket.local_addr()?;
         let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
-        println!("listening on {scheme}://{addr}");
+        // Not println!: a closed stdout must not bring the broker down.
+        let _ = writeln!(std::io::stdout(), "listening on {scheme}://{addr}");
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
         tasks.spawn(async move {
             match tls {
@@ -111,7 +113,6 @@ async fn serve(
             }
         });
     }
-    use std::io::Write;
     let _ = std::io::stdout().flush();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -77,10 +77,13 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server = AccountServer::new(store, &identity, limits, shutdown).await?;
         let (mqtt, api) = server.start(file.mqtt, file.api).await?;
-        println!("listening on mqtts://{mqtt}");
-        println!("admin API on http://{api}");
+        // Not println!: a closed stdout (the reader of the addresses went away) must not bring the
+        // server down.
         use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on mqtts://{mqtt}");
+        let _ = writeln!(out, "admin API on http://{api}");
+        let _ = out.flush();
         tokio::signal::ctrl_c().await?;
         let _ = stop.send(true);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
