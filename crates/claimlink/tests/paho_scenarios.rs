@@ -30,5 +30,5 @@ fn paho_scenarios_pass_in_both_protocol_versions() {
     assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
     // Every scenario the script lists ran and passed (the count guards against a script that
     // silently stops early).
-    assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), 13, "{report}");
+    assert_eq!(report.lines().filter(|l| l.starts_with("ok ")).count(), 14, "{report}");
 }

@@ -213,6 +213,32 @@ def outgoing_topic_alias():
     stop(sub, pub)
 
 
+def request_response():
+    # Response Topic, Correlation Data, content type and user properties reach the subscriber
+    # unchanged (MQTT 5 request/response).
+    responder, requester = client(mqtt.MQTTv5), client(mqtt.MQTTv5)
+    got = []
+    responder.on_message = lambda cl, ud, m: got.append(m.properties)
+    connect(responder, mqtt.MQTTv5), connect(requester, mqtt.MQTTv5)
+    subscribe(responder, "paho/rpc/request")
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = "paho/rpc/reply/42"
+    props.CorrelationData = b"\x00\x01corr"
+    props.ContentType = "application/json"
+    props.UserProperty = [("k", "v"), ("k", "w")]
+    requester.publish("paho/rpc/request", b"{}", qos=1, properties=props).wait_for_publish(TIMEOUT)
+    deadline = time.time() + TIMEOUT
+    while not got and time.time() < deadline:
+        time.sleep(0.02)
+    assert got, "no request"
+    p = got[0]
+    assert p.ResponseTopic == "paho/rpc/reply/42", p
+    assert p.CorrelationData == b"\x00\x01corr", p
+    assert p.ContentType == "application/json", p
+    assert p.UserProperty == [("k", "v"), ("k", "w")], p
+    stop(responder, requester)
+
+
 def topic_alias():
     sub, pub = client(mqtt.MQTTv5), client(mqtt.MQTTv5)
     connect(sub, mqtt.MQTTv5), connect(pub, mqtt.MQTTv5)
@@ -267,6 +293,7 @@ SCENARIOS = [
     ("will delay 5", will_delay),
     ("message expiry 5", message_expiry),
     ("no local and subscription ids 5", no_local_and_subscription_ids),
+    ("request/response 5", request_response),
     ("topic alias 5", topic_alias),
     ("outgoing topic alias 5", outgoing_topic_alias),
     ("shared subscription 5", shared_subscription),
