@@ -140,7 +140,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-const READ_BUFFER_MIN: usize = 1024;
+const READ_BUFFER_MIN: usize = 256;
 const READ_BUFFER_MAX: usize = 64 * 1024;
 
 /// Deliveries taken from the queue per write.

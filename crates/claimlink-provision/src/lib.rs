@@ -757,7 +757,8 @@ pub async fn jitp_with(
         let template = Template::parse(&stored.body)?;
         let params = template.parameters_for(cert, &certificate_id);
         let plan = template.plan(&params, template_name)?;
-        let mut tx = store.begin().await?;
+        // Lost in a machine crash, it is redone by the device's next connection.
+        let mut tx = store.begin_relaxed().await?;
         let provisioned = apply(&mut tx, account, ca_id, cert, &plan).await?;
         tx.audit(Some(&account.id), &audit_row("JITP", &certificate_id, "ok", Some(template_name))).await?;
         tx.commit().await?;

@@ -199,6 +199,19 @@ impl Store {
         Ok(Tx { tx: self.writer.begin().await? })
     }
 
+    /// A read-write transaction whose commit does not wait for the disk: a crash (of the
+    /// machine, not the process) may lose it whole, never half of it. For work that is redone
+    /// anyway if lost - a just-in-time provisioning, which the device's next connection
+    /// repeats. This is what SQLite's `synchronous=NORMAL` gives every commit; on PostgreSQL
+    /// it is `synchronous_commit = off` for this transaction only.
+    pub async fn begin_relaxed(&self) -> Result<Tx> {
+        let mut tx = self.writer.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+        }
+        Ok(Tx { tx })
+    }
+
     /// A read-only transaction (on SQLite, a read-only connection that does not wait for the
     /// writer).
     pub async fn read(&self) -> Result<Tx> {
