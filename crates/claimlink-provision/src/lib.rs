@@ -435,10 +435,15 @@ pub type Parameters = BTreeMap<String, String>;
 /// The certificate subject fields by their AWS policy-variable names (`CommonName`,
 /// `Organization`, ...), for policy variables and template parameters.
 pub fn subject_fields(cert: &Certificate) -> BTreeMap<String, String> {
-    let subject = cert.subject();
+    name_fields(cert.subject())
+}
+
+/// A distinguished name's fields by their AWS policy-variable names (for
+/// `${iot:Certificate.Subject.X}` and `${iot:Certificate.Issuer.X}`).
+pub fn name_fields(name: &claimlink_pki::Name) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (param, oid) in CERTIFICATE_PARAMETERS {
-        if let Some(v) = attribute(subject, oid) {
+        if let Some(v) = attribute(name, oid) {
             let field = param.trim_start_matches("AWS::IoT::Certificate::");
             let field = if field == "StateName" { "State" } else { field };
             out.insert(field.to_owned(), v);
@@ -830,12 +835,7 @@ async fn apply(
             None => tx
                 .insert_new_thing(a, &t.name, t.thing_type.as_deref(), &t.attributes, &t.groups)
                 .await
-                .map_err(|e| match e {
-                    RegistryError::NotFound { kind: "thing group", name } => fit(&format!(
-                        "thing group {name} named by the template does not exist in this account"
-                    )),
-                    other => other.into(),
-                })?,
+                .map_err(group_error)?,
             Some(existing) => update_thing(tx, a, &existing, t).await?,
         }
         thing_name = Some(t.name.clone());
@@ -867,10 +867,11 @@ async fn apply(
     Ok(Provisioned { certificate: record, thing_name, policies })
 }
 
-fn group_error(e: RegistryError, group: &str) -> ProvisionError {
+/// A missing thing group is the template's fault: say so.
+fn group_error(e: RegistryError) -> ProvisionError {
     match e {
-        RegistryError::NotFound { kind: "thing group", .. } => {
-            fit(&format!("thing group {group} named by the template does not exist in this account"))
+        RegistryError::NotFound { kind: "thing group", name } => {
+            fit(&format!("thing group {name} named by the template does not exist in this account"))
         }
         other => other.into(),
     }
@@ -917,7 +918,7 @@ async fn update_thing(
                 }
             }
             for g in missing {
-                tx.add_thing_to_group(a, g, &t.name).await.map_err(|e| group_error(e, g))?;
+                tx.add_thing_to_group(a, g, &t.name).await.map_err(group_error)?;
             }
         }
     }

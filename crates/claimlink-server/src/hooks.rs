@@ -128,7 +128,7 @@ impl AccountHooks {
             thing_type_name: thing.as_ref().and_then(|t| t.thing_type.clone()),
             thing_attributes: thing.as_ref().map(|t| t.attributes.clone()).unwrap_or_default(),
             subject: claimlink_provision::subject_fields(&leaf),
-            issuer: issuer_fields(&leaf),
+            issuer: claimlink_provision::name_fields(leaf.issuer()),
             certificate_serial: Some(leaf.serial_hex()),
         };
         let bound = Bound::bind(policies.iter().map(|p| &**p), &self.account.region, &self.account.id, &vars);
@@ -177,22 +177,6 @@ impl AccountHooks {
             Err(_) => Err(ReasonCode::NotAuthorized),
         }
     }
-}
-
-fn issuer_fields(cert: &Certificate) -> std::collections::BTreeMap<String, String> {
-    use claimlink_pki::name::{attr, attribute};
-    let issuer = cert.issuer();
-    [
-        ("CommonName", attr::COMMON_NAME),
-        ("Organization", attr::ORGANIZATION),
-        ("OrganizationalUnit", attr::ORGANIZATIONAL_UNIT),
-        ("Country", attr::COUNTRY),
-        ("State", attr::STATE),
-        ("SerialNumber", attr::SERIAL_NUMBER),
-    ]
-    .into_iter()
-    .filter_map(|(k, oid)| attribute(issuer, oid).map(|v| (k.to_owned(), v)))
-    .collect()
 }
 
 impl Hooks for AccountHooks {

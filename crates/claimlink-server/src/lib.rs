@@ -53,10 +53,31 @@ pub enum ServerError {
 #[derive(Debug)]
 pub(crate) struct AccountEntry {
     pub(crate) account: Account,
-    /// ACTIVE CA certificates, with their registry ids.
-    pub(crate) cas: Vec<(String, Certificate)>,
+    /// ACTIVE CA certificates.
+    pub(crate) cas: Vec<ActiveCa>,
     /// Ids of certificates registered without a CA (and not revoked).
     pub(crate) registered: HashSet<String>,
+}
+
+/// An ACTIVE CA certificate of an account, as the handshake needs it.
+#[derive(Debug)]
+pub(crate) struct ActiveCa {
+    pub(crate) id: String,
+    pub(crate) certificate: Certificate,
+    pub(crate) mode: CaMode,
+}
+
+/// Validates a client certificate up to one of `anchors` (TLS client authentication); returns
+/// the path, anchor last.
+pub(crate) fn client_chain(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    anchors: Vec<Certificate>,
+) -> Result<Vec<Certificate>, String> {
+    let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
+    opts.purpose = claimlink_pki::Purpose::ClientAuth;
+    claimlink_pki::verify_chain(leaf, intermediates, &claimlink_pki::TrustAnchors::new(anchors), &opts)
+        .map_err(|e| e.to_string())
 }
 
 impl AccountEntry {
@@ -70,13 +91,10 @@ impl AccountEntry {
         if self.registered.contains(&leaf.id().to_string()) {
             return Ok(None);
         }
-        let anchors = claimlink_pki::TrustAnchors::new(self.cas.iter().map(|(_, c)| c.clone()).collect());
-        let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
-        opts.purpose = claimlink_pki::Purpose::ClientAuth;
-        let path =
-            claimlink_pki::verify_chain(leaf, intermediates, &anchors, &opts).map_err(|e| e.to_string())?;
+        let anchors = self.cas.iter().map(|ca| ca.certificate.clone()).collect();
+        let path = client_chain(leaf, intermediates, anchors)?;
         let anchor = path.last().map(|c| c.id().to_string()).unwrap_or_default();
-        Ok(self.cas.iter().find(|(id, _)| *id == anchor).map(|(id, _)| id.clone()))
+        Ok(self.cas.iter().find(|ca| ca.id == anchor).map(|ca| ca.id.clone()))
     }
 }
 
@@ -177,8 +195,8 @@ impl AccountServer {
         let mut cas = Vec::new();
         for ca in tx.list_cas(account_id).await? {
             if ca.status == CaStatus::Active {
-                if let Ok(c) = Certificate::from_pem(ca.pem.as_bytes()) {
-                    cas.push((ca.id, c));
+                if let Ok(certificate) = Certificate::from_pem(ca.pem.as_bytes()) {
+                    cas.push(ActiveCa { id: ca.id, certificate, mode: ca.mode });
                 }
             }
         }
@@ -240,23 +258,17 @@ impl AccountServer {
         }
     }
 
-    /// Accounts whose DEFAULT-mode CAs serve devices that send no server name.
+    /// The ACTIVE DEFAULT-mode CAs of every account (account id, CA id, certificate): they
+    /// serve devices that send no server name.
     pub(crate) fn default_mode_cas(&self) -> Vec<(String, String, Certificate)> {
         let Ok(accounts) = self.shared.accounts.read() else { return Vec::new() };
         let mut out = Vec::new();
         for entry in accounts.values() {
-            for (id, cert) in &entry.cas {
-                out.push((entry.account.id.clone(), id.clone(), cert.clone()));
+            for ca in entry.cas.iter().filter(|ca| ca.mode == CaMode::Default) {
+                out.push((entry.account.id.clone(), ca.id.clone(), ca.certificate.clone()));
             }
         }
         out
-    }
-
-    /// Whether the CA `ca_id` of `account_id` is registered in DEFAULT mode (checked against the
-    /// registry when a device arrives without SNI).
-    pub(crate) async fn is_default_mode(&self, account_id: &str, ca_id: &str) -> bool {
-        let Ok(mut tx) = self.shared.store.read().await else { return false };
-        tx.describe_ca(account_id, ca_id).await.is_ok_and(|ca| ca.mode == CaMode::Default)
     }
 
     /// The broker of an account (made on first use).
@@ -268,9 +280,7 @@ impl AccountServer {
         let entry = self.entry(account_id)?;
         let hooks = AccountHooks::new(self.clone(), entry.account.clone());
         let broker = Broker::new(hooks, self.shared.limits.clone());
-        if let Some(h) = broker_hooks(&broker) {
-            h.set_broker(broker.downgrade());
-        }
+        broker.hooks().set_broker(broker.downgrade());
         brokers.insert(account_id.to_owned(), broker.clone());
         Some(broker)
     }
@@ -388,9 +398,7 @@ impl AccountServer {
             certificates.iter().skip(1).filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
         for (account, ca_id, _) in self.default_mode_cas() {
             let entry = self.entry(&account)?;
-            if entry.admit(&leaf, &intermediates).ok().flatten().as_deref() == Some(ca_id.as_str())
-                && self.is_default_mode(&account, &ca_id).await
-            {
+            if entry.admit(&leaf, &intermediates).ok().flatten().as_deref() == Some(ca_id.as_str()) {
                 return Some(account);
             }
         }
@@ -432,8 +440,4 @@ impl AccountServer {
         });
         Ok(addrs)
     }
-}
-
-fn broker_hooks(broker: &Broker<AccountHooks>) -> Option<&AccountHooks> {
-    Some(broker.hooks())
 }

@@ -111,11 +111,7 @@ impl ClientCertVerifier for Verifier {
                 self.server.note_admitted(leaf.id().to_string(), ca);
             }
             Admits::DefaultMode(cas) => {
-                let anchors = claimlink_pki::TrustAnchors::new(cas.clone());
-                let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
-                opts.purpose = claimlink_pki::Purpose::ClientAuth;
-                claimlink_pki::verify_chain(&leaf, &intermediates, &anchors, &opts)
-                    .map_err(|e| bad(e.to_string()))?;
+                crate::client_chain(&leaf, &intermediates, cas.clone()).map_err(bad)?;
             }
         }
         Ok(ClientCertVerified::assertion())

@@ -5,19 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use claimlink_broker::Limits;
 use claimlink_pki::KeyAlgorithm;
 use claimlink_registry::Store;
 use claimlink_server::{AccountServer, ServerIdentity};
-use claimlink_testkit::{Paho, postgres};
+use claimlink_testkit::{Paho, http_json, postgres};
 use claimlink_testpki::{TestCa, TestLeaf};
 use serde_json::{Value, json};
 
-/// A minimal HTTP/1.1 client for the admin API (one request per connection).
+/// The admin API, with JSON in and out.
 fn http(
     api: SocketAddr,
     method: &str,
@@ -25,24 +24,9 @@ fn http(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(api).unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: api\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status: u16 = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let json_start = response.find("\r\n\r\n").unwrap() + 4;
-    let text = &response[json_start..];
-    // Chunked or not, the JSON is the first {...} block.
-    let text = text.find('{').map(|i| &text[i..]).unwrap_or("null");
-    let end = text.rfind('}').map_or(text.len(), |i| i + 1);
-    (status, serde_json::from_str(&text[..end]).unwrap_or(Value::Null))
+    let (status, json) = http_json(api, method, path, token, &body);
+    (status, serde_json::from_str(&json).unwrap_or(Value::Null))
 }
 
 struct Env {

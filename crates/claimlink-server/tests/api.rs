@@ -3,32 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use claimlink_broker::Limits;
 use claimlink_pki::KeyAlgorithm;
 use claimlink_registry::Store;
 use claimlink_server::{AccountServer, ServerIdentity, api};
+use claimlink_testkit::http_json;
 use claimlink_testpki::TestCa;
 use serde_json::{Value, json};
 
 fn raw(api: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(api).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: api\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let status: u16 = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let text = &response[response.find("\r\n\r\n").unwrap() + 4..];
-    let text = text.find('{').map(|i| &text[i..]).unwrap_or("null");
-    let end = text.rfind('}').map_or(text.len(), |i| i + 1);
-    (status, serde_json::from_str(&text[..end]).unwrap_or(Value::Null))
+    let (status, json) = http_json(api, method, path, token, body);
+    (status, serde_json::from_str(&json).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

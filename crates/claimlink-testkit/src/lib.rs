@@ -172,3 +172,34 @@ impl Drop for Paho {
         let _ = self.child.wait();
     }
 }
+
+/// One HTTP/1.1 request to `addr` (a connection each, `Connection: close`), with an optional
+/// bearer token and a JSON body; returns the status and the body's JSON object text (`"null"`
+/// when the body holds none).
+pub fn http_json(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot reach {addr}: {e}"));
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: api\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap_or_else(|e| panic!("cannot send to {addr}: {e}"));
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap_or_else(|e| panic!("cannot read from {addr}: {e}"));
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let text = response.find("\r\n\r\n").map_or("", |i| &response[i + 4..]);
+    // Chunked or not, the JSON is the first {...} block.
+    let json = match (text.find('{'), text.rfind('}')) {
+        (Some(a), Some(b)) if a < b => text[a..=b].to_owned(),
+        _ => "null".to_owned(),
+    };
+    (status, json)
+}
