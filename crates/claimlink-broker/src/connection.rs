@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use claimlink_mqtt::packet::{Connect, Publish, RetainHandling, Subscribe, Unsubscribe, Will};
+use claimlink_mqtt::packet::{Connect, Publish, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will};
 use claimlink_mqtt::server::{Event, ServerConfig, ServerConnection};
 use claimlink_mqtt::{Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
 use std::time::Duration;
@@ -163,7 +163,13 @@ impl<H: Hooks> Task<H> {
             Event::Publish(p) => self.on_publish(p),
             Event::Subscribe(s) => self.on_subscribe(s),
             Event::Unsubscribe(u) => self.on_unsubscribe(u),
-            Event::Delivered(_) => {}
+            Event::Delivered(_, topic) => {
+                if let Some(session) = &self.session {
+                    if self.shared.hooks.track_acknowledgement(&session.context, &topic) {
+                        self.shared.hooks.acknowledged(&session.context, &topic);
+                    }
+                }
+            }
             Event::Closed { will, .. } => self.will = will.and_then(|w| self.authorize_will(w)),
         }
     }
@@ -211,10 +217,20 @@ impl<H: Hooks> Task<H> {
             props.maximum_qos = None;
             props.retain_available = Some(true);
         }
+        let mut subscriptions = resumed.subscriptions;
+        let initial = self.shared.hooks.initial_subscriptions(&context);
+        if !initial.is_empty() {
+            if let Ok(mut router) = self.shared.router.lock() {
+                for filter in &initial {
+                    let options = SubscriptionOptions::qos(QoS::AtLeastOnce);
+                    subscriptions += usize::from(router.subscribe(&client_id, filter, options, None));
+                }
+            }
+        }
         self.conn.accept(Instant::now().into_std(), resumed.session_present, props);
         self.shared.hooks.connected(&context, &client_id);
         tracing::debug!(client_id = %client_id, addr = %self.peer.addr, "connected");
-        self.session = Some(Session { client_id, context, subscriptions: resumed.subscriptions });
+        self.session = Some(Session { client_id, context, subscriptions });
     }
 
     fn on_publish(&mut self, p: Publish) {
@@ -227,6 +243,14 @@ impl<H: Hooks> Task<H> {
             return self.refuse_publish(&p, ReasonCode::NotAuthorized);
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
+        if self.shared.hooks.intercept_publish(&session.context, &topic, &p.payload) {
+            match (qos, packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, ReasonCode::Success),
+                (QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, ReasonCode::Success),
+                _ => {}
+            }
+            return;
+        }
         let message = Arc::new(Message::new(p, Instant::now().into_std()));
         let delivered = match self.shared.router.lock() {
             Ok(mut router) => {

@@ -58,6 +58,28 @@ pub trait Hooks: Send + Sync + 'static {
         true
     }
 
+    /// Subscriptions the broker makes for the connection as it is accepted (QoS 1), before
+    /// [`Hooks::connected`]: staging subscribes every device to its configuration topic.
+    fn initial_subscriptions(&self, _ctx: &Self::Context) -> Vec<TopicFilter> {
+        Vec::new()
+    }
+
+    /// Called for an authorised PUBLISH before routing: `true` means the role took the message
+    /// (it is acknowledged and not routed). Staging takes claims this way.
+    fn intercept_publish(&self, _ctx: &Self::Context, _topic: &TopicName, _payload: &[u8]) -> bool {
+        false
+    }
+
+    /// Whether the role wants [`Hooks::acknowledged`] for QoS 1/2 deliveries on `topic` to
+    /// this connection.
+    fn track_acknowledgement(&self, _ctx: &Self::Context, _topic: &str) -> bool {
+        false
+    }
+
+    /// The client acknowledged a QoS 1/2 delivery on a topic [`Hooks::track_acknowledgement`]
+    /// asked for.
+    fn acknowledged(&self, _ctx: &Self::Context, _topic: &str) {}
+
     /// The connection was accepted.
     fn connected(&self, _ctx: &Self::Context, _client_id: &str) {}
 

@@ -60,8 +60,8 @@ pub enum Event {
     Subscribe(Subscribe),
     /// Answer with `unsuback`.
     Unsubscribe(Unsubscribe),
-    /// An outgoing QoS 1 or 2 message was acknowledged by the client.
-    Delivered(u16),
+    /// An outgoing QoS 1 or 2 message was acknowledged by the client: its packet id and topic.
+    Delivered(u16, String),
     /// The connection is over; close the transport after sending `take_output`.
     Closed {
         /// Why (Success for a normal DISCONNECT from the client).
@@ -332,8 +332,9 @@ impl ServerConnection {
             Some((_, stage)) if *stage == expected => match next {
                 Some(n) => *stage = n,
                 None => {
-                    self.inflight.remove(&id);
-                    self.events.push_back(Event::Delivered(id));
+                    if let Some((p, _)) = self.inflight.remove(&id) {
+                        self.events.push_back(Event::Delivered(id, p.topic));
+                    }
                     self.release_queue();
                 }
             },

@@ -269,7 +269,7 @@ fn outgoing_messages_respect_the_clients_receive_window() {
         .collect();
     assert_eq!(sent, [1, 2], "only the window goes out");
     p.send(&Packet::PubAck(Ack::new(1)));
-    assert_eq!(p.events(), vec![Event::Delivered(1)]);
+    assert_eq!(p.events(), vec![Event::Delivered(1, "down".into())]);
     assert!(matches!(p.received().as_slice(), [Packet::Publish(m)] if m.packet_id == Some(3)));
     // QoS 2 outgoing: PUBREC -> PUBREL -> PUBCOMP.
     p.send(&Packet::PubAck(Ack::new(2)));
@@ -284,7 +284,7 @@ fn outgoing_messages_respect_the_clients_receive_window() {
     p.send(&Packet::PubRec(Ack::new(id)));
     assert_eq!(p.received(), vec![Packet::PubRel(Ack::new(id))]);
     p.send(&Packet::PubComp(Ack::new(id)));
-    assert!(p.events().contains(&Event::Delivered(id)));
+    assert!(p.events().iter().any(|e| matches!(e, Event::Delivered(i, _) if *i == id)));
     // An acknowledgement for nothing in flight is a protocol error.
     p.send(&Packet::PubAck(Ack::new(999)));
     assert_eq!(closed_with(&p.events()), Some((ReasonCode::ProtocolError, true)));

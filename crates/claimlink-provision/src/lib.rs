@@ -13,6 +13,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod claim_code;
+pub mod claims;
+
 use std::collections::BTreeMap;
 
 use claimlink_pki::Certificate;

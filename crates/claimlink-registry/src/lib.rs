@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod staging;
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -111,6 +112,7 @@ pub struct Store {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_registry.sql")),
     (2, include_str!("../migrations/0002_connect_indexes.sql")),
+    (3, include_str!("../migrations/0003_staging.sql")),
 ];
 
 fn now_ms() -> i64 {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PassphraseArg;
 use crate::ca::{self, LoadedCa};
-use crate::claim_code::ClaimCode;
+use claimlink_provision::claim_code::ClaimCode;
 use crate::files::{create_with_mode, write_atomic};
 use crate::label;
 

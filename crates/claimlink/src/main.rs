@@ -5,7 +5,6 @@
 mod bench_cmd;
 mod broker_cmd;
 mod ca;
-mod claim_code;
 mod files;
 mod iot_cmd;
 mod issue;

@@ -15,20 +15,19 @@ use zeroize::Zeroizing;
 /// Crockford base32 alphabet (no I, L, O, U).
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Characters in a claim code (without separators).
-pub(crate) const CODE_CHARS: usize = 16;
+pub const CODE_CHARS: usize = 16;
 
 /// A claim code. `Debug` does not show it.
-pub(crate) struct ClaimCode(Zeroizing<String>);
+pub struct ClaimCode(Zeroizing<String>);
 
 /// Input that is not a claim code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[cfg_attr(not(test), allow(dead_code))] // staging's claim check uses it (issue 5)
 #[error("not a claim code: expected 16 characters of 0-9 and A-Z (without I, L, O, U), dashes optional")]
-pub(crate) struct ClaimCodeError;
+pub struct ClaimCodeError;
 
 impl ClaimCode {
     /// A fresh random code (80 bits).
-    pub(crate) fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let mut bytes = Zeroizing::new([0u8; 10]);
         rng.fill_bytes(bytes.as_mut());
         let mut bits: u128 = 0;
@@ -43,8 +42,7 @@ impl ClaimCode {
 
     /// Parses what a person typed: case-insensitive, dashes and spaces ignored, and the
     /// Crockford look-alikes O -> 0, I/L -> 1 accepted.
-    #[cfg_attr(not(test), allow(dead_code))] // staging's claim check uses it (issue 5)
-    pub(crate) fn parse(input: &str) -> Result<Self, ClaimCodeError> {
+        pub fn parse(input: &str) -> Result<Self, ClaimCodeError> {
         let mut out = Zeroizing::new(String::with_capacity(CODE_CHARS));
         for c in input.chars().filter(|c| *c != '-' && !c.is_whitespace()) {
             let c = match c.to_ascii_uppercase() {
@@ -64,12 +62,12 @@ impl ClaimCode {
     }
 
     /// The canonical 16 characters (for the QR payload).
-    pub(crate) fn expose_canonical(&self) -> &str {
+    pub fn expose_canonical(&self) -> &str {
         &self.0
     }
 
     /// The code in four dash-separated groups, as printed on labels.
-    pub(crate) fn expose_grouped(&self) -> String {
+    pub fn expose_grouped(&self) -> String {
         self.0
             .as_bytes()
             .chunks(4)
@@ -79,7 +77,7 @@ impl ClaimCode {
     }
 
     /// A salted verifier of this code.
-    pub(crate) fn verifier<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> String {
+    pub fn verifier<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> String {
         let mut salt = [0u8; 16];
         rng.fill_bytes(&mut salt);
         let mac = hmac_sm3(&salt, self.0.as_bytes());
@@ -87,8 +85,7 @@ impl ClaimCode {
     }
 
     /// Whether this code matches `verifier` (constant-time comparison of the MAC).
-    #[cfg_attr(not(test), allow(dead_code))] // staging's claim check uses it (issue 5)
-    pub(crate) fn matches(&self, verifier: &str) -> bool {
+        pub fn matches(&self, verifier: &str) -> bool {
         let mut parts = verifier.split('$');
         let (Some("hmac-sm3"), Some(salt), Some(mac), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
