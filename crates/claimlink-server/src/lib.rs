@@ -15,6 +15,8 @@
 
 pub mod api;
 mod hooks;
+pub mod staging;
+pub mod staging_api;
 mod tls;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,587 @@
+//! The staging role: where devices wait, fresh from the factory, until someone claims them.
+//!
+//! Who may connect (checked at the TLS handshake): a device whose birth certificate chains to
+//! one of the trusted manufacturer CAs, or an OEM's claim-thing presenting exactly the
+//! certificate the OEM uploaded (pinned by its SHA-256; a look-alike with another key fails the
+//! handshake). On CONNECT a device must use its ThingName (the certificate's CN) as client id
+//! and, when a factory manifest named its certificate, that very certificate; a claim-thing must
+//! use its OEM's UUID. Anything else gets CONNACK "not authorized".
+//!
+//! A device is recorded on its first connection, subscribed by staging to
+//! `{ThingName}/expresslink_config`, and confined to topics under `{ThingName}/`. A claim-thing
+//! may publish only on `{ThingName}/expresslink_config` (a claim, which staging takes instead of
+//! routing) and subscribe only under `{uuid}/` (where results arrive:
+//! `{uuid}/claims/{ThingName}/accepted|rejected`). An accepted claim is delivered to the device
+//! as `{"Endpoint": ...}` (QoS 1) at once when it is online, else on its next connection, until
+//! the device acknowledges it. A device that comes back to staging after acknowledging its
+//! owner's claim has been factory-reset: its ownership ends (audited) and it can be claimed
+//! again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use claimlink_broker::{Broker, ConnectRequest, Hooks, Limits, PeerIdentity, WeakBroker};
+use claimlink_mqtt::packet::Publish;
+use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
+use claimlink_pki::Certificate;
+use claimlink_provision::claims::{self, ClaimOutcome, ClaimRequest, RateLimiter, Rejection, ReleaseError, Releaser, Via};
+use claimlink_registry::{RegistryError, Store};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::{ServerError, ServerIdentity, client_chain};
+
+/// The configuration topic suffix.
+pub const CONFIG_TOPIC: &str = "expresslink_config";
+
+/// Largest claim payload accepted over MQTT.
+const MAX_CLAIM_PAYLOAD: usize = 4096;
+
+/// Rate limits on claims.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// Claims per second per OEM (sustained).
+    pub per_oem_rate: f64,
+    /// Burst per OEM.
+    pub per_oem_burst: f64,
+    /// Claims per second per device (sustained).
+    pub per_device_rate: f64,
+    /// Burst per device.
+    pub per_device_burst: f64,
+}
+
+impl Default for ClaimLimits {
+    fn default() -> Self {
+        // An OEM's portal claiming a whole pallet at once is fine; one device hammered is not.
+        Self { per_oem_rate: 2000.0, per_oem_burst: 4000.0, per_device_rate: 0.2, per_device_burst: 5.0 }
+    }
+}
+
+/// What staging is set up with.
+#[derive(Debug, Clone)]
+pub struct StagingConfig {
+    /// Birth certificates must chain to one of these.
+    pub manufacturer_cas: Vec<Certificate>,
+    /// Claim rate limits.
+    pub claim_limits: ClaimLimits,
+    /// MQTT limits.
+    pub limits: Limits,
+}
+
+pub(crate) struct StagingShared {
+    pub(crate) store: Store,
+    manufacturer_cas: Vec<Certificate>,
+    /// Claim-thing certificate id -> OEM id.
+    claim_certs: RwLock<HashMap<String, (String, Certificate)>>,
+    broker: OnceLock<WeakBroker<StagingHooks>>,
+    limiters: Mutex<(RateLimiter, RateLimiter)>,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: PrivateKeyDer<'static>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// The staging service.
+#[derive(Clone)]
+pub struct StagingServer {
+    pub(crate) shared: Arc<StagingShared>,
+    broker: Broker<StagingHooks>,
+}
+
+impl std::fmt::Debug for StagingServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagingServer").finish_non_exhaustive()
+    }
+}
+
+/// Who is connected to staging.
+#[derive(Debug)]
+pub enum StagingPeer {
+    /// A device.
+    Device {
+        /// Its ThingName.
+        thing: String,
+        /// `{ThingName}/`.
+        prefix: String,
+        /// `{ThingName}/expresslink_config`.
+        config_topic: String,
+        /// The claim to deliver now (endpoint), if any.
+        pending: Option<String>,
+    },
+    /// An OEM's claim-thing.
+    ClaimThing {
+        /// The OEM's UUID.
+        oem: String,
+        /// `{uuid}/`.
+        prefix: String,
+    },
+}
+
+/// The broker hooks of staging.
+pub struct StagingHooks {
+    shared: Arc<StagingShared>,
+}
+
+fn config_payload(endpoint: &str) -> bytes::Bytes {
+    serde_json::json!({ "Endpoint": endpoint }).to_string().into()
+}
+
+impl StagingServer {
+    /// Staging over `store`.
+    pub async fn new(
+        store: Store,
+        identity: &ServerIdentity,
+        config: StagingConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, ServerError> {
+        let chain = Certificate::chain_from_pem(identity.chain_pem.as_bytes())
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let key = claimlink_pki::pem::private_key_from_pem(identity.key_pem.as_bytes(), None)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let key_der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
+        if config.manufacturer_cas.is_empty() {
+            return Err(ServerError::Tls("staging needs at least one trusted manufacturer CA".into()));
+        }
+        let l = config.claim_limits;
+        let shared = Arc::new(StagingShared {
+            store,
+            manufacturer_cas: config.manufacturer_cas,
+            claim_certs: RwLock::new(HashMap::new()),
+            broker: OnceLock::new(),
+            limiters: Mutex::new((
+                RateLimiter::new(l.per_oem_rate, l.per_oem_burst),
+                RateLimiter::new(l.per_device_rate, l.per_device_burst),
+            )),
+            server_chain: chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
+            server_key: PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
+            shutdown,
+        });
+        let broker = Broker::new(StagingHooks { shared: shared.clone() }, config.limits);
+        let _ = shared.broker.set(broker.downgrade());
+        let server = Self { shared, broker };
+        server.reload().await?;
+        Ok(server)
+    }
+
+    /// The registry.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The staging broker.
+    pub fn broker(&self) -> &Broker<StagingHooks> {
+        &self.broker
+    }
+
+    /// Re-reads the claim-thing certificates.
+    pub async fn reload(&self) -> Result<(), ServerError> {
+        let certs = self.shared.store.read().await?.claim_certificates().await?;
+        let mut map = HashMap::new();
+        for (oem, pem) in certs {
+            if let Ok(c) = Certificate::from_pem(pem.as_bytes()) {
+                map.insert(c.id().to_string(), (oem, c));
+            }
+        }
+        if let Ok(mut m) = self.shared.claim_certs.write() {
+            *m = map;
+        }
+        Ok(())
+    }
+
+    /// Decides a claim (rate limits, then [`claims::claim`]) and, when accepted and not yet
+    /// acknowledged, delivers it to the device if it is online.
+    pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
+        let allowed = self.shared.limiters.lock().is_ok_and(|mut l| {
+            let now = claimlink_registry::now();
+            l.0.allow(request.oem_id, now) && l.1.allow(request.thing_name, now)
+        });
+        if !allowed {
+            claims::record_rejection(&self.shared.store, request, Rejection::RateLimited).await?;
+            return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
+        }
+        let outcome = claims::claim(&self.shared.store, request).await?;
+        if let ClaimOutcome::Accepted { endpoint, delivered: false, .. } = &outcome {
+            self.deliver(request.thing_name, endpoint);
+        }
+        Ok(outcome)
+    }
+
+    fn deliver(&self, thing: &str, endpoint: &str) {
+        self.broker.publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: format!("{thing}/{CONFIG_TOPIC}"),
+            packet_id: None,
+            properties: Default::default(),
+            payload: config_payload(endpoint),
+        });
+    }
+
+    /// Ends an OEM's ownership of a device; returns the endpoint it had been sent to.
+    pub async fn release(&self, oem_id: &str, thing: &str) -> Result<String, ReleaseError> {
+        claims::release(&self.shared.store, thing, Releaser::Oem(oem_id)).await
+    }
+
+    /// Serves MQTT over mutual TLS on `listener` until shutdown.
+    pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
+        let config = self.tls_config(true)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let (stream, addr) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let me = self.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                let tls = match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "staging TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%addr, "staging TLS handshake timed out"),
+                };
+                let (_, conn) = tls.get_ref();
+                let sni = conn.server_name().map(str::to_owned);
+                let certificates = conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
+                let peer = PeerIdentity { addr, sni, certificates };
+                me.broker.serve_stream(tls, peer, me.shared.shutdown.clone()).await;
+            });
+        }
+    }
+
+    /// The TLS configuration: client certificates required (MQTT) or optional (the claim API,
+    /// where administrators use tokens instead).
+    pub(crate) fn tls_config(&self, mandatory: bool) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let verifier = Arc::new(StagingVerifier {
+            shared: self.shared.clone(),
+            algorithms: provider.signature_verification_algorithms,
+            mandatory,
+        });
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.shared.server_chain.clone(), self.shared.server_key.clone_key())
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        Ok(Arc::new(config))
+    }
+
+    /// The OEM whose claim-thing certificate is `der`, if it is one.
+    pub(crate) fn claim_thing_oem(&self, der: &[u8]) -> Option<String> {
+        let id = claimlink_pki::CertificateId::of_der(der).to_string();
+        self.shared.claim_certs.read().ok()?.get(&id).map(|(oem, _)| oem.clone())
+    }
+}
+
+impl StagingShared {
+    fn broker(&self) -> Option<Broker<StagingHooks>> {
+        self.broker.get().and_then(WeakBroker::upgrade)
+    }
+
+    fn pinned(&self, id: &str) -> Option<(String, Certificate)> {
+        self.claim_certs.read().ok()?.get(id).cloned()
+    }
+}
+
+struct StagingVerifier {
+    shared: Arc<StagingShared>,
+    algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
+}
+
+impl std::fmt::Debug for StagingVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagingVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for StagingVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let bad = |why: String| {
+            tracing::debug!(reason = %why, "staging refused a client certificate");
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        };
+        let leaf = Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
+        if let Some((_, pinned)) = self.shared.pinned(&leaf.id().to_string()) {
+            // A claim-thing: exactly the uploaded certificate, within its validity.
+            client_chain(&leaf, &[], vec![pinned]).map_err(bad)?;
+            return Ok(ClientCertVerified::assertion());
+        }
+        let intermediates: Vec<Certificate> =
+            intermediates.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
+        client_chain(&leaf, &intermediates, self.shared.manufacturer_cas.clone()).map_err(bad)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+impl StagingHooks {
+    fn server(&self) -> Option<StagingServer> {
+        Some(StagingServer { shared: self.shared.clone(), broker: self.shared.broker()? })
+    }
+
+    async fn connect_device(&self, leaf: &Certificate, client_id: &str) -> Result<StagingPeer, ReasonCode> {
+        let thing = leaf.common_name().ok_or(ReasonCode::NotAuthorized)?;
+        if client_id != thing || claimlink_registry::validate_thing_name("thing name", &thing).is_err() {
+            tracing::debug!(client_id, "staging: client id is not the certificate's ThingName");
+            return Err(ReasonCode::NotAuthorized);
+        }
+        let certificate_id = leaf.id().to_string();
+        let store = &self.shared.store;
+        let fail = |e: RegistryError| {
+            tracing::error!(error = %e, "staging registry failure");
+            ReasonCode::ServerUnavailable
+        };
+        let mut tx = store.begin().await.map_err(fail)?;
+        if let Some(known) = tx.staging_device(&thing).await.map_err(fail)? {
+            if known.certificate_id.as_deref().is_some_and(|c| c != certificate_id) {
+                tracing::warn!(thing = %thing, "staging: a certificate other than the manifest's");
+                return Err(ReasonCode::NotAuthorized);
+            }
+        }
+        let device = tx.device_seen(&thing, &certificate_id).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        let mut pending = None;
+        if device.owner_oem.is_some() {
+            if device.delivered_at.is_some() {
+                // It acknowledged its owner's claim and is back: a factory reset.
+                claims::release(store, &thing, Releaser::Device).await.map_err(|e| match e {
+                    ReleaseError::Registry(e) => fail(e),
+                    _ => ReasonCode::ServerUnavailable,
+                })?;
+                tracing::info!(thing = %thing, "device returned to staging: ownership ended");
+            } else {
+                pending = device.endpoint;
+            }
+        }
+        Ok(StagingPeer::Device {
+            prefix: format!("{thing}/"),
+            config_topic: format!("{thing}/{CONFIG_TOPIC}"),
+            thing,
+            pending,
+        })
+    }
+
+    async fn connect_claim_thing(&self, oem: String, client_id: &str) -> Result<StagingPeer, ReasonCode> {
+        if client_id != oem {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        let active = match self.shared.store.read().await {
+            Ok(mut tx) => {
+                tx.oem(&oem).await.is_ok_and(|o| o.status == claimlink_registry::staging::OemStatus::Active)
+            }
+            Err(_) => return Err(ReasonCode::ServerUnavailable),
+        };
+        if !active {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(StagingPeer::ClaimThing { prefix: format!("{oem}/"), oem })
+    }
+
+    fn take_claim(&self, oem: &str, thing: &str, payload: &[u8]) {
+        let Some(server) = self.server() else { return };
+        let oem = oem.to_owned();
+        let thing = thing.to_owned();
+        let parsed = parse_claim(payload);
+        tokio::spawn(async move {
+            let (endpoint, code) = parsed.unwrap_or_default();
+            let request = ClaimRequest {
+                oem_id: &oem,
+                thing_name: &thing,
+                endpoint: &endpoint,
+                claim_code: code.as_deref().map(|c| c.as_str()),
+                via: Via::Mqtt,
+            };
+            let outcome = if endpoint.is_empty() {
+                let _ = claims::record_rejection(&server.shared.store, &request, Rejection::InvalidRequest).await;
+                Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None })
+            } else {
+                server.claim(&request).await
+            };
+            let (suffix, body) = match outcome {
+                Ok(outcome) => claim_result(&thing, &outcome),
+                Err(e) => {
+                    tracing::error!(error = %e, "claim failed");
+                    (
+                        "rejected",
+                        serde_json::json!({"thingName": thing, "result": "REJECTED", "reason": "InternalFailure",
+                            "message": "staging could not record the claim; try again"}),
+                    )
+                }
+            };
+            server.broker.publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: format!("{oem}/claims/{thing}/{suffix}"),
+                packet_id: None,
+                properties: Default::default(),
+                payload: body.to_string().into(),
+            });
+        });
+    }
+
+    fn acknowledged_claim(&self, thing: &str) {
+        let store = self.shared.store.clone();
+        let thing = thing.to_owned();
+        tokio::spawn(async move {
+            let result = async {
+                let mut tx = store.begin().await?;
+                if let Some(claim) = tx.staging_device(&thing).await?.and_then(|d| d.claim_id) {
+                    tx.mark_delivered(&thing, claim).await?;
+                }
+                tx.commit().await
+            };
+            if let Err(e) = result.await {
+                tracing::error!(error = %e, "recording a claim delivery failed");
+            }
+        });
+    }
+}
+
+/// The claim's JSON: `Endpoint` (required) and `ClaimCode` (optional); other fields ignored.
+type ParsedClaim = (String, Option<zeroize::Zeroizing<String>>);
+
+fn parse_claim(payload: &[u8]) -> Option<ParsedClaim> {
+    if payload.len() > MAX_CLAIM_PAYLOAD {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let endpoint = v.get("Endpoint")?.as_str()?.to_owned();
+    let code = v.get("ClaimCode").and_then(|c| c.as_str()).map(|c| zeroize::Zeroizing::new(c.to_owned()));
+    Some((endpoint, code))
+}
+
+/// The result topic suffix and body for a claim outcome.
+pub fn claim_result(thing: &str, outcome: &ClaimOutcome) -> (&'static str, serde_json::Value) {
+    match outcome {
+        ClaimOutcome::Accepted { claim_id, endpoint, delivered } => (
+            "accepted",
+            serde_json::json!({"thingName": thing, "result": "ACCEPTED", "claimId": claim_id,
+                "endpoint": endpoint, "delivered": delivered}),
+        ),
+        ClaimOutcome::Rejected { reason, retry_at } => {
+            let mut body = serde_json::json!({"thingName": thing, "result": "REJECTED",
+                "reason": reason.code(), "message": reason.message()});
+            if let Some(at) = retry_at {
+                body["retryAt"] = (*at).into();
+            }
+            ("rejected", body)
+        }
+    }
+}
+
+impl Hooks for StagingHooks {
+    type Context = StagingPeer;
+
+    async fn on_connect(&self, request: &ConnectRequest<'_>) -> Result<StagingPeer, ReasonCode> {
+        let der = request.peer.certificates.first().ok_or(ReasonCode::NotAuthorized)?;
+        let leaf = Certificate::from_der(der.as_ref()).map_err(|_| ReasonCode::NotAuthorized)?;
+        match self.shared.pinned(&leaf.id().to_string()) {
+            Some((oem, _)) => self.connect_claim_thing(oem, request.client_id).await,
+            None => self.connect_device(&leaf, request.client_id).await,
+        }
+    }
+
+    fn authorize_publish(&self, ctx: &StagingPeer, topic: &TopicName, retain: bool) -> bool {
+        match ctx {
+            StagingPeer::Device { prefix, .. } => topic.as_str().starts_with(prefix.as_str()),
+            StagingPeer::ClaimThing { .. } => {
+                !retain
+                    && topic
+                        .as_str()
+                        .split_once('/')
+                        .is_some_and(|(thing, rest)| rest == CONFIG_TOPIC && !thing.is_empty())
+            }
+        }
+    }
+
+    fn authorize_subscribe(&self, ctx: &StagingPeer, filter: &TopicFilter) -> bool {
+        let prefix = match ctx {
+            StagingPeer::Device { prefix, .. } | StagingPeer::ClaimThing { prefix, .. } => prefix,
+        };
+        filter.shared().is_none() && filter.pattern().starts_with(prefix.as_str())
+    }
+
+    fn authorize_receive(&self, ctx: &StagingPeer, topic: &TopicName) -> bool {
+        let prefix = match ctx {
+            StagingPeer::Device { prefix, .. } | StagingPeer::ClaimThing { prefix, .. } => prefix,
+        };
+        topic.as_str().starts_with(prefix.as_str())
+    }
+
+    fn initial_subscriptions(&self, ctx: &StagingPeer) -> Vec<TopicFilter> {
+        match ctx {
+            StagingPeer::Device { config_topic, .. } => TopicFilter::new(config_topic.as_str()).into_iter().collect(),
+            StagingPeer::ClaimThing { .. } => Vec::new(),
+        }
+    }
+
+    fn intercept_publish(&self, ctx: &StagingPeer, topic: &TopicName, payload: &[u8]) -> bool {
+        let StagingPeer::ClaimThing { oem, .. } = ctx else { return false };
+        let Some((thing, _)) = topic.as_str().split_once('/') else { return false };
+        self.take_claim(oem, thing, payload);
+        true
+    }
+
+    fn track_acknowledgement(&self, ctx: &StagingPeer, topic: &str) -> bool {
+        matches!(ctx, StagingPeer::Device { config_topic, .. } if config_topic == topic)
+    }
+
+    fn acknowledged(&self, ctx: &StagingPeer, _topic: &str) {
+        if let StagingPeer::Device { thing, .. } = ctx {
+            self.acknowledged_claim(thing);
+        }
+    }
+
+    fn connected(&self, ctx: &StagingPeer, _client_id: &str) {
+        if let StagingPeer::Device { thing, pending: Some(endpoint), .. } = ctx {
+            if let Some(server) = self.server() {
+                server.deliver(thing, endpoint);
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Staging's HTTPS API. Two kinds of caller on one listener:
+//!
+//! - staging administrators (the module maker), with `Authorization: Bearer stg_...`: register
+//!   OEMs (each gets a UUID), upload an OEM's claim-thing certificate (a PEM that holds a private
+//!   key is refused), add endpoints, suspend, look up devices and claims;
+//! - OEMs' portals, authenticated by the claim-thing certificate at the TLS handshake: claim,
+//!   list their claims and devices, release.
+//!
+//! Errors are `{"code", "message"}` with a 4xx status; a refused request changes nothing.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Router};
+use claimlink_pki::Certificate;
+use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
+use claimlink_registry::RegistryError;
+use claimlink_registry::staging::OemStatus;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::staging::{StagingServer, claim_result};
+
+const MAX_BODY: usize = 64 * 1024;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct StagingApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl StagingApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
+    }
+}
+
+impl From<RegistryError> for StagingApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match &e {
+            RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RegistryError::AlreadyExists { .. } | RegistryError::State(_) => StatusCode::CONFLICT,
+            RegistryError::Invalid(_) | RegistryError::LimitExceeded(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "registry failure in the staging API");
+            "internal failure".to_owned()
+        } else {
+            e.to_string()
+        };
+        Self { status, code: e.code(), message }
+    }
+}
+
+impl IntoResponse for StagingApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "code": self.code, "message": self.message }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, StagingApiError>;
+
+fn ok(v: Value) -> ApiResult {
+    Ok(axum::Json(v).into_response())
+}
+
+/// The OEM the TLS client certificate belongs to (claim API callers).
+#[derive(Debug, Clone)]
+struct ClaimPeer(Option<String>);
+
+/// Serves the staging API over TLS on `listener` until shutdown.
+pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Result<()> {
+    let config = server.tls_config(false).map_err(std::io::Error::other)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let app = router(server.clone());
+    let mut shutdown = server.shared.shutdown.clone();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| server.claim_thing_oem(c));
+            let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(ClaimPeer(peer))));
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+/// The staging API's routes.
+pub fn router(server: StagingServer) -> Router {
+    Router::new()
+        .route("/staging/oems", post(create_oem).get(list_oems))
+        .route("/staging/oems/{id}", get(describe_oem))
+        .route("/staging/oems/{id}/claim-certificate", put(upload_claim_certificate))
+        .route("/staging/oems/{id}/endpoints", post(add_endpoint))
+        .route("/staging/oems/{id}/status", put(set_status))
+        .route("/staging/devices/{thing}", get(describe_device))
+        .route("/staging/claims", get(admin_claims))
+        .route("/claims", post(claim).get(my_claims))
+        .route("/claims/{thing}/release", post(release))
+        .route("/devices", get(my_devices))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(server))
+}
+
+type St = State<Arc<StagingServer>>;
+
+async fn admin(server: &StagingServer, headers: &HeaderMap) -> Result<String, StagingApiError> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            StagingApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "a staging administrator token is required")
+        })?;
+    server.store().read().await?.staging_admin_for_token(token).await?.ok_or_else(|| {
+        StagingApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the token is not a staging administrator's")
+    })
+}
+
+fn oem_peer(peer: &ClaimPeer) -> Result<&str, StagingApiError> {
+    peer.0.as_deref().ok_or_else(|| {
+        StagingApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the claim API needs the OEM's claim-thing certificate (TLS client authentication)",
+        )
+    })
+}
+
+fn body(bytes: &Bytes) -> Result<Value, StagingApiError> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| StagingApiError::bad(format!("the body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(StagingApiError::bad("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, StagingApiError> {
+    v.get(name).and_then(Value::as_str).ok_or_else(|| StagingApiError::bad(format!("{name} (a string) is required")))
+}
+
+fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
+    json!({"oemId": o.id, "name": o.name, "status": o.status.as_str(), "endpoints": o.endpoints,
+        "claimCertificateId": o.claim_certificate_id, "created": o.created})
+}
+
+async fn audit(server: &StagingServer, actor: &str, action: &str, target: &str) -> Result<(), StagingApiError> {
+    let mut tx = server.store().begin().await?;
+    tx.audit(
+        None,
+        &claimlink_registry::AuditRecord {
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            result: "ok".into(),
+            detail: None,
+            at: claimlink_registry::now(),
+        },
+    )
+    .await?;
+    Ok(tx.commit().await?)
+}
+
+async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+    let who = admin(&s, &headers).await?;
+    let v = body(&bytes)?;
+    let name = field(&v, "name")?;
+    let endpoints: Vec<String> = match v.get("endpoints") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| e.as_str().map(str::to_owned).ok_or_else(|| StagingApiError::bad("endpoints must be strings")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(StagingApiError::bad("endpoints must be an array of host[:port]")),
+    };
+    let mut tx = s.store().begin().await?;
+    let oem = tx.create_oem(name, &endpoints).await?;
+    tx.commit().await?;
+    audit(&s, &format!("staging-admin:{who}"), "CreateOem", &oem.id).await?;
+    ok(oem_json(&oem))
+}
+
+async fn list_oems(State(s): St, headers: HeaderMap) -> ApiResult {
+    admin(&s, &headers).await?;
+    let oems = s.store().read().await?.oems().await?;
+    ok(json!({"oems": oems.iter().map(oem_json).collect::<Vec<_>>()}))
+}
+
+async fn describe_oem(State(s): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    admin(&s, &headers).await?;
+    ok(oem_json(&s.store().read().await?.oem(&id).await?))
+}
+
+async fn upload_claim_certificate(State(s): St, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
+    let who = admin(&s, &headers).await?;
+    let v = body(&bytes)?;
+    let pem = field(&v, "certificatePem")?;
+    if pem.contains("PRIVATE KEY") {
+        return Err(StagingApiError::bad(
+            "the upload holds a private key: send only the claim-thing's certificate; the key never leaves the OEM",
+        ));
+    }
+    let chain = Certificate::chain_from_pem(pem.as_bytes())
+        .map_err(|e| StagingApiError::bad(format!("certificatePem is not a PEM certificate: {e}")))?;
+    let [cert] = chain.as_slice() else {
+        return Err(StagingApiError::bad("certificatePem must hold exactly one certificate"));
+    };
+    if cert.is_ca() {
+        return Err(StagingApiError::bad("a CA certificate cannot be a claim-thing certificate"));
+    }
+    let cert_id = cert.id().to_string();
+    let mut tx = s.store().begin().await?;
+    tx.set_claim_certificate(&id, &cert_id, &cert.to_pem()).await?;
+    tx.commit().await?;
+    s.reload().await.map_err(|e| StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))?;
+    audit(&s, &format!("staging-admin:{who}"), "SetClaimCertificate", &id).await?;
+    ok(json!({"oemId": id, "claimCertificateId": cert_id}))
+}
+
+async fn add_endpoint(State(s): St, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
+    let who = admin(&s, &headers).await?;
+    let v = body(&bytes)?;
+    let endpoint = field(&v, "endpoint")?;
+    let mut tx = s.store().begin().await?;
+    tx.oem(&id).await?;
+    tx.add_oem_endpoint(&id, endpoint).await?;
+    let oem = tx.oem(&id).await?;
+    tx.commit().await?;
+    audit(&s, &format!("staging-admin:{who}"), "AddEndpoint", &id).await?;
+    ok(oem_json(&oem))
+}
+
+async fn set_status(State(s): St, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
+    let who = admin(&s, &headers).await?;
+    let v = body(&bytes)?;
+    let status = OemStatus::parse(field(&v, "status")?)?;
+    let mut tx = s.store().begin().await?;
+    tx.set_oem_status(&id, status).await?;
+    let oem = tx.oem(&id).await?;
+    tx.commit().await?;
+    audit(&s, &format!("staging-admin:{who}"), "SetOemStatus", &id).await?;
+    ok(oem_json(&oem))
+}
+
+fn device_json(d: &claimlink_registry::staging::StagingDevice) -> Value {
+    json!({"thingName": d.thing_name, "certificateId": d.certificate_id, "firstSeen": d.first_seen,
+        "lastSeen": d.last_seen, "owner": d.owner_oem, "endpoint": d.endpoint, "claimId": d.claim_id,
+        "delivered": d.delivered_at.is_some(), "hasClaimCode": d.claim_code_verifier.is_some(),
+        "failedClaimCodes": d.failed_codes, "lockedUntil": (d.locked_until > 0).then_some(d.locked_until)})
+}
+
+async fn describe_device(State(s): St, headers: HeaderMap, Path(thing): Path<String>) -> ApiResult {
+    admin(&s, &headers).await?;
+    let d = s.store().read().await?.staging_device(&thing).await?.ok_or_else(|| {
+        StagingApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "staging does not know this device")
+    })?;
+    ok(device_json(&d))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimQuery {
+    thing_name: Option<String>,
+    oem_id: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQuery>) -> ApiResult {
+    admin(&s, &headers).await?;
+    let claims =
+        s.store().read().await?.claims(q.oem_id.as_deref(), q.thing_name.as_deref(), q.limit.unwrap_or(100)).await?;
+    ok(json!({ "claims": claims }))
+}
+
+async fn claim(State(s): St, Extension(peer): Extension<ClaimPeer>, bytes: Bytes) -> ApiResult {
+    let oem = oem_peer(&peer)?;
+    let v = body(&bytes)?;
+    let thing = field(&v, "thingName")?;
+    let endpoint = field(&v, "endpoint")?;
+    let code = v.get("claimCode").and_then(Value::as_str);
+    let request = ClaimRequest { oem_id: oem, thing_name: thing, endpoint, claim_code: code, via: Via::Api };
+    let outcome = s.claim(&request).await?;
+    let (_, body) = claim_result(thing, &outcome);
+    match outcome {
+        ClaimOutcome::Accepted { .. } => ok(body),
+        ClaimOutcome::Rejected { reason, .. } => {
+            let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+            let mut body = body;
+            body["code"] = reason.code().into();
+            Ok((status, axum::Json(body)).into_response())
+        }
+    }
+}
+
+async fn my_claims(State(s): St, Extension(peer): Extension<ClaimPeer>, Query(q): Query<ClaimQuery>) -> ApiResult {
+    let oem = oem_peer(&peer)?;
+    let claims = s.store().read().await?.claims(Some(oem), q.thing_name.as_deref(), q.limit.unwrap_or(100)).await?;
+    ok(json!({ "claims": claims }))
+}
+
+async fn my_devices(State(s): St, Extension(peer): Extension<ClaimPeer>) -> ApiResult {
+    let oem = oem_peer(&peer)?;
+    let devices = s.store().read().await?.owned_devices(oem).await?;
+    ok(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() }))
+}
+
+async fn release(State(s): St, Extension(peer): Extension<ClaimPeer>, Path(thing): Path<String>) -> ApiResult {
+    let oem = oem_peer(&peer)?;
+    match s.release(oem, &thing).await {
+        Ok(endpoint) => ok(json!({"thingName": thing, "released": true, "previousEndpoint": endpoint})),
+        Err(ReleaseError::NotOwner) => Err(StagingApiError::new(
+            StatusCode::FORBIDDEN,
+            "NotOwner",
+            "this OEM does not own the device",
+        )),
+        Err(ReleaseError::Registry(e)) => Err(e.into()),
+        Err(e) => Err(StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string())),
+    }
+}
