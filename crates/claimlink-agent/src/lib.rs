@@ -1,7 +1,12 @@
-//! The claimlink device agent. So far: the AT command line of REFERENCE.md section 2 -
-//! framing, escapes, commands and the response format - as a pure parser with no I/O; the
-//! state machine that runs the commands over the MQTT client core comes next.
+//! The claimlink device agent: what a device's module does between its host (AT commands) and
+//! the platform (MQTT over mutual TLS). [`at`] parses command lines; [`bundle`] loads the
+//! factory identity and keeps the persistent settings; [`agent::Agent`] runs the commands and
+//! the connection that follows the device from staging to its owner's endpoint.
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod at;
+pub mod bundle;
+
+pub use agent::{Agent, AgentOptions, Backoff, ConnectFailure, Status};
