@@ -56,6 +56,10 @@ pub(crate) struct IssueArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// The root CA the endpoints' TLS server certificates chain to, written into every bundle
+    /// as the device's `RootCA` (default: the manufacturer root).
+    #[arg(long, value_name = "PEM")]
+    pub(crate) endpoint_root_ca: Option<PathBuf>,
 }
 
 /// `OUT/batch.toml`: what this batch is, so a rerun can tell "continue" from "conflict".
@@ -69,6 +73,9 @@ struct BatchInfo {
     staging_endpoint: String,
     claim_codes: bool,
     validity_years: u32,
+    /// Id of the endpoints' root CA given to devices (absent: the manufacturer root).
+    #[serde(default)]
+    endpoint_root_ca_id: Option<String>,
 }
 
 /// One line of `manifest.jsonl`.
@@ -122,6 +129,13 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
     }
     check_endpoint(&args.staging_endpoint)?;
     let ca = ca::load(&args.ca, &args.passphrase)?;
+    let endpoint_root = match &args.endpoint_root_ca {
+        Some(p) => Some(
+            claimlink_pki::Certificate::from_pem(&fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                .with_context(|| format!("{} is not a PEM certificate", p.display()))?,
+        ),
+        None => None,
+    };
     let batch = Batch::new(&args.out);
     let info = BatchInfo {
         ca_root_id: ca.root.id().to_string(),
@@ -131,10 +145,11 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
         staging_endpoint: args.staging_endpoint.clone(),
         claim_codes: !args.no_claim_code,
         validity_years: args.validity_years,
+        endpoint_root_ca_id: endpoint_root.as_ref().map(|c| c.id().to_string()),
     };
     fs::create_dir_all(&batch.out).with_context(|| format!("cannot create {}", batch.out.display()))?;
     let _lock = lock(&batch)?;
-    prepare(&batch, &info, &ca)?;
+    prepare(&batch, &info, &ca, endpoint_root.as_ref())?;
     let done = recover(&batch)?;
     if done > args.count {
         bail!("{} already holds {done} devices, more than --count {}", batch.out.display(), args.count);
@@ -173,7 +188,12 @@ fn check_endpoint(endpoint: &str) -> Result<()> {
     Ok(())
 }
 
-fn prepare(batch: &Batch, info: &BatchInfo, ca: &LoadedCa) -> Result<()> {
+fn prepare(
+    batch: &Batch,
+    info: &BatchInfo,
+    ca: &LoadedCa,
+    endpoint_root: Option<&claimlink_pki::Certificate>,
+) -> Result<()> {
     for dir in [&batch.out, &batch.devices, &batch.labels, &batch.staging] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -203,6 +223,8 @@ fn prepare(batch: &Batch, info: &BatchInfo, ca: &LoadedCa) -> Result<()> {
     let chain = format!("{}{}", ca.issuing.to_pem(), ca.root.to_pem());
     write_atomic(&batch.out.join("chain.pem"), chain.as_bytes(), 0o644)?;
     write_atomic(&batch.out.join("root-ca.pem"), ca.root.to_pem().as_bytes(), 0o644)?;
+    let endpoint_root = endpoint_root.unwrap_or(&ca.root);
+    write_atomic(&batch.out.join("endpoint-ca.pem"), endpoint_root.to_pem().as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -423,7 +445,7 @@ fn make_device<R: rand_core::CryptoRng + ?Sized>(
     write("cert.pem", cert.to_pem().as_bytes(), 0o644)?;
     write("device.toml", device_toml(t, &args.staging_endpoint, ca).as_bytes(), 0o644)?;
     write("label.svg", label::svg(t, code.as_ref())?.as_bytes(), 0o644)?;
-    for shared in ["chain.pem", "root-ca.pem"] {
+    for shared in ["chain.pem", "root-ca.pem", "endpoint-ca.pem"] {
         let target = dir.join(shared);
         fs::hard_link(batch.out.join(shared), &target)
             .or_else(|_| fs::copy(batch.out.join(shared), &target).map(|_| ()))
@@ -443,7 +465,8 @@ fn device_toml(thing: &str, endpoint: &str, ca: &LoadedCa) -> String {
          private_key = \"key.pem\"\n\
          certificate = \"cert.pem\"\n\
          certificate_chain = \"chain.pem\"\n\
-         root_ca = \"root-ca.pem\"\n",
+         manufacturer_root_ca = \"root-ca.pem\"\n\
+         root_ca = \"endpoint-ca.pem\"\n",
         ca.algorithm
     )
 }

@@ -5,6 +5,8 @@
 mod bench_cmd;
 mod broker_cmd;
 mod ca;
+mod device_cmd;
+mod fleet;
 mod files;
 mod iot_cmd;
 mod issue;
@@ -12,6 +14,7 @@ mod jitp_bench;
 mod label;
 mod secret;
 mod server_cmd;
+mod staging_cmd;
 mod up;
 
 use std::path::PathBuf;
@@ -49,9 +52,24 @@ enum Command {
     Account(AccountCommand),
     /// The account's admin API with the AWS CLI's `aws iot` verbs and flags.
     Iot(iot_cmd::IotArgs),
+    /// Staging operator tasks (direct registry access).
+    #[command(subcommand)]
+    Staging(StagingCommand),
+    /// A simulated device running the agent (autonomous, or AT commands on stdio or a pty).
+    Device(device_cmd::DeviceArgs),
+    /// Simulate N devices in one process: staging, claim, move, JITP, first publish.
+    Fleet(fleet::FleetArgs),
     /// Load generators for benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum StagingCommand {
+    /// Load a factory manifest (ThingNames, certificate ids, claim code verifiers).
+    ImportManifest(staging_cmd::ImportArgs),
+    /// Make a token for the staging administrators' API (shown once).
+    CreateAdminToken(staging_cmd::TokenArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +122,10 @@ fn main() -> ExitCode {
         Command::Broker(args) => broker_cmd::run(&args),
         Command::Server(args) => server_cmd::run(&args),
         Command::Account(AccountCommand::Create(args)) => server_cmd::account_create(&args),
+        Command::Staging(StagingCommand::ImportManifest(args)) => staging_cmd::import_manifest(&args),
+        Command::Staging(StagingCommand::CreateAdminToken(args)) => staging_cmd::create_admin_token(&args),
+        Command::Device(args) => device_cmd::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
         Command::Iot(args) => match iot_cmd::run(&args) {
             Ok(iot_cmd::Outcome::Done) => Ok(()),
             Ok(iot_cmd::Outcome::Refused) => return ExitCode::from(254),

@@ -49,7 +49,7 @@ struct LimitsFile {
 
 /// The registry to use: what the command line or the configuration file says, else
 /// `$DATABASE_URL`.
-fn database_url(configured: Option<&str>) -> Result<String> {
+pub(crate) fn database_url(configured: Option<&str>) -> Result<String> {
     configured
         .map(str::to_owned)
         .or_else(|| std::env::var("DATABASE_URL").ok())

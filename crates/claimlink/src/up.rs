@@ -1,14 +1,23 @@
-//! `claimlink up`: the platform with embedded defaults in `./claimlink-data`.
+//! `claimlink up`: every role in one process with embedded defaults in `./claimlink-data`.
 //!
-//! What exists today is the factory side: on first run it creates an SM2 manufacturer CA and a
-//! first batch of three device identities with labels; later runs reuse them. The network roles
-//! (staging, account endpoint, API, portal) are not built yet and `up` says so rather than
-//! pretending.
+//! First run: a P-256 manufacturer CA (device TLS needs P-256 until TLS with SM lands), an
+//! endpoint CA with one server certificate for every loopback endpoint, three device bundles
+//! with labels, the registry (SQLite) holding staging (the batch's manifest, a demo OEM with
+//! its claim-thing certificate and endpoint) and the demo OEM's account (the manufacturer CA
+//! registered SNI_ONLY with auto-registration, a JITP template and a policy). Later runs reuse
+//! all of it. Then it serves staging (MQTT + HTTPS API), the account endpoint (MQTT + admin
+//! API) and the registration portal, and prints what to do next.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use claimlink_pki::KeyAlgorithm;
+use claimlink_pki::profile::YEAR;
+use claimlink_pki::{Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name, pem};
+use claimlink_registry::{CaMode, NewCa, Store, TemplateKind};
+use claimlink_server::staging::{StagingConfig, StagingServer};
+use claimlink_server::{AccountServer, ServerIdentity};
 
 use crate::PassphraseArg;
 use crate::files::write_new;
@@ -19,50 +28,258 @@ pub(crate) struct UpArgs {
     /// Data directory.
     #[arg(long, default_value = "claimlink-data")]
     data: PathBuf,
+    /// Staging MQTT listener (devices from the factory connect here).
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    staging_mqtt: SocketAddr,
+    /// Staging HTTPS API (administrators; portals with their claim-thing certificate).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    staging_api: SocketAddr,
+    /// The demo OEM's account endpoint (MQTT).
+    #[arg(long, default_value = "127.0.0.1:8884")]
+    account_mqtt: SocketAddr,
+    /// The account admin API (loopback HTTP).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin_api: SocketAddr,
+    /// The registration portal (loopback HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    portal: SocketAddr,
+    /// Devices in the demo batch.
+    #[arg(long, default_value_t = 3)]
+    devices: u64,
 }
 
-/// `claimlink up`.
-pub(crate) fn run(args: &UpArgs) -> Result<()> {
-    let data = &args.data;
-    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
-    let pass_file = data.join("ca-passphrase");
+const STAGING_HOST: &str = "staging.localhost";
+const OEM_HOST: &str = "demo-oem.localhost";
+const OEM_NAME: &str = "Demo OEM";
+const ACCOUNT: &str = "demo-oem";
+const TEMPLATE: &str = "demo-jitp";
+const POLICY: &str = "DemoDevicePolicy";
+
+/// The demo devices' policy: each device connects as its ThingName and uses topics under it.
+const POLICY_DOC: &str = r#"{"Version":"2012-10-17","Statement":[
+{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/${iot:Connection.Thing.ThingName}/*"},
+{"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/${iot:Connection.Thing.ThingName}/*"}]}"#;
+
+const TEMPLATE_BODY: &str = r#"{"Parameters":{"AWS::IoT::Certificate::CommonName":{"Type":"String"},
+"AWS::IoT::Certificate::Id":{"Type":"String"}},
+"Resources":{"thing":{"Type":"AWS::IoT::Thing","Properties":{"ThingName":{"Ref":"AWS::IoT::Certificate::CommonName"},
+"AttributePayload":{"onboarded":"claim"}}},
+"certificate":{"Type":"AWS::IoT::Certificate","Properties":{"CertificateId":{"Ref":"AWS::IoT::Certificate::Id"},"Status":"ACTIVE"}},
+"policy":{"Type":"AWS::IoT::Policy","Properties":{"PolicyName":"DemoDevicePolicy"}}}}"#;
+
+struct Paths {
+    data: PathBuf,
+}
+
+impl Paths {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.data.join(rel)
+    }
+}
+
+/// Issues an end-entity certificate and key from a loaded CA.
+fn leaf(ca: &crate::ca::LoadedCa, profile: &Profile, dn: &str) -> Result<(Certificate, PrivateKey)> {
+    let mut rng = crate::ca::rng();
+    let key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng)?;
+    let subject = Subject::new(name::parse(dn)?, key.public_key(), SystemTime::now(), YEAR * 5);
+    let cert = issue(&Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key }, profile, &subject, &mut rng)?;
+    Ok((cert, key))
+}
+
+fn write_leaf(dir: &Path, stem: &str, cert: &Certificate, chain: &str, key: &PrivateKey) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    crate::files::write_atomic(&dir.join(format!("{stem}.pem")), format!("{}{chain}", cert.to_pem()).as_bytes(), 0o644)?;
+    crate::files::write_atomic(&dir.join(format!("{stem}.key")), pem::private_key_to_pem(key)?.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+fn ensure_ca(dir: &Path, subject: &str, passphrase: &PassphraseArg) -> Result<()> {
+    if !dir.join("ca.toml").exists() {
+        crate::ca::init(&crate::ca::InitArgs {
+            algorithm: KeyAlgorithm::P256,
+            subject: subject.into(),
+            out: dir.to_owned(),
+            passphrase: passphrase.clone(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Makes what is missing of the data directory (files only; the registry comes after).
+fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
+    std::fs::create_dir_all(&paths.data).with_context(|| format!("cannot create {}", paths.data.display()))?;
+    let pass_file = paths.p("ca-passphrase");
     if !pass_file.exists() {
         let mut bytes = [0u8; 24];
         rand_core::Rng::fill_bytes(&mut crate::ca::rng(), &mut bytes);
         write_new(&pass_file, format!("{}\n", hex::encode(bytes)).as_bytes(), 0o600)?;
     }
-    let passphrase = PassphraseArg { passphrase_file: Some(pass_file.clone()) };
-    let ca_dir = data.join("manufacturer-ca");
-    if !ca_dir.join("ca.toml").exists() {
-        crate::ca::init(&crate::ca::InitArgs {
-            algorithm: KeyAlgorithm::Sm2,
-            subject: "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN".into(),
-            out: ca_dir.clone(),
-            passphrase: passphrase.clone(),
-        })?;
+    let passphrase = PassphraseArg { passphrase_file: Some(pass_file) };
+    ensure_ca(&paths.p("manufacturer-ca"), "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN", &passphrase)?;
+    ensure_ca(&paths.p("endpoint-ca"), "CN=claimlink Demo Endpoint Root,O=claimlink demo,C=CN", &passphrase)?;
+    let endpoint_ca = crate::ca::load(&paths.p("endpoint-ca"), &passphrase)?;
+    let tls = paths.p("tls");
+    if !tls.join("server.pem").exists() {
+        let profile = Profile::TlsServer {
+            dns: vec![STAGING_HOST.into(), OEM_HOST.into(), "localhost".into()],
+            ips: vec!["127.0.0.1".parse()?],
+        };
+        let (cert, key) = leaf(&endpoint_ca, &profile, "CN=claimlink demo endpoints,O=claimlink demo")?;
+        write_leaf(&tls, "server", &cert, &endpoint_ca.issuing.to_pem(), &key)?;
     }
-    let batch = data.join("factory");
+    let oem = paths.p("oem");
+    if !oem.join("claim-thing.pem").exists() {
+        let (cert, key) = leaf(&endpoint_ca, &Profile::ClaimThing, "CN=Demo OEM claim-thing,O=Demo OEM")?;
+        write_leaf(&oem, "claim-thing", &cert, "", &key)?;
+    }
+    crate::files::write_atomic(&paths.p("endpoint-ca.pem"), endpoint_ca.root.to_pem().as_bytes(), 0o644)?;
     crate::issue::run(&crate::issue::IssueArgs {
-        ca: ca_dir,
-        passphrase,
-        count: 3,
-        out: batch.clone(),
-        staging_endpoint: "localhost:8883".into(),
+        ca: paths.p("manufacturer-ca"),
+        passphrase: passphrase.clone(),
+        count: args.devices,
+        out: paths.p("factory"),
+        staging_endpoint: format!("{STAGING_HOST}:{}", args.staging_mqtt.port()),
         no_claim_code: false,
         validity_years: 20,
         threads: None,
+        endpoint_root_ca: Some(paths.p("endpoint-ca.pem")),
     })?;
-    print_next_steps(data, &batch)
+    Ok(passphrase)
 }
 
-fn print_next_steps(data: &Path, batch: &Path) -> Result<()> {
-    println!();
-    println!("claimlink data: {}", data.display());
-    println!("  manufacturer CA   {}", data.join("manufacturer-ca").display());
-    println!("  device bundles    {}", batch.join("devices").display());
-    println!("  printable labels  {}", batch.join("labels.html").display());
-    println!();
-    println!("Not built yet: the staging and account MQTT endpoints, the admin API and the");
-    println!("registration portal. Until they land, `up` prepares the factory side only.");
+/// The registry part of the demo, made once.
+async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result<(String, String)> {
+    let oem_endpoint = format!("{OEM_HOST}:{}", args.account_mqtt.port());
+    let mut tx = store.begin().await?;
+    let oem = match tx.oem_by_name(OEM_NAME).await? {
+        Some(o) => o,
+        None => {
+            let o = tx.create_oem(OEM_NAME, std::slice::from_ref(&oem_endpoint)).await?;
+            let pem = std::fs::read_to_string(paths.p("oem/claim-thing.pem"))?;
+            let cert = Certificate::from_pem(pem.as_bytes())?;
+            tx.set_claim_certificate(&o.id, &cert.id().to_string(), &cert.to_pem()).await?;
+            let token = tx.create_staging_admin_token("up").await?;
+            write_new(&paths.p("staging-admin-token"), format!("{token}\n").as_bytes(), 0o600)?;
+            o
+        }
+    };
+    let account = match tx.account_by_name(ACCOUNT).await? {
+        Some(a) => a,
+        None => {
+            let a = tx.create_account(ACCOUNT, OEM_HOST, "cn-north-1").await?;
+            let token = tx.create_api_token(&a.id, "owner").await?;
+            write_new(&paths.p("account-token"), format!("{token}\n").as_bytes(), 0o600)?;
+            claimlink_provision::Template::parse(TEMPLATE_BODY).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tx.create_policy(&a.id, POLICY, POLICY_DOC).await?;
+            tx.create_template(&a.id, TEMPLATE, TemplateKind::Jitp, TEMPLATE_BODY, true, Some("claimlink up demo"))
+                .await?;
+            let ca_pem = std::fs::read_to_string(paths.p("manufacturer-ca/chain.pem"))?;
+            let issuing = Certificate::chain_from_pem(ca_pem.as_bytes())?
+                .into_iter()
+                .next()
+                .context("no manufacturer issuing CA certificate")?;
+            let pem = issuing.to_pem();
+            let mut new = NewCa::new(&pem, CaMode::SniOnly);
+            new.auto_registration = true;
+            new.template_name = Some(TEMPLATE);
+            tx.register_ca(&a, &new).await?;
+            a
+        }
+    };
+    tx.commit().await?;
+    let imported = crate::staging_cmd::import(store, &paths.p("factory/manifest.jsonl")).await?;
+    if imported.added > 0 {
+        tracing::info!(added = imported.added, "factory manifest imported into staging");
+    }
+    Ok((oem.id, account.id))
+}
+
+/// `claimlink up`.
+pub(crate) fn run(args: &UpArgs) -> Result<()> {
+    let paths = Paths { data: args.data.clone() };
+    let _passphrase = prepare_files(args, &paths)?;
+    let manufacturer_root =
+        Certificate::from_pem(&std::fs::read(paths.p("factory/root-ca.pem")).context("factory/root-ca.pem")?)?;
+    let identity = ServerIdentity {
+        chain_pem: std::fs::read_to_string(paths.p("tls/server.pem"))?,
+        key_pem: std::fs::read_to_string(paths.p("tls/server.key"))?.into(),
+    };
+    let db = paths.p("claimlink.db");
+    let url = format!("sqlite://{}", db.display());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let (oem_id, account_id) = prepare_registry(args, &paths, &store).await?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let config = StagingConfig {
+            manufacturer_cas: vec![manufacturer_root],
+            claim_limits: Default::default(),
+            limits: Default::default(),
+        };
+        let staging = StagingServer::new(store.clone(), &identity, config, shutdown.clone()).await?;
+        let account = AccountServer::new(store.clone(), &identity, Default::default(), shutdown.clone()).await?;
+        let (mqtt, api) = account.start(args.account_mqtt, args.admin_api).await?;
+        let staging_mqtt = tokio::net::TcpListener::bind(args.staging_mqtt).await?;
+        let staging_api = tokio::net::TcpListener::bind(args.staging_api).await?;
+        let portal_listener = tokio::net::TcpListener::bind(args.portal).await?;
+        let s = staging.clone();
+        tokio::spawn(async move { s.serve_mqtt(staging_mqtt).await });
+        let s = staging.clone();
+        tokio::spawn(async move { claimlink_server::staging_api::serve(s, staging_api).await });
+        let portal = claimlink_server::portal::Portal::new(
+            staging.clone(),
+            account.clone(),
+            claimlink_server::portal::PortalConfig {
+                oem_id,
+                account_id,
+                endpoint: format!("{OEM_HOST}:{}", args.account_mqtt.port()),
+                staging_endpoint: format!("{STAGING_HOST}:{}", args.staging_mqtt.port()),
+                title: OEM_NAME.into(),
+            },
+        );
+        tokio::spawn(async move { portal.serve(portal_listener).await });
+        print_next_steps(args, &paths, mqtt, api)?;
+        tokio::signal::ctrl_c().await?;
+        let _ = stop.send(true);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Ok(())
+    })
+}
+
+fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketAddr) -> Result<()> {
+    use std::io::Write;
+    let devices = paths.p("factory/devices");
+    let mut names: Vec<String> = std::fs::read_dir(&devices)?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    let first = names.first().cloned().unwrap_or_default();
+    let exe = std::env::args().next().unwrap_or_else(|| "claimlink".into());
+    let exe = if exe.contains("target/") { "cargo run --release --".to_owned() } else { exe };
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "\nclaimlink is up (data in {data})\n\
+         \n  registration portal   http://{portal}/\
+         \n  staging MQTT          mqtts://{STAGING_HOST}:{sport} (listening on {smqtt})\
+         \n  staging API           https://{STAGING_HOST}:{aport}/\
+         \n  demo OEM endpoint     mqtts://{OEM_HOST}:{mport}\
+         \n  account admin API     http://{api}  (token in {data}/account-token)\
+         \n  device labels         {labels}\
+         \n\nStart a simulated device (it connects to staging and waits to be claimed):\
+         \n\n  {exe} device --bundle {devices}/{first}\
+         \n\nThen open the portal, sign up, and add the device with the ID and claim code on its label.\
+         \nStop with Ctrl-C; running `up` again reuses everything.",
+        data = paths.data.display(),
+        portal = args.portal,
+        sport = args.staging_mqtt.port(),
+        smqtt = args.staging_mqtt,
+        aport = args.staging_api.port(),
+        mport = mqtt.port(),
+        labels = paths.p("factory/labels.html").display(),
+        devices = devices.display(),
+    );
+    let _ = out.flush();
     Ok(())
 }

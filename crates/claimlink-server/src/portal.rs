@@ -1,0 +1,504 @@
+//! The registration portal an OEM runs for its end users: server-rendered HTML, no JavaScript.
+//!
+//! Sign-up and sign-in with e-mail and password (Argon2id, PHC strings; sessions are random
+//! 256-bit cookies, `HttpOnly; SameSite=Strict`, stored hashed); add a device by typing its ID
+//! and claim code or by uploading a photo of its QR label (decoded here, on the server); watch
+//! it come online in the OEM's account (the page refreshes itself until it is); list my devices
+//! with their online state; release one (ownership ends at staging, and the device is told over
+//! the account endpoint to go back to staging).
+//!
+//! The portal claims through the staging service in-process, as the OEM; a portal deployed
+//! apart does the same through the claim API with the OEM's claim-thing certificate.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use claimlink_mqtt::QoS;
+use claimlink_mqtt::packet::Publish;
+use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, Via};
+use claimlink_registry::staging::PortalUser;
+use tokio::net::TcpListener;
+
+use crate::AccountServer;
+use crate::staging::{CONFIG_TOPIC, StagingServer};
+
+/// Largest photo accepted.
+const MAX_UPLOAD: usize = 8 * 1024 * 1024;
+/// Largest image side decoded.
+const MAX_SIDE: u32 = 6000;
+/// Session lifetime.
+const SESSION_MS: i64 = 12 * 3600 * 1000;
+const COOKIE: &str = "claimlink_session";
+
+/// Which OEM the portal serves.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// The OEM's staging UUID.
+    pub oem_id: String,
+    /// The OEM's account id (for online state).
+    pub account_id: String,
+    /// Where claims send devices (`host[:port]`).
+    pub endpoint: String,
+    /// Where a released device goes back to.
+    pub staging_endpoint: String,
+    /// Shown in page titles.
+    pub title: String,
+}
+
+struct Inner {
+    staging: StagingServer,
+    account: AccountServer,
+    config: PortalConfig,
+}
+
+/// The portal.
+#[derive(Clone)]
+pub struct Portal {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Portal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Portal").field("oem", &self.inner.config.oem_id).finish_non_exhaustive()
+    }
+}
+
+type PortalResult = Result<Response, Response>;
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Portal {
+    /// A portal for one OEM.
+    pub fn new(staging: StagingServer, account: AccountServer, config: PortalConfig) -> Self {
+        Self { inner: Arc::new(Inner { staging, account, config }) }
+    }
+
+    /// Serves on `listener` until the staging service shuts down.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let mut shutdown = self.inner.staging.shared.shutdown.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.changed().await;
+            })
+            .await
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/", get(home))
+            .route("/signup", get(signup_page).post(signup))
+            .route("/signin", get(signin_page).post(signin))
+            .route("/signout", post(signout))
+            .route("/devices", get(devices))
+            .route("/devices/add", post(add_device))
+            .route("/devices/scan", post(scan_device))
+            .route("/devices/{thing}", get(device_status))
+            .route("/devices/{thing}/release", post(release))
+            .layer(DefaultBodyLimit::max(MAX_UPLOAD))
+            .with_state(self)
+    }
+
+    fn page(&self, title: &str, user: Option<&PortalUser>, body: &str) -> String {
+        let nav = match user {
+            Some(u) => format!(
+                r#"<nav><span id="who">{}</span> · <a href="/devices">My devices</a> · <form class="inline" method="post" action="/signout"><button id="signout">Sign out</button></form></nav>"#,
+                esc(&u.email)
+            ),
+            None => r#"<nav><a href="/signin">Sign in</a> · <a href="/signup">Sign up</a></nav>"#.into(),
+        };
+        format!(
+            r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · {oem}</title><style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}
+form.inline{{display:inline}} .error{{color:#a00}} .online{{color:#070}} .offline{{color:#777}} table{{border-collapse:collapse}} td,th{{padding:.3rem .6rem;text-align:left}}
+input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><strong>{oem}</strong> device registration</header>{nav}<main><h1>{title}</h1>{body}</main></body></html>"#,
+            title = esc(title),
+            oem = esc(&self.inner.config.title),
+        )
+    }
+
+    fn html(&self, status: StatusCode, title: &str, user: Option<&PortalUser>, body: &str) -> Response {
+        (status, Html(self.page(title, user, body))).into_response()
+    }
+
+    async fn user(&self, headers: &HeaderMap) -> Option<PortalUser> {
+        let token = cookie(headers)?;
+        let user = self.inner.staging.store().read().await.ok()?.portal_session(&token).await.ok()??;
+        (user.oem_id == self.inner.config.oem_id).then_some(user)
+    }
+
+    async fn require(&self, headers: &HeaderMap) -> Result<PortalUser, Response> {
+        self.user(headers).await.ok_or_else(|| Redirect::to("/signin").into_response())
+    }
+
+    fn online(&self, thing: &str) -> bool {
+        self.inner.account.online(&self.inner.config.account_id, thing)
+    }
+
+    fn internal(&self, e: impl std::fmt::Display) -> Response {
+        tracing::error!(error = %e, "portal failure");
+        self.html(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", None, "<p>Please try again.</p>")
+    }
+
+    /// Claims `thing` for `user` and answers with the status page or the form with an error.
+    async fn claim(&self, user: &PortalUser, thing: &str, code: &str) -> PortalResult {
+        let thing = thing.trim().to_ascii_lowercase();
+        let request = ClaimRequest {
+            oem_id: &self.inner.config.oem_id,
+            thing_name: &thing,
+            endpoint: &self.inner.config.endpoint,
+            claim_code: (!code.trim().is_empty()).then_some(code.trim()),
+            via: Via::Api,
+        };
+        match self.inner.staging.claim(&request).await.map_err(|e| self.internal(e))? {
+            ClaimOutcome::Accepted { .. } => {
+                let mut tx = self.inner.staging.store().begin().await.map_err(|e| self.internal(e))?;
+                tx.add_portal_device(user.id, &thing).await.map_err(|e| self.internal(e))?;
+                tx.commit().await.map_err(|e| self.internal(e))?;
+                Ok(Redirect::to(&format!("/devices/{thing}")).into_response())
+            }
+            ClaimOutcome::Rejected { reason, .. } => {
+                let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+                let error = format!(r#"<p class="error" id="error" data-code="{}">{}</p>"#, reason.code(), esc(reason.message()));
+                Err(self.devices_page(status, user, &error).await)
+            }
+        }
+    }
+
+    async fn scan_error(&self, user: &PortalUser, msg: &str) -> Response {
+        let error = format!(r#"<p class="error" id="error">{}</p>"#, esc(msg));
+        self.devices_page(StatusCode::BAD_REQUEST, user, &error).await
+    }
+
+    async fn devices_page(&self, status: StatusCode, user: &PortalUser, message: &str) -> Response {
+        let list = match self.inner.staging.store().read().await {
+            Ok(mut tx) => tx.portal_devices(user.id).await.unwrap_or_default(),
+            Err(e) => return self.internal(e),
+        };
+        let mut rows = String::new();
+        for (thing, _) in &list {
+            let online = self.online(thing);
+            let _ = write!(
+                rows,
+                r#"<tr data-thing="{t}"><td><a href="/devices/{t}"><code>{t}</code></a></td><td class="{c}">{s}</td><td><form class="inline" method="post" action="/devices/{t}/release"><button class="release">Release</button></form></td></tr>"#,
+                t = esc(thing),
+                c = if online { "online" } else { "offline" },
+                s = if online { "online" } else { "offline" },
+            );
+        }
+        let table = if list.is_empty() {
+            "<p id=\"empty\">No devices yet.</p>".to_owned()
+        } else {
+            format!("<table id=\"devices\"><tr><th>Device ID</th><th>State</th><th></th></tr>{rows}</table>")
+        };
+        let body = format!(
+            r#"{message}{table}
+<fieldset><legend>Add a device</legend>
+<form method="post" action="/devices/add"><label>Device ID <input name="thing" id="thing" required autocomplete="off" size="36"></label><br>
+<label>Claim code <input name="code" id="code" autocomplete="off" placeholder="XXXX-XXXX-XXXX-XXXX"></label><br>
+<button id="add">Add device</button></form>
+<p>or upload a photo of the QR code on its label:</p>
+<form method="post" action="/devices/scan" enctype="multipart/form-data"><input type="file" name="photo" id="photo" accept="image/*" required> <button id="scan">Add from photo</button></form>
+</fieldset>"#
+        );
+        self.html(status, "My devices", Some(user), &body)
+    }
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then(|| v.to_owned())
+    })
+}
+
+fn with_session(token: &str, to: &str) -> Response {
+    let mut r = Redirect::to(to).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_MS / 1000)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// POSTs from another site are refused (the cookie is SameSite=Strict too).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    origin == "null" && host.is_empty() || origin.split_once("://").is_some_and(|(_, h)| h == host)
+}
+
+#[derive(serde::Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+fn credentials_form(action: &str, button: &str, error: &str) -> String {
+    format!(
+        r#"{error}<form method="post" action="{action}"><label>E-mail <input type="email" name="email" id="email" required maxlength="254"></label><br>
+<label>Password <input type="password" name="password" id="password" required minlength="10" maxlength="256"></label><br><button id="submit">{button}</button></form>"#
+    )
+}
+
+async fn home(State(p): State<Portal>, headers: HeaderMap) -> Response {
+    if p.user(&headers).await.is_some() {
+        Redirect::to("/devices").into_response()
+    } else {
+        Redirect::to("/signin").into_response()
+    }
+}
+
+async fn signup_page(State(p): State<Portal>) -> Response {
+    p.html(StatusCode::OK, "Sign up", None, &credentials_form("/signup", "Sign up", ""))
+}
+
+async fn signin_page(State(p): State<Portal>) -> Response {
+    p.html(StatusCode::OK, "Sign in", None, &credentials_form("/signin", "Sign in", ""))
+}
+
+fn valid_email(e: &str) -> bool {
+    e.len() <= 254 && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace))
+}
+
+async fn signup(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Credentials>) -> PortalResult {
+    if !same_origin(&headers) {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    }
+    let email = c.email.trim().to_ascii_lowercase();
+    let again = |msg: &str| {
+        p.html(StatusCode::BAD_REQUEST, "Sign up", None, &credentials_form("/signup", "Sign up", &format!(r#"<p class="error" id="error">{}</p>"#, esc(msg))))
+    };
+    if !valid_email(&email) {
+        return Err(again("That is not an e-mail address."));
+    }
+    if c.password.chars().count() < 10 || c.password.len() > 256 {
+        return Err(again("The password must have 10 to 256 characters."));
+    }
+    let password = c.password;
+    let hash = tokio::task::spawn_blocking(move || {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
+        let salt = SaltString::encode_b64(&bytes)?;
+        argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| p.internal(e))?
+    .map_err(|e| p.internal(e))?;
+    let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
+    let id = match tx.create_portal_user(&p.inner.config.oem_id, &email, &hash).await {
+        Ok(id) => id,
+        Err(claimlink_registry::RegistryError::AlreadyExists { .. }) => {
+            return Err(again("An account with this e-mail exists; sign in instead."));
+        }
+        Err(e) => return Err(p.internal(e)),
+    };
+    let token = tx.create_portal_session(id, SESSION_MS).await.map_err(|e| p.internal(e))?;
+    tx.commit().await.map_err(|e| p.internal(e))?;
+    Ok(with_session(&token, "/devices"))
+}
+
+async fn signin(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Credentials>) -> PortalResult {
+    if !same_origin(&headers) {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    }
+    let email = c.email.trim().to_ascii_lowercase();
+    let found = p
+        .inner
+        .staging
+        .store()
+        .read()
+        .await
+        .map_err(|e| p.internal(e))?
+        .portal_user_by_email(&p.inner.config.oem_id, &email)
+        .await
+        .map_err(|e| p.internal(e))?;
+    // Verify against a dummy hash when the user is unknown: the same time either way.
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$JqvWp2nQ6Bq5Rk0J4Y5r2F9mJgk5m5XxA3b3yPZ0m1E";
+    let (user, hash) = match found {
+        Some((u, h)) => (Some(u), h),
+        None => (None, DUMMY.to_owned()),
+    };
+    let password = c.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    })
+    .await
+    .unwrap_or(false);
+    match user.filter(|_| ok) {
+        Some(u) => {
+            let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
+            let token = tx.create_portal_session(u.id, SESSION_MS).await.map_err(|e| p.internal(e))?;
+            tx.commit().await.map_err(|e| p.internal(e))?;
+            Ok(with_session(&token, "/devices"))
+        }
+        None => Err(p.html(
+            StatusCode::UNAUTHORIZED,
+            "Sign in",
+            None,
+            &credentials_form("/signin", "Sign in", r#"<p class="error" id="error">Wrong e-mail or password.</p>"#),
+        )),
+    }
+}
+
+async fn signout(State(p): State<Portal>, headers: HeaderMap) -> Response {
+    if let Some(token) = cookie(&headers) {
+        if let Ok(mut tx) = p.inner.staging.store().begin().await {
+            let _ = tx.delete_portal_session(&token).await;
+            let _ = tx.commit().await;
+        }
+    }
+    let mut r = Redirect::to("/signin").into_response();
+    r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("claimlink_session=; Path=/; Max-Age=0"));
+    r
+}
+
+async fn devices(State(p): State<Portal>, headers: HeaderMap) -> PortalResult {
+    let user = p.require(&headers).await?;
+    Ok(p.devices_page(StatusCode::OK, &user, "").await)
+}
+
+#[derive(serde::Deserialize)]
+struct AddForm {
+    thing: String,
+    #[serde(default)]
+    code: String,
+}
+
+async fn add_device(State(p): State<Portal>, headers: HeaderMap, Form(f): Form<AddForm>) -> PortalResult {
+    let user = p.require(&headers).await?;
+    if !same_origin(&headers) {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    }
+    p.claim(&user, &f.thing, &f.code).await
+}
+
+/// Decodes the first QR code in an image (PNG or JPEG).
+fn decode_qr(bytes: &[u8]) -> Result<String, &'static str> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|_| "the upload is not an image")?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(256 * 1024 * 1024);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|_| "the upload is not a PNG or JPEG image this portal can read")?.to_luma8();
+    let (w, h) = img.dimensions();
+    let mut prepared =
+        rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| img.get_pixel(x as u32, y as u32).0[0]);
+    let grids = prepared.detect_grids();
+    let grid = grids.first().ok_or("no QR code found in the photo; try a sharper, closer one")?;
+    grid.decode().map(|(_, text)| text).map_err(|_| "the QR code could not be read; try a sharper photo")
+}
+
+async fn scan_device(State(p): State<Portal>, headers: HeaderMap, mut form: Multipart) -> PortalResult {
+    let user = p.require(&headers).await?;
+    if !same_origin(&headers) {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    }
+    let mut photo = None;
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("photo") {
+            photo = field.bytes().await.ok();
+        }
+    }
+    let Some(photo) = photo.filter(|b| !b.is_empty()) else {
+        return Err(p.scan_error(&user, "no photo was uploaded").await);
+    };
+    let text = match tokio::task::spawn_blocking(move || decode_qr(&photo)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(msg)) => return Err(p.scan_error(&user, msg).await),
+        Err(e) => return Err(p.internal(e)),
+    };
+    // CLM1:<THINGNAME>[:<claim code>]
+    let mut parts = text.trim().split(':');
+    let (Some("CLM1"), Some(thing), code, None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(p.scan_error(&user, "this QR code is not a claimlink device label").await);
+    };
+    let thing = thing.to_owned();
+    let code = code.unwrap_or("").to_owned();
+    p.claim(&user, &thing, &code).await
+}
+
+async fn device_status(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<String>) -> PortalResult {
+    let user = p.require(&headers).await?;
+    let mine = p
+        .inner
+        .staging
+        .store()
+        .read()
+        .await
+        .map_err(|e| p.internal(e))?
+        .portal_devices(user.id)
+        .await
+        .map_err(|e| p.internal(e))?
+        .iter()
+        .any(|(t, _)| *t == thing);
+    if !mine {
+        return Err(p.html(StatusCode::NOT_FOUND, "Not found", Some(&user), "<p>This device is not in your list.</p>"));
+    }
+    let online = p.online(&thing);
+    let body = if online {
+        format!(r#"<p id="state" class="online" data-state="online">Device <code>{}</code> is online.</p><p><a href="/devices">Back to my devices</a></p>"#, esc(&thing))
+    } else {
+        format!(
+            r#"<p id="state" class="offline" data-state="waiting">Claimed. Waiting for device <code>{}</code> to come online (power it on and connect it to the network)…</p><p>This page refreshes itself.</p>"#,
+            esc(&thing)
+        )
+    };
+    let mut r = p.html(StatusCode::OK, "Device status", Some(&user), &body);
+    if !online {
+        r.headers_mut().insert(header::REFRESH, HeaderValue::from_static("1"));
+    }
+    Ok(r)
+}
+
+async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<String>) -> PortalResult {
+    let user = p.require(&headers).await?;
+    if !same_origin(&headers) {
+        return Err(StatusCode::FORBIDDEN.into_response());
+    }
+    let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
+    if !tx.remove_portal_device(user.id, &thing).await.map_err(|e| p.internal(e))? {
+        return Err(p.html(StatusCode::NOT_FOUND, "Not found", Some(&user), "<p>This device is not in your list.</p>"));
+    }
+    match p.inner.staging.release(&p.inner.config.oem_id, &thing).await {
+        Ok(_) => {}
+        Err(claimlink_provision::claims::ReleaseError::NotOwner) => {} // already released (factory reset)
+        Err(e) => return Err(p.internal(e)),
+    }
+    tx.commit().await.map_err(|e| p.internal(e))?;
+    // Tell the device, over its owner's endpoint, to go back to staging (QoS 1: a device with a
+    // persistent session gets it when it next connects).
+    if let Some(broker) = p.inner.account.broker(&p.inner.config.account_id) {
+        broker.publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: format!("{thing}/{CONFIG_TOPIC}"),
+            packet_id: None,
+            properties: Default::default(),
+            payload: serde_json::json!({"Endpoint": p.inner.config.staging_endpoint}).to_string().into(),
+        });
+    }
+    Ok(Redirect::to("/devices").into_response())
+}
