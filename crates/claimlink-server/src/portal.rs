@@ -477,15 +477,29 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
     if !same_origin(&headers) {
         return Err(StatusCode::FORBIDDEN.into_response());
     }
-    let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
-    if !tx.remove_portal_device(user.id, &thing).await.map_err(|e| p.internal(e))? {
+    let listed = p
+        .inner
+        .staging
+        .store()
+        .read()
+        .await
+        .map_err(|e| p.internal(e))?
+        .portal_devices(user.id)
+        .await
+        .map_err(|e| p.internal(e))?
+        .iter()
+        .any(|(t, _)| *t == thing);
+    if !listed {
         return Err(p.html(StatusCode::NOT_FOUND, "Not found", Some(&user), "<p>This device is not in your list.</p>"));
     }
+    // One writer at a time (SQLite): staging's release commits before the list changes.
     match p.inner.staging.release(&p.inner.config.oem_id, &thing).await {
         Ok(_) => {}
         Err(claimlink_provision::claims::ReleaseError::NotOwner) => {} // already released (factory reset)
         Err(e) => return Err(p.internal(e)),
     }
+    let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
+    tx.remove_portal_device(user.id, &thing).await.map_err(|e| p.internal(e))?;
     tx.commit().await.map_err(|e| p.internal(e))?;
     // Tell the device, over its owner's endpoint, to go back to staging (QoS 1: a device with a
     // persistent session gets it when it next connects).

@@ -33,9 +33,11 @@ pub(crate) struct FleetArgs {
     concurrency: usize,
 }
 
-/// The claim code printed on a label (`label.svg`), dashes removed.
+/// The claim code printed on a device's label (`BATCH/labels/{ThingName}.svg`), dashes removed.
 fn label_code(bundle: &Path) -> Option<String> {
-    let svg = std::fs::read_to_string(bundle.join("label.svg")).ok()?;
+    let thing = bundle.file_name()?.to_str()?;
+    let label = bundle.parent()?.parent()?.join("labels").join(format!("{thing}.svg"));
+    let svg = std::fs::read_to_string(label).ok()?;
     let after = svg.split_once(">Claim code</text>")?.1;
     let bold: Vec<&str> = after
         .split("font-weight=\"bold\">")

@@ -57,9 +57,9 @@ const POLICY: &str = "DemoDevicePolicy";
 
 /// The demo devices' policy: each device connects as its ThingName and uses topics under it.
 const POLICY_DOC: &str = r#"{"Version":"2012-10-17","Statement":[
-{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
-{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/${iot:Connection.Thing.ThingName}/*"},
-{"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/${iot:Connection.Thing.ThingName}/*"}]}"#;
+{"Effect":"Allow","Action":"iot:Connect","Resource":"arn:*:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:*:iot:*:*:topic/${iot:Connection.Thing.ThingName}/*"},
+{"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:*:iot:*:*:topicfilter/${iot:Connection.Thing.ThingName}/*"}]}"#;
 
 const TEMPLATE_BODY: &str = r#"{"Parameters":{"AWS::IoT::Certificate::CommonName":{"Type":"String"},
 "AWS::IoT::Certificate::Id":{"Type":"String"}},
