@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use claimlink_mqtt::QoS;
 use claimlink_mqtt::client::{ClientConnection, ClientEvent, ClientOptions};
 use claimlink_mqtt::packet::{SubscriptionOptions, Will};
-use claimlink_mqtt::QoS;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -140,7 +140,8 @@ impl Core {
         (1..=MAX_TOPICS)
             .find(|&i| {
                 s.volatile.topics[i as usize].as_deref().is_some_and(|f| {
-                    f == topic || claimlink_mqtt::TopicName::new(topic)
+                    f == topic
+                        || claimlink_mqtt::TopicName::new(topic)
                             .is_ok_and(|t| claimlink_mqtt::TopicFilter::new(f).is_ok_and(|f| f.matches(&t)))
                 })
             })
@@ -220,8 +221,8 @@ impl Link {
 
     async fn open(core: &Core, endpoint: &str) -> Result<Self, ConnectFailure> {
         let fail = |hint, detail: String| ConnectFailure { hint, detail };
-        let (host, port) =
-            split_endpoint(endpoint).ok_or_else(|| fail(3, format!("endpoint {endpoint:?} is not host[:port]")))?;
+        let (host, port) = split_endpoint(endpoint)
+            .ok_or_else(|| fail(3, format!("endpoint {endpoint:?} is not host[:port]")))?;
         // RFC 6761: names under .localhost are loopback.
         let addrs: Vec<std::net::SocketAddr> = if host == "localhost" || host.ends_with(".localhost") {
             vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))]
@@ -247,8 +248,11 @@ impl Link {
         let _ = tcp.set_nodelay(true);
         let (root_pem, keep_alive, will) = {
             let s = core.lock();
-            let root =
-                if s.settings.root_ca.is_empty() { core.bundle.root_ca_pem.clone() } else { s.settings.root_ca.clone() };
+            let root = if s.settings.root_ca.is_empty() {
+                core.bundle.root_ca_pem.clone()
+            } else {
+                s.settings.root_ca.clone()
+            };
             let will = (!s.settings.lwt_topic.is_empty()).then(|| Will {
                 topic: s.settings.lwt_topic.clone(),
                 payload: Bytes::from(s.settings.lwt_message.clone()),
@@ -387,7 +391,11 @@ impl Link {
                     }
                     ClientEvent::Published { packet_id, reason } => {
                         if let Some(reply) = publishes.remove(&packet_id) {
-                            let _ = reply.send(if !reason.is_error() { Ok(()) } else { Err(AtError::NotAllowed) });
+                            let _ = reply.send(if !reason.is_error() {
+                                Ok(())
+                            } else {
+                                Err(AtError::NotAllowed)
+                            });
                         }
                     }
                     ClientEvent::Subscribed { packet_id, reasons } => {
@@ -448,7 +456,11 @@ fn take_config(core: &Core, payload: &[u8]) -> bool {
     true
 }
 
-async fn session(core: Arc<Core>, mut ctl: mpsc::Receiver<Ctl>, mut first: Option<oneshot::Sender<Result<(), ConnectFailure>>>) {
+async fn session(
+    core: Arc<Core>,
+    mut ctl: mpsc::Receiver<Ctl>,
+    mut first: Option<oneshot::Sender<Result<(), ConnectFailure>>>,
+) {
     let mut attempt = 0u32;
     let mut report_connect = false;
     loop {
@@ -590,7 +602,11 @@ impl Agent {
 
     /// Publishes `payload` on `topic` (QoS 0 or 1); for QoS 1 waits for the acknowledgement.
     pub async fn publish(&self, topic: &str, payload: Bytes, qos: QoS) -> Result<(), AtError> {
-        let s = self.session.as_ref().filter(|_| self.core.status.borrow().connected).ok_or(AtError::NoConnection)?;
+        let s = self
+            .session
+            .as_ref()
+            .filter(|_| self.core.status.borrow().connected)
+            .ok_or(AtError::NoConnection)?;
         let (reply, rx) = oneshot::channel();
         s.send(Ctl::Publish { topic: topic.to_owned(), payload, qos, reply })
             .await
@@ -615,7 +631,13 @@ impl Agent {
             Command::Attention => Ok(at::ok(None, None)),
             Command::Connect(ConnectMode::Query) => {
                 let st = self.core.status.borrow().clone();
-                let onboarded = self.core.lock().settings.endpoint != self.core.bundle.staging_endpoint;
+                // Connected: where the connection is (a claim just persisted does not count
+                // until the device is there); else where it will connect.
+                let onboarded = if st.connected {
+                    st.onboarded
+                } else {
+                    self.core.lock().settings.endpoint != self.core.bundle.staging_endpoint
+                };
                 Ok(at::ok(
                     None,
                     Some(&format!(
@@ -629,11 +651,9 @@ impl Agent {
             }
             Command::Connect(ConnectMode::Blocking) => match self.connect().await {
                 Ok(()) => Ok(at::ok(None, Some("1 CONNECTED"))),
-                Err(f) => Ok(format!(
-                    "ERR14 {} UNABLE TO CONNECT {}\r\n",
-                    f.hint,
-                    at::escape(f.detail.as_bytes())
-                )),
+                Err(f) => {
+                    Ok(format!("ERR14 {} UNABLE TO CONNECT {}\r\n", f.hint, at::escape(f.detail.as_bytes())))
+                }
             },
             Command::Connect(ConnectMode::NonBlocking) => {
                 if self.running() {
@@ -671,7 +691,11 @@ impl Agent {
             Command::Get(from) => Ok(self.get(from)),
             Command::Subscribe(index) => {
                 let filter = self.topic(index)?;
-                let s = self.session.as_ref().filter(|_| self.core.status.borrow().connected).ok_or(AtError::NoConnection)?;
+                let s = self
+                    .session
+                    .as_ref()
+                    .filter(|_| self.core.status.borrow().connected)
+                    .ok_or(AtError::NoConnection)?;
                 self.core.lock().volatile.subscribed[usize::from(index)] = true;
                 let _ = s.send(Ctl::Subscribe { index, filter }).await;
                 Ok(at::ok(None, None))
@@ -821,7 +845,11 @@ impl Agent {
             "keepalive" => s.settings.keep_alive.to_string(),
             "qos" => s.volatile.qos.to_string(),
             "rootca" => {
-                if s.settings.root_ca.is_empty() { self.core.bundle.root_ca_pem.clone() } else { s.settings.root_ca.clone() }
+                if s.settings.root_ca.is_empty() {
+                    self.core.bundle.root_ca_pem.clone()
+                } else {
+                    s.settings.root_ca.clone()
+                }
             }
             "lwtconfig" => s.settings.lwt_topic.clone(),
             "lwtmessage" => s.settings.lwt_message.clone(),

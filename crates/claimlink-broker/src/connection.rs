@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use claimlink_mqtt::packet::{Connect, Publish, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will};
+use claimlink_mqtt::packet::{
+    Connect, Publish, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+};
 use claimlink_mqtt::server::{Event, ServerConfig, ServerConnection};
 use claimlink_mqtt::{Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
 use std::time::Duration;

@@ -42,7 +42,7 @@ impl ClaimCode {
 
     /// Parses what a person typed: case-insensitive, dashes and spaces ignored, and the
     /// Crockford look-alikes O -> 0, I/L -> 1 accepted.
-        pub fn parse(input: &str) -> Result<Self, ClaimCodeError> {
+    pub fn parse(input: &str) -> Result<Self, ClaimCodeError> {
         let mut out = Zeroizing::new(String::with_capacity(CODE_CHARS));
         for c in input.chars().filter(|c| *c != '-' && !c.is_whitespace()) {
             let c = match c.to_ascii_uppercase() {
@@ -85,7 +85,7 @@ impl ClaimCode {
     }
 
     /// Whether this code matches `verifier` (constant-time comparison of the MAC).
-        pub fn matches(&self, verifier: &str) -> bool {
+    pub fn matches(&self, verifier: &str) -> bool {
         let mut parts = verifier.split('$');
         let (Some("hmac-sm3"), Some(salt), Some(mac), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

@@ -105,7 +105,9 @@ impl Rejection {
     /// A sentence for people.
     pub fn message(self) -> &'static str {
         match self {
-            Self::InvalidRequest => "the claim is malformed: it needs a ThingName and an Endpoint of the form host[:port]",
+            Self::InvalidRequest => {
+                "the claim is malformed: it needs a ThingName and an Endpoint of the form host[:port]"
+            }
             Self::OemNotActive => "this OEM may not claim devices",
             Self::DeviceUnknown => "no device with this ID has been made or seen",
             Self::AlreadyOwned => "the device belongs to someone else; its owner must release it first",
@@ -183,7 +185,11 @@ fn audit(req: &ClaimRequest<'_>, result: &str, claim_id: i64, now: i64) -> Audit
 
 /// Records a refusal made before the registry was consulted (a rate limit, a malformed
 /// request).
-pub async fn record_rejection(store: &Store, req: &ClaimRequest<'_>, reason: Rejection) -> Result<(), RegistryError> {
+pub async fn record_rejection(
+    store: &Store,
+    req: &ClaimRequest<'_>,
+    reason: Rejection,
+) -> Result<(), RegistryError> {
     let mut tx = store.begin().await?;
     reject(&mut tx, req, reason).await?;
     tx.commit().await
@@ -202,8 +208,16 @@ async fn reject(tx: &mut Tx, req: &ClaimRequest<'_>, reason: Rejection) -> Resul
             reason: reason.code(),
         })
         .await?;
-    tx.audit(None, &audit(&ClaimRequest { thing_name: &thing, endpoint: endpoint.unwrap_or(""), ..*req }, reason.code(), id, claimlink_registry::now()))
-        .await
+    tx.audit(
+        None,
+        &audit(
+            &ClaimRequest { thing_name: &thing, endpoint: endpoint.unwrap_or(""), ..*req },
+            reason.code(),
+            id,
+            claimlink_registry::now(),
+        ),
+    )
+    .await
 }
 
 /// Decides a claim and records it (claim row + audit row, and the owner on acceptance), in one
@@ -257,7 +271,10 @@ async fn decide(tx: &mut Tx, req: &ClaimRequest<'_>, now: i64) -> Result<ClaimOu
         _ => {}
     }
     if device.locked_until > now {
-        return Ok(ClaimOutcome::Rejected { reason: Rejection::LockedOut, retry_at: Some(device.locked_until) });
+        return Ok(ClaimOutcome::Rejected {
+            reason: Rejection::LockedOut,
+            retry_at: Some(device.locked_until),
+        });
     }
     if let Some(reason) = check_code(tx, &device, req.claim_code, now).await? {
         return Ok(reason);
@@ -294,7 +311,10 @@ async fn check_code(
     let lock = lockout_ms(failed);
     let until = if lock > 0 { now + lock } else { 0 };
     tx.set_code_failures(&device.thing_name, failed, until).await?;
-    Ok(Some(ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at: (until > 0).then_some(until) }))
+    Ok(Some(ClaimOutcome::Rejected {
+        reason: Rejection::ClaimCodeWrong,
+        retry_at: (until > 0).then_some(until),
+    }))
 }
 
 /// Why a release was refused.

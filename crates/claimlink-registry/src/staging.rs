@@ -272,7 +272,12 @@ impl Tx {
     }
 
     /// Sets (or replaces) an OEM's claim-thing certificate.
-    pub async fn set_claim_certificate(&mut self, oem_id: &str, certificate_id: &str, pem: &str) -> Result<()> {
+    pub async fn set_claim_certificate(
+        &mut self,
+        oem_id: &str,
+        certificate_id: &str,
+        pem: &str,
+    ) -> Result<()> {
         self.oem(oem_id).await?;
         let taken = sqlx::query("SELECT id FROM staging_oems WHERE claim_certificate_id = $1 AND id <> $2")
             .bind(certificate_id)
@@ -280,14 +285,19 @@ impl Tx {
             .fetch_optional(&mut *self.tx)
             .await?;
         if taken.is_some() {
-            return Err(RegistryError::AlreadyExists { kind: "claim certificate", name: certificate_id.into() });
+            return Err(RegistryError::AlreadyExists {
+                kind: "claim certificate",
+                name: certificate_id.into(),
+            });
         }
-        sqlx::query("UPDATE staging_oems SET claim_certificate_id = $1, claim_certificate_pem = $2 WHERE id = $3")
-            .bind(certificate_id)
-            .bind(pem)
-            .bind(oem_id)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE staging_oems SET claim_certificate_id = $1, claim_certificate_pem = $2 WHERE id = $3",
+        )
+        .bind(certificate_id)
+        .bind(pem)
+        .bind(oem_id)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 
@@ -415,7 +425,13 @@ impl Tx {
     }
 
     /// Makes `oem_id` the owner of a device through claim `claim_id`.
-    pub async fn set_owner(&mut self, thing_name: &str, oem_id: &str, endpoint: &str, claim_id: i64) -> Result<()> {
+    pub async fn set_owner(
+        &mut self,
+        thing_name: &str,
+        oem_id: &str,
+        endpoint: &str,
+        claim_id: i64,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE staging_devices SET owner_oem = $1, endpoint = $2, claim_id = $3, delivered_at = NULL, \
              failed_codes = 0, locked_until = 0 WHERE thing_name = $4",
@@ -467,7 +483,12 @@ impl Tx {
     }
 
     /// Sets a device's wrong-claim-code counter and lockout.
-    pub async fn set_code_failures(&mut self, thing_name: &str, failed: i64, locked_until: i64) -> Result<()> {
+    pub async fn set_code_failures(
+        &mut self,
+        thing_name: &str,
+        failed: i64,
+        locked_until: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE staging_devices SET failed_codes = $1, locked_until = $2 WHERE thing_name = $3")
             .bind(failed)
             .bind(locked_until)
@@ -518,7 +539,12 @@ impl Tx {
     }
 
     /// Adds a portal user; `password_hash` is a PHC string (Argon2id).
-    pub async fn create_portal_user(&mut self, oem_id: &str, email: &str, password_hash: &str) -> Result<i64> {
+    pub async fn create_portal_user(
+        &mut self,
+        oem_id: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<i64> {
         let row = sqlx::query(
             "INSERT INTO portal_users (oem_id, email, password_hash, created) VALUES ($1, $2, $3, $4) \
              ON CONFLICT DO NOTHING RETURNING id",
@@ -536,7 +562,11 @@ impl Tx {
     }
 
     /// A portal user and their password hash, by e-mail.
-    pub async fn portal_user_by_email(&mut self, oem_id: &str, email: &str) -> Result<Option<(PortalUser, String)>> {
+    pub async fn portal_user_by_email(
+        &mut self,
+        oem_id: &str,
+        email: &str,
+    ) -> Result<Option<(PortalUser, String)>> {
         let row = sqlx::query("SELECT * FROM portal_users WHERE oem_id = $1 AND email = $2")
             .bind(oem_id)
             .bind(email)
@@ -554,7 +584,10 @@ impl Tx {
     /// A new portal session for `user_id`, valid `ttl_ms`; returns the cookie value.
     pub async fn create_portal_session(&mut self, user_id: i64, ttl_ms: i64) -> Result<String> {
         let token = random_hex(32);
-        sqlx::query("DELETE FROM portal_sessions WHERE expires < $1").bind(now_ms()).execute(&mut *self.tx).await?;
+        sqlx::query("DELETE FROM portal_sessions WHERE expires < $1")
+            .bind(now_ms())
+            .execute(&mut *self.tx)
+            .await?;
         sqlx::query("INSERT INTO portal_sessions (token_hash, user_id, expires) VALUES ($1, $2, $3)")
             .bind(token_hash(&token))
             .bind(user_id)
@@ -574,8 +607,10 @@ impl Tx {
         .bind(now_ms())
         .fetch_optional(&mut *self.tx)
         .await?;
-        row.map(|r| Ok(PortalUser { id: r.try_get("id")?, oem_id: r.try_get("oem_id")?, email: r.try_get("email")? }))
-            .transpose()
+        row.map(|r| {
+            Ok(PortalUser { id: r.try_get("id")?, oem_id: r.try_get("oem_id")?, email: r.try_get("email")? })
+        })
+        .transpose()
     }
 
     /// Ends a portal session.
@@ -615,10 +650,12 @@ impl Tx {
 
     /// A portal user's devices: (ThingName, added), newest first.
     pub async fn portal_devices(&mut self, user_id: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT thing_name, added FROM portal_devices WHERE user_id = $1 ORDER BY added DESC")
-            .bind(user_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT thing_name, added FROM portal_devices WHERE user_id = $1 ORDER BY added DESC",
+        )
+        .bind(user_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
         rows.iter().map(|r| Ok((r.try_get("thing_name")?, r.try_get("added")?))).collect()
     }
 }

@@ -339,10 +339,9 @@ impl AccountServer {
 
     /// Whether `client_id` is connected to the account now.
     pub fn online(&self, account_id: &str, client_id: &str) -> bool {
-        self.shared
-            .live
-            .lock()
-            .is_ok_and(|l| l.iter().any(|((a, _), clients)| a == account_id && clients.contains_key(client_id)))
+        self.shared.live.lock().is_ok_and(|l| {
+            l.iter().any(|((a, _), clients)| a == account_id && clients.contains_key(client_id))
+        })
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved

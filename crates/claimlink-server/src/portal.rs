@@ -178,7 +178,11 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
             }
             ClaimOutcome::Rejected { reason, .. } => {
                 let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-                let error = format!(r#"<p class="error" id="error" data-code="{}">{}</p>"#, reason.code(), esc(reason.message()));
+                let error = format!(
+                    r#"<p class="error" id="error" data-code="{}">{}</p>"#,
+                    reason.code(),
+                    esc(reason.message())
+                );
                 Err(self.devices_page(status, user, &error).await)
             }
         }
@@ -225,15 +229,23 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
-        let (k, v) = c.trim().split_once('=')?;
-        (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then(|| v.to_owned())
-    })
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then(|| v.to_owned())
+        })
 }
 
 fn with_session(token: &str, to: &str) -> Response {
     let mut r = Redirect::to(to).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", SESSION_MS / 1000)) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION_MS / 1000
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -276,7 +288,9 @@ async fn signin_page(State(p): State<Portal>) -> Response {
 }
 
 fn valid_email(e: &str) -> bool {
-    e.len() <= 254 && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace))
+    e.len() <= 254
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace))
 }
 
 async fn signup(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Credentials>) -> PortalResult {
@@ -285,7 +299,16 @@ async fn signup(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
     }
     let email = c.email.trim().to_ascii_lowercase();
     let again = |msg: &str| {
-        p.html(StatusCode::BAD_REQUEST, "Sign up", None, &credentials_form("/signup", "Sign up", &format!(r#"<p class="error" id="error">{}</p>"#, esc(msg))))
+        p.html(
+            StatusCode::BAD_REQUEST,
+            "Sign up",
+            None,
+            &credentials_form(
+                "/signup",
+                "Sign up",
+                &format!(r#"<p class="error" id="error">{}</p>"#, esc(msg)),
+            ),
+        )
     };
     if !valid_email(&email) {
         return Err(again("That is not an e-mail address."));
@@ -332,14 +355,16 @@ async fn signin(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
         .await
         .map_err(|e| p.internal(e))?;
     // Verify against a dummy hash when the user is unknown: the same time either way.
-    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$JqvWp2nQ6Bq5Rk0J4Y5r2F9mJgk5m5XxA3b3yPZ0m1E";
+    const DUMMY: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$JqvWp2nQ6Bq5Rk0J4Y5r2F9mJgk5m5XxA3b3yPZ0m1E";
     let (user, hash) = match found {
         Some((u, h)) => (Some(u), h),
         None => (None, DUMMY.to_owned()),
     };
     let password = c.password;
     let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        PasswordHash::new(&hash)
+            .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
     })
     .await
     .unwrap_or(false);
@@ -354,7 +379,11 @@ async fn signin(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
             StatusCode::UNAUTHORIZED,
             "Sign in",
             None,
-            &credentials_form("/signin", "Sign in", r#"<p class="error" id="error">Wrong e-mail or password.</p>"#),
+            &credentials_form(
+                "/signin",
+                "Sign in",
+                r#"<p class="error" id="error">Wrong e-mail or password.</p>"#,
+            ),
         )),
     }
 }
@@ -367,7 +396,8 @@ async fn signout(State(p): State<Portal>, headers: HeaderMap) -> Response {
         }
     }
     let mut r = Redirect::to("/signin").into_response();
-    r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("claimlink_session=; Path=/; Max-Age=0"));
+    r.headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_static("claimlink_session=; Path=/; Max-Age=0"));
     r
 }
 
@@ -401,10 +431,12 @@ fn decode_qr(bytes: &[u8]) -> Result<String, &'static str> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(256 * 1024 * 1024);
     reader.limits(limits);
-    let img = reader.decode().map_err(|_| "the upload is not a PNG or JPEG image this portal can read")?.to_luma8();
+    let img =
+        reader.decode().map_err(|_| "the upload is not a PNG or JPEG image this portal can read")?.to_luma8();
     let (w, h) = img.dimensions();
-    let mut prepared =
-        rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| img.get_pixel(x as u32, y as u32).0[0]);
+    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(w as usize, h as usize, |x, y| {
+        img.get_pixel(x as u32, y as u32).0[0]
+    });
     let grids = prepared.detect_grids();
     let grid = grids.first().ok_or("no QR code found in the photo; try a sharper, closer one")?;
     grid.decode().map(|(_, text)| text).map_err(|_| "the QR code could not be read; try a sharper photo")
@@ -431,7 +463,8 @@ async fn scan_device(State(p): State<Portal>, headers: HeaderMap, mut form: Mult
     };
     // CLM1:<THINGNAME>[:<claim code>]
     let mut parts = text.trim().split(':');
-    let (Some("CLM1"), Some(thing), code, None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some("CLM1"), Some(thing), code, None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(p.scan_error(&user, "this QR code is not a claimlink device label").await);
     };
     let thing = thing.to_owned();
@@ -439,7 +472,11 @@ async fn scan_device(State(p): State<Portal>, headers: HeaderMap, mut form: Mult
     p.claim(&user, &thing, &code).await
 }
 
-async fn device_status(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<String>) -> PortalResult {
+async fn device_status(
+    State(p): State<Portal>,
+    headers: HeaderMap,
+    Path(thing): Path<String>,
+) -> PortalResult {
     let user = p.require(&headers).await?;
     let mine = p
         .inner
@@ -454,11 +491,19 @@ async fn device_status(State(p): State<Portal>, headers: HeaderMap, Path(thing):
         .iter()
         .any(|(t, _)| *t == thing);
     if !mine {
-        return Err(p.html(StatusCode::NOT_FOUND, "Not found", Some(&user), "<p>This device is not in your list.</p>"));
+        return Err(p.html(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            Some(&user),
+            "<p>This device is not in your list.</p>",
+        ));
     }
     let online = p.online(&thing);
     let body = if online {
-        format!(r#"<p id="state" class="online" data-state="online">Device <code>{}</code> is online.</p><p><a href="/devices">Back to my devices</a></p>"#, esc(&thing))
+        format!(
+            r#"<p id="state" class="online" data-state="online">Device <code>{}</code> is online.</p><p><a href="/devices">Back to my devices</a></p>"#,
+            esc(&thing)
+        )
     } else {
         format!(
             r#"<p id="state" class="offline" data-state="waiting">Claimed. Waiting for device <code>{}</code> to come online (power it on and connect it to the network)…</p><p>This page refreshes itself.</p>"#,
@@ -490,7 +535,12 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
         .iter()
         .any(|(t, _)| *t == thing);
     if !listed {
-        return Err(p.html(StatusCode::NOT_FOUND, "Not found", Some(&user), "<p>This device is not in your list.</p>"));
+        return Err(p.html(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            Some(&user),
+            "<p>This device is not in your list.</p>",
+        ));
     }
     // One writer at a time (SQLite): staging's release commits before the list changes.
     match p.inner.staging.release(&p.inner.config.oem_id, &thing).await {

@@ -24,7 +24,9 @@ use claimlink_broker::{Broker, ConnectRequest, Hooks, Limits, PeerIdentity, Weak
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
-use claimlink_provision::claims::{self, ClaimOutcome, ClaimRequest, RateLimiter, Rejection, ReleaseError, Releaser, Via};
+use claimlink_provision::claims::{
+    self, ClaimOutcome, ClaimRequest, RateLimiter, Rejection, ReleaseError, Releaser, Via,
+};
 use claimlink_registry::{RegistryError, Store};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -436,7 +438,8 @@ impl StagingHooks {
                 via: Via::Mqtt,
             };
             let outcome = if endpoint.is_empty() {
-                let _ = claims::record_rejection(&server.shared.store, &request, Rejection::InvalidRequest).await;
+                let _ =
+                    claims::record_rejection(&server.shared.store, &request, Rejection::InvalidRequest).await;
                 Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None })
             } else {
                 server.claim(&request).await
@@ -555,7 +558,9 @@ impl Hooks for StagingHooks {
 
     fn initial_subscriptions(&self, ctx: &StagingPeer) -> Vec<TopicFilter> {
         match ctx {
-            StagingPeer::Device { config_topic, .. } => TopicFilter::new(config_topic.as_str()).into_iter().collect(),
+            StagingPeer::Device { config_topic, .. } => {
+                TopicFilter::new(config_topic.as_str()).into_iter().collect()
+            }
             StagingPeer::ClaimThing { .. } => Vec::new(),
         }
     }

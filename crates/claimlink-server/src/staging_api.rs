@@ -94,12 +94,19 @@ pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Res
         let app = app.clone();
         let server = server.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
             else {
                 return;
             };
-            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| server.claim_thing_oem(c));
-            let service = hyper_util::service::TowerToHyperService::new(app.layer(Extension(ClaimPeer(peer))));
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| server.claim_thing_oem(c));
+            let service =
+                hyper_util::service::TowerToHyperService::new(app.layer(Extension(ClaimPeer(peer))));
             let io = hyper_util::rt::TokioIo::new(tls);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
         });
@@ -131,10 +138,18 @@ async fn admin(server: &StagingServer, headers: &HeaderMap) -> Result<String, St
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
-            StagingApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "a staging administrator token is required")
+            StagingApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a staging administrator token is required",
+            )
         })?;
     server.store().read().await?.staging_admin_for_token(token).await?.ok_or_else(|| {
-        StagingApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the token is not a staging administrator's")
+        StagingApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "the token is not a staging administrator's",
+        )
     })
 }
 
@@ -149,7 +164,8 @@ fn oem_peer(peer: &ClaimPeer) -> Result<&str, StagingApiError> {
 }
 
 fn body(bytes: &Bytes) -> Result<Value, StagingApiError> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| StagingApiError::bad(format!("the body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| StagingApiError::bad(format!("the body is not JSON: {e}")))?;
     if !v.is_object() {
         return Err(StagingApiError::bad("the body must be a JSON object"));
     }
@@ -157,7 +173,9 @@ fn body(bytes: &Bytes) -> Result<Value, StagingApiError> {
 }
 
 fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, StagingApiError> {
-    v.get(name).and_then(Value::as_str).ok_or_else(|| StagingApiError::bad(format!("{name} (a string) is required")))
+    v.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| StagingApiError::bad(format!("{name} (a string) is required")))
 }
 
 fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
@@ -165,7 +183,12 @@ fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
         "claimCertificateId": o.claim_certificate_id, "created": o.created})
 }
 
-async fn audit(server: &StagingServer, actor: &str, action: &str, target: &str) -> Result<(), StagingApiError> {
+async fn audit(
+    server: &StagingServer,
+    actor: &str,
+    action: &str,
+    target: &str,
+) -> Result<(), StagingApiError> {
     let mut tx = server.store().begin().await?;
     tx.audit(
         None,
@@ -190,7 +213,9 @@ async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult
         None => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|e| e.as_str().map(str::to_owned).ok_or_else(|| StagingApiError::bad("endpoints must be strings")))
+            .map(|e| {
+                e.as_str().map(str::to_owned).ok_or_else(|| StagingApiError::bad("endpoints must be strings"))
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(StagingApiError::bad("endpoints must be an array of host[:port]")),
     };
@@ -212,7 +237,12 @@ async fn describe_oem(State(s): St, headers: HeaderMap, Path(id): Path<String>) 
     ok(oem_json(&s.store().read().await?.oem(&id).await?))
 }
 
-async fn upload_claim_certificate(State(s): St, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
+async fn upload_claim_certificate(
+    State(s): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
     let who = admin(&s, &headers).await?;
     let v = body(&bytes)?;
     let pem = field(&v, "certificatePem")?;
@@ -233,7 +263,9 @@ async fn upload_claim_certificate(State(s): St, headers: HeaderMap, Path(id): Pa
     let mut tx = s.store().begin().await?;
     tx.set_claim_certificate(&id, &cert_id, &cert.to_pem()).await?;
     tx.commit().await?;
-    s.reload().await.map_err(|e| StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))?;
+    s.reload().await.map_err(|e| {
+        StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string())
+    })?;
     audit(&s, &format!("staging-admin:{who}"), "SetClaimCertificate", &id).await?;
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
 }
@@ -273,7 +305,11 @@ fn device_json(d: &claimlink_registry::staging::StagingDevice) -> Value {
 async fn describe_device(State(s): St, headers: HeaderMap, Path(thing): Path<String>) -> ApiResult {
     admin(&s, &headers).await?;
     let d = s.store().read().await?.staging_device(&thing).await?.ok_or_else(|| {
-        StagingApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "staging does not know this device")
+        StagingApiError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            "staging does not know this device",
+        )
     })?;
     ok(device_json(&d))
 }
@@ -288,8 +324,12 @@ struct ClaimQuery {
 
 async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQuery>) -> ApiResult {
     admin(&s, &headers).await?;
-    let claims =
-        s.store().read().await?.claims(q.oem_id.as_deref(), q.thing_name.as_deref(), q.limit.unwrap_or(100)).await?;
+    let claims = s
+        .store()
+        .read()
+        .await?
+        .claims(q.oem_id.as_deref(), q.thing_name.as_deref(), q.limit.unwrap_or(100))
+        .await?;
     ok(json!({ "claims": claims }))
 }
 
@@ -313,9 +353,14 @@ async fn claim(State(s): St, Extension(peer): Extension<ClaimPeer>, bytes: Bytes
     }
 }
 
-async fn my_claims(State(s): St, Extension(peer): Extension<ClaimPeer>, Query(q): Query<ClaimQuery>) -> ApiResult {
+async fn my_claims(
+    State(s): St,
+    Extension(peer): Extension<ClaimPeer>,
+    Query(q): Query<ClaimQuery>,
+) -> ApiResult {
     let oem = oem_peer(&peer)?;
-    let claims = s.store().read().await?.claims(Some(oem), q.thing_name.as_deref(), q.limit.unwrap_or(100)).await?;
+    let claims =
+        s.store().read().await?.claims(Some(oem), q.thing_name.as_deref(), q.limit.unwrap_or(100)).await?;
     ok(json!({ "claims": claims }))
 }
 
@@ -325,16 +370,20 @@ async fn my_devices(State(s): St, Extension(peer): Extension<ClaimPeer>) -> ApiR
     ok(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() }))
 }
 
-async fn release(State(s): St, Extension(peer): Extension<ClaimPeer>, Path(thing): Path<String>) -> ApiResult {
+async fn release(
+    State(s): St,
+    Extension(peer): Extension<ClaimPeer>,
+    Path(thing): Path<String>,
+) -> ApiResult {
     let oem = oem_peer(&peer)?;
     match s.release(oem, &thing).await {
         Ok(endpoint) => ok(json!({"thingName": thing, "released": true, "previousEndpoint": endpoint})),
-        Err(ReleaseError::NotOwner) => Err(StagingApiError::new(
-            StatusCode::FORBIDDEN,
-            "NotOwner",
-            "this OEM does not own the device",
-        )),
+        Err(ReleaseError::NotOwner) => {
+            Err(StagingApiError::new(StatusCode::FORBIDDEN, "NotOwner", "this OEM does not own the device"))
+        }
         Err(ReleaseError::Registry(e)) => Err(e.into()),
-        Err(e) => Err(StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string())),
+        Err(e) => {
+            Err(StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))
+        }
     }
 }

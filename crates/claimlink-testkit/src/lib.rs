@@ -173,6 +173,78 @@ impl Drop for Paho {
     }
 }
 
+/// TLS for [`https_json`]: the server name to ask for and check, the root CA (PEM) and an
+/// optional client certificate and key (PEM).
+pub struct Tls<'a> {
+    /// SNI and the name the server certificate must hold.
+    pub server_name: &'a str,
+    /// Root CA, PEM.
+    pub root_pem: &'a str,
+    /// Client certificate chain and key, PEM.
+    pub client: Option<(&'a str, &'a str)>,
+}
+
+/// [`http_json`] over TLS (rustls), with an optional client certificate. `Err` when the TLS
+/// handshake fails (a refused client certificate).
+pub fn https_json(
+    addr: std::net::SocketAddr,
+    tls: &Tls<'_>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(tls.root_pem.as_bytes()) {
+        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match tls.client {
+        Some((cert, key)) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(tls.server_name.to_owned()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(|e| e.to_string())?;
+    let sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        tls.server_name,
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // Peers that close without close_notify: keep what arrived.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let response = String::from_utf8_lossy(&raw);
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let text = response.find("\r\n\r\n").map_or("", |i| &response[i + 4..]);
+    let json = match (text.find('{'), text.rfind('}')) {
+        (Some(a), Some(b)) if a < b => text[a..=b].to_owned(),
+        _ => "null".to_owned(),
+    };
+    Ok((status, json))
+}
+
 /// One HTTP/1.1 request to `addr` (a connection each, `Connection: close`), with an optional
 /// bearer token and a JSON body; returns the status and the body's JSON object text (`"null"`
 /// when the body holds none).

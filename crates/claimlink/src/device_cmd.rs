@@ -58,7 +58,8 @@ where
     loop {
         line.clear();
         // Bounded: a line longer than the AT limit is answered with ERR1 and skipped.
-        let n = (&mut lines).take(claimlink_agent::at::MAX_LINE as u64 + 2).read_until(b'\n', &mut line).await?;
+        let n =
+            (&mut lines).take(claimlink_agent::at::MAX_LINE as u64 + 2).read_until(b'\n', &mut line).await?;
         if n == 0 {
             agent.disconnect().await;
             return Ok(());

@@ -52,8 +52,13 @@ fn label_code(bundle: &Path) -> Option<String> {
 /// drive it.
 fn claim_thing_bundle(data: &Path, staging_endpoint: &str, oem_id: &str) -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
-    for (from, to) in [("oem/claim-thing.pem", "cert.pem"), ("oem/claim-thing.key", "key.pem"), ("endpoint-ca.pem", "root.pem")] {
-        std::fs::copy(data.join(from), dir.path().join(to)).with_context(|| format!("{}", data.join(from).display()))?;
+    for (from, to) in [
+        ("oem/claim-thing.pem", "cert.pem"),
+        ("oem/claim-thing.key", "key.pem"),
+        ("endpoint-ca.pem", "root.pem"),
+    ] {
+        std::fs::copy(data.join(from), dir.path().join(to))
+            .with_context(|| format!("{}", data.join(from).display()))?;
     }
     std::fs::write(
         dir.path().join("device.toml"),
@@ -81,7 +86,12 @@ pub(crate) fn run(args: &FleetArgs) -> Result<()> {
         .collect();
     bundles.sort();
     if bundles.len() < args.count {
-        bail!("{} holds {} bundles, fewer than --count {}", args.bundles.display(), bundles.len(), args.count);
+        bail!(
+            "{} holds {} bundles, fewer than --count {}",
+            args.bundles.display(),
+            bundles.len(),
+            args.count
+        );
     }
     bundles.truncate(args.count);
     // Each simulated device starts from the factory state.
@@ -96,13 +106,19 @@ async fn journey(args: &FleetArgs, bundles: Vec<PathBuf>) -> Result<()> {
     let first = claimlink_agent::bundle::Bundle::load(&bundles[0])?;
     let url = format!("sqlite://{}", args.data.join("claimlink.db").display());
     let store = claimlink_registry::Store::open(&url).await?;
-    let oem = store.read().await?.oem_by_name("Demo OEM").await?.context("no Demo OEM: run `claimlink up` first")?;
+    let oem = store
+        .read()
+        .await?
+        .oem_by_name("Demo OEM")
+        .await?
+        .context("no Demo OEM: run `claimlink up` first")?;
     drop(store);
     let ct_dir = claim_thing_bundle(&args.data, &first.staging_endpoint, &oem.id)?;
     let mut claimer = Agent::open(ct_dir.path(), AgentOptions::default())?;
     claimer.connect().await.map_err(|f| anyhow::anyhow!("claim-thing cannot connect: {}", f.detail))?;
     let claimer = Arc::new(tokio::sync::Mutex::new(claimer));
-    let options = AgentOptions { backoff: Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(5) } };
+    let options =
+        AgentOptions { backoff: Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(5) } };
     let gate = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

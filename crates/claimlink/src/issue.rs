@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::PassphraseArg;
 use crate::ca::{self, LoadedCa};
-use claimlink_provision::claim_code::ClaimCode;
 use crate::files::{create_with_mode, write_atomic};
 use crate::label;
+use claimlink_provision::claim_code::ClaimCode;
 
 /// Devices committed together (one `syncfs` and one manifest fsync per group).
 const GROUP: usize = 256;
@@ -131,8 +131,10 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
     let ca = ca::load(&args.ca, &args.passphrase)?;
     let endpoint_root = match &args.endpoint_root_ca {
         Some(p) => Some(
-            claimlink_pki::Certificate::from_pem(&fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
-                .with_context(|| format!("{} is not a PEM certificate", p.display()))?,
+            claimlink_pki::Certificate::from_pem(
+                &fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not a PEM certificate", p.display()))?,
         ),
         None => None,
     };

@@ -69,8 +69,9 @@ pub(crate) async fn import(store: &Store, path: &Path) -> Result<Imported> {
     for chunk in entries.chunks(CHUNK) {
         let mut tx = store.begin().await?;
         for e in chunk {
-            let new =
-                tx.import_device(&e.thing_name, Some(&e.certificate_id), e.claim_code_verifier.as_deref()).await?;
+            let new = tx
+                .import_device(&e.thing_name, Some(&e.certificate_id), e.claim_code_verifier.as_deref())
+                .await?;
             if new {
                 counts.added += 1;
             } else {

@@ -14,7 +14,9 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use claimlink_pki::profile::YEAR;
-use claimlink_pki::{Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name, pem};
+use claimlink_pki::{
+    Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name, pem,
+};
 use claimlink_registry::{CaMode, NewCa, Store, TemplateKind};
 use claimlink_server::staging::{StagingConfig, StagingServer};
 use claimlink_server::{AccountServer, ServerIdentity};
@@ -83,14 +85,27 @@ fn leaf(ca: &crate::ca::LoadedCa, profile: &Profile, dn: &str) -> Result<(Certif
     let mut rng = crate::ca::rng();
     let key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng)?;
     let subject = Subject::new(name::parse(dn)?, key.public_key(), SystemTime::now(), YEAR * 5);
-    let cert = issue(&Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key }, profile, &subject, &mut rng)?;
+    let cert = issue(
+        &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
+        profile,
+        &subject,
+        &mut rng,
+    )?;
     Ok((cert, key))
 }
 
 fn write_leaf(dir: &Path, stem: &str, cert: &Certificate, chain: &str, key: &PrivateKey) -> Result<()> {
     std::fs::create_dir_all(dir)?;
-    crate::files::write_atomic(&dir.join(format!("{stem}.pem")), format!("{}{chain}", cert.to_pem()).as_bytes(), 0o644)?;
-    crate::files::write_atomic(&dir.join(format!("{stem}.key")), pem::private_key_to_pem(key)?.as_bytes(), 0o600)?;
+    crate::files::write_atomic(
+        &dir.join(format!("{stem}.pem")),
+        format!("{}{chain}", cert.to_pem()).as_bytes(),
+        0o644,
+    )?;
+    crate::files::write_atomic(
+        &dir.join(format!("{stem}.key")),
+        pem::private_key_to_pem(key)?.as_bytes(),
+        0o600,
+    )?;
     Ok(())
 }
 
@@ -108,7 +123,8 @@ fn ensure_ca(dir: &Path, subject: &str, passphrase: &PassphraseArg) -> Result<()
 
 /// Makes what is missing of the data directory (files only; the registry comes after).
 fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
-    std::fs::create_dir_all(&paths.data).with_context(|| format!("cannot create {}", paths.data.display()))?;
+    std::fs::create_dir_all(&paths.data)
+        .with_context(|| format!("cannot create {}", paths.data.display()))?;
     let pass_file = paths.p("ca-passphrase");
     if !pass_file.exists() {
         let mut bytes = [0u8; 24];
@@ -116,7 +132,11 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
         write_new(&pass_file, format!("{}\n", hex::encode(bytes)).as_bytes(), 0o600)?;
     }
     let passphrase = PassphraseArg { passphrase_file: Some(pass_file) };
-    ensure_ca(&paths.p("manufacturer-ca"), "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN", &passphrase)?;
+    ensure_ca(
+        &paths.p("manufacturer-ca"),
+        "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN",
+        &passphrase,
+    )?;
     ensure_ca(&paths.p("endpoint-ca"), "CN=claimlink Demo Endpoint Root,O=claimlink demo,C=CN", &passphrase)?;
     let endpoint_ca = crate::ca::load(&paths.p("endpoint-ca"), &passphrase)?;
     let tls = paths.p("tls");
@@ -172,8 +192,15 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
             write_new(&paths.p("account-token"), format!("{token}\n").as_bytes(), 0o600)?;
             claimlink_provision::Template::parse(TEMPLATE_BODY).map_err(|e| anyhow::anyhow!("{e}"))?;
             tx.create_policy(&a.id, POLICY, POLICY_DOC).await?;
-            tx.create_template(&a.id, TEMPLATE, TemplateKind::Jitp, TEMPLATE_BODY, true, Some("claimlink up demo"))
-                .await?;
+            tx.create_template(
+                &a.id,
+                TEMPLATE,
+                TemplateKind::Jitp,
+                TEMPLATE_BODY,
+                true,
+                Some("claimlink up demo"),
+            )
+            .await?;
             let ca_pem = std::fs::read_to_string(paths.p("manufacturer-ca/chain.pem"))?;
             let issuing = Certificate::chain_from_pem(ca_pem.as_bytes())?
                 .into_iter()
@@ -199,8 +226,9 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
 pub(crate) fn run(args: &UpArgs) -> Result<()> {
     let paths = Paths { data: args.data.clone() };
     let _passphrase = prepare_files(args, &paths)?;
-    let manufacturer_root =
-        Certificate::from_pem(&std::fs::read(paths.p("factory/root-ca.pem")).context("factory/root-ca.pem")?)?;
+    let manufacturer_root = Certificate::from_pem(
+        &std::fs::read(paths.p("factory/root-ca.pem")).context("factory/root-ca.pem")?,
+    )?;
     let identity = ServerIdentity {
         chain_pem: std::fs::read_to_string(paths.p("tls/server.pem"))?,
         key_pem: std::fs::read_to_string(paths.p("tls/server.key"))?.into(),
@@ -218,7 +246,8 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
             limits: Default::default(),
         };
         let staging = StagingServer::new(store.clone(), &identity, config, shutdown.clone()).await?;
-        let account = AccountServer::new(store.clone(), &identity, Default::default(), shutdown.clone()).await?;
+        let account =
+            AccountServer::new(store.clone(), &identity, Default::default(), shutdown.clone()).await?;
         let (mqtt, api) = account.start(args.account_mqtt, args.admin_api).await?;
         let staging_mqtt = tokio::net::TcpListener::bind(args.staging_mqtt).await?;
         let staging_api = tokio::net::TcpListener::bind(args.staging_api).await?;

@@ -1,0 +1,316 @@
+//! Onboarding by claim, end to end, against the real `claimlink up` process: the AT dialogue of
+//! a simulated device (`claimlink device --at-stdio`) through staging, claim, move, JITP,
+//! policy, factory reset and a second claim; and the hijack attempts (wrong claim codes and
+//! lockouts, a rival OEM, an unregistered endpoint, topics of other devices, a claim-thing
+//! outside its topics, a forged claim-thing certificate) with paho-mqtt as the independent
+//! client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod platform;
+
+use std::time::{Duration, Instant};
+
+use claimlink_testkit::Paho;
+use platform::{AtDevice, Platform};
+use serde_json::{Value, json};
+
+const NOT_AUTHORIZED: i64 = 0x87;
+
+#[test]
+fn at_dialogue_from_staging_to_the_oem_and_back_after_a_factory_reset() {
+    let p = Platform::up("at_dialogue");
+    let thing = p.devices()[0].clone();
+    let mut d = AtDevice::start(&p, &thing);
+    assert_eq!(d.at("AT"), "OK");
+    assert_eq!(d.at("at+conf? thingname"), format!("OK {thing}"));
+    assert_eq!(d.at("AT+CONF ThingName=someone-else"), "ERR12 KEY READONLY");
+    assert_eq!(d.at("AT+CONF? Endpoint"), format!("OK {}", p.staging_endpoint()));
+    assert_eq!(d.at("AT+CONNECT?"), "OK 0 0 DISCONNECTED STAGING");
+    assert_eq!(d.at("AT+BOGUS"), "ERR3 COMMAND NOT FOUND");
+    assert_eq!(d.at("AT+CONF Topic1=a\\xb"), "ERR5 INVALID ESCAPE");
+    assert_eq!(d.at("AT+CONF QoS=2"), "ERR7 OUT OF RANGE");
+    assert_eq!(d.at("AT+SEND1 hello"), "ERR8 PARAMETER UNDEFINED");
+    assert!(d.at("AT+CONF? Certificate pem").starts_with("OK -----BEGIN CERTIFICATE-----\\A"));
+    assert_eq!(d.at("AT+EVENT?"), "OK 2 0 STARTUP");
+    assert_eq!(d.at("AT+EVENT?"), "OK");
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    assert_eq!(d.at("AT+CONNECT?"), "OK 1 0 CONNECTED STAGING");
+    // In staging the device may not leave its own topics.
+    assert_eq!(d.at("AT+CONF Topic2=elsewhere/x"), "OK");
+    assert_eq!(d.at("AT+CONF QoS=1"), "OK");
+    assert_eq!(d.at("AT+SEND2 nope"), "ERR25 NOT ALLOWED");
+
+    // The OEM claims it (claim API, claim-thing certificate); the device moves by itself.
+    let code = p.claim_code(&thing);
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": thing, "endpoint": p.oem_endpoint(), "claimCode": code}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], "ACCEPTED");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+    let claim = d.at_lines("AT+GET0", 2);
+    assert_eq!(claim[0], format!("OK {thing}/expresslink_config"));
+    let delivered: Value = serde_json::from_str(&claim[1]).unwrap();
+    assert_eq!(delivered, json!({"Endpoint": p.oem_endpoint()}), "only the endpoint reaches the device");
+    let events: Vec<String> = std::iter::from_fn(|| Some(d.at("AT+EVENT?")).filter(|e| e != "OK")).collect();
+    assert_eq!(events, ["OK 1 0 MSG", "OK 3 0 CONLOST", "OK 6 0 CONNECT"]);
+    assert_eq!(d.at("AT+CONF? Endpoint"), format!("OK {}", p.oem_endpoint()));
+    // Provisioned just in time: its policy allows its own topics only.
+    assert_eq!(d.at(&format!("AT+CONF Topic1={thing}/telemetry")), "OK");
+    assert_eq!(d.at("AT+SEND1 {\"t\":21.5}"), "OK");
+    assert_eq!(d.at("AT+SEND2 nope"), "ERR25 NOT ALLOWED");
+    assert_eq!(d.at("AT+SUBSCRIBE1"), "OK");
+    d.wait_for("AT+EVENT?", "OK 8 1 SUBACK");
+    let thing_record = p.admin_api("GET", &format!("/things/{thing}"));
+    assert_eq!(thing_record["thingName"], thing.as_str());
+
+    // The endpoint survived a restart of the agent (persistent settings).
+    drop(d);
+    let mut d = AtDevice::start(&p, &thing);
+    assert_eq!(d.at("AT+CONF? Endpoint"), format!("OK {}", p.oem_endpoint()));
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    assert_eq!(d.at("AT+CONNECT?"), "OK 1 1 CONNECTED CUSTOMER");
+
+    // Factory reset: back to staging, where the device's return ends the ownership.
+    assert_eq!(d.at("AT+FACTORY_RESET"), "OK");
+    assert_eq!(d.at("AT+CONF? Endpoint"), format!("OK {}", p.staging_endpoint()));
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    assert_eq!(d.at("AT+CONNECT?"), "OK 1 0 CONNECTED STAGING");
+    let device = wait_json(
+        || p.staging_admin("GET", &format!("/staging/devices/{thing}"), None).1,
+        |v| v["owner"].is_null(),
+    );
+    assert_eq!(device["delivered"], false);
+    let released = p.staging_admin("GET", &format!("/staging/claims?thingName={thing}"), None).1;
+    assert!(released["claims"][0]["releasedAt"].is_i64(), "{released}");
+
+    // A new claim works and moves it again.
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": thing, "endpoint": p.oem_endpoint(), "claimCode": code}),
+    );
+    assert_eq!(status, 200, "{body}");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+    assert_eq!(d.at("AT+DISCONNECT"), "OK 0 DISCONNECTED");
+    assert_eq!(d.at("AT+CONNECT?"), "OK 0 1 DISCONNECTED CUSTOMER");
+}
+
+fn wait_json(mut get: impl FnMut() -> Value, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = get();
+        if ok(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn paho(paho: &mut Paho, cmd: Value) -> Value {
+    serde_json::from_str(&paho.run(&cmd.to_string())).unwrap()
+}
+
+#[test]
+fn claim_hijack_attempts_are_refused_counted_and_audited() {
+    let Some(mut py) = Paho::start("claim_hijack") else { return };
+    let p = Platform::up("claim_hijack");
+    let devices = p.devices();
+    let (a, b, c) = (&devices[0], &devices[1], &devices[2]);
+    let endpoint = p.oem_endpoint();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Devices in staging: client id must be the ThingName; confined to their own topics.
+    let (cert_a, key_a) = p.device_files(a, dir.path());
+    let conn = |name: &str, cid: &str, cert: &str, key: &str| {
+        json!({"op": "connect", "name": name, "cid": cid, "port": p.staging_port(), "sni": "staging.localhost",
+               "ca": p.endpoint_ca(), "cert": cert, "key": key})
+    };
+    assert_eq!(paho(&mut py, conn("imp", "not-its-name", &cert_a, &key_a))["rc"], NOT_AUTHORIZED);
+    assert_eq!(paho(&mut py, conn("a", a, &cert_a, &key_a))["rc"], 0);
+    let codes = paho(&mut py, json!({"op": "subscribe", "name": "a", "topic": format!("{b}/#"), "qos": 1}));
+    assert_eq!(codes["codes"], json!([NOT_AUTHORIZED]));
+    let codes = paho(&mut py, json!({"op": "subscribe", "name": "a", "topic": "#", "qos": 1}));
+    assert_eq!(codes["codes"], json!([NOT_AUTHORIZED]));
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "a", "topic": format!("{b}/expresslink_config"), "payload": "{\"Endpoint\":\"evil.example.com\"}", "qos": 1}),
+    );
+    assert_eq!(rc["rc"], NOT_AUTHORIZED);
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "a", "topic": format!("{a}/state"), "payload": "x", "qos": 1}),
+    );
+    assert!(rc["rc"] == 0 || rc["rc"] == 16, "{rc}"); // own topic: allowed (no subscribers: 16)
+
+    // The claim-thing: only config topics to publish, only its own results to read.
+    let oem_id = p.oem_id();
+    let (ct_cert, ct_key) = (p.data("oem/claim-thing.pem"), p.data("oem/claim-thing.key"));
+    assert_eq!(paho(&mut py, conn("ct", &oem_id, &ct_cert, &ct_key))["rc"], 0);
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "ct", "topic": format!("{a}/state"), "payload": "x", "qos": 1}),
+    );
+    assert_eq!(rc["rc"], NOT_AUTHORIZED);
+    let codes = paho(
+        &mut py,
+        json!({"op": "subscribe", "name": "ct", "topic": format!("{a}/expresslink_config"), "qos": 1}),
+    );
+    assert_eq!(codes["codes"], json!([NOT_AUTHORIZED]));
+    let codes = paho(
+        &mut py,
+        json!({"op": "subscribe", "name": "ct", "topic": format!("{oem_id}/claims/#"), "qos": 1}),
+    );
+    assert_eq!(codes["codes"], json!([1]));
+
+    // A claim over MQTT with the right code: accepted, and the device gets only the endpoint.
+    let claim = json!({"Endpoint": endpoint, "ClaimCode": p.claim_code(a), "Note": "extra fields are fine"});
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "ct", "topic": format!("{a}/expresslink_config"), "payload": claim.to_string(), "qos": 1}),
+    );
+    assert_eq!(rc["rc"], 0);
+    let got = paho(&mut py, json!({"op": "expect", "name": "ct", "count": 1}));
+    assert_eq!(got["messages"][0][0], format!("{oem_id}/claims/{a}/accepted"));
+    let got = paho(&mut py, json!({"op": "expect", "name": "a", "count": 1}));
+    assert_eq!(got["messages"][0][0], format!("{a}/expresslink_config"));
+    let delivered: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
+    assert_eq!(delivered, json!({"Endpoint": endpoint}));
+
+    // Wrong claim codes: refused, counted, then a growing lockout even for the right code.
+    let wrong = json!({"thingName": b, "endpoint": endpoint, "claimCode": "0000-0000-0000-0000"});
+    for n in 1..=3 {
+        let (status, body) = p.claim_api("POST", "/claims", &wrong);
+        assert_eq!((status, body["code"].as_str()), (403, Some("ClaimCodeWrong")), "{body}");
+        let dev = p.staging_admin("GET", &format!("/staging/devices/{b}"), None).1;
+        assert_eq!(dev["failedClaimCodes"], n);
+        assert_eq!(dev["owner"], Value::Null);
+        if n == 3 {
+            assert!(body["retryAt"].as_i64().unwrap() > claimlink_registry::now() + 50_000, "{body}");
+        }
+    }
+    let right = json!({"thingName": b, "endpoint": endpoint, "claimCode": p.claim_code(b)});
+    let (status, body) = p.claim_api("POST", "/claims", &right);
+    assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
+    let (status, body) = p.claim_api("POST", "/claims", &json!({"thingName": c, "endpoint": endpoint}));
+    assert_eq!((status, body["code"].as_str()), (400, Some("ClaimCodeRequired")), "{body}");
+
+    // An endpoint the OEM did not register.
+    let evil = json!({"thingName": c, "endpoint": "evil.example.com:8883", "claimCode": p.claim_code(c)});
+    let (status, body) = p.claim_api("POST", "/claims", &evil);
+    assert_eq!((status, body["code"].as_str()), (403, Some("EndpointNotRegistered")), "{body}");
+
+    // A rival OEM: registered by the staging administrator; its upload with a key is refused.
+    let (status, rival) = p.staging_admin(
+        "POST",
+        "/staging/oems",
+        Some(json!({"name": "Rival", "endpoints": ["rival.localhost:9999"]})),
+    );
+    assert_eq!(status, 200, "{rival}");
+    let rival_id = rival["oemId"].as_str().unwrap().to_owned();
+    let ca = claimlink_testpki::TestCa::root(claimlink_pki::KeyAlgorithm::P256, "CN=Rival CA");
+    let rival_ct = ca.leaf_with(
+        &claimlink_pki::Profile::ClaimThing,
+        "CN=Rival claim-thing",
+        std::time::SystemTime::now(),
+        claimlink_pki::profile::YEAR,
+    );
+    let with_key = format!("{}{}", rival_ct.certificate.to_pem(), rival_ct.key_pem().as_str());
+    let path = format!("/staging/oems/{rival_id}/claim-certificate");
+    let (status, body) = p.staging_admin("PUT", &path, Some(json!({"certificatePem": with_key})));
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains("PRIVATE KEY"), "the key is not echoed");
+    assert_eq!(
+        p.staging_admin("GET", &format!("/staging/oems/{rival_id}"), None).1["claimCertificateId"],
+        Value::Null
+    );
+    let (status, _) =
+        p.staging_admin("PUT", &path, Some(json!({"certificatePem": rival_ct.certificate.to_pem()})));
+    assert_eq!(status, 200);
+    let rival_tls = (rival_ct.certificate.to_pem(), rival_ct.key_pem().to_string());
+    let steal = json!({"thingName": a, "endpoint": "rival.localhost:9999", "claimCode": p.claim_code(a)});
+    let (status, body) = p.claim_api_as(Some((&rival_tls.0, &rival_tls.1)), "POST", "/claims", &steal);
+    assert_eq!((status, body["code"].as_str()), (409, Some("AlreadyOwned")), "{body}");
+    let (status, body) = p.claim_api_as(
+        Some((&rival_tls.0, &rival_tls.1)),
+        "POST",
+        &format!("/claims/{a}/release"),
+        &json!({}),
+    );
+    assert_eq!((status, body["code"].as_str()), (403, Some("NotOwner")), "{body}");
+    // Without a claim-thing certificate there is no claim API.
+    let (status, _) = p.claim_api_as(None, "POST", "/claims", &steal);
+    assert_eq!(status, 401);
+
+    // A forged claim-thing certificate (same subject, another key and issuer) fails the handshake.
+    let forged = claimlink_testpki::TestCa::root(claimlink_pki::KeyAlgorithm::P256, "CN=Forger").leaf_with(
+        &claimlink_pki::Profile::ClaimThing,
+        "CN=Demo OEM claim-thing,O=Demo OEM",
+        std::time::SystemTime::now(),
+        claimlink_pki::profile::YEAR,
+    );
+    let fc = dir.path().join("forged.pem");
+    let fk = dir.path().join("forged.key");
+    std::fs::write(&fc, forged.certificate.to_pem()).unwrap();
+    std::fs::write(&fk, forged.key_pem().as_str()).unwrap();
+    let r = paho(&mut py, conn("forged", &oem_id, fc.to_str().unwrap(), fk.to_str().unwrap()));
+    assert!(r.get("error").is_some() || r["rc"] != 0, "{r}");
+    assert!(
+        p.try_claim_api_as(
+            Some((&forged.certificate.to_pem(), forged.key_pem().as_str())),
+            "GET",
+            "/claims",
+            &json!({})
+        )
+        .is_err_or_401()
+    );
+
+    // The owner releases; the rival may then claim (it is the device's new owner).
+    let (status, _) = p.claim_api("POST", &format!("/claims/{a}/release"), &json!({}));
+    assert_eq!(status, 200);
+    let (status, body) = p.claim_api_as(Some((&rival_tls.0, &rival_tls.1)), "POST", "/claims", &steal);
+    assert_eq!(status, 200, "{body}");
+
+    // A claim made while the device is offline reaches it when it next connects.
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": c, "endpoint": endpoint, "claimCode": p.claim_code(c)}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["delivered"], false);
+    let (cert_c, key_c) = p.device_files(c, dir.path());
+    assert_eq!(paho(&mut py, conn("c", c, &cert_c, &key_c))["rc"], 0);
+    let got = paho(&mut py, json!({"op": "expect", "name": "c", "count": 1}));
+    assert_eq!(
+        got["messages"][0],
+        json!([format!("{c}/expresslink_config"), json!({"Endpoint": endpoint}).to_string()])
+    );
+    let dev = wait_json(
+        || p.staging_admin("GET", &format!("/staging/devices/{c}"), None).1,
+        |v| v["delivered"] == true,
+    );
+    assert_eq!(dev["delivered"], true, "the device's PUBACK is recorded");
+
+    // Every attempt is on record.
+    let claims = p.staging_admin("GET", &format!("/staging/claims?thingName={b}"), None).1;
+    let reasons: Vec<&str> =
+        claims["claims"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["LockedOut", "ClaimCodeWrong", "ClaimCodeWrong", "ClaimCodeWrong"]);
+    let mine = p.claim_api("GET", "/claims", &json!({})).1;
+    assert!(mine["claims"].as_array().unwrap().len() >= 8, "{mine}");
+    assert!(!mine.to_string().contains(&p.claim_code(b)), "claim codes are never stored");
+}
+
+trait ErrOr401 {
+    fn is_err_or_401(&self) -> bool;
+}
+
+impl ErrOr401 for Result<(u16, Value), String> {
+    fn is_err_or_401(&self) -> bool {
+        self.as_ref().map_or(true, |(s, _)| *s == 401)
+    }
+}

@@ -1,0 +1,304 @@
+//! A `claimlink up` process in a temporary directory on free loopback ports, and simulated
+//! devices driven over their AT interface (`claimlink device --at-stdio`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The platform, stopped (killed) on drop.
+pub struct Platform {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub staging_mqtt: u16,
+    pub staging_api: u16,
+    pub account_mqtt: u16,
+    pub admin_api: u16,
+    pub portal: u16,
+    pub stdout: String,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Platform {
+    /// Starts `claimlink up` with 4 devices and waits until it serves.
+    pub fn up(test: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("claimlink-data");
+        let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claimlink"))
+            .current_dir(dir.path())
+            .args(["up", "--devices", "4", "--data"])
+            .arg(&data)
+            .args(["--staging-mqtt", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--staging-api", &format!("127.0.0.1:{}", ports[1])])
+            .args(["--account-mqtt", &format!("127.0.0.1:{}", ports[2])])
+            .args(["--admin-api", &format!("127.0.0.1:{}", ports[3])])
+            .args(["--portal", &format!("127.0.0.1:{}", ports[4])])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = String::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                    if line.starts_with("Stop with Ctrl-C") {
+                        break;
+                    }
+                }
+                Err(_) => panic!("{test}: claimlink up did not come up:\n{stdout}"),
+            }
+        }
+        Platform {
+            child,
+            _dir: dir,
+            data,
+            staging_mqtt: ports[0],
+            staging_api: ports[1],
+            account_mqtt: ports[2],
+            admin_api: ports[3],
+            portal: ports[4],
+            stdout,
+        }
+    }
+
+    pub fn data(&self, rel: &str) -> String {
+        self.data.join(rel).to_string_lossy().into_owned()
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.data.join(rel)).unwrap()
+    }
+
+    pub fn staging_port(&self) -> u16 {
+        self.staging_mqtt
+    }
+
+    pub fn staging_endpoint(&self) -> String {
+        format!("staging.localhost:{}", self.staging_mqtt)
+    }
+
+    pub fn oem_endpoint(&self) -> String {
+        format!("demo-oem.localhost:{}", self.account_mqtt)
+    }
+
+    pub fn endpoint_ca(&self) -> String {
+        self.data("endpoint-ca.pem")
+    }
+
+    pub fn bundle(&self, thing: &str) -> PathBuf {
+        self.data.join("factory/devices").join(thing)
+    }
+
+    /// ThingNames of the demo batch, sorted.
+    pub fn devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data.join("factory/devices"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The claim code printed on a device's label.
+    pub fn claim_code(&self, thing: &str) -> String {
+        let svg = self.read(&format!("factory/labels/{thing}.svg"));
+        let after = svg.split_once(">Claim code</text>").unwrap().1;
+        let parts: Vec<&str> = after
+            .split("font-weight=\"bold\">")
+            .skip(1)
+            .map(|s| s.split_once("</text>").unwrap().0)
+            .take(2)
+            .collect();
+        format!("{}-{}", parts[0], parts[1])
+    }
+
+    /// A device's certificate chain and key as files a TLS client can load.
+    pub fn device_files(&self, thing: &str, dir: &Path) -> (String, String) {
+        let b = self.bundle(thing);
+        let chain = format!(
+            "{}{}",
+            std::fs::read_to_string(b.join("cert.pem")).unwrap(),
+            std::fs::read_to_string(b.join("chain.pem")).unwrap()
+        );
+        let path = dir.join(format!("{thing}.pem"));
+        std::fs::write(&path, chain).unwrap();
+        (path.to_string_lossy().into_owned(), b.join("key.pem").to_string_lossy().into_owned())
+    }
+
+    fn staging_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.staging_api))
+    }
+
+    pub fn try_claim_api_as(
+        &self,
+        client: Option<(&str, &str)>,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), String> {
+        let root = self.read("endpoint-ca.pem");
+        let tls = claimlink_testkit::Tls { server_name: "staging.localhost", root_pem: &root, client };
+        let (status, text) =
+            claimlink_testkit::https_json(self.staging_addr(), &tls, method, path, None, &body.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    pub fn claim_api_as(
+        &self,
+        client: Option<(&str, &str)>,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        self.try_claim_api_as(client, method, path, body).unwrap()
+    }
+
+    /// The claim API as the demo OEM (its claim-thing certificate).
+    pub fn claim_api(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let (cert, key) = (self.read("oem/claim-thing.pem"), self.read("oem/claim-thing.key"));
+        self.claim_api_as(Some((&cert, &key)), method, path, body)
+    }
+
+    /// The staging administrators' API (token made by `up`).
+    pub fn staging_admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let root = self.read("endpoint-ca.pem");
+        let token = self.read("staging-admin-token");
+        let tls = claimlink_testkit::Tls { server_name: "staging.localhost", root_pem: &root, client: None };
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, text) =
+            claimlink_testkit::https_json(self.staging_addr(), &tls, method, path, Some(token.trim()), &body)
+                .unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The demo OEM's id at staging.
+    pub fn oem_id(&self) -> String {
+        let oems = self.staging_admin("GET", "/staging/oems", None).1;
+        oems["oems"].as_array().unwrap().iter().find(|o| o["name"] == "Demo OEM").unwrap()["oemId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The account admin API (GET).
+    pub fn admin_api(&self, method: &str, path: &str) -> Value {
+        let token = self.read("account-token");
+        let (status, text) = claimlink_testkit::http_json(
+            SocketAddr::from(([127, 0, 0, 1], self.admin_api)),
+            method,
+            path,
+            Some(token.trim()),
+            "",
+        );
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// A simulated device with its AT interface on stdio.
+pub struct AtDevice {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for AtDevice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl AtDevice {
+    pub fn start(p: &Platform, thing: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claimlink"))
+            .args(["device", "--at-stdio", "--bundle"])
+            .arg(p.bundle(thing))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out: ChildStdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(out);
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        assert!(line.ends_with("\r\n"), "AT lines end in CRLF: {line:?}");
+                        if tx.send(line.trim_end_matches(['\r', '\n']).to_owned()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        AtDevice { child, stdin, lines: rx }
+    }
+
+    /// Sends a command; returns `n` response lines.
+    pub fn at_lines(&mut self, command: &str, n: usize) -> Vec<String> {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        (0..n)
+            .map(|_| {
+                self.lines
+                    .recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| panic!("no answer to {command}"))
+            })
+            .collect()
+    }
+
+    /// Sends a command; returns its one-line response.
+    pub fn at(&mut self, command: &str) -> String {
+        self.at_lines(command, 1).remove(0)
+    }
+
+    /// Repeats `command` until it answers `expected` (or fails after 30 s).
+    pub fn wait_for(&mut self, command: &str, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.at(command);
+            if last == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{command}: still {last:?}, waited for {expected:?}");
+    }
+}
