@@ -314,3 +314,50 @@ impl ErrOr401 for Result<(u16, Value), String> {
         self.as_ref().map_or(true, |(s, _)| *s == 401)
     }
 }
+
+#[test]
+fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_releases_it() {
+    let test = "portal_chromium";
+    let Some(python) = claimlink_testkit::python_with(test, "selenium") else { return };
+    let Some(rsvg) = claimlink_testkit::tool(test, "rsvg-convert", "--version", "librsvg2-bin") else { return };
+    for (bin, package) in [("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver")] {
+        if !std::path::Path::new(bin).exists() {
+            claimlink_testkit::missing::<()>(test, bin, &format!("apt-get install {package}"));
+            return;
+        }
+    }
+    let p = Platform::up(test);
+    let devices = p.devices();
+    let (running, typed) = (&devices[0], &devices[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("label.png");
+    claimlink_testkit::run_ok(
+        std::process::Command::new(rsvg)
+            .args(["-w", "700", "-b", "white", "-o"])
+            .arg(&png)
+            .arg(p.data(&format!("factory/labels/{running}.svg"))),
+    );
+    let device = platform::Device::start(&p, running);
+    device.wait_line("waiting to be claimed");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/portal/portal_e2e.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{}", p.portal))
+        .arg(&png)
+        .args([running.as_str(), typed.as_str(), &p.claim_code(typed)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for step in ["signed up", "wrong code refused", "online", "typed device waiting", "my devices", "released"] {
+        assert!(stdout.contains(&format!("\"step\": \"{step}\"")), "{step} missing:\n{stdout}");
+    }
+    // The device did the journey and, released, went back to staging.
+    device.wait_line("published");
+    device.wait_count("connected to staging", 2);
+    let released = p.staging_admin("GET", &format!("/staging/devices/{running}"), None).1;
+    assert_eq!(released["owner"], Value::Null);
+    let waiting = p.staging_admin("GET", &format!("/staging/devices/{typed}"), None).1;
+    assert_eq!(waiting["owner"].as_str(), Some(p.oem_id().as_str()));
+    assert_eq!(waiting["delivered"], false);
+}

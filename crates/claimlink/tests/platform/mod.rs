@@ -302,3 +302,54 @@ impl AtDevice {
         panic!("{command}: still {last:?}, waited for {expected:?}");
     }
 }
+
+/// A simulated device running on its own (`claimlink device`), its output collected.
+pub struct Device {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Device {
+    pub fn start(p: &Platform, thing: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claimlink"))
+            .args(["device", "--bundle"])
+            .arg(p.bundle(thing))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Device { child, lines }
+    }
+
+    /// Waits until `n` output lines contain `needle`.
+    pub fn wait_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.lines.lock().unwrap().clone();
+            if lines.iter().filter(|l| l.contains(needle)).count() >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "device output lacks {n} x {needle:?}:\n{}", lines.join("\n"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_line(&self, needle: &str) {
+        self.wait_count(needle, 1);
+    }
+}
