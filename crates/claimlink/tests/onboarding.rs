@@ -319,7 +319,9 @@ impl ErrOr401 for Result<(u16, Value), String> {
 fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_releases_it() {
     let test = "portal_chromium";
     let Some(python) = claimlink_testkit::python_with(test, "selenium") else { return };
-    let Some(rsvg) = claimlink_testkit::tool(test, "rsvg-convert", "--version", "librsvg2-bin") else { return };
+    let Some(rsvg) = claimlink_testkit::tool(test, "rsvg-convert", "--version", "librsvg2-bin") else {
+        return;
+    };
     for (bin, package) in [("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver")] {
         if !std::path::Path::new(bin).exists() {
             claimlink_testkit::missing::<()>(test, bin, &format!("apt-get install {package}"));
@@ -349,7 +351,9 @@ fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_release
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for step in ["signed up", "wrong code refused", "online", "typed device waiting", "my devices", "released"] {
+    for step in
+        ["signed up", "wrong code refused", "online", "typed device waiting", "my devices", "released"]
+    {
         assert!(stdout.contains(&format!("\"step\": \"{step}\"")), "{step} missing:\n{stdout}");
     }
     // The device did the journey and, released, went back to staging.
