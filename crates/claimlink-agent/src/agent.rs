@@ -867,3 +867,21 @@ impl Drop for Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2) };
+        for (attempt, ceiling) in [(1, 100), (2, 200), (3, 400), (5, 1600), (6, 2000), (40, 2000)] {
+            let delays: Vec<Duration> = (0..200).map(|_| b.delay(attempt)).collect();
+            assert!(delays.iter().all(|d| *d <= Duration::from_millis(ceiling)), "attempt {attempt}");
+            // Jitter: spread over the whole range, not a fixed delay.
+            let max = delays.iter().max().copied().unwrap_or_default();
+            let min = delays.iter().min().copied().unwrap_or_default();
+            assert!(max - min > Duration::from_millis(ceiling / 2), "attempt {attempt}: {min:?}..{max:?}");
+        }
+    }
+}

@@ -31,6 +31,20 @@ struct ServerFile {
     tls: TlsFile,
     #[serde(default)]
     limits: LimitsFile,
+    /// Run staging too.
+    staging: Option<StagingFile>,
+}
+
+/// `[staging]`: the module maker's staging service in the same process.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StagingFile {
+    /// MQTT over mutual TLS for devices and claim-things.
+    mqtt: SocketAddr,
+    /// HTTPS API (administrators with tokens, claim-things with their certificate).
+    api: SocketAddr,
+    /// PEM files of the manufacturer CAs whose birth certificates are accepted.
+    manufacturer_cas: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -75,14 +89,49 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
     runtime.block_on(async {
         let store = Store::open(&url).await.context("cannot open the registry")?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let server = AccountServer::new(store, &identity, limits, shutdown).await?;
+        let server = AccountServer::new(store.clone(), &identity, limits.clone(), shutdown.clone()).await?;
         let (mqtt, api) = server.start(file.mqtt, file.api).await?;
+        let staging = match &file.staging {
+            Some(st) => {
+                let mut cas = Vec::new();
+                for p in &st.manufacturer_cas {
+                    let pem = read_bounded(&path(p), 1 << 20)?;
+                    let chain = claimlink_pki::Certificate::chain_from_pem(&pem)
+                        .with_context(|| format!("{} is not a PEM certificate file", path(p).display()))?;
+                    cas.extend(chain);
+                }
+                let config = claimlink_server::staging::StagingConfig {
+                    manufacturer_cas: cas,
+                    claim_limits: Default::default(),
+                    limits: limits.clone(),
+                };
+                let staging = claimlink_server::staging::StagingServer::new(
+                    store.clone(),
+                    &identity,
+                    config,
+                    shutdown.clone(),
+                )
+                .await?;
+                let mqtt_l = tokio::net::TcpListener::bind(st.mqtt).await?;
+                let api_l = tokio::net::TcpListener::bind(st.api).await?;
+                let addrs = (mqtt_l.local_addr()?, api_l.local_addr()?);
+                let s = staging.clone();
+                tokio::spawn(async move { s.serve_mqtt(mqtt_l).await });
+                tokio::spawn(claimlink_server::staging_api::serve(staging, api_l));
+                Some(addrs)
+            }
+            None => None,
+        };
         // Not println!: a closed stdout (the reader of the addresses went away) must not bring the
         // server down.
         use std::io::Write;
         let mut out = std::io::stdout();
         let _ = writeln!(out, "listening on mqtts://{mqtt}");
         let _ = writeln!(out, "admin API on http://{api}");
+        if let Some((m, a)) = staging {
+            let _ = writeln!(out, "staging on mqtts://{m}");
+            let _ = writeln!(out, "staging API on https://{a}");
+        }
         let _ = out.flush();
         tokio::signal::ctrl_c().await?;
         let _ = stop.send(true);

@@ -365,3 +365,61 @@ fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_release
     assert_eq!(waiting["owner"].as_str(), Some(p.oem_id().as_str()));
     assert_eq!(waiting["delivered"], false);
 }
+
+#[test]
+fn up_restarted_reuses_its_data_and_ownership_survives() {
+    let mut p = Platform::up("up_restart");
+    assert!(p.stdout.contains("created p256 CA"), "{}", p.stdout);
+    let devices = p.devices();
+    let oem = p.oem_id();
+    let thing = &devices[3];
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": thing, "endpoint": p.oem_endpoint(), "claimCode": p.claim_code(thing)}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let ca_before = p.read("manufacturer-ca/chain.pem");
+    p.restart("up_restart");
+    assert!(!p.stdout.contains("created"), "nothing is made again:\n{}", p.stdout);
+    assert_eq!(p.devices(), devices);
+    assert_eq!(p.oem_id(), oem);
+    assert_eq!(p.read("manufacturer-ca/chain.pem"), ca_before);
+    let dev = p.staging_admin("GET", &format!("/staging/devices/{thing}"), None).1;
+    assert_eq!(dev["owner"].as_str(), Some(oem.as_str()));
+    // The restarted platform still onboards: the claimed device moves and is provisioned.
+    let mut d = AtDevice::start(&p, thing);
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+}
+
+#[test]
+fn the_at_interface_on_a_pseudo_terminal() {
+    use std::io::{BufRead, Write};
+    let p = Platform::up("at_pty");
+    let thing = p.devices()[0].clone();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_claimlink"))
+        .args(["device", "--at-pty", "--bundle"])
+        .arg(p.bundle(&thing))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let path = line.trim().strip_prefix("AT interface on ").unwrap_or_else(|| panic!("{line}")).to_owned();
+    let mut tty = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut reader = std::io::BufReader::new(tty.try_clone().unwrap());
+    let mut ask = |cmd: &str| {
+        tty.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        answer
+    };
+    assert_eq!(ask("AT"), "OK\r\n");
+    assert_eq!(ask("AT+CONF? ThingName"), format!("OK {thing}\r\n"));
+    assert_eq!(ask("AT+CONNECT"), "OK 1 CONNECTED\r\n");
+    assert_eq!(ask("AT+CONNECT?"), "OK 1 0 CONNECTED STAGING\r\n");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -16,6 +16,53 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn spawn_up(test: &str, cwd: &Path, data: &Path, ports: [u16; 5]) -> (Child, String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_claimlink"))
+            .current_dir(cwd)
+            .args(["up", "--devices", "4", "--data"])
+            .arg(data)
+            .args(["--staging-mqtt", &format!("127.0.0.1:{}", ports[0])])
+            .args(["--staging-api", &format!("127.0.0.1:{}", ports[1])])
+            .args(["--account-mqtt", &format!("127.0.0.1:{}", ports[2])])
+            .args(["--admin-api", &format!("127.0.0.1:{}", ports[3])])
+            .args(["--portal", &format!("127.0.0.1:{}", ports[4])])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = String::new();
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                    if line.starts_with("Stop with Ctrl-C") {
+                        return (child, stdout);
+                    }
+                }
+                // Exited early: a port just released may still be taken; try again.
+                Err(mpsc::RecvTimeoutError::Disconnected) if Instant::now() < deadline => {
+                    let _ = child.wait();
+                    std::thread::sleep(Duration::from_millis(200));
+                    break;
+                }
+                Err(_) => panic!("{test}: claimlink up did not come up:\n{stdout}"),
+            }
+        }
+    }
+}
+
 /// The platform, stopped (killed) on drop.
 pub struct Platform {
     child: Child,
@@ -42,42 +89,7 @@ impl Platform {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("claimlink-data");
         let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
-        let mut child = Command::new(env!("CARGO_BIN_EXE_claimlink"))
-            .current_dir(dir.path())
-            .args(["up", "--devices", "4", "--data"])
-            .arg(&data)
-            .args(["--staging-mqtt", &format!("127.0.0.1:{}", ports[0])])
-            .args(["--staging-api", &format!("127.0.0.1:{}", ports[1])])
-            .args(["--account-mqtt", &format!("127.0.0.1:{}", ports[2])])
-            .args(["--admin-api", &format!("127.0.0.1:{}", ports[3])])
-            .args(["--portal", &format!("127.0.0.1:{}", ports[4])])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stdout = String::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    stdout.push_str(&line);
-                    stdout.push('\n');
-                    if line.starts_with("Stop with Ctrl-C") {
-                        break;
-                    }
-                }
-                Err(_) => panic!("{test}: claimlink up did not come up:\n{stdout}"),
-            }
-        }
+        let (child, stdout) = spawn_up(test, dir.path(), &data, ports);
         Platform {
             child,
             _dir: dir,
@@ -89,6 +101,17 @@ impl Platform {
             portal: ports[4],
             stdout,
         }
+    }
+
+    /// Stops the process (SIGKILL) and starts it again on the same data and ports.
+    pub fn restart(&mut self, test: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let ports = [self.staging_mqtt, self.staging_api, self.account_mqtt, self.admin_api, self.portal];
+        let cwd = self.data.parent().unwrap().to_owned();
+        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports);
+        self.child = child;
+        self.stdout = stdout;
     }
 
     pub fn data(&self, rel: &str) -> String {
