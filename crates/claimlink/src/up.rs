@@ -132,6 +132,19 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
         write_new(&pass_file, format!("{}\n", hex::encode(bytes)).as_bytes(), 0o600)?;
     }
     let passphrase = PassphraseArg { passphrase_file: Some(pass_file) };
+    // Data made by claimlink before staging existed: an SM2 demo CA, which devices cannot use
+    // for TLS yet.
+    if let Ok(info) = std::fs::read_to_string(paths.p("manufacturer-ca/ca.toml")) {
+        if info.contains("algorithm = \"sm2\"")
+            || !paths.p("endpoint-ca.pem").exists() && paths.p("factory").exists()
+        {
+            anyhow::bail!(
+                "{} was made by an earlier claimlink (an SM2 demo CA without staging); move it away \
+                 (or use --data DIR) and run `claimlink up` again",
+                paths.data.display()
+            );
+        }
+    }
     ensure_ca(
         &paths.p("manufacturer-ca"),
         "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN",

@@ -195,6 +195,11 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     let right = json!({"thingName": b, "endpoint": endpoint, "claimCode": p.claim_code(b)});
     let (status, body) = p.claim_api("POST", "/claims", &right);
     assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
+    // Five claims at one device use up its burst; the sixth is rate limited before any check.
+    let (status, body) = p.claim_api("POST", "/claims", &right);
+    assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
+    let (status, body) = p.claim_api("POST", "/claims", &right);
+    assert_eq!((status, body["code"].as_str()), (429, Some("RateLimited")), "{body}");
     let (status, body) = p.claim_api("POST", "/claims", &json!({"thingName": c, "endpoint": endpoint}));
     assert_eq!((status, body["code"].as_str()), (400, Some("ClaimCodeRequired")), "{body}");
 
@@ -299,7 +304,10 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     let claims = p.staging_admin("GET", &format!("/staging/claims?thingName={b}"), None).1;
     let reasons: Vec<&str> =
         claims["claims"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons, ["LockedOut", "ClaimCodeWrong", "ClaimCodeWrong", "ClaimCodeWrong"]);
+    assert_eq!(
+        reasons,
+        ["RateLimited", "LockedOut", "LockedOut", "ClaimCodeWrong", "ClaimCodeWrong", "ClaimCodeWrong"]
+    );
     let mine = p.claim_api("GET", "/claims", &json!({})).1;
     assert!(mine["claims"].as_array().unwrap().len() >= 8, "{mine}");
     assert!(!mine.to_string().contains(&p.claim_code(b)), "claim codes are never stored");
