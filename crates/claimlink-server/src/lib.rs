@@ -143,6 +143,23 @@ pub struct ServerIdentity {
     pub key_pem: zeroize::Zeroizing<String>,
 }
 
+impl ServerIdentity {
+    /// The chain as DER and the key as PKCS#8 DER, for rustls.
+    pub(crate) fn to_rustls(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ServerError> {
+        let chain = Certificate::chain_from_pem(self.chain_pem.as_bytes())
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let key = claimlink_pki::pem::private_key_from_pem(self.key_pem.as_bytes(), None)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let key_der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
+        Ok((
+            chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
+            PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
+        ))
+    }
+}
+
 impl AccountServer {
     /// An account endpoint over `store`; `shutdown` turning true stops everything.
     pub async fn new(
@@ -151,18 +168,14 @@ impl AccountServer {
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ServerError> {
-        let chain = Certificate::chain_from_pem(identity.chain_pem.as_bytes())
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let key = claimlink_pki::pem::private_key_from_pem(identity.key_pem.as_bytes(), None)
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let key_der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
+        let (server_chain, server_key) = identity.to_rustls()?;
         let shared = Shared {
             store,
             accounts: RwLock::new(HashMap::new()),
             hosts: RwLock::new(HashMap::new()),
             brokers: Mutex::new(HashMap::new()),
-            server_chain: chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
-            server_key: PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
+            server_chain,
+            server_key,
             policies: Mutex::new(HashMap::new()),
             admitted: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),

@@ -19,14 +19,12 @@ use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use claimlink_mqtt::QoS;
-use claimlink_mqtt::packet::Publish;
 use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, Via};
 use claimlink_registry::staging::PortalUser;
 use tokio::net::TcpListener;
 
 use crate::AccountServer;
-use crate::staging::{CONFIG_TOPIC, StagingServer};
+use crate::staging::{StagingServer, config_message};
 
 /// Largest photo accepted.
 const MAX_UPLOAD: usize = 8 * 1024 * 1024;
@@ -191,6 +189,22 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
     async fn scan_error(&self, user: &PortalUser, msg: &str) -> Response {
         let error = format!(r#"<p class="error" id="error">{}</p>"#, esc(msg));
         self.devices_page(StatusCode::BAD_REQUEST, user, &error).await
+    }
+
+    /// Whether `thing` is in `user`'s list; answers 404 when it is not.
+    async fn listed(&self, user: &PortalUser, thing: &str) -> Result<(), Response> {
+        let mut tx = self.inner.staging.store().read().await.map_err(|e| self.internal(e))?;
+        let devices = tx.portal_devices(user.id).await.map_err(|e| self.internal(e))?;
+        if devices.iter().any(|(t, _)| t == thing) {
+            Ok(())
+        } else {
+            Err(self.html(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                Some(user),
+                "<p>This device is not in your list.</p>",
+            ))
+        }
     }
 
     async fn devices_page(&self, status: StatusCode, user: &PortalUser, message: &str) -> Response {
@@ -478,26 +492,7 @@ async fn device_status(
     Path(thing): Path<String>,
 ) -> PortalResult {
     let user = p.require(&headers).await?;
-    let mine = p
-        .inner
-        .staging
-        .store()
-        .read()
-        .await
-        .map_err(|e| p.internal(e))?
-        .portal_devices(user.id)
-        .await
-        .map_err(|e| p.internal(e))?
-        .iter()
-        .any(|(t, _)| *t == thing);
-    if !mine {
-        return Err(p.html(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            Some(&user),
-            "<p>This device is not in your list.</p>",
-        ));
-    }
+    p.listed(&user, &thing).await?;
     let online = p.online(&thing);
     let body = if online {
         format!(
@@ -522,26 +517,7 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
     if !same_origin(&headers) {
         return Err(StatusCode::FORBIDDEN.into_response());
     }
-    let listed = p
-        .inner
-        .staging
-        .store()
-        .read()
-        .await
-        .map_err(|e| p.internal(e))?
-        .portal_devices(user.id)
-        .await
-        .map_err(|e| p.internal(e))?
-        .iter()
-        .any(|(t, _)| *t == thing);
-    if !listed {
-        return Err(p.html(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            Some(&user),
-            "<p>This device is not in your list.</p>",
-        ));
-    }
+    p.listed(&user, &thing).await?;
     // One writer at a time (SQLite): staging's release commits before the list changes.
     match p.inner.staging.release(&p.inner.config.oem_id, &thing).await {
         Ok(_) => {}
@@ -554,15 +530,7 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
     // Tell the device, over its owner's endpoint, to go back to staging (QoS 1: a device with a
     // persistent session gets it when it next connects).
     if let Some(broker) = p.inner.account.broker(&p.inner.config.account_id) {
-        broker.publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: format!("{thing}/{CONFIG_TOPIC}"),
-            packet_id: None,
-            properties: Default::default(),
-            payload: serde_json::json!({"Endpoint": p.inner.config.staging_endpoint}).to_string().into(),
-        });
+        broker.publish(config_message(&thing, &p.inner.config.staging_endpoint));
     }
     Ok(Redirect::to("/devices").into_response())
 }

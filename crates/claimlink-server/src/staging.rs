@@ -128,8 +128,17 @@ pub struct StagingHooks {
     shared: Arc<StagingShared>,
 }
 
-fn config_payload(endpoint: &str) -> bytes::Bytes {
-    serde_json::json!({ "Endpoint": endpoint }).to_string().into()
+/// The message that sends a device to `endpoint`: `{"Endpoint": ...}` on its config topic, QoS 1.
+pub(crate) fn config_message(thing: &str, endpoint: &str) -> Publish {
+    Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: format!("{thing}/{CONFIG_TOPIC}"),
+        packet_id: None,
+        properties: Default::default(),
+        payload: serde_json::json!({ "Endpoint": endpoint }).to_string().into(),
+    }
 }
 
 impl StagingServer {
@@ -140,11 +149,7 @@ impl StagingServer {
         config: StagingConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ServerError> {
-        let chain = Certificate::chain_from_pem(identity.chain_pem.as_bytes())
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let key = claimlink_pki::pem::private_key_from_pem(identity.key_pem.as_bytes(), None)
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let key_der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
+        let (server_chain, server_key) = identity.to_rustls()?;
         if config.manufacturer_cas.is_empty() {
             return Err(ServerError::Tls("staging needs at least one trusted manufacturer CA".into()));
         }
@@ -158,8 +163,8 @@ impl StagingServer {
                 RateLimiter::new(l.per_oem_rate, l.per_oem_burst),
                 RateLimiter::new(l.per_device_rate, l.per_device_burst),
             )),
-            server_chain: chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
-            server_key: PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
+            server_chain,
+            server_key,
             shutdown,
         });
         let broker = Broker::new(StagingHooks { shared: shared.clone() }, config.limits);
@@ -213,15 +218,7 @@ impl StagingServer {
     }
 
     fn deliver(&self, thing: &str, endpoint: &str) {
-        self.broker.publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: format!("{thing}/{CONFIG_TOPIC}"),
-            packet_id: None,
-            properties: Default::default(),
-            payload: config_payload(endpoint),
-        });
+        self.broker.publish(config_message(thing, endpoint));
     }
 
     /// Ends an OEM's ownership of a device; returns the endpoint it had been sent to.

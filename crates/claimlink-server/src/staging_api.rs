@@ -18,58 +18,16 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Router};
 use claimlink_pki::Certificate;
 use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
-use claimlink_registry::RegistryError;
 use claimlink_registry::staging::OemStatus;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use crate::api::ApiError;
 use crate::staging::{StagingServer, claim_result};
 
 const MAX_BODY: usize = 64 * 1024;
 
-/// An error answer.
-#[derive(Debug)]
-pub struct StagingApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl StagingApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-
-    fn bad(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
-    }
-}
-
-impl From<RegistryError> for StagingApiError {
-    fn from(e: RegistryError) -> Self {
-        let status = match &e {
-            RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
-            RegistryError::AlreadyExists { .. } | RegistryError::State(_) => StatusCode::CONFLICT,
-            RegistryError::Invalid(_) | RegistryError::LimitExceeded(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "registry failure in the staging API");
-            "internal failure".to_owned()
-        } else {
-            e.to_string()
-        };
-        Self { status, code: e.code(), message }
-    }
-}
-
-impl IntoResponse for StagingApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "code": self.code, "message": self.message }))).into_response()
-    }
-}
-
-type ApiResult = Result<Response, StagingApiError>;
+type ApiResult = Result<Response, ApiError>;
 
 fn ok(v: Value) -> ApiResult {
     Ok(axum::Json(v).into_response())
@@ -132,30 +90,26 @@ pub fn router(server: StagingServer) -> Router {
 
 type St = State<Arc<StagingServer>>;
 
-async fn admin(server: &StagingServer, headers: &HeaderMap) -> Result<String, StagingApiError> {
+async fn admin(server: &StagingServer, headers: &HeaderMap) -> Result<String, ApiError> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| {
-            StagingApiError::new(
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
                 "a staging administrator token is required",
             )
         })?;
     server.store().read().await?.staging_admin_for_token(token).await?.ok_or_else(|| {
-        StagingApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the token is not a staging administrator's",
-        )
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the token is not a staging administrator's")
     })
 }
 
-fn oem_peer(peer: &ClaimPeer) -> Result<&str, StagingApiError> {
+fn oem_peer(peer: &ClaimPeer) -> Result<&str, ApiError> {
     peer.0.as_deref().ok_or_else(|| {
-        StagingApiError::new(
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "the claim API needs the OEM's claim-thing certificate (TLS client authentication)",
@@ -163,19 +117,17 @@ fn oem_peer(peer: &ClaimPeer) -> Result<&str, StagingApiError> {
     })
 }
 
-fn body(bytes: &Bytes) -> Result<Value, StagingApiError> {
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| StagingApiError::bad(format!("the body is not JSON: {e}")))?;
+fn body(bytes: &Bytes) -> Result<Value, ApiError> {
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("the body is not JSON: {e}")))?;
     if !v.is_object() {
-        return Err(StagingApiError::bad("the body must be a JSON object"));
+        return Err(ApiError::bad("the body must be a JSON object"));
     }
     Ok(v)
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, StagingApiError> {
-    v.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| StagingApiError::bad(format!("{name} (a string) is required")))
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    v.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad(format!("{name} (a string) is required")))
 }
 
 fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
@@ -183,12 +135,7 @@ fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
         "claimCertificateId": o.claim_certificate_id, "created": o.created})
 }
 
-async fn audit(
-    server: &StagingServer,
-    actor: &str,
-    action: &str,
-    target: &str,
-) -> Result<(), StagingApiError> {
+async fn audit(server: &StagingServer, actor: &str, action: &str, target: &str) -> Result<(), ApiError> {
     let mut tx = server.store().begin().await?;
     tx.audit(
         None,
@@ -213,11 +160,9 @@ async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult
         None => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|e| {
-                e.as_str().map(str::to_owned).ok_or_else(|| StagingApiError::bad("endpoints must be strings"))
-            })
+            .map(|e| e.as_str().map(str::to_owned).ok_or_else(|| ApiError::bad("endpoints must be strings")))
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(StagingApiError::bad("endpoints must be an array of host[:port]")),
+        Some(_) => return Err(ApiError::bad("endpoints must be an array of host[:port]")),
     };
     let mut tx = s.store().begin().await?;
     let oem = tx.create_oem(name, &endpoints).await?;
@@ -247,25 +192,25 @@ async fn upload_claim_certificate(
     let v = body(&bytes)?;
     let pem = field(&v, "certificatePem")?;
     if pem.contains("PRIVATE KEY") {
-        return Err(StagingApiError::bad(
+        return Err(ApiError::bad(
             "the upload holds a private key: send only the claim-thing's certificate; the key never leaves the OEM",
         ));
     }
     let chain = Certificate::chain_from_pem(pem.as_bytes())
-        .map_err(|e| StagingApiError::bad(format!("certificatePem is not a PEM certificate: {e}")))?;
+        .map_err(|e| ApiError::bad(format!("certificatePem is not a PEM certificate: {e}")))?;
     let [cert] = chain.as_slice() else {
-        return Err(StagingApiError::bad("certificatePem must hold exactly one certificate"));
+        return Err(ApiError::bad("certificatePem must hold exactly one certificate"));
     };
     if cert.is_ca() {
-        return Err(StagingApiError::bad("a CA certificate cannot be a claim-thing certificate"));
+        return Err(ApiError::bad("a CA certificate cannot be a claim-thing certificate"));
     }
     let cert_id = cert.id().to_string();
     let mut tx = s.store().begin().await?;
     tx.set_claim_certificate(&id, &cert_id, &cert.to_pem()).await?;
     tx.commit().await?;
-    s.reload().await.map_err(|e| {
-        StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string())
-    })?;
+    s.reload()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))?;
     audit(&s, &format!("staging-admin:{who}"), "SetClaimCertificate", &id).await?;
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
 }
@@ -305,11 +250,7 @@ fn device_json(d: &claimlink_registry::staging::StagingDevice) -> Value {
 async fn describe_device(State(s): St, headers: HeaderMap, Path(thing): Path<String>) -> ApiResult {
     admin(&s, &headers).await?;
     let d = s.store().read().await?.staging_device(&thing).await?.ok_or_else(|| {
-        StagingApiError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            "staging does not know this device",
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "staging does not know this device")
     })?;
     ok(device_json(&d))
 }
@@ -379,11 +320,9 @@ async fn release(
     match s.release(oem, &thing).await {
         Ok(endpoint) => ok(json!({"thingName": thing, "released": true, "previousEndpoint": endpoint})),
         Err(ReleaseError::NotOwner) => {
-            Err(StagingApiError::new(StatusCode::FORBIDDEN, "NotOwner", "this OEM does not own the device"))
+            Err(ApiError::new(StatusCode::FORBIDDEN, "NotOwner", "this OEM does not own the device"))
         }
         Err(ReleaseError::Registry(e)) => Err(e.into()),
-        Err(e) => {
-            Err(StagingApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))
-        }
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string())),
     }
 }
