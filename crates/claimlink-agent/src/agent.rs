@@ -649,6 +649,10 @@ impl Agent {
                     )),
                 ))
             }
+            Command::Connect(ConnectMode::Blocking) if self.running() && !self.core.status.borrow().connected => {
+                // The session lost its connection and is waiting out its backoff.
+                Ok("ERR14 1 UNABLE TO CONNECT reconnecting after backoff\r\n".to_owned())
+            }
             Command::Connect(ConnectMode::Blocking) => match self.connect().await {
                 Ok(()) => Ok(at::ok(None, Some("1 CONNECTED"))),
                 Err(f) => {

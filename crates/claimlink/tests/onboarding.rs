@@ -388,6 +388,10 @@ fn up_restarted_reuses_its_data_and_ownership_survives() {
     );
     assert_eq!(status, 200, "{body}");
     let ca_before = p.read("manufacturer-ca/chain.pem");
+    let mut d = AtDevice::start(&p, thing);
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+    while d.at("AT+EVENT?") != "OK" {}
     p.restart("up_restart");
     assert!(!p.stdout.contains("created"), "nothing is made again:\n{}", p.stdout);
     assert_eq!(p.devices(), devices);
@@ -395,10 +399,14 @@ fn up_restarted_reuses_its_data_and_ownership_survives() {
     assert_eq!(p.read("manufacturer-ca/chain.pem"), ca_before);
     let dev = p.staging_admin("GET", &format!("/staging/devices/{thing}"), None).1;
     assert_eq!(dev["owner"].as_str(), Some(oem.as_str()));
-    // The restarted platform still onboards: the claimed device moves and is provisioned.
-    let mut d = AtDevice::start(&p, thing);
-    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    // The device lost its connection and came back by itself (backoff with jitter), to the
+    // restarted platform, where its certificate is still registered.
     d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+    let events: Vec<String> = std::iter::from_fn(|| Some(d.at("AT+EVENT?")).filter(|e| e != "OK")).collect();
+    assert_eq!(events.first().map(String::as_str), Some("OK 3 0 CONLOST"), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("OK 6 0 CONNECT"), "{events:?}");
+    assert_eq!(d.at(&format!("AT+CONF Topic1={thing}/after-restart")), "OK");
+    assert_eq!(d.at("AT+SEND1 still here"), "OK");
 }
 
 #[test]
