@@ -180,6 +180,20 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     let delivered: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
     assert_eq!(delivered, json!({"Endpoint": endpoint}));
 
+    // Refused over MQTT: the reason comes back on the rejected topic; the device hears nothing.
+    let bad = json!({"Endpoint": endpoint, "ClaimCode": "2222-2222-2222-2222"});
+    let rc = paho(&mut py, json!({"op": "publish", "name": "ct", "topic": format!("{c}/expresslink_config"), "payload": bad.to_string(), "qos": 1}));
+    assert_eq!(rc["rc"], 0);
+    let got = paho(&mut py, json!({"op": "expect", "name": "ct", "count": 1}));
+    assert_eq!(got["messages"][0][0], format!("{oem_id}/claims/{c}/rejected"));
+    let result: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
+    assert_eq!((result["result"].as_str(), result["reason"].as_str()), (Some("REJECTED"), Some("ClaimCodeWrong")));
+    let rc = paho(&mut py, json!({"op": "publish", "name": "ct", "topic": format!("{c}/expresslink_config"), "payload": "not json", "qos": 1}));
+    assert_eq!(rc["rc"], 0);
+    let got = paho(&mut py, json!({"op": "expect", "name": "ct", "count": 1}));
+    let result: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
+    assert_eq!(result["reason"], "InvalidRequest");
+
     // Wrong claim codes: refused, counted, then a growing lockout even for the right code.
     let wrong = json!({"thingName": b, "endpoint": endpoint, "claimCode": "0000-0000-0000-0000"});
     for n in 1..=3 {
