@@ -45,7 +45,8 @@ enum Command {
     /// Manufacturer CA: create it, issue device identities, sign CSRs, verify chains.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Run the OEM account endpoint (MQTT per account by SNI, JITP, policies, admin API).
+    /// Run the OEM account endpoint (MQTT per account by SNI, JITP, policies, admin API), and
+    /// staging when the configuration has a [staging] section.
     Server(server_cmd::ServerArgs),
     /// Operator tasks on accounts (direct registry access).
     #[command(subcommand)]
