@@ -149,6 +149,7 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     // The claim-thing: only config topics to publish, only its own results to read.
     let oem_id = p.oem_id();
     let (ct_cert, ct_key) = (p.data("oem/claim-thing.pem"), p.data("oem/claim-thing.key"));
+    assert_eq!(paho(&mut py, conn("ct-x", a, &ct_cert, &ct_key))["rc"], NOT_AUTHORIZED, "a claim-thing is its UUID");
     assert_eq!(paho(&mut py, conn("ct", &oem_id, &ct_cert, &ct_key))["rc"], 0);
     let rc = paho(
         &mut py,
