@@ -649,7 +649,9 @@ impl Agent {
                     )),
                 ))
             }
-            Command::Connect(ConnectMode::Blocking) if self.running() && !self.core.status.borrow().connected => {
+            Command::Connect(ConnectMode::Blocking)
+                if self.running() && !self.core.status.borrow().connected =>
+            {
                 // The session lost its connection and is waiting out its backoff.
                 Ok("ERR14 1 UNABLE TO CONNECT reconnecting after backoff\r\n".to_owned())
             }

@@ -149,7 +149,11 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     // The claim-thing: only config topics to publish, only its own results to read.
     let oem_id = p.oem_id();
     let (ct_cert, ct_key) = (p.data("oem/claim-thing.pem"), p.data("oem/claim-thing.key"));
-    assert_eq!(paho(&mut py, conn("ct-x", a, &ct_cert, &ct_key))["rc"], NOT_AUTHORIZED, "a claim-thing is its UUID");
+    assert_eq!(
+        paho(&mut py, conn("ct-x", a, &ct_cert, &ct_key))["rc"],
+        NOT_AUTHORIZED,
+        "a claim-thing is its UUID"
+    );
     assert_eq!(paho(&mut py, conn("ct", &oem_id, &ct_cert, &ct_key))["rc"], 0);
     let rc = paho(
         &mut py,
@@ -183,13 +187,22 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
 
     // Refused over MQTT: the reason comes back on the rejected topic; the device hears nothing.
     let bad = json!({"Endpoint": endpoint, "ClaimCode": "2222-2222-2222-2222"});
-    let rc = paho(&mut py, json!({"op": "publish", "name": "ct", "topic": format!("{c}/expresslink_config"), "payload": bad.to_string(), "qos": 1}));
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "ct", "topic": format!("{c}/expresslink_config"), "payload": bad.to_string(), "qos": 1}),
+    );
     assert_eq!(rc["rc"], 0);
     let got = paho(&mut py, json!({"op": "expect", "name": "ct", "count": 1}));
     assert_eq!(got["messages"][0][0], format!("{oem_id}/claims/{c}/rejected"));
     let result: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
-    assert_eq!((result["result"].as_str(), result["reason"].as_str()), (Some("REJECTED"), Some("ClaimCodeWrong")));
-    let rc = paho(&mut py, json!({"op": "publish", "name": "ct", "topic": format!("{c}/expresslink_config"), "payload": "not json", "qos": 1}));
+    assert_eq!(
+        (result["result"].as_str(), result["reason"].as_str()),
+        (Some("REJECTED"), Some("ClaimCodeWrong"))
+    );
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "ct", "topic": format!("{c}/expresslink_config"), "payload": "not json", "qos": 1}),
+    );
     assert_eq!(rc["rc"], 0);
     let got = paho(&mut py, json!({"op": "expect", "name": "ct", "count": 1}));
     let result: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
