@@ -261,10 +261,20 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let staging = StagingServer::new(store.clone(), &identity, config, shutdown.clone()).await?;
         let account =
             AccountServer::new(store.clone(), &identity, Default::default(), shutdown.clone()).await?;
-        let (mqtt, api) = account.start(args.account_mqtt, args.admin_api).await?;
-        let staging_mqtt = tokio::net::TcpListener::bind(args.staging_mqtt).await?;
-        let staging_api = tokio::net::TcpListener::bind(args.staging_api).await?;
-        let portal_listener = tokio::net::TcpListener::bind(args.portal).await?;
+        let bind = |addr: SocketAddr, flag: &'static str| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (choose another with {flag})"))
+        };
+        let staging_mqtt = bind(args.staging_mqtt, "--staging-mqtt").await?;
+        let staging_api = bind(args.staging_api, "--staging-api").await?;
+        let portal_listener = bind(args.portal, "--portal").await?;
+        let (mqtt, api) = account.start(args.account_mqtt, args.admin_api).await.with_context(|| {
+            format!(
+                "cannot listen on {} or {} (choose others with --account-mqtt, --admin-api)",
+                args.account_mqtt, args.admin_api
+            )
+        })?;
         let s = staging.clone();
         tokio::spawn(async move { s.serve_mqtt(staging_mqtt).await });
         let s = staging.clone();
