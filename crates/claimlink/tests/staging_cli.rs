@@ -25,8 +25,20 @@ fn ok(cmd: &mut Command) -> String {
 }
 
 #[test]
-fn a_module_maker_runs_staging_from_its_configuration() {
+fn a_module_maker_runs_staging_from_its_configuration_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("registry.db").display());
+    module_maker(&dir, &db);
+}
+
+#[test]
+fn a_module_maker_runs_staging_from_its_configuration_on_postgres() {
+    let Some(pg) = claimlink_testkit::postgres("staging_cli_postgres") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    module_maker(&dir, &pg.url);
+}
+
+fn module_maker(dir: &tempfile::TempDir, db: &str) {
     let p = |n: &str| dir.path().join(n).display().to_string();
     std::fs::write(p("pass"), "staging test passphrase\n").unwrap();
     ok(bin().args([
@@ -63,7 +75,6 @@ fn a_module_maker_runs_staging_from_its_configuration() {
     )
     .unwrap();
     std::fs::write(p("server.key"), leaf.key_pem()).unwrap();
-    let db = format!("sqlite://{}", p("registry.db"));
     std::fs::write(
         p("server.toml"),
         format!(
@@ -77,19 +88,18 @@ fn a_module_maker_runs_staging_from_its_configuration() {
     // A malformed manifest is refused whole; the real one loads, and loading it again is harmless.
     let manifest = std::fs::read_to_string(p("batch/manifest.jsonl")).unwrap();
     std::fs::write(p("bad.jsonl"), format!("{manifest}{{\"thing_name\": \"x\"}}\n")).unwrap();
-    let out =
-        bin().args(["staging", "import-manifest", &p("bad.jsonl"), "--database", &db]).output().unwrap();
+    let out = bin().args(["staging", "import-manifest", &p("bad.jsonl"), "--database", db]).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("bad.jsonl:4"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let first = ok(bin().args(["staging", "import-manifest", &p("batch/manifest.jsonl"), "--database", &db]));
+    let first = ok(bin().args(["staging", "import-manifest", &p("batch/manifest.jsonl"), "--database", db]));
     assert!(first.contains("3 new devices, 0 updated"), "{first}");
-    let again = ok(bin().args(["staging", "import-manifest", &p("batch/manifest.jsonl"), "--database", &db]));
+    let again = ok(bin().args(["staging", "import-manifest", &p("batch/manifest.jsonl"), "--database", db]));
     assert!(again.contains("0 new devices, 3 updated"), "{again}");
-    let token = ok(bin().args(["staging", "create-admin-token", "--name", "ops", "--database", &db]))
+    let token = ok(bin().args(["staging", "create-admin-token", "--name", "ops", "--database", db]))
         .trim()
         .to_owned();
     assert!(token.starts_with("stg_"));
