@@ -28,11 +28,7 @@ use claimlink_provision::claims::{
     self, ClaimOutcome, ClaimRequest, RateLimiter, Rejection, ReleaseError, Releaser, Via,
 };
 use claimlink_registry::{RegistryError, Store};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -259,19 +255,9 @@ impl StagingServer {
     /// The TLS configuration: client certificates required (MQTT) or optional (the claim API,
     /// where administrators use tokens instead).
     pub(crate) fn tls_config(&self, mandatory: bool) -> Result<Arc<rustls::ServerConfig>, ServerError> {
-        let provider = rustls::crypto::ring::default_provider();
-        let verifier = Arc::new(StagingVerifier {
-            shared: self.shared.clone(),
-            algorithms: provider.signature_verification_algorithms,
-            mandatory,
-        });
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ServerError::Tls(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.shared.server_chain.clone(), self.shared.server_key.clone_key())
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        Ok(Arc::new(config))
+        let admission = StagingAdmission { shared: self.shared.clone(), mandatory };
+        crate::tls::server_config(admission, &self.shared.server_chain, &self.shared.server_key)
+            .map_err(|e| ServerError::Tls(e.to_string()))
     }
 
     /// The OEM whose claim-thing certificate is `der`, if it is one.
@@ -291,69 +277,31 @@ impl StagingShared {
     }
 }
 
-struct StagingVerifier {
+/// Staging's handshake: exactly a registered claim-thing certificate (within its validity), or
+/// a birth certificate chaining to a trusted manufacturer CA.
+struct StagingAdmission {
     shared: Arc<StagingShared>,
-    algorithms: WebPkiSupportedAlgorithms,
     mandatory: bool,
 }
 
-impl std::fmt::Debug for StagingVerifier {
+impl std::fmt::Debug for StagingAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StagingVerifier").finish_non_exhaustive()
+        f.debug_struct("StagingAdmission").field("mandatory", &self.mandatory).finish_non_exhaustive()
     }
 }
 
-impl ClientCertVerifier for StagingVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
+impl crate::tls::Admission for StagingAdmission {
+    fn mandatory(&self) -> bool {
         self.mandatory
     }
 
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let bad = |why: String| {
-            tracing::debug!(reason = %why, "staging refused a client certificate");
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-        };
-        let leaf = Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
+    fn admit(&self, leaf: &Certificate, intermediates: &[Certificate]) -> Result<(), String> {
         if let Some((_, pinned)) = self.shared.pinned(&leaf.id().to_string()) {
-            // A claim-thing: exactly the uploaded certificate, within its validity.
-            client_chain(&leaf, &[], vec![pinned]).map_err(bad)?;
-            return Ok(ClientCertVerified::assertion());
+            client_chain(leaf, &[], vec![pinned])?;
+        } else {
+            client_chain(leaf, intermediates, self.shared.manufacturer_cas.clone())?;
         }
-        let intermediates: Vec<Certificate> =
-            intermediates.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
-        client_chain(&leaf, &intermediates, self.shared.manufacturer_cas.clone()).map_err(bad)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! TLS per account: the SNI picks the account, whose verifier admits certificates that chain to
 //! its ACTIVE CAs or are registered in it without a CA. Devices that send no SNI are admitted
-//! against the DEFAULT-mode CAs of all accounts.
+//! against the DEFAULT-mode CAs of all accounts. Staging uses the same verifier with its own
+//! [`Admission`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use claimlink_pki::Certificate;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -45,22 +46,9 @@ impl claimlink_broker::TlsSelector for Selector {
 
 impl Selector {
     fn build(&self, admits: Admits) -> Option<Arc<rustls::ServerConfig>> {
-        let provider = rustls::crypto::ring::default_provider();
-        let verifier = Arc::new(Verifier {
-            admits,
-            algorithms: provider.signature_verification_algorithms,
-            server: self.server.clone(),
-        });
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()
-            .ok()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                self.server.shared.server_chain.clone(),
-                self.server.shared.server_key.clone_key(),
-            )
-            .ok()?;
-        Some(Arc::new(config))
+        let shared = &self.server.shared;
+        let admission = AccountAdmission { admits, server: self.server.clone() };
+        server_config(admission, &shared.server_chain, &shared.server_key).ok()
     }
 }
 
@@ -71,25 +59,73 @@ enum Admits {
     DefaultMode(Vec<Certificate>),
 }
 
-struct Verifier {
+/// Which client certificates a listener admits. The TLS signature checks around it are the
+/// same for every role ([`ClientVerifier`]).
+pub(crate) trait Admission: std::fmt::Debug + Send + Sync + 'static {
+    /// Whether a client must present a certificate.
+    fn mandatory(&self) -> bool {
+        true
+    }
+
+    /// Admits `leaf` (with the `intermediates` the client sent), or says why not.
+    fn admit(&self, leaf: &Certificate, intermediates: &[Certificate]) -> Result<(), String>;
+}
+
+/// A server configuration whose client certificates `admission` decides.
+pub(crate) fn server_config<A: Admission>(
+    admission: A,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = rustls::crypto::ring::default_provider();
+    let verifier =
+        Arc::new(ClientVerifier { admission, algorithms: provider.signature_verification_algorithms });
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.to_vec(), key.clone_key())?;
+    Ok(Arc::new(config))
+}
+
+struct AccountAdmission {
     admits: Admits,
-    algorithms: WebPkiSupportedAlgorithms,
     server: AccountServer,
 }
 
-impl std::fmt::Debug for Verifier {
+impl std::fmt::Debug for AccountAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("admits", &self.admits).finish_non_exhaustive()
+        f.debug_struct("AccountAdmission").field("admits", &self.admits).finish_non_exhaustive()
     }
 }
 
-impl ClientCertVerifier for Verifier {
+impl Admission for AccountAdmission {
+    fn admit(&self, leaf: &Certificate, intermediates: &[Certificate]) -> Result<(), String> {
+        match &self.admits {
+            Admits::Account(entry) => {
+                let ca = entry.admit(leaf, intermediates)?;
+                self.server.note_admitted(leaf.id().to_string(), ca);
+            }
+            Admits::DefaultMode(cas) => {
+                crate::client_chain(leaf, intermediates, cas.clone())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct ClientVerifier<A> {
+    admission: A,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl<A: Admission> ClientCertVerifier for ClientVerifier<A> {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.admission.mandatory()
     }
 
     fn verify_client_cert(
@@ -105,15 +141,7 @@ impl ClientCertVerifier for Verifier {
         let leaf = Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
         let intermediates: Vec<Certificate> =
             intermediates.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
-        match &self.admits {
-            Admits::Account(entry) => {
-                let ca = entry.admit(&leaf, &intermediates).map_err(bad)?;
-                self.server.note_admitted(leaf.id().to_string(), ca);
-            }
-            Admits::DefaultMode(cas) => {
-                crate::client_chain(&leaf, &intermediates, cas.clone()).map_err(bad)?;
-            }
-        }
+        self.admission.admit(&leaf, &intermediates).map_err(bad)?;
         Ok(ClientCertVerified::assertion())
     }
 
