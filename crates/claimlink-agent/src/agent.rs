@@ -566,10 +566,8 @@ impl Agent {
         if self.running() {
             return Ok(());
         }
-        let (tx, rx) = mpsc::channel(64);
         let (first_tx, first_rx) = oneshot::channel();
-        tokio::spawn(session(self.core.clone(), rx, Some(first_tx)));
-        self.session = Some(tx);
+        self.start_session(Some(first_tx));
         match first_rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(f)) => {
@@ -585,8 +583,14 @@ impl Agent {
         if self.running() {
             return;
         }
+        self.start_session(None);
+    }
+
+    /// Spawns the session task. Given `first`, it reports the first attempt's outcome there
+    /// and ends if that failed; without, it retries until it connects.
+    fn start_session(&mut self, first: Option<oneshot::Sender<Result<(), ConnectFailure>>>) {
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(session(self.core.clone(), rx, None));
+        tokio::spawn(session(self.core.clone(), rx, first));
         self.session = Some(tx);
     }
 
@@ -665,10 +669,8 @@ impl Agent {
                 if self.running() {
                     return Ok(at::ok(None, None));
                 }
-                let (tx, rx) = mpsc::channel(64);
                 let (first_tx, first_rx) = oneshot::channel();
-                tokio::spawn(session(self.core.clone(), rx, Some(first_tx)));
-                self.session = Some(tx);
+                self.start_session(Some(first_tx));
                 let core = self.core.clone();
                 tokio::spawn(async move {
                     let hint = match first_rx.await {

@@ -133,13 +133,8 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
 
 /// Serves the API on `listener` until shutdown.
 pub async fn serve(server: AccountServer, listener: TcpListener) -> std::io::Result<()> {
-    let mut shutdown = server.shared.shutdown.clone();
-    let app = router(server);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
+    let shutdown = server.shared.shutdown.clone();
+    crate::serve_http(listener, router(server), shutdown).await
 }
 
 /// The API's routes.

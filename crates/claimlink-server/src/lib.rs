@@ -51,6 +51,19 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Serves plain HTTP on `listener` until `shutdown` turns true (the admin API, the portal).
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+}
+
 /// What an account's devices may connect with, kept in memory for the handshake (which cannot
 /// wait for a database).
 #[derive(Debug)]

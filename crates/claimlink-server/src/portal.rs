@@ -92,12 +92,8 @@ impl Portal {
 
     /// Serves on `listener` until the staging service shuts down.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        let mut shutdown = self.inner.staging.shared.shutdown.clone();
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.changed().await;
-            })
-            .await
+        let shutdown = self.inner.staging.shared.shutdown.clone();
+        crate::serve_http(listener, self.router(), shutdown).await
     }
 
     /// The routes.
