@@ -262,8 +262,7 @@ impl StagingServer {
 
     /// The OEM whose claim-thing certificate is `der`, if it is one.
     pub(crate) fn claim_thing_oem(&self, der: &[u8]) -> Option<String> {
-        let id = claimlink_pki::CertificateId::of_der(der).to_string();
-        self.shared.claim_certs.read().ok()?.get(&id).map(|(oem, _)| oem.clone())
+        self.shared.pinned(&claimlink_pki::CertificateId::of_der(der).to_string()).map(|(oem, _)| oem)
     }
 }
 

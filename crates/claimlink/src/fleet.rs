@@ -37,15 +37,7 @@ pub(crate) struct FleetArgs {
 fn label_code(bundle: &Path) -> Option<String> {
     let thing = bundle.file_name()?.to_str()?;
     let label = bundle.parent()?.parent()?.join("labels").join(format!("{thing}.svg"));
-    let svg = std::fs::read_to_string(label).ok()?;
-    let after = svg.split_once(">Claim code</text>")?.1;
-    let bold: Vec<&str> = after
-        .split("font-weight=\"bold\">")
-        .skip(1)
-        .filter_map(|s| s.split_once("</text>").map(|(t, _)| t))
-        .take(2)
-        .collect();
-    (bold.len() == 2).then(|| format!("{}{}", bold[0], bold[1]).replace('-', ""))
+    crate::label::claim_code_of(&std::fs::read_to_string(label).ok()?)
 }
 
 /// A bundle for the OEM's claim-thing (client id = the OEM's UUID), so that the agent can

@@ -143,6 +143,19 @@ fn qr_svg(symbol: &Symbol, x: u32, y: u32, size: u32) -> String {
     )
 }
 
+/// The claim code printed on a label made by [`svg`] (dashes removed), for simulators that
+/// "read" labels as a person would.
+pub(crate) fn claim_code_of(svg: &str) -> Option<String> {
+    let after = svg.split_once(">Claim code</text>")?.1;
+    let lines: Vec<&str> = after
+        .split("font-weight=\"bold\">")
+        .skip(1)
+        .filter_map(|s| s.split_once("</text>").map(|(t, _)| t))
+        .take(2)
+        .collect();
+    (lines.len() == 2).then(|| format!("{}{}", lines[0], lines[1]).replace('-', ""))
+}
+
 /// A 62 mm x 29 mm label as SVG.
 pub(crate) fn svg(thing: &str, code: Option<&ClaimCode>) -> Result<String> {
     let inner = qr_svg(&encode(qr_payload(thing, code).as_bytes())?, 4, 4, 104);
@@ -203,6 +216,14 @@ mod tests {
         let grids = img.detect_grids();
         assert_eq!(grids.len(), 1);
         grids[0].decode().unwrap().1
+    }
+
+    #[test]
+    fn the_printed_claim_code_reads_back_from_the_label() {
+        let code = ClaimCode::parse("7KQ2-M9XD-4HPT-ZC3W").unwrap();
+        let thing = "0123456789abcdef0123456789abcdef";
+        assert_eq!(claim_code_of(&svg(thing, Some(&code)).unwrap()).as_deref(), Some("7KQ2M9XD4HPTZC3W"));
+        assert_eq!(claim_code_of(&svg(thing, None).unwrap()), None);
     }
 
     #[test]
