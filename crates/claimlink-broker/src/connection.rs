@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::hooks::{ConnectRequest, Hooks, PeerIdentity};
+use crate::hooks::{ConnectRequest, Hooks, Inbound, Origin, PeerIdentity, Verdict};
 use crate::listener::Shared;
 use crate::router::{Kick, Message, Registration, Routed};
 
@@ -47,6 +47,8 @@ struct Task<H: Hooks> {
     session: Option<Session<H::Context>>,
     /// The will to publish, with its delay, once the connection is over.
     will: Option<(Publish, Duration)>,
+    /// The session expiry the client set at DISCONNECT (MQTT 5), capped by the limit.
+    expiry_at_close: Option<Duration>,
     /// A message from this client just met a subscriber queue that was nearly or completely full.
     congested: bool,
 }
@@ -71,8 +73,18 @@ pub(crate) async fn serve<H: Hooks, S>(
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let conn = ServerConnection::new(config, Instant::now().into_std());
     let kick = Arc::new(Kick::default());
-    let mut task =
-        Task { shared, conn, id, peer, tx, kick: kick.clone(), session: None, will: None, congested: false };
+    let mut task = Task {
+        shared,
+        conn,
+        id,
+        peer,
+        tx,
+        kick: kick.clone(),
+        session: None,
+        will: None,
+        expiry_at_close: None,
+        congested: false,
+    };
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Small while quiet, so that an idle connection costs little (the state machine keeps
     // partial packets); grown while reads fill it, so that a busy publisher is read in fewer,
@@ -172,7 +184,11 @@ impl<H: Hooks> Task<H> {
                     }
                 }
             }
-            Event::Closed { will, .. } => self.will = will.and_then(|w| self.authorize_will(w)),
+            Event::Closed { will, session_expiry, .. } => {
+                self.will = will.and_then(|w| self.authorize_will(w));
+                let max = self.shared.limits.max_session_expiry;
+                self.expiry_at_close = session_expiry.map(|s| Duration::from_secs(u64::from(s)).min(max));
+            }
         }
     }
 
@@ -201,6 +217,13 @@ impl<H: Hooks> Task<H> {
             Ok(ctx) => Arc::new(ctx),
             Err(reason) => return self.conn.reject(reason),
         };
+        if let Some(will) = &c.will {
+            // A will the role would refuse later is refused now, with the connection.
+            if let Err(reason) = self.admit_will(&context, will) {
+                tracing::debug!(client_id = %client_id, "will refused");
+                return self.conn.reject(reason);
+            }
+        }
         let expiry = session_expiry(c, self.shared.limits.max_session_expiry);
         let registration = Registration {
             connection: self.id,
@@ -241,17 +264,20 @@ impl<H: Hooks> Task<H> {
             Ok(t) if self.shared.limits.fits_topic(&p.topic) && !p.topic.starts_with('$') => t,
             _ => return self.refuse_publish(&p, ReasonCode::TopicNameInvalid),
         };
-        if !self.shared.hooks.authorize_publish(&session.context, &topic, p.retain) {
-            return self.refuse_publish(&p, ReasonCode::NotAuthorized);
-        }
+        let inbound =
+            Inbound { origin: Origin::Packet, topic: &topic, retain: p.retain, payload: &p.payload };
         let (qos, packet_id) = (p.qos, p.packet_id);
-        if self.shared.hooks.intercept_publish(&session.context, &topic, &p.payload) {
-            match (qos, packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, ReasonCode::Success),
-                (QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, ReasonCode::Success),
-                _ => {}
+        match self.shared.hooks.admit_publish(&session.context, &inbound) {
+            Verdict::Route => {}
+            Verdict::Refuse => return self.refuse_publish(&p, ReasonCode::NotAuthorized),
+            Verdict::Take => {
+                match (qos, packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => self.conn.puback(id, ReasonCode::Success),
+                    (QoS::ExactlyOnce, Some(id)) => self.conn.pubrec(id, ReasonCode::Success),
+                    _ => {}
+                }
+                return;
             }
-            return;
         }
         let message = Arc::new(Message::new(p, Instant::now().into_std()));
         let delivered = match self.shared.router.lock() {
@@ -355,15 +381,25 @@ impl<H: Hooks> Task<H> {
         self.conn.unsuback(u.packet_id, if self.v5() { reasons } else { Vec::new() });
     }
 
-    /// The will as a message with its delay, if the role lets this client publish it.
+    /// Whether the role lets this client leave `will`: the same gate as its publishes.
+    fn admit_will(&self, context: &H::Context, will: &Will) -> Result<(), ReasonCode> {
+        let topic = match TopicName::new(will.topic.as_str()) {
+            Ok(t) if self.shared.limits.fits_topic(&will.topic) && !will.topic.starts_with('$') => t,
+            _ => return Err(ReasonCode::TopicNameInvalid),
+        };
+        let inbound =
+            Inbound { origin: Origin::Will, topic: &topic, retain: will.retain, payload: &will.payload };
+        match self.shared.hooks.admit_publish(context, &inbound) {
+            Verdict::Route => Ok(()),
+            Verdict::Take | Verdict::Refuse => Err(ReasonCode::NotAuthorized),
+        }
+    }
+
+    /// The will as a message with its delay, if the role (asked again: rights may have
+    /// changed since CONNECT) lets this client publish it.
     fn authorize_will(&self, will: Will) -> Option<(Publish, Duration)> {
         let session = self.session.as_ref()?;
-        let topic = TopicName::new(will.topic.as_str()).ok()?;
-        if !self.shared.limits.fits_topic(&will.topic)
-            || !self.shared.hooks.authorize_publish(&session.context, &topic, will.retain)
-        {
-            return None;
-        }
+        self.admit_will(&session.context, &will).ok()?;
         let mut properties = will.properties;
         let delay = Duration::from_secs(u64::from(properties.will_delay.take().unwrap_or(0)));
         let message = Publish {
@@ -384,6 +420,9 @@ impl<H: Hooks> Task<H> {
         let now = Instant::now().into_std();
         let will = self.will.take();
         if let Ok(mut router) = self.shared.router.lock() {
+            if let Some(expiry) = self.expiry_at_close {
+                router.set_session_expiry(&session.client_id, self.id, expiry);
+            }
             if let Some(will) = router.unregister(&session.client_id, self.id, unacknowledged, will, now) {
                 publish_from(&self.shared, &mut router, will, Some(&session.client_id), now);
             }

@@ -16,6 +16,40 @@ pub struct PeerIdentity {
     pub certificates: Vec<CertificateDer<'static>>,
 }
 
+/// How a message enters the broker from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A PUBLISH packet.
+    Packet,
+    /// The client's will.
+    Will,
+}
+
+/// A message a client puts into the broker, for [`Hooks::admit_publish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    /// How it arrived.
+    pub origin: Origin,
+    /// Its topic.
+    pub topic: &'a TopicName,
+    /// Its retain flag.
+    pub retain: bool,
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+/// What becomes of a message a client puts into the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Route it (and retain it when flagged).
+    Route,
+    /// The role takes it: it is acknowledged and never routed (staging takes claims this way).
+    Take,
+    /// Refused: MQTT 5 clients get "not authorized" in the acknowledgement of a QoS 1/2
+    /// message, others are disconnected; a will is dropped (refused at CONNECT).
+    Refuse,
+}
+
 /// A CONNECT to decide on. The password is given as bytes and must not be logged.
 #[derive(Debug)]
 pub struct ConnectRequest<'a> {
@@ -43,9 +77,15 @@ pub trait Hooks: Send + Sync + 'static {
         request: &ConnectRequest<'_>,
     ) -> impl Future<Output = Result<Self::Context, ReasonCode>> + Send;
 
-    /// May this connection publish to `topic` (with the retain flag as given)?
-    fn authorize_publish(&self, _ctx: &Self::Context, _topic: &TopicName, _retain: bool) -> bool {
-        true
+    /// The one decision on every message a client puts into the broker, whatever the way in:
+    /// a PUBLISH packet (topic alias already resolved, retain flag as sent) or its will (checked
+    /// at CONNECT, where a refused will refuses the connection, and again when it is due). A
+    /// role that must keep some topics for itself (staging's configuration topics) decides it
+    /// here, in one place. For a will, [`Verdict::Take`] counts as [`Verdict::Refuse`]: only a
+    /// client's own packet can be taken. Retained messages are stored only when this routes
+    /// them, so a refused message cannot reach a later subscriber either.
+    fn admit_publish(&self, _ctx: &Self::Context, _message: &Inbound<'_>) -> Verdict {
+        Verdict::Route
     }
 
     /// May this connection subscribe to `filter`?
@@ -62,12 +102,6 @@ pub trait Hooks: Send + Sync + 'static {
     /// [`Hooks::connected`]: staging subscribes every device to its configuration topic.
     fn initial_subscriptions(&self, _ctx: &Self::Context) -> Vec<TopicFilter> {
         Vec::new()
-    }
-
-    /// Called for an authorised PUBLISH before routing: `true` means the role took the message
-    /// (it is acknowledged and not routed). Staging takes claims this way.
-    fn intercept_publish(&self, _ctx: &Self::Context, _topic: &TopicName, _payload: &[u8]) -> bool {
-        false
     }
 
     /// Whether the role wants [`Hooks::acknowledged`] for QoS 1/2 deliveries on `topic` to

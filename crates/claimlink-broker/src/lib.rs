@@ -15,5 +15,5 @@ pub mod listener;
 pub mod router;
 pub mod tls;
 
-pub use hooks::{AllowAll, ConnectRequest, Hooks, PeerIdentity};
+pub use hooks::{AllowAll, ConnectRequest, Hooks, Inbound, Origin, PeerIdentity, Verdict};
 pub use listener::{Broker, Handshaken, Limits, TlsSelector, WeakBroker, handshake};

@@ -448,6 +448,16 @@ impl<C> Router<C> {
         }
     }
 
+    /// Replaces the session expiry of `client_id`'s connection `connection` (a DISCONNECT that
+    /// set it, MQTT 5 section 3.14.2.2.2), unless a newer connection took the client id.
+    pub fn set_session_expiry(&mut self, client_id: &str, connection: u64, expiry: Duration) {
+        if let Some(client) = self.clients.get_mut(client_id) {
+            if client.online.as_ref().is_some_and(|o| o.connection == connection) {
+                client.expiry = expiry;
+            }
+        }
+    }
+
     /// Removes offline sessions whose expiry has passed. Returns how many.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let expired: Vec<ClientKey> =

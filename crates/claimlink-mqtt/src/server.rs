@@ -68,6 +68,9 @@ pub enum Event {
         reason: ReasonCode,
         /// The will to publish, if the connection did not end with a normal DISCONNECT.
         will: Option<Will>,
+        /// The Session Expiry Interval the client set in its DISCONNECT (MQTT 5, section
+        /// 3.14.2.2.2): it replaces the one from CONNECT. `None` keeps that one.
+        session_expiry: Option<u32>,
     },
 }
 
@@ -115,6 +118,8 @@ pub struct ServerConnection {
     output: Vec<u8>,
     events: VecDeque<Event>,
     will: Option<Will>,
+    /// The Session Expiry Interval of the CONNECT (MQTT 5; absent means 0).
+    connect_session_expiry: u32,
     client_keep_alive: u16,
     keep_alive: Option<Duration>,
     deadline: Option<Instant>,
@@ -144,6 +149,7 @@ impl ServerConnection {
             output: Vec::new(),
             events: VecDeque::new(),
             will: None,
+            connect_session_expiry: 0,
             client_keep_alive: 0,
             keep_alive: None,
             deadline,
@@ -235,6 +241,7 @@ impl ServerConnection {
             (State::AwaitingConnect, Packet::Connect(c)) => {
                 self.version = c.version;
                 self.will = c.will.clone();
+                self.connect_session_expiry = c.properties.session_expiry.unwrap_or(0);
                 self.client_keep_alive = c.keep_alive;
                 self.client_receive_maximum = c.properties.receive_maximum.unwrap_or(u16::MAX);
                 self.client_max_packet = c.properties.maximum_packet_size;
@@ -281,9 +288,15 @@ impl ServerConnection {
             Packet::Unsubscribe(u) => self.events.push_back(Event::Unsubscribe(u)),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
+                let expiry = d.properties.session_expiry.filter(|_| self.version == ProtocolVersion::V5);
+                // A session that was to end with the connection cannot be extended at DISCONNECT
+                // (section 3.14.2.2.2): a protocol error, and the will is published.
+                if expiry.is_some_and(|e| e != 0) && self.connect_session_expiry == 0 {
+                    return self.fail(ReasonCode::ProtocolError);
+                }
                 let will = (d.reason == ReasonCode::DisconnectWithWill).then(|| self.will.take()).flatten();
                 self.will = None;
-                self.close(d.reason, will);
+                self.close_with_expiry(d.reason, will, expiry);
             }
             // Packets only a server sends, and AUTH (no enhanced authentication offered).
             _ => self.fail(ReasonCode::ProtocolError),
@@ -571,8 +584,12 @@ impl ServerConnection {
     }
 
     fn close(&mut self, reason: ReasonCode, will: Option<Will>) {
+        self.close_with_expiry(reason, will, None);
+    }
+
+    fn close_with_expiry(&mut self, reason: ReasonCode, will: Option<Will>, session_expiry: Option<u32>) {
         self.state = State::Closed;
         self.deadline = None;
-        self.events.push_back(Event::Closed { reason, will });
+        self.events.push_back(Event::Closed { reason, will, session_expiry });
     }
 }

@@ -96,7 +96,7 @@ fn publish(topic: &str, qos: QoS, id: Option<u16>) -> Publish {
 
 fn closed_with(events: &[Event]) -> Option<(ReasonCode, bool)> {
     events.iter().find_map(|e| match e {
-        Event::Closed { reason, will } => Some((*reason, will.is_some())),
+        Event::Closed { reason, will, .. } => Some((*reason, will.is_some())),
         _ => None,
     })
 }
@@ -365,6 +365,47 @@ fn the_will_follows_how_the_connection_ended() {
         [Packet::Disconnect(Disconnect { reason: ReasonCode::SessionTakenOver, .. })]
     ));
     assert_eq!(closed_with(&p.events()), Some((ReasonCode::SessionTakenOver, true)));
+}
+
+fn expiry_at_close(events: &[Event]) -> Option<Option<u32>> {
+    events.iter().find_map(|e| match e {
+        Event::Closed { session_expiry, .. } => Some(*session_expiry),
+        _ => None,
+    })
+}
+
+fn disconnect_with_expiry(expiry: Option<u32>) -> Packet {
+    let properties = Properties { session_expiry: expiry, ..Default::default() };
+    Packet::Disconnect(Disconnect { reason: ReasonCode::Success, properties })
+}
+
+#[test]
+fn the_session_expiry_in_disconnect_replaces_the_one_from_connect() {
+    let with_expiry = |secs| Properties { session_expiry: Some(secs), ..Default::default() };
+    // Shortened to 0 at DISCONNECT: the broker is told, so the session ends now.
+    let mut p = Pair::connected(ProtocolVersion::V5, 0, with_expiry(600), ServerConfig::default());
+    p.send(&disconnect_with_expiry(Some(0)));
+    assert_eq!(expiry_at_close(&p.events()), Some(Some(0)));
+    // Extended: allowed when CONNECT had a non-zero interval.
+    let mut p = Pair::connected(ProtocolVersion::V5, 0, with_expiry(10), ServerConfig::default());
+    p.send(&disconnect_with_expiry(Some(3600)));
+    assert_eq!(expiry_at_close(&p.events()), Some(Some(3600)));
+    // Absent: CONNECT's interval stands.
+    let mut p = Pair::connected(ProtocolVersion::V5, 0, with_expiry(10), ServerConfig::default());
+    p.send(&disconnect_with_expiry(None));
+    assert_eq!(expiry_at_close(&p.events()), Some(None));
+    // 0 (or absent) at CONNECT, non-zero at DISCONNECT: a protocol error (0x82), will published.
+    for connect in [Properties::default(), with_expiry(0)] {
+        let mut p = Pair::connected(ProtocolVersion::V5, 0, connect, ServerConfig::default());
+        p.send(&disconnect_with_expiry(Some(60)));
+        assert!(matches!(
+            p.received().as_slice(),
+            [Packet::Disconnect(Disconnect { reason: ReasonCode::ProtocolError, .. })]
+        ));
+        let events = p.events();
+        assert_eq!(closed_with(&events), Some((ReasonCode::ProtocolError, true)));
+        assert_eq!(expiry_at_close(&events), Some(None));
+    }
 }
 
 #[test]

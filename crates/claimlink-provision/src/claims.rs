@@ -2,13 +2,25 @@
 //! recorded whatever the outcome.
 //!
 //! A claim is accepted when the claiming OEM is ACTIVE, the endpoint is one it registered, the
-//! device is known to staging (manifest or a connection), no other OEM owns it, it is not locked
-//! out, and - when the factory manifest holds a claim code verifier - the claim code matches.
-//! Wrong codes are counted per device; from the third in a row the device is locked for a
-//! minute, doubling with each further wrong code up to a day. A correct claim resets the count.
-//! A repeated claim by the owner is accepted again (idempotent) without a new owner change.
-//! Every attempt is a claim row and an audit row. Rate limits (per OEM, per device) are
-//! [`RateLimiter`]s the caller keeps in memory and checks before [`claim`].
+//! claimer is not locked out, the device is known to staging (manifest or a connection), the
+//! claim code matches whenever the factory manifest holds a verifier (the owner's repeated
+//! claim included), and no other OEM (or, in a portal, no other user) holds the device.
+//!
+//! What a stranger can learn or block: a claimer without the right code gets the same answer
+//! for a device that does not exist, one that exists and one that someone owns
+//! (`ClaimCodeRequired` without a code, `ClaimCodeWrong` with one); only the right code can
+//! hear `AlreadyOwned`. Wrong codes lock out the *claimer* (an OEM, a portal user, a source
+//! address): from its third wrong code a minute, doubling up to a day, forgotten after a quiet
+//! day. A device is locked against everyone only at [`DEVICE_CEILING`] wrong codes in a day,
+//! which takes thousands of locked-out claimers to reach and still leaves an 80-bit code
+//! unguessable (at most 2^24 guesses in 20 years).
+//!
+//! The device's row is locked for the decision and the owner is changed conditionally, so two
+//! claims racing on PostgreSQL cannot both win; counters are incremented in SQL. An accepted
+//! claim is a claim row and an audit row; refusals are counted in aggregate per claimer, device
+//! and reason per hour ([`claimlink_registry::staging::ClaimRefusals`]), audited once per such
+//! window, instead of a row per junk attempt. Rate limits (per OEM, per claimer and device)
+//! are [`RateLimiter`]s the caller keeps in memory and checks before any registry work.
 
 use std::collections::HashMap;
 
@@ -35,11 +47,28 @@ impl Via {
     }
 }
 
+/// Who makes a claim for the OEM: the key its wrong codes are counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimer {
+    /// The OEM's claim-thing (MQTT or the claim API).
+    ClaimThing,
+    /// A user of the OEM's registration portal, from a source address. A portal user may claim
+    /// only devices no other user of the portal holds.
+    PortalUser {
+        /// The portal user.
+        user_id: i64,
+        /// Where the request came from (locked out too: sign-ups are free).
+        source: Option<std::net::IpAddr>,
+    },
+}
+
 /// A claim to decide. The claim code is what the user typed; it is never stored or logged.
 #[derive(Clone, Copy)]
 pub struct ClaimRequest<'a> {
     /// The claiming OEM (authenticated by its claim-thing certificate).
     pub oem_id: &'a str,
+    /// Who claims for it.
+    pub claimer: Claimer,
     /// The device.
     pub thing_name: &'a str,
     /// Where to send it (`host[:port]`).
@@ -58,7 +87,39 @@ impl std::fmt::Debug for ClaimRequest<'_> {
             .field("endpoint", &self.endpoint)
             .field("claim_code", &self.claim_code.map(|_| ".."))
             .field("via", &self.via)
+            .field("claimer", &self.claimer)
             .finish()
+    }
+}
+
+impl ClaimRequest<'_> {
+    /// The lockout keys of the claimer: `oem:{uuid}`, or `portal:{oem}:{user}` and the source
+    /// (`ip:{v4}` or `ip:{v6 /64}`).
+    pub fn claimer_keys(&self) -> Vec<String> {
+        match self.claimer {
+            Claimer::ClaimThing => vec![format!("oem:{}", self.oem_id)],
+            Claimer::PortalUser { user_id, source } => {
+                let mut keys = vec![format!("portal:{}:{user_id}", self.oem_id)];
+                keys.extend(source.map(source_key));
+                keys
+            }
+        }
+    }
+
+    /// The claimer's name in records: its first lockout key.
+    pub fn claimer_name(&self) -> String {
+        self.claimer_keys().swap_remove(0)
+    }
+}
+
+/// A source address as a lockout key; IPv6 by its /64 (one subscriber's usual allocation).
+fn source_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("ip:{v4}"),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -70,15 +131,16 @@ pub enum Rejection {
     InvalidRequest,
     /// The claiming OEM is suspended or unknown.
     OemNotActive,
-    /// Staging has never heard of this device.
-    DeviceUnknown,
-    /// Another OEM owns the device.
+    /// Another OEM (or another user of the portal) holds the device. Only a claimer with the
+    /// right code (or of a device that has none) hears this.
     AlreadyOwned,
     /// The manifest has a claim code for this device and none was given.
     ClaimCodeRequired,
-    /// The claim code does not match.
+    /// The claim code does not match, or there is no such device (the same answer, so that a
+    /// claimer without the code learns nothing).
     ClaimCodeWrong,
-    /// Too many wrong claim codes: the device is locked for a while.
+    /// Too many wrong claim codes from this claimer (or, at its daily ceiling, for this
+    /// device): refused for a while.
     LockedOut,
     /// The OEM did not register this endpoint.
     EndpointNotRegistered,
@@ -92,7 +154,6 @@ impl Rejection {
         match self {
             Self::InvalidRequest => "InvalidRequest",
             Self::OemNotActive => "OemNotActive",
-            Self::DeviceUnknown => "DeviceUnknown",
             Self::AlreadyOwned => "AlreadyOwned",
             Self::ClaimCodeRequired => "ClaimCodeRequired",
             Self::ClaimCodeWrong => "ClaimCodeWrong",
@@ -109,11 +170,10 @@ impl Rejection {
                 "the claim is malformed: it needs a ThingName and an Endpoint of the form host[:port]"
             }
             Self::OemNotActive => "this OEM may not claim devices",
-            Self::DeviceUnknown => "no device with this ID has been made or seen",
             Self::AlreadyOwned => "the device belongs to someone else; its owner must release it first",
             Self::ClaimCodeRequired => "this device needs its claim code (printed on its label)",
-            Self::ClaimCodeWrong => "the claim code does not match this device",
-            Self::LockedOut => "too many wrong claim codes for this device; try again later",
+            Self::ClaimCodeWrong => "the device ID and claim code do not match",
+            Self::LockedOut => "too many wrong claim codes; try again later",
             Self::EndpointNotRegistered => "the endpoint is not one this OEM registered",
             Self::RateLimited => "too many claims; slow down",
         }
@@ -125,7 +185,6 @@ impl Rejection {
             Self::InvalidRequest => 400,
             Self::OemNotActive | Self::ClaimCodeWrong | Self::EndpointNotRegistered => 403,
             Self::ClaimCodeRequired => 400,
-            Self::DeviceUnknown => 404,
             Self::AlreadyOwned => 409,
             Self::LockedOut | Self::RateLimited => 429,
         }
@@ -153,8 +212,17 @@ pub enum ClaimOutcome {
     },
 }
 
-/// Wrong codes allowed before the first lockout.
+/// Wrong codes a claimer may make before its first lockout.
 pub const FREE_WRONG_CODES: i64 = 2;
+/// A claimer's wrong codes are forgotten after this long without one (ms).
+pub const QUIET_MS: i64 = 24 * 3600 * 1000;
+/// Wrong codes per device per [`DEVICE_WINDOW_MS`], from all claimers together, before the
+/// device itself is locked for the rest of the window.
+pub const DEVICE_CEILING: i64 = 10_000;
+/// The window of [`DEVICE_CEILING`] (ms).
+pub const DEVICE_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// The window refusals are counted in (ms).
+pub const REFUSAL_WINDOW_MS: i64 = 3600 * 1000;
 /// The first lockout (ms); each further wrong code doubles it.
 pub const FIRST_LOCKOUT_MS: i64 = 60_000;
 /// The longest lockout (ms).
@@ -169,152 +237,224 @@ pub fn lockout_ms(failed: i64) -> i64 {
     FIRST_LOCKOUT_MS.saturating_mul(1 << doublings).min(MAX_LOCKOUT_MS)
 }
 
-fn audit(req: &ClaimRequest<'_>, result: &str, claim_id: i64, now: i64) -> AuditRecord {
+fn audit(req: &ClaimRequest<'_>, result: &str, detail: serde_json::Value, now: i64) -> AuditRecord {
     AuditRecord {
-        actor: format!("oem:{}", req.oem_id),
+        actor: req.claimer_name(),
         action: "Claim".into(),
         target: req.thing_name.into(),
         result: result.into(),
-        detail: Some(
-            serde_json::json!({"endpoint": req.endpoint, "via": req.via.as_str(), "claimId": claim_id})
-                .to_string(),
-        ),
+        detail: Some(detail.to_string()),
         at: now,
     }
 }
 
-/// Records a refusal made before the registry was consulted (a rate limit, a malformed
-/// request).
+/// Records refusals decided before the registry was consulted (a rate limit, a malformed
+/// request): `n` of them, in aggregate.
 pub async fn record_rejection(
     store: &Store,
     req: &ClaimRequest<'_>,
     reason: Rejection,
+    n: i64,
 ) -> Result<(), RegistryError> {
     let mut tx = store.begin().await?;
-    reject(&mut tx, req, reason).await?;
+    count_refusals(&mut tx, req, reason, false, n).await?;
     tx.commit().await
 }
 
-async fn reject(tx: &mut Tx, req: &ClaimRequest<'_>, reason: Rejection) -> Result<(), RegistryError> {
-    let endpoint = (req.endpoint.len() <= 300).then_some(req.endpoint);
-    let thing: String = req.thing_name.chars().take(128).collect();
-    let id = tx
-        .record_claim(&NewClaim {
-            oem_id: req.oem_id,
-            thing_name: &thing,
-            endpoint,
-            via: req.via.as_str(),
-            accepted: false,
-            reason: reason.code(),
-        })
-        .await?;
-    tx.audit(
-        None,
-        &audit(
-            &ClaimRequest { thing_name: &thing, endpoint: endpoint.unwrap_or(""), ..*req },
-            reason.code(),
-            id,
-            claimlink_registry::now(),
-        ),
-    )
-    .await
+/// Counts refusals in the aggregate row of (claimer, device or "" when unknown, reason, hour);
+/// the first of a window is audited with the window it opens.
+async fn count_refusals(
+    tx: &mut Tx,
+    req: &ClaimRequest<'_>,
+    reason: Rejection,
+    known: bool,
+    n: i64,
+) -> Result<(), RegistryError> {
+    let now = claimlink_registry::now();
+    let window = now - now.rem_euclid(REFUSAL_WINDOW_MS);
+    let thing = if known { req.thing_name } else { "" };
+    let claimer = req.claimer_name();
+    if tx.count_refusals(&claimer, thing, reason.code(), window, n).await? {
+        let detail = serde_json::json!({"via": req.via.as_str(), "window": window,
+            "windowMs": REFUSAL_WINDOW_MS, "known": known});
+        let mut record = audit(req, reason.code(), detail, now);
+        record.action = "ClaimRefused".into();
+        record.target = thing.into();
+        tx.audit(None, &record).await?;
+    }
+    Ok(())
 }
 
-/// Decides a claim and records it (claim row + audit row, and the owner on acceptance), in one
-/// transaction.
+/// Decides a claim and records it (claim row, owner and audit row on acceptance; counters and
+/// the aggregate refusal otherwise), in one transaction.
 pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
     let now = claimlink_registry::now();
     let mut tx = store.begin().await?;
-    let outcome = decide(&mut tx, req, now).await?;
+    let (outcome, known) = decide(&mut tx, req, now).await?;
     match &outcome {
-        ClaimOutcome::Rejected { reason, .. } => reject(&mut tx, req, *reason).await?,
-        ClaimOutcome::Accepted { claim_id, .. } => tx.audit(None, &audit(req, "ok", *claim_id, now)).await?,
+        ClaimOutcome::Rejected { reason, .. } => count_refusals(&mut tx, req, *reason, known, 1).await?,
+        ClaimOutcome::Accepted { claim_id, endpoint, .. } => {
+            let detail =
+                serde_json::json!({"endpoint": endpoint, "via": req.via.as_str(), "claimId": claim_id});
+            tx.audit(None, &audit(req, "ok", detail, now)).await?
+        }
     }
     tx.commit().await?;
     Ok(outcome)
 }
 
-async fn decide(tx: &mut Tx, req: &ClaimRequest<'_>, now: i64) -> Result<ClaimOutcome, RegistryError> {
-    let rejected = |reason| Ok(ClaimOutcome::Rejected { reason, retry_at: None });
+fn rejected(reason: Rejection) -> ClaimOutcome {
+    ClaimOutcome::Rejected { reason, retry_at: None }
+}
+
+/// The outcome, and whether the device is one staging knows (for the refusal's record).
+async fn decide(
+    tx: &mut Tx,
+    req: &ClaimRequest<'_>,
+    now: i64,
+) -> Result<(ClaimOutcome, bool), RegistryError> {
     if claimlink_registry::validate_thing_name("thing name", req.thing_name).is_err()
         || check_endpoint(req.endpoint).is_err()
     {
-        return rejected(Rejection::InvalidRequest);
+        return Ok((rejected(Rejection::InvalidRequest), false));
     }
     let endpoint = req.endpoint.to_ascii_lowercase();
     let oem = match tx.oem(req.oem_id).await {
         Ok(o) => o,
-        Err(RegistryError::NotFound { .. }) => return rejected(Rejection::OemNotActive),
+        Err(RegistryError::NotFound { .. }) => return Ok((rejected(Rejection::OemNotActive), false)),
         Err(e) => return Err(e),
     };
     if oem.status != OemStatus::Active {
-        return rejected(Rejection::OemNotActive);
+        return Ok((rejected(Rejection::OemNotActive), false));
     }
     if !oem.endpoints.contains(&endpoint) {
-        return rejected(Rejection::EndpointNotRegistered);
+        return Ok((rejected(Rejection::EndpointNotRegistered), false));
     }
-    let Some(device) = tx.staging_device(req.thing_name).await? else {
-        return rejected(Rejection::DeviceUnknown);
-    };
-    match device.owner_oem.as_deref() {
-        Some(owner) if owner != oem.id => return rejected(Rejection::AlreadyOwned),
-        Some(_) if device.endpoint.as_deref() == Some(&endpoint) => {
-            // The owner asking again: the same claim, delivered again if need be.
-            if let Some(claim_id) = device.claim_id {
-                return Ok(ClaimOutcome::Accepted {
-                    claim_id,
-                    endpoint,
-                    delivered: device.delivered_at.is_some(),
-                });
-            }
-        }
-        _ => {}
+    if let Some(until) = claimer_locked_until(tx, req, now).await? {
+        return Ok((ClaimOutcome::Rejected { reason: Rejection::LockedOut, retry_at: Some(until) }, false));
     }
+    // Concurrent claims of one device are decided one after the other from here on.
+    if !tx.lock_staging_device(req.thing_name).await? {
+        // No such device: answered as a code-bearing device would be, and counted against the
+        // claimer as a wrong code when one was given.
+        let Some(_) = req.claim_code else { return Ok((rejected(Rejection::ClaimCodeRequired), false)) };
+        let retry_at = count_claimer_failure(tx, req, now).await?;
+        return Ok((ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at }, false));
+    }
+    let device = tx
+        .staging_device(req.thing_name)
+        .await?
+        .ok_or_else(|| RegistryError::State(format!("device {} vanished during a claim", req.thing_name)))?;
     if device.locked_until > now {
-        return Ok(ClaimOutcome::Rejected {
-            reason: Rejection::LockedOut,
-            retry_at: Some(device.locked_until),
-        });
+        return Ok((
+            ClaimOutcome::Rejected { reason: Rejection::LockedOut, retry_at: Some(device.locked_until) },
+            true,
+        ));
     }
-    if let Some(reason) = check_code(tx, &device, req.claim_code, now).await? {
-        return Ok(reason);
+    if let Some(refusal) = check_code(tx, req, &device, now).await? {
+        return Ok((refusal, true));
     }
-    let claim_id = tx
-        .record_claim(&NewClaim {
-            oem_id: &oem.id,
-            thing_name: req.thing_name,
-            endpoint: Some(&endpoint),
-            via: req.via.as_str(),
-            accepted: true,
-            reason: "Accepted",
-        })
-        .await?;
-    tx.set_owner(req.thing_name, &oem.id, &endpoint, claim_id).await?;
-    Ok(ClaimOutcome::Accepted { claim_id, endpoint, delivered: false })
+    // The claimer has proved it holds the label (or the device has no code): ownership next.
+    if device.owner_oem.as_deref().is_some_and(|owner| owner != oem.id) {
+        return Ok((rejected(Rejection::AlreadyOwned), true));
+    }
+    if let Claimer::PortalUser { user_id, .. } = req.claimer {
+        if tx.portal_holder(req.thing_name).await?.is_some_and(|holder| holder != user_id) {
+            return Ok((rejected(Rejection::AlreadyOwned), true));
+        }
+    }
+    let outcome = match (device.owner_oem.as_deref(), device.claim_id) {
+        // The owner asking again with the code: the same claim, delivered again if need be.
+        (Some(_), Some(claim_id)) if device.endpoint.as_deref() == Some(&endpoint) => {
+            ClaimOutcome::Accepted { claim_id, endpoint, delivered: device.delivered_at.is_some() }
+        }
+        _ => {
+            let claim_id = tx
+                .record_claim(&NewClaim {
+                    oem_id: &oem.id,
+                    thing_name: req.thing_name,
+                    endpoint: Some(&endpoint),
+                    via: req.via.as_str(),
+                    accepted: true,
+                    reason: "Accepted",
+                })
+                .await?;
+            if !tx.set_owner(req.thing_name, &oem.id, &endpoint, claim_id).await? {
+                // Cannot happen under the row lock; if it did, nothing of this claim is kept.
+                return Err(RegistryError::State(format!(
+                    "device {} changed owner during a claim",
+                    req.thing_name
+                )));
+            }
+            ClaimOutcome::Accepted { claim_id, endpoint, delivered: false }
+        }
+    };
+    if let Claimer::PortalUser { user_id, .. } = req.claimer {
+        if !tx.add_portal_device(user_id, req.thing_name).await? {
+            return Err(RegistryError::State(format!(
+                "device {} is held by another portal user",
+                req.thing_name
+            )));
+        }
+    }
+    Ok((outcome, true))
 }
 
-/// `Some(rejection)` when the code is missing or wrong (counting the wrong one).
+/// When the claimer's latest lockout ends, if it is still running.
+async fn claimer_locked_until(
+    tx: &mut Tx,
+    req: &ClaimRequest<'_>,
+    now: i64,
+) -> Result<Option<i64>, RegistryError> {
+    let mut until = None;
+    for key in req.claimer_keys() {
+        if let Some(l) = tx.claimer_lockout(&key).await? {
+            if l.locked_until > now {
+                until = until.max(Some(l.locked_until));
+            }
+        }
+    }
+    Ok(until)
+}
+
+/// Counts a wrong code against every key of the claimer; returns when a lockout it started
+/// ends.
+async fn count_claimer_failure(
+    tx: &mut Tx,
+    req: &ClaimRequest<'_>,
+    now: i64,
+) -> Result<Option<i64>, RegistryError> {
+    let mut until = None;
+    for key in req.claimer_keys() {
+        let failed = tx.count_claimer_failure(&key, now - QUIET_MS).await?;
+        let lock = lockout_ms(failed);
+        if lock > 0 {
+            tx.lock_claimer_until(&key, now + lock).await?;
+            until = until.max(Some(now + lock));
+        }
+    }
+    Ok(until)
+}
+
+/// `Some(refusal)` when the device has a claim code and the claim's is missing or wrong
+/// (counted against the claimer and the device).
 async fn check_code(
     tx: &mut Tx,
+    req: &ClaimRequest<'_>,
     device: &StagingDevice,
-    code: Option<&str>,
     now: i64,
 ) -> Result<Option<ClaimOutcome>, RegistryError> {
     let Some(verifier) = device.claim_code_verifier.as_deref() else { return Ok(None) };
-    let Some(code) = code else {
-        return Ok(Some(ClaimOutcome::Rejected { reason: Rejection::ClaimCodeRequired, retry_at: None }));
-    };
+    let Some(code) = req.claim_code else { return Ok(Some(rejected(Rejection::ClaimCodeRequired))) };
     if ClaimCode::parse(code).is_ok_and(|c| c.matches(verifier)) {
         return Ok(None);
     }
-    let failed = device.failed_codes + 1;
-    let lock = lockout_ms(failed);
-    let until = if lock > 0 { now + lock } else { 0 };
-    tx.set_code_failures(&device.thing_name, failed, until).await?;
-    Ok(Some(ClaimOutcome::Rejected {
-        reason: Rejection::ClaimCodeWrong,
-        retry_at: (until > 0).then_some(until),
-    }))
+    let retry_at = count_claimer_failure(tx, req, now).await?;
+    let (failed, since) = tx.count_device_failure(&device.thing_name, now - DEVICE_WINDOW_MS).await?;
+    if failed >= DEVICE_CEILING {
+        tx.lock_device_until(&device.thing_name, since + DEVICE_WINDOW_MS).await?;
+    }
+    Ok(Some(ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at }))
 }
 
 /// Why a release was refused.
@@ -374,17 +514,30 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// Longest key kept.
+    pub const MAX_KEY_LEN: usize = 256;
+    /// Most keys kept (about 40 MB at the longest keys).
+    pub const MAX_KEYS: usize = 100_000;
+
     /// `rate` tokens per second, at most `burst` saved.
     pub fn new(rate: f64, burst: f64) -> Self {
         Self { rate, burst, buckets: HashMap::new() }
     }
 
-    /// Takes a token for `key` at `now_ms`; false when none is left.
+    /// Takes a token for `key` at `now_ms`; false when none is left. Fails closed: a key longer
+    /// than [`RateLimiter::MAX_KEY_LEN`] is refused (callers validate names first), and so is a
+    /// new key while [`RateLimiter::MAX_KEYS`] keys are still refilling.
     pub fn allow(&mut self, key: &str, now_ms: i64) -> bool {
-        if self.buckets.len() > 100_000 {
+        if key.len() > Self::MAX_KEY_LEN {
+            return false;
+        }
+        if self.buckets.len() >= Self::MAX_KEYS && !self.buckets.contains_key(key) {
             // Forget full buckets: a key not seen for burst/rate seconds is full again anyway.
             let (rate, burst) = (self.rate, self.burst);
             self.buckets.retain(|_, (t, at)| (*t + (now_ms - *at) as f64 / 1000.0 * rate) < burst);
+            if self.buckets.len() >= Self::MAX_KEYS {
+                return false;
+            }
         }
         let (tokens, at) = self.buckets.entry(key.to_owned()).or_insert((self.burst, now_ms));
         *tokens = (*tokens + (now_ms - *at).max(0) as f64 / 1000.0 * self.rate).min(self.burst);
@@ -421,5 +574,34 @@ mod tests {
         assert!(!r.allow("a", 400));
         assert!(r.allow("a", 500));
         assert!(!r.allow("a", 500));
+    }
+
+    #[test]
+    fn oversized_keys_and_too_many_keys_are_refused_not_stored() {
+        let mut r = RateLimiter::new(1.0, 1.0);
+        assert!(!r.allow(&"x".repeat(RateLimiter::MAX_KEY_LEN + 1), 0));
+        assert!(r.buckets.is_empty());
+        for i in 0..RateLimiter::MAX_KEYS {
+            assert!(r.allow(&i.to_string(), 0));
+        }
+        assert!(!r.allow("one more", 0), "every bucket is still refilling");
+        assert!(r.allow("one more", 1000), "after a second they are full and forgotten");
+        assert_eq!(r.buckets.len(), 1);
+    }
+
+    #[test]
+    fn claimer_keys_name_the_oem_or_the_portal_user_and_source() {
+        let base = ClaimRequest {
+            oem_id: "o",
+            claimer: Claimer::ClaimThing,
+            thing_name: "t",
+            endpoint: "e",
+            claim_code: None,
+            via: Via::Api,
+        };
+        assert_eq!(base.claimer_keys(), ["oem:o"]);
+        let v6: std::net::IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        let portal = ClaimRequest { claimer: Claimer::PortalUser { user_id: 7, source: Some(v6) }, ..base };
+        assert_eq!(portal.claimer_keys(), ["portal:o:7", "ip:2001:db8:1:2::/64"]);
     }
 }

@@ -113,6 +113,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_registry.sql")),
     (2, include_str!("../migrations/0002_connect_indexes.sql")),
     (3, include_str!("../migrations/0003_staging.sql")),
+    (4, include_str!("../migrations/0004_claim_lockouts.sql")),
 ];
 
 fn now_ms() -> i64 {

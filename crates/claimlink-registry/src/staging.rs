@@ -74,10 +74,42 @@ pub struct StagingDevice {
     pub claim_id: Option<i64>,
     /// When the device acknowledged that claim.
     pub delivered_at: Option<i64>,
-    /// Wrong claim codes in a row.
+    /// Wrong claim codes for this device, from anyone, since `failures_since`.
     pub failed_codes: i64,
-    /// Claims are refused until then (Unix ms).
+    /// Start of the window `failed_codes` counts in (Unix ms; 0: none yet).
+    pub failures_since: i64,
+    /// Claims of this device are refused until then (Unix ms): only once its ceiling of wrong
+    /// codes per window is reached.
     pub locked_until: i64,
+}
+
+/// A claimer's wrong claim codes and lockout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimerLockout {
+    /// Wrong codes counted (reset after a quiet period).
+    pub failed: i64,
+    /// Refused until then (Unix ms).
+    pub locked_until: i64,
+}
+
+/// Refused claims of one claimer, device, reason and window.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRefusals {
+    /// Who was refused (`oem:{uuid}`, `portal:{user}`, ...).
+    pub claimer: String,
+    /// The device, or empty when staging does not know the name given.
+    pub thing_name: String,
+    /// The stable reason code.
+    pub reason: String,
+    /// Start of the window (Unix ms).
+    pub window_start: i64,
+    /// Refusals in the window.
+    pub attempts: i64,
+    /// First and last refusal (Unix ms).
+    pub first_at: i64,
+    /// Last refusal.
+    pub last_at: i64,
 }
 
 /// One claim attempt.
@@ -174,6 +206,7 @@ fn device_from(r: &AnyRow) -> Result<StagingDevice> {
         claim_id: r.try_get("claim_id")?,
         delivered_at: r.try_get("delivered_at")?,
         failed_codes: r.try_get("failed_codes")?,
+        failures_since: r.try_get("failures_since")?,
         locked_until: r.try_get("locked_until")?,
     })
 }
@@ -424,25 +457,40 @@ impl Tx {
         Ok(row.try_get("id")?)
     }
 
-    /// Makes `oem_id` the owner of a device through claim `claim_id`.
+    /// Takes the write lock on a device's row (a row lock on PostgreSQL, the database's write
+    /// lock on SQLite) so that concurrent claims of it are decided one after the other.
+    /// Returns whether the device exists.
+    pub async fn lock_staging_device(&mut self, thing_name: &str) -> Result<bool> {
+        let rows = sqlx::query("UPDATE staging_devices SET thing_name = thing_name WHERE thing_name = $1")
+            .bind(thing_name)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        Ok(rows == 1)
+    }
+
+    /// Makes `oem_id` the owner of a device through claim `claim_id`, only if it has no owner or
+    /// is `oem_id`'s already. Returns whether it did: `false` means another owner won.
     pub async fn set_owner(
         &mut self,
         thing_name: &str,
         oem_id: &str,
         endpoint: &str,
         claim_id: i64,
-    ) -> Result<()> {
-        sqlx::query(
+    ) -> Result<bool> {
+        let rows = sqlx::query(
             "UPDATE staging_devices SET owner_oem = $1, endpoint = $2, claim_id = $3, delivered_at = NULL, \
-             failed_codes = 0, locked_until = 0 WHERE thing_name = $4",
+             failed_codes = 0, failures_since = 0, locked_until = 0 \
+             WHERE thing_name = $4 AND (owner_oem IS NULL OR owner_oem = $1)",
         )
         .bind(oem_id)
         .bind(endpoint)
         .bind(claim_id)
         .bind(thing_name)
         .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(rows == 1)
     }
 
     /// Ends a device's ownership (and marks the claim that made it released).
@@ -462,6 +510,11 @@ impl Tx {
         .bind(thing_name)
         .execute(&mut *self.tx)
         .await?;
+        // Whoever held it in a portal list holds it no more.
+        sqlx::query("DELETE FROM portal_devices WHERE thing_name = $1")
+            .bind(thing_name)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(Some(device))
     }
 
@@ -482,20 +535,131 @@ impl Tx {
         Ok(())
     }
 
-    /// Sets a device's wrong-claim-code counter and lockout.
-    pub async fn set_code_failures(
-        &mut self,
-        thing_name: &str,
-        failed: i64,
-        locked_until: i64,
-    ) -> Result<()> {
-        sqlx::query("UPDATE staging_devices SET failed_codes = $1, locked_until = $2 WHERE thing_name = $3")
-            .bind(failed)
-            .bind(locked_until)
+    /// Counts one wrong claim code for a device, atomically: the count restarts when its
+    /// window (started at `failures_since`) is older than `window_start`. Returns the count and
+    /// the window's start.
+    pub async fn count_device_failure(&mut self, thing_name: &str, window_start: i64) -> Result<(i64, i64)> {
+        let row = sqlx::query(
+            "UPDATE staging_devices SET \
+             failed_codes = CASE WHEN failures_since < $1 THEN 1 ELSE failed_codes + 1 END, \
+             failures_since = CASE WHEN failures_since < $1 THEN $2 ELSE failures_since END \
+             WHERE thing_name = $3 RETURNING failed_codes, failures_since",
+        )
+        .bind(window_start)
+        .bind(now_ms())
+        .bind(thing_name)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok((row.try_get("failed_codes")?, row.try_get("failures_since")?))
+    }
+
+    /// Locks a device against every claimer until `until` (its ceiling was reached).
+    pub async fn lock_device_until(&mut self, thing_name: &str, until: i64) -> Result<()> {
+        sqlx::query("UPDATE staging_devices SET locked_until = $1 WHERE thing_name = $2")
+            .bind(until)
             .bind(thing_name)
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+
+    /// A claimer's lockout, if it has failed before.
+    pub async fn claimer_lockout(&mut self, claimer: &str) -> Result<Option<ClaimerLockout>> {
+        let row = sqlx::query("SELECT failed, locked_until FROM claim_lockouts WHERE claimer = $1")
+            .bind(claimer)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| {
+            Ok(ClaimerLockout { failed: r.try_get("failed")?, locked_until: r.try_get("locked_until")? })
+        })
+        .transpose()
+    }
+
+    /// Counts one wrong claim code for a claimer, atomically; a claimer whose last failure is
+    /// older than `quiet_since` starts again from one. Returns the new count.
+    pub async fn count_claimer_failure(&mut self, claimer: &str, quiet_since: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO claim_lockouts (claimer, failed, locked_until, last_failure) VALUES ($1, 1, 0, $2) \
+             ON CONFLICT (claimer) DO UPDATE SET \
+             failed = CASE WHEN claim_lockouts.last_failure < $3 THEN 1 ELSE claim_lockouts.failed + 1 END, \
+             last_failure = $2 RETURNING failed",
+        )
+        .bind(claimer)
+        .bind(now_ms())
+        .bind(quiet_since)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(row.try_get("failed")?)
+    }
+
+    /// Sets when a claimer's lockout ends.
+    pub async fn lock_claimer_until(&mut self, claimer: &str, until: i64) -> Result<()> {
+        sqlx::query("UPDATE claim_lockouts SET locked_until = $1 WHERE claimer = $2")
+            .bind(until)
+            .bind(claimer)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts `n` refused claims in aggregate; returns whether this opened the row (the first
+    /// refusal of its claimer, device, reason and window).
+    pub async fn count_refusals(
+        &mut self,
+        claimer: &str,
+        thing_name: &str,
+        reason: &str,
+        window_start: i64,
+        n: i64,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO claim_refusals (claimer, thing_name, reason, window_start, attempts, first_at, last_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (claimer, thing_name, reason, window_start) DO UPDATE SET \
+             attempts = claim_refusals.attempts + $5, last_at = $6 RETURNING attempts",
+        )
+        .bind(claimer)
+        .bind(thing_name)
+        .bind(reason)
+        .bind(window_start)
+        .bind(n)
+        .bind(now)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let attempts: i64 = row.try_get("attempts")?;
+        Ok(attempts == n)
+    }
+
+    /// Refused claims in aggregate, newest window first, by claimer and/or device.
+    pub async fn claim_refusals(
+        &mut self,
+        claimer: Option<&str>,
+        thing_name: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ClaimRefusals>> {
+        let rows = sqlx::query(
+            "SELECT * FROM claim_refusals WHERE ($1 IS NULL OR claimer = $1) AND ($2 IS NULL OR thing_name = $2) \
+             ORDER BY window_start DESC, last_at DESC LIMIT $3",
+        )
+        .bind(claimer)
+        .bind(thing_name)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimRefusals {
+                    claimer: r.try_get("claimer")?,
+                    thing_name: r.try_get("thing_name")?,
+                    reason: r.try_get("reason")?,
+                    window_start: r.try_get("window_start")?,
+                    attempts: r.try_get("attempts")?,
+                    first_at: r.try_get("first_at")?,
+                    last_at: r.try_get("last_at")?,
+                })
+            })
+            .collect()
     }
 
     /// Claim attempts, newest first, by OEM and/or device.
@@ -622,19 +786,27 @@ impl Tx {
         Ok(())
     }
 
-    /// Lists a device under a portal user (a device has one portal owner at a time).
-    pub async fn add_portal_device(&mut self, user_id: i64, thing_name: &str) -> Result<()> {
-        sqlx::query("DELETE FROM portal_devices WHERE thing_name = $1")
+    /// The portal user whose list holds a device, if any.
+    pub async fn portal_holder(&mut self, thing_name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT user_id FROM portal_devices WHERE thing_name = $1")
             .bind(thing_name)
-            .execute(&mut *self.tx)
+            .fetch_optional(&mut *self.tx)
             .await?;
-        sqlx::query("INSERT INTO portal_devices (user_id, thing_name, added) VALUES ($1, $2, $3)")
-            .bind(user_id)
-            .bind(thing_name)
-            .bind(now_ms())
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
+        row.map(|r| Ok(r.try_get("user_id")?)).transpose()
+    }
+
+    /// Lists a device under a portal user, unless another user holds it (a device is in one
+    /// list at a time). Returns whether `user_id` holds it now.
+    pub async fn add_portal_device(&mut self, user_id: i64, thing_name: &str) -> Result<bool> {
+        sqlx::query(
+            "INSERT INTO portal_devices (user_id, thing_name, added) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id)
+        .bind(thing_name)
+        .bind(now_ms())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(self.portal_holder(thing_name).await? == Some(user_id))
     }
 
     /// Removes a device from a portal user's list; returns whether it was there.

@@ -198,6 +198,13 @@ async fn openapi() -> axum::Json<Value> {
     }))
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 section 11.1).
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
 /// The caller's account and token name.
 async fn auth(server: &AccountServer, headers: &HeaderMap) -> Result<(Account, String), ApiError> {
     let unauthorized =
@@ -205,7 +212,7 @@ async fn auth(server: &AccountServer, headers: &HeaderMap) -> Result<(Account, S
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .ok_or_else(unauthorized)?;
     let mut tx = server.store().read().await?;
     tx.account_for_token(token.trim()).await?.ok_or_else(unauthorized)

@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use claimlink_broker::{ConnectRequest, Hooks, WeakBroker};
+use claimlink_broker::{ConnectRequest, Hooks, Inbound, Verdict, WeakBroker};
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{Properties, QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
@@ -186,9 +186,11 @@ impl Hooks for AccountHooks {
         self.admit(request).await
     }
 
-    fn authorize_publish(&self, ctx: &Connection, topic: &TopicName, retain: bool) -> bool {
-        ctx.bound.allows(Action::Publish, topic.as_str())
-            && (!retain || ctx.bound.allows(Action::RetainPublish, topic.as_str()))
+    fn admit_publish(&self, ctx: &Connection, message: &Inbound<'_>) -> Verdict {
+        let topic = message.topic.as_str();
+        let allowed = ctx.bound.allows(Action::Publish, topic)
+            && (!message.retain || ctx.bound.allows(Action::RetainPublish, topic));
+        if allowed { Verdict::Route } else { Verdict::Refuse }
     }
 
     fn authorize_subscribe(&self, ctx: &Connection, filter: &TopicFilter) -> bool {

@@ -15,12 +15,14 @@ use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, Via};
+use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, Claimer, Rejection, Via};
 use claimlink_registry::staging::PortalUser;
+use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpListener;
 
 use crate::AccountServer;
@@ -153,29 +155,34 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
         self.html(StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", None, "<p>Please try again.</p>")
     }
 
-    /// Claims `thing` for `user` and answers with the status page or the form with an error.
-    async fn claim(&self, user: &PortalUser, thing: &str, code: &str) -> PortalResult {
+    /// Claims `thing` for `user` (its wrong codes lock out the user and the source address;
+    /// a device another user holds is refused) and answers with the status page or the form
+    /// with an error.
+    async fn claim(&self, user: &PortalUser, source: IpAddr, thing: &str, code: &str) -> PortalResult {
         let thing = thing.trim().to_ascii_lowercase();
         let request = ClaimRequest {
             oem_id: &self.inner.config.oem_id,
+            claimer: Claimer::PortalUser { user_id: user.id, source: Some(source) },
             thing_name: &thing,
             endpoint: &self.inner.config.endpoint,
             claim_code: (!code.trim().is_empty()).then_some(code.trim()),
             via: Via::Api,
         };
         match self.inner.staging.claim(&request).await.map_err(|e| self.internal(e))? {
-            ClaimOutcome::Accepted { .. } => {
-                let mut tx = self.inner.staging.store().begin().await.map_err(|e| self.internal(e))?;
-                tx.add_portal_device(user.id, &thing).await.map_err(|e| self.internal(e))?;
-                tx.commit().await.map_err(|e| self.internal(e))?;
-                Ok(Redirect::to(&format!("/devices/{thing}")).into_response())
-            }
+            // The claim's transaction put it in this user's list.
+            ClaimOutcome::Accepted { .. } => Ok(Redirect::to(&format!("/devices/{thing}")).into_response()),
             ClaimOutcome::Rejected { reason, .. } => {
                 let status = StatusCode::from_u16(reason.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+                let message = match reason {
+                    Rejection::AlreadyOwned => {
+                        "This device is registered to another account. Its owner must release it before it can be added here."
+                    }
+                    other => other.message(),
+                };
                 let error = format!(
                     r#"<p class="error" id="error" data-code="{}">{}</p>"#,
                     reason.code(),
-                    esc(reason.message())
+                    esc(message)
                 );
                 Err(self.devices_page(status, user, &error).await)
             }
@@ -423,12 +430,17 @@ struct AddForm {
     code: String,
 }
 
-async fn add_device(State(p): State<Portal>, headers: HeaderMap, Form(f): Form<AddForm>) -> PortalResult {
+async fn add_device(
+    State(p): State<Portal>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<AddForm>,
+) -> PortalResult {
     let user = p.require(&headers).await?;
     if !same_origin(&headers) {
         return Err(StatusCode::FORBIDDEN.into_response());
     }
-    p.claim(&user, &f.thing, &f.code).await
+    p.claim(&user, peer.ip(), &f.thing, &f.code).await
 }
 
 /// Decodes the first QR code in an image (PNG or JPEG).
@@ -452,7 +464,12 @@ fn decode_qr(bytes: &[u8]) -> Result<String, &'static str> {
     grid.decode().map(|(_, text)| text).map_err(|_| "the QR code could not be read; try a sharper photo")
 }
 
-async fn scan_device(State(p): State<Portal>, headers: HeaderMap, mut form: Multipart) -> PortalResult {
+async fn scan_device(
+    State(p): State<Portal>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> PortalResult {
     let user = p.require(&headers).await?;
     if !same_origin(&headers) {
         return Err(StatusCode::FORBIDDEN.into_response());
@@ -479,7 +496,7 @@ async fn scan_device(State(p): State<Portal>, headers: HeaderMap, mut form: Mult
     };
     let thing = thing.to_owned();
     let code = code.unwrap_or("").to_owned();
-    p.claim(&user, &thing, &code).await
+    p.claim(&user, peer.ip(), &thing, &code).await
 }
 
 async fn device_status(

@@ -20,7 +20,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use claimlink_broker::{Broker, ConnectRequest, Hooks, Limits, PeerIdentity, WeakBroker};
+use claimlink_broker::{
+    Broker, ConnectRequest, Hooks, Inbound, Limits, Origin, PeerIdentity, Verdict, WeakBroker,
+};
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
@@ -39,6 +41,10 @@ pub const CONFIG_TOPIC: &str = "expresslink_config";
 
 /// Largest claim payload accepted over MQTT.
 const MAX_CLAIM_PAYLOAD: usize = 4096;
+/// Claims waiting for the registry at once.
+const MAX_CLAIMS_IN_FLIGHT: usize = 256;
+/// Claimers whose rate-limited claims are tallied in memory at once.
+const MAX_TALLIES: usize = 10_000;
 
 /// Rate limits on claims.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +84,9 @@ pub(crate) struct StagingShared {
     claim_certs: RwLock<HashMap<String, (String, Certificate)>>,
     broker: OnceLock<WeakBroker<StagingHooks>>,
     limiters: Mutex<(RateLimiter, RateLimiter)>,
+    /// Rate-limited claims not yet written, per claimer: (count, last write in Unix ms).
+    refused: Mutex<HashMap<String, (i64, i64)>>,
+    claims_in_flight: Arc<tokio::sync::Semaphore>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -159,6 +168,8 @@ impl StagingServer {
                 RateLimiter::new(l.per_oem_rate, l.per_oem_burst),
                 RateLimiter::new(l.per_device_rate, l.per_device_burst),
             )),
+            refused: Mutex::new(HashMap::new()),
+            claims_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CLAIMS_IN_FLIGHT)),
             server_chain,
             server_key,
             shutdown,
@@ -195,15 +206,30 @@ impl StagingServer {
         Ok(())
     }
 
-    /// Decides a claim (rate limits, then [`claims::claim`]) and, when accepted and not yet
-    /// acknowledged, delivers it to the device if it is online.
+    /// Decides a claim (shape and rate limits first, before any registry work, then
+    /// [`claims::claim`]) and, when accepted and not yet acknowledged, delivers it to the
+    /// device if it is online.
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
+        if claimlink_registry::validate_thing_name("thing name", request.thing_name).is_err()
+            || request.oem_id.len() > 64
+        {
+            // Refused before anything is stored under its (peer-chosen) names.
+            return Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None });
+        }
+        let now = claimlink_registry::now();
+        // At most MAX_CLAIMS_IN_FLIGHT claims wait for the registry; more are refused at once
+        // (a flood from an MQTT claim-thing cannot pile up tasks behind a slow database).
+        let Ok(_in_flight) = self.shared.claims_in_flight.clone().try_acquire_owned() else {
+            self.tally_rate_limited(request, now);
+            return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
+        };
+        // Fails closed: a poisoned lock refuses the claim.
         let allowed = self.shared.limiters.lock().is_ok_and(|mut l| {
-            let now = claimlink_registry::now();
-            l.0.allow(request.oem_id, now) && l.1.allow(request.thing_name, now)
+            let per_device = format!("{}|{}", request.claimer_name(), request.thing_name);
+            l.0.allow(request.oem_id, now) && l.1.allow(&per_device, now)
         });
         if !allowed {
-            claims::record_rejection(&self.shared.store, request, Rejection::RateLimited).await?;
+            self.tally_rate_limited(request, now);
             return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
         }
         let outcome = claims::claim(&self.shared.store, request).await?;
@@ -211,6 +237,36 @@ impl StagingServer {
             self.deliver(request.thing_name, endpoint);
         }
         Ok(outcome)
+    }
+
+    /// Rate-limited claims are counted in memory and written in aggregate at most once a second
+    /// per claimer, so that a flood costs no write per attempt.
+    fn tally_rate_limited(&self, request: &ClaimRequest<'_>, now: i64) {
+        let claimer = request.claimer_name();
+        let due = self.shared.refused.lock().ok().and_then(|mut tally| {
+            if tally.len() >= MAX_TALLIES && !tally.contains_key(&claimer) {
+                tally.retain(|_, (n, _)| *n > 0);
+                if tally.len() >= MAX_TALLIES {
+                    return None; // counted nowhere rather than grow without bound
+                }
+            }
+            let (pending, last) = tally.entry(claimer).or_insert((0, 0));
+            *pending += 1;
+            (now - *last >= 1000).then(|| {
+                *last = now;
+                std::mem::take(pending)
+            })
+        });
+        let Some(n) = due else { return };
+        let store = self.shared.store.clone();
+        let (oem, claimer, via) = (request.oem_id.to_owned(), request.claimer, request.via);
+        tokio::spawn(async move {
+            let request =
+                ClaimRequest { oem_id: &oem, claimer, thing_name: "", endpoint: "", claim_code: None, via };
+            if let Err(e) = claims::record_rejection(&store, &request, Rejection::RateLimited, n).await {
+                tracing::error!(error = %e, "recording rate-limited claims failed");
+            }
+        });
     }
 
     fn deliver(&self, thing: &str, endpoint: &str) {
@@ -376,6 +432,7 @@ impl StagingHooks {
             let (endpoint, code) = parsed.unwrap_or_default();
             let request = ClaimRequest {
                 oem_id: &oem,
+                claimer: claims::Claimer::ClaimThing,
                 thing_name: &thing,
                 endpoint: &endpoint,
                 claim_code: code.as_deref().map(|c| c.as_str()),
@@ -383,7 +440,8 @@ impl StagingHooks {
             };
             let outcome = if endpoint.is_empty() {
                 let _ =
-                    claims::record_rejection(&server.shared.store, &request, Rejection::InvalidRequest).await;
+                    claims::record_rejection(&server.shared.store, &request, Rejection::InvalidRequest, 1)
+                        .await;
                 Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None })
             } else {
                 server.claim(&request).await
@@ -426,6 +484,29 @@ impl StagingHooks {
                 tracing::error!(error = %e, "recording a claim delivery failed");
             }
         });
+    }
+}
+
+/// The one place that decides what may enter staging's broker, and so what may reach a
+/// device's configuration topic. Only a claim-thing's own PUBLISH (not retained) on
+/// `{ThingName}/expresslink_config` gets there, and it is taken as a claim, never routed; the
+/// device then hears only what an accepted claim (or a release) publishes through
+/// [`Broker::publish`]. Nobody else writes a configuration topic: no will (a claim-thing's
+/// will there would reach the device with no claim code, no claim row and no audit; it is
+/// refused at CONNECT), no retained message (a device could leave itself an endpoint that
+/// outlives its factory reset), and no device publish. A device may otherwise publish under
+/// its own `{ThingName}/`; a claim-thing nowhere else.
+pub(crate) fn config_gate(ctx: &StagingPeer, message: &Inbound<'_>) -> Verdict {
+    let topic = message.topic.as_str();
+    let config = topic.split_once('/').is_some_and(|(thing, rest)| rest == CONFIG_TOPIC && !thing.is_empty());
+    match ctx {
+        StagingPeer::ClaimThing { .. } if config && !message.retain && message.origin == Origin::Packet => {
+            Verdict::Take
+        }
+        StagingPeer::ClaimThing { .. } => Verdict::Refuse,
+        StagingPeer::Device { .. } if config => Verdict::Refuse,
+        StagingPeer::Device { prefix, .. } if topic.starts_with(prefix.as_str()) => Verdict::Route,
+        StagingPeer::Device { .. } => Verdict::Refuse,
     }
 }
 
@@ -473,17 +554,14 @@ impl Hooks for StagingHooks {
         }
     }
 
-    fn authorize_publish(&self, ctx: &StagingPeer, topic: &TopicName, retain: bool) -> bool {
-        match ctx {
-            StagingPeer::Device { prefix, .. } => topic.as_str().starts_with(prefix.as_str()),
-            StagingPeer::ClaimThing { .. } => {
-                !retain
-                    && topic
-                        .as_str()
-                        .split_once('/')
-                        .is_some_and(|(thing, rest)| rest == CONFIG_TOPIC && !thing.is_empty())
+    fn admit_publish(&self, ctx: &StagingPeer, message: &Inbound<'_>) -> Verdict {
+        let verdict = config_gate(ctx, message);
+        if let (Verdict::Take, StagingPeer::ClaimThing { oem, .. }) = (verdict, ctx) {
+            if let Some((thing, _)) = message.topic.as_str().split_once('/') {
+                self.take_claim(oem, thing, message.payload);
             }
         }
+        verdict
     }
 
     fn authorize_subscribe(&self, ctx: &StagingPeer, filter: &TopicFilter) -> bool {
@@ -507,13 +585,6 @@ impl Hooks for StagingHooks {
             }
             StagingPeer::ClaimThing { .. } => Vec::new(),
         }
-    }
-
-    fn intercept_publish(&self, ctx: &StagingPeer, topic: &TopicName, payload: &[u8]) -> bool {
-        let StagingPeer::ClaimThing { oem, .. } = ctx else { return false };
-        let Some((thing, _)) = topic.as_str().split_once('/') else { return false };
-        self.take_claim(oem, thing, payload);
-        true
     }
 
     fn track_acknowledgement(&self, ctx: &StagingPeer, topic: &str) -> bool {

@@ -81,7 +81,9 @@ pub fn router(server: StagingServer) -> Router {
         .route("/staging/oems/{id}/status", put(set_status))
         .route("/staging/devices/{thing}", get(describe_device))
         .route("/staging/claims", get(admin_claims))
+        .route("/staging/claim-refusals", get(admin_refusals))
         .route("/claims", post(claim).get(my_claims))
+        .route("/claims/refusals", get(my_refusals))
         .route("/claims/{thing}/release", post(release))
         .route("/devices", get(my_devices))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -91,17 +93,16 @@ pub fn router(server: StagingServer) -> Router {
 type St = State<Arc<StagingServer>>;
 
 async fn admin(server: &StagingServer, headers: &HeaderMap) -> Result<String, ApiError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "a staging administrator token is required",
-            )
-        })?;
+    let token =
+        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(crate::api::bearer).ok_or_else(
+            || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "a staging administrator token is required",
+                )
+            },
+        )?;
     server.store().read().await?.staging_admin_for_token(token).await?.ok_or_else(|| {
         ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the token is not a staging administrator's")
     })
@@ -135,8 +136,13 @@ fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
         "claimCertificateId": o.claim_certificate_id, "created": o.created})
 }
 
-async fn audit(server: &StagingServer, actor: &str, action: &str, target: &str) -> Result<(), ApiError> {
-    let mut tx = server.store().begin().await?;
+/// Writes the audit row of a change in the change's own transaction.
+async fn audit(
+    tx: &mut claimlink_registry::Tx,
+    actor: &str,
+    action: &str,
+    target: &str,
+) -> Result<(), ApiError> {
     tx.audit(
         None,
         &claimlink_registry::AuditRecord {
@@ -149,7 +155,7 @@ async fn audit(server: &StagingServer, actor: &str, action: &str, target: &str) 
         },
     )
     .await?;
-    Ok(tx.commit().await?)
+    Ok(())
 }
 
 async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult {
@@ -166,8 +172,8 @@ async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult
     };
     let mut tx = s.store().begin().await?;
     let oem = tx.create_oem(name, &endpoints).await?;
+    audit(&mut tx, &format!("staging-admin:{who}"), "CreateOem", &oem.id).await?;
     tx.commit().await?;
-    audit(&s, &format!("staging-admin:{who}"), "CreateOem", &oem.id).await?;
     ok(oem_json(&oem))
 }
 
@@ -207,11 +213,11 @@ async fn upload_claim_certificate(
     let cert_id = cert.id().to_string();
     let mut tx = s.store().begin().await?;
     tx.set_claim_certificate(&id, &cert_id, &cert.to_pem()).await?;
+    audit(&mut tx, &format!("staging-admin:{who}"), "SetClaimCertificate", &id).await?;
     tx.commit().await?;
     s.reload()
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))?;
-    audit(&s, &format!("staging-admin:{who}"), "SetClaimCertificate", &id).await?;
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
 }
 
@@ -223,8 +229,8 @@ async fn add_endpoint(State(s): St, headers: HeaderMap, Path(id): Path<String>, 
     tx.oem(&id).await?;
     tx.add_oem_endpoint(&id, endpoint).await?;
     let oem = tx.oem(&id).await?;
+    audit(&mut tx, &format!("staging-admin:{who}"), "AddEndpoint", &id).await?;
     tx.commit().await?;
-    audit(&s, &format!("staging-admin:{who}"), "AddEndpoint", &id).await?;
     ok(oem_json(&oem))
 }
 
@@ -235,8 +241,8 @@ async fn set_status(State(s): St, headers: HeaderMap, Path(id): Path<String>, by
     let mut tx = s.store().begin().await?;
     tx.set_oem_status(&id, status).await?;
     let oem = tx.oem(&id).await?;
+    audit(&mut tx, &format!("staging-admin:{who}"), "SetOemStatus", &id).await?;
     tx.commit().await?;
-    audit(&s, &format!("staging-admin:{who}"), "SetOemStatus", &id).await?;
     ok(oem_json(&oem))
 }
 
@@ -274,13 +280,57 @@ async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQue
     ok(json!({ "claims": claims }))
 }
 
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefusalQuery {
+    thing_name: Option<String>,
+    claimer: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Refused claims in aggregate (per claimer, device, reason and hour).
+async fn admin_refusals(State(s): St, headers: HeaderMap, Query(q): Query<RefusalQuery>) -> ApiResult {
+    admin(&s, &headers).await?;
+    let refusals = s
+        .store()
+        .read()
+        .await?
+        .claim_refusals(q.claimer.as_deref(), q.thing_name.as_deref(), q.limit.unwrap_or(100))
+        .await?;
+    ok(json!({ "refusals": refusals }))
+}
+
+/// The OEM's own refused claims (its claim-thing's), in aggregate.
+async fn my_refusals(
+    State(s): St,
+    Extension(peer): Extension<ClaimPeer>,
+    Query(q): Query<RefusalQuery>,
+) -> ApiResult {
+    let oem = oem_peer(&peer)?;
+    let claimer = format!("oem:{oem}");
+    let refusals = s
+        .store()
+        .read()
+        .await?
+        .claim_refusals(Some(&claimer), q.thing_name.as_deref(), q.limit.unwrap_or(100))
+        .await?;
+    ok(json!({ "refusals": refusals }))
+}
+
 async fn claim(State(s): St, Extension(peer): Extension<ClaimPeer>, bytes: Bytes) -> ApiResult {
     let oem = oem_peer(&peer)?;
     let v = body(&bytes)?;
     let thing = field(&v, "thingName")?;
     let endpoint = field(&v, "endpoint")?;
     let code = v.get("claimCode").and_then(Value::as_str);
-    let request = ClaimRequest { oem_id: oem, thing_name: thing, endpoint, claim_code: code, via: Via::Api };
+    let request = ClaimRequest {
+        oem_id: oem,
+        claimer: claimlink_provision::claims::Claimer::ClaimThing,
+        thing_name: thing,
+        endpoint,
+        claim_code: code,
+        via: Via::Api,
+    };
     let outcome = s.claim(&request).await?;
     let (_, body) = claim_result(thing, &outcome);
     match outcome {

@@ -2,14 +2,17 @@
 tests, one JSON command per stdin line, one JSON result per stdout line.
 
 Commands ({"op": ...}):
-  connect     name, cid, port, [sni], [ca], [cert], [key], [clean], [v311]
-              -> {"rc": reason code value} or {"error": "..."} (TLS handshake refused, ...)
+  connect     name, cid, port, [sni], [ca], [cert], [key], [clean], [v311],
+              [will_topic, will_payload, will_retain], [session_expiry]
+              -> {"rc": reason code value[, "session_present": true]} or {"error": "..."}
+                 (TLS handshake refused, ...)
   subscribe   name, topic, [qos]          -> {"codes": [reason code values]}
   publish     name, topic, payload, [qos], [retain]
               -> {"rc": PUBACK reason code value} (QoS 1) or {"rc": 0} (QoS 0)
   expect      name, count, [timeout]      -> {"messages": [[topic, payload], ...]}
   disconnected name, [timeout]            -> {"rc": reason value or null if still connected}
-  disconnect  name                        -> {}
+  disconnect  name, [session_expiry]      -> {}   (MQTT 5: the interval set in DISCONNECT)
+  drop        name                        -> {}   (closes the socket without DISCONNECT)
 Connections go to 127.0.0.1:port; the TLS server name (SNI, and the name the server
 certificate is checked against) is `sni`, or none when absent.
 """
@@ -57,6 +60,7 @@ def connect(cmd):
 
     def on_connect(cl, ud, flags, rc, props=None):
         state["rc"] = value(rc)
+        state["session_present"] = bool(getattr(flags, "session_present", False))
         state["connected"].set()
 
     def on_disconnect(cl, ud, flags, rc, props=None):
@@ -82,10 +86,17 @@ def connect(cmd):
         if not cmd.get("sni"):
             ctx.check_hostname = False
         c.tls_set_context(ctx)
+    if cmd.get("will_topic"):
+        c.will_set(cmd["will_topic"], cmd.get("will_payload", "").encode(), qos=1,
+                   retain=cmd.get("will_retain", False))
     host = cmd.get("sni") or "127.0.0.1"
     try:
         if v5:
-            c.connect(host, cmd["port"], keepalive=30, clean_start=cmd.get("clean", True))
+            props = None
+            if "session_expiry" in cmd:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = cmd["session_expiry"]
+            c.connect(host, cmd["port"], keepalive=30, clean_start=cmd.get("clean", True), properties=props)
         else:
             c.connect(host, cmd["port"], keepalive=30)
     except Exception as e:  # the TLS handshake was refused, or the socket closed
@@ -96,7 +107,10 @@ def connect(cmd):
     clients[cmd["name"]] = c
     if state["rc"] is None:
         return {"error": "closed before CONNACK", "disconnect_rc": state["gone_rc"]}
-    return {"rc": state["rc"]}
+    result = {"rc": state["rc"]}
+    if state.get("session_present"):
+        result["session_present"] = True
+    return result
 
 
 def wait_for(pred, timeout):
@@ -138,8 +152,17 @@ def run(cmd):
         s["gone"].wait(cmd.get("timeout", TIMEOUT))
         return {"rc": s["gone_rc"] if s["gone"].is_set() else None}
     if op == "disconnect":
-        c.disconnect()
+        props = None
+        if "session_expiry" in cmd:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = cmd["session_expiry"]
+        c.disconnect(properties=props)
+        s["gone"].wait(TIMEOUT)
         c.loop_stop()
+        return {"rc": s["gone_rc"]}
+    if op == "drop":
+        c.loop_stop()
+        c.socket().close()
         return {}
     return {"error": "unknown op " + op}
 

@@ -208,26 +208,6 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     let result: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
     assert_eq!(result["reason"], "InvalidRequest");
 
-    // Wrong claim codes: refused, counted, then a growing lockout even for the right code.
-    let wrong = json!({"thingName": b, "endpoint": endpoint, "claimCode": "0000-0000-0000-0000"});
-    for n in 1..=3 {
-        let (status, body) = p.claim_api("POST", "/claims", &wrong);
-        assert_eq!((status, body["code"].as_str()), (403, Some("ClaimCodeWrong")), "{body}");
-        let dev = p.staging_admin("GET", &format!("/staging/devices/{b}"), None).1;
-        assert_eq!(dev["failedClaimCodes"], n);
-        assert_eq!(dev["owner"], Value::Null);
-        if n == 3 {
-            assert!(body["retryAt"].as_i64().unwrap() > claimlink_registry::now() + 50_000, "{body}");
-        }
-    }
-    let right = json!({"thingName": b, "endpoint": endpoint, "claimCode": p.claim_code(b)});
-    let (status, body) = p.claim_api("POST", "/claims", &right);
-    assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
-    // Five claims at one device use up its burst; the sixth is rate limited before any check.
-    let (status, body) = p.claim_api("POST", "/claims", &right);
-    assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
-    let (status, body) = p.claim_api("POST", "/claims", &right);
-    assert_eq!((status, body["code"].as_str()), (429, Some("RateLimited")), "{body}");
     let (status, body) = p.claim_api("POST", "/claims", &json!({"thingName": c, "endpoint": endpoint}));
     assert_eq!((status, body["code"].as_str()), (400, Some("ClaimCodeRequired")), "{body}");
 
@@ -326,17 +306,139 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     );
     assert_eq!(dev["delivered"], true, "the device's PUBACK is recorded");
 
-    // Every attempt is on record.
+    // A stranger's wrong codes lock out the stranger, never the device: the owner still claims.
+    let wrong =
+        json!({"thingName": b, "endpoint": "rival.localhost:9999", "claimCode": "0000-0000-0000-0000"});
+    let as_rival = |body: &Value| p.claim_api_as(Some((&rival_tls.0, &rival_tls.1)), "POST", "/claims", body);
+    for n in 1..=3 {
+        let (status, body) = as_rival(&wrong);
+        assert_eq!((status, body["code"].as_str()), (403, Some("ClaimCodeWrong")), "{body}");
+        let dev = p.staging_admin("GET", &format!("/staging/devices/{b}"), None).1;
+        assert_eq!(dev["failedClaimCodes"], n);
+        assert_eq!(dev["owner"], Value::Null);
+        assert_eq!(dev["lockedUntil"], Value::Null, "the device itself is not locked");
+        if n == 3 {
+            assert!(body["retryAt"].as_i64().unwrap() > claimlink_registry::now() + 50_000, "{body}");
+        }
+    }
+    let stolen_code =
+        json!({"thingName": b, "endpoint": "rival.localhost:9999", "claimCode": p.claim_code(b)});
+    let (status, body) = as_rival(&stolen_code);
+    assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
+    let (status, body) = as_rival(&stolen_code);
+    assert_eq!((status, body["code"].as_str()), (429, Some("LockedOut")), "{body}");
+    // Five claims of one device by one claimer use up its burst; the sixth is refused unread.
+    let (status, body) = as_rival(&stolen_code);
+    assert_eq!((status, body["code"].as_str()), (429, Some("RateLimited")), "{body}");
+    let right = json!({"thingName": b, "endpoint": endpoint, "claimCode": p.claim_code(b)});
+    let (status, body) = p.claim_api("POST", "/claims", &right);
+    assert_eq!(status, 200, "the owner is not locked out by a stranger: {body}");
+
+    // The owner's repeated claim needs the code too (it used to be accepted without one).
+    let (status, body) = p.claim_api("POST", "/claims", &json!({"thingName": b, "endpoint": endpoint}));
+    assert_eq!((status, body["code"].as_str()), (400, Some("ClaimCodeRequired")), "{body}");
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": b, "endpoint": endpoint, "claimCode": "2222-3333-4444-5555"}),
+    );
+    assert_eq!((status, body["code"].as_str()), (403, Some("ClaimCodeWrong")), "{body}");
+    let (status, body) = p.claim_api("POST", "/claims", &right);
+    assert_eq!(status, 200, "{body}");
+
+    // Accepted claims are rows; refusals are counted in aggregate per claimer, device and reason.
     let claims = p.staging_admin("GET", &format!("/staging/claims?thingName={b}"), None).1;
     let reasons: Vec<&str> =
         claims["claims"].as_array().unwrap().iter().map(|c| c["reason"].as_str().unwrap()).collect();
-    assert_eq!(
-        reasons,
-        ["RateLimited", "LockedOut", "LockedOut", "ClaimCodeWrong", "ClaimCodeWrong", "ClaimCodeWrong"]
+    assert_eq!(reasons, ["Accepted"], "{claims}");
+    let refusals = p.staging_admin("GET", &format!("/staging/claim-refusals?thingName={b}"), None).1;
+    let attempts = |claimer: &str, reason: &str| {
+        refusals["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["claimer"] == claimer && r["reason"] == reason)
+            .map(|r| r["attempts"].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(attempts(&format!("oem:{rival_id}"), "ClaimCodeWrong"), 3, "{refusals}");
+    assert_eq!(attempts(&format!("oem:{oem_id}"), "ClaimCodeWrong"), 1, "{refusals}");
+    let mine = p.claim_api("GET", "/claims/refusals", &json!({})).1;
+    assert!(
+        mine["refusals"].as_array().unwrap().iter().all(|r| r["claimer"] == format!("oem:{oem_id}")),
+        "{mine}"
     );
-    let mine = p.claim_api("GET", "/claims", &json!({})).1;
-    assert!(mine["claims"].as_array().unwrap().len() >= 8, "{mine}");
-    assert!(!mine.to_string().contains(&p.claim_code(b)), "claim codes are never stored");
+    let everything = format!("{} {}", p.claim_api("GET", "/claims", &json!({})).1, mine);
+    assert!(!everything.contains(&p.claim_code(b)), "claim codes are never stored");
+}
+
+#[test]
+fn no_will_retained_message_or_device_publish_reaches_a_config_topic() {
+    let Some(mut py) = Paho::start("config_topic_paths") else { return };
+    let p = Platform::up("config_topic_paths");
+    let devices = p.devices();
+    let (a, b) = (&devices[0], &devices[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let oem_id = p.oem_id();
+    let (ct_cert, ct_key) = (p.data("oem/claim-thing.pem"), p.data("oem/claim-thing.key"));
+    let base = |name: &str, cid: &str, cert: &str, key: &str| {
+        json!({"op": "connect", "name": name, "cid": cid, "port": p.staging_port(), "sni": "staging.localhost",
+               "ca": p.endpoint_ca(), "cert": cert, "key": key})
+    };
+    let (cert_a, key_a) = p.device_files(a, dir.path());
+    assert_eq!(paho(&mut py, base("a", a, &cert_a, &key_a))["rc"], 0);
+    let evil = json!({"Endpoint": "evil.example.com:8883"}).to_string();
+
+    // A claim-thing's will on a device's config topic: refused with the connection, and so
+    // neither a drop nor a takeover can fire it.
+    let mut with_will = base("ct-will", &oem_id, &ct_cert, &ct_key);
+    with_will["will_topic"] = json!(format!("{a}/expresslink_config"));
+    with_will["will_payload"] = json!(evil);
+    assert_eq!(paho(&mut py, with_will)["rc"], NOT_AUTHORIZED);
+    // The same claim-thing without a will connects; dropping it and taking it over deliver nothing.
+    assert_eq!(paho(&mut py, base("ct", &oem_id, &ct_cert, &ct_key))["rc"], 0);
+    assert_eq!(paho(&mut py, base("ct2", &oem_id, &ct_cert, &ct_key))["rc"], 0);
+    paho(&mut py, json!({"op": "drop", "name": "ct2"}));
+    // A retained claim from the claim-thing is refused and not stored.
+    let rc = paho(
+        &mut py,
+        json!({"op": "publish", "name": "ct", "topic": format!("{a}/expresslink_config"), "payload": evil, "qos": 1, "retain": true}),
+    );
+    assert!(rc["rc"] == NOT_AUTHORIZED || rc.get("error").is_some(), "{rc}");
+
+    // A device may not write its own config topic: not retained (it would outlive a factory
+    // reset), not plain, not as its will.
+    let (cert_b, key_b) = p.device_files(b, dir.path());
+    let mut b_will = base("b-will", b, &cert_b, &key_b);
+    b_will["will_topic"] = json!(format!("{b}/expresslink_config"));
+    b_will["will_payload"] = json!(evil);
+    b_will["will_retain"] = json!(true);
+    assert_eq!(paho(&mut py, b_will)["rc"], NOT_AUTHORIZED);
+    assert_eq!(paho(&mut py, base("b", b, &cert_b, &key_b))["rc"], 0);
+    paho(&mut py, json!({"op": "expect", "name": "b", "count": 1, "timeout": 1}));
+    for retain in [true, false] {
+        let rc = paho(
+            &mut py,
+            json!({"op": "publish", "name": "b", "topic": format!("{b}/expresslink_config"), "payload": evil, "qos": 1, "retain": retain}),
+        );
+        assert_eq!(rc["rc"], NOT_AUTHORIZED, "retain={retain}: {rc}");
+    }
+    // A will on its own other topics is fine.
+    let (cert_c, key_c) = p.device_files(&devices[2], dir.path());
+    let mut c_will = base("c", &devices[2], &cert_c, &key_c);
+    c_will["will_topic"] = json!(format!("{}/status", devices[2]));
+    c_will["will_payload"] = json!("offline");
+    assert_eq!(paho(&mut py, c_will)["rc"], 0);
+
+    // Nothing reached either device, now or after reconnecting (no retained endpoint).
+    let got = paho(&mut py, json!({"op": "expect", "name": "a", "count": 1, "timeout": 2}));
+    assert_eq!(got["messages"], json!([]), "device a heard: {got}");
+    paho(&mut py, json!({"op": "disconnect", "name": "b"}));
+    assert_eq!(paho(&mut py, base("b2", b, &cert_b, &key_b))["rc"], 0);
+    let got = paho(&mut py, json!({"op": "expect", "name": "b2", "count": 1, "timeout": 2}));
+    assert_eq!(got["messages"], json!([]), "device b heard: {got}");
+    let dev = p.staging_admin("GET", &format!("/staging/devices/{a}"), None).1;
+    assert_eq!(dev["owner"], Value::Null, "no claim was made: {dev}");
 }
 
 #[test]

@@ -175,7 +175,8 @@ fn module_maker(dir: &tempfile::TempDir, db: &str) {
     };
     let (status, body) =
         claim(json!({"thingName": "00000000000000000000000000000000", "endpoint": "oem.test:8884"}));
-    assert_eq!((status, body["code"].as_str()), (404, Some("DeviceUnknown")), "{body}");
+    // An unknown device answers as a device with a claim code would: nothing to learn.
+    assert_eq!((status, body["code"].as_str()), (400, Some("ClaimCodeRequired")), "{body}");
     let (status, body) = claim(json!({"thingName": thing, "endpoint": "oem.test:8884", "claimCode": code}));
     assert_eq!(status, 200, "{body}");
     let (status, body) = claim(json!({"endpoint": "oem.test:8884"}));
