@@ -139,6 +139,11 @@ impl<A: Admission> ClientCertVerifier for ClientVerifier<A> {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
         };
         let leaf = Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
+        // A CA certificate is never a client, whatever it chains to (RFC 5280 lets a CA be
+        // the target of a path; we do not).
+        if leaf.is_ca() {
+            return Err(bad("the client certificate is a CA certificate (basicConstraints CA:TRUE)".into()));
+        }
         let intermediates: Vec<Certificate> =
             intermediates.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
         self.admission.admit(&leaf, &intermediates).map_err(bad)?;

@@ -174,6 +174,19 @@ async fn scenario(store: Store, dir: &Path, paho: &mut Paho) {
     assert_eq!(certs["certificates"][0]["status"], "ACTIVE", "{certs}");
     let cert_id = certs["certificates"][0]["certificateId"].as_str().unwrap().to_owned();
 
+    // A CA certificate under the registered CA is not a device: refused at the handshake.
+    let ca_leaf = maker.leaf_with(
+        &claimlink_pki::Profile::IssuingCa { path_len: Some(0) },
+        "CN=lamp-ca,serialNumber=SN00CA",
+        std::time::SystemTime::now(),
+        claimlink_pki::profile::YEAR,
+    );
+    let files = env.device_files("lamp-ca", &ca_leaf);
+    let refused = env.connect(paho, "dca", "lamp-ca", &files, Some("acme.iot.test"));
+    assert!(refused.get("error").is_some(), "a CA:TRUE certificate was admitted: {refused}");
+    let (_, things) = http(env.api, "GET", "/things/lamp-ca", Some(&acme.1), None);
+    assert_eq!(things["code"], "ResourceNotFoundException", "not provisioned: {things}");
+
     // A second device watches; the policy decides what goes through.
     let lamp2 = env.device_files("lamp-2", &maker.device("CN=lamp-2,serialNumber=SN0002"));
     assert_eq!(env.connect(paho, "d2", "lamp-2", &lamp2, Some("acme.iot.test")), json!({"rc": 0}));
