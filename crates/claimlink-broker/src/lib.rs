@@ -13,6 +13,7 @@ mod connection;
 pub mod hooks;
 pub mod listener;
 pub mod router;
+pub mod serve;
 pub mod tls;
 
 pub use hooks::{AllowAll, ConnectRequest, Hooks, Inbound, Origin, PeerIdentity, Verdict};

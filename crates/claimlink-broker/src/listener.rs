@@ -231,39 +231,29 @@ impl<H: Hooks> Broker<H> {
         &self,
         listener: TcpListener,
         tls: Option<Arc<dyn TlsSelector>>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
         self.spawn_sweeper(shutdown.clone());
-        loop {
-            let (stream, addr) = tokio::select! {
-                accepted = listener.accept() => accepted?,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%addr, "connection limit reached; refusing");
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let shared = self.shared.clone();
-            let (tls, shutdown) = (tls.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let timeout = shared.limits.connect_timeout;
-                let Some(tls) = tls else {
-                    let peer = PeerIdentity { addr, sni: None, certificates: Vec::new() };
-                    connection::serve(shared, stream, peer, shutdown).await;
-                    return;
-                };
-                match tokio::time::timeout(timeout, handshake(stream, &*tls)).await {
-                    Ok(Ok((stream, sni, certificates))) => {
-                        let peer = PeerIdentity { addr, sni, certificates };
-                        connection::serve(shared, stream, peer, shutdown).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                }
-            });
-        }
+        let limits = crate::serve::ListenerLimits {
+            max_connections: self.shared.limits.max_connections,
+            handshake_timeout: self.shared.limits.connect_timeout,
+            ..crate::serve::ListenerLimits::MQTT
+        };
+        let me = self.clone();
+        let stop = shutdown.clone();
+        crate::serve::serve("mqtt", listener, limits, tls, shutdown, move |accepted| {
+            let (me, stop) = (me.clone(), stop.clone());
+            async move { me.serve_accepted(accepted, stop).await }
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Serves one connection accepted by [`crate::serve::serve`].
+    pub async fn serve_accepted(&self, accepted: crate::serve::Accepted, shutdown: watch::Receiver<bool>) {
+        let crate::serve::Accepted { io, addr, sni, certificates, permit } = accepted;
+        let _permit = permit;
+        self.serve_stream(io, PeerIdentity { addr, sni, certificates }, shutdown).await;
     }
 }
 

@@ -134,7 +134,8 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
 /// Serves the API on `listener` until shutdown.
 pub async fn serve(server: AccountServer, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = server.shared.shutdown.clone();
-    crate::serve_http(listener, router(server), shutdown).await
+    let app = router(server);
+    crate::serve_http("admin-api", listener, None, shutdown, move |_| app.clone()).await
 }
 
 /// The API's routes.

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use claimlink_broker::{Broker, Limits, PeerIdentity};
+use claimlink_broker::{Broker, Limits};
 use claimlink_mqtt::ReasonCode;
 use claimlink_pki::Certificate;
 use claimlink_registry::{Account, CaMode, CaStatus, CertificateStatus, Store};
@@ -52,16 +52,69 @@ pub enum ServerError {
 }
 
 /// Serves plain HTTP on `listener` until `shutdown` turns true (the admin API, the portal).
-pub(crate) async fn serve_http(
+/// Runs a role's long-lived task (a listener, a sweeper) and logs how it ends: an error, a
+/// panic, or an end before shutdown. Nothing a role spawns ends unseen.
+pub fn spawn_role<F, E>(name: &'static str, task: F)
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let inner = tokio::spawn(task);
+    tokio::spawn(async move {
+        match inner.await {
+            Ok(Ok(())) => tracing::info!(role = name, "stopped"),
+            Ok(Err(e)) => tracing::error!(role = name, error = %e, "stopped with an error"),
+            Err(e) if e.is_panic() => tracing::error!(role = name, "panicked"),
+            Err(_) => tracing::warn!(role = name, "cancelled"),
+        }
+    });
+}
+
+/// How long an HTTP client may take to send a request's headers.
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP connection may sit with nothing read or written.
+pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until shutdown, through the
+/// one accept primitive ([`claimlink_broker::serve`]: permits before the handshake, a cap per
+/// source, handshake timeout, accept errors retried), with a header-read timeout and an idle
+/// timeout per connection. `app` makes the router for a connection (the staging API puts the
+/// client certificate's OEM into it); every request can extract `ConnectInfo<SocketAddr>`.
+pub(crate) async fn serve_http<F>(
+    name: &'static str,
     listener: TcpListener,
-    app: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
+    tls: Option<Arc<dyn claimlink_broker::TlsSelector>>,
+    shutdown: watch::Receiver<bool>,
+    app: F,
+) -> std::io::Result<()>
+where
+    F: Fn(&claimlink_broker::serve::Accepted) -> axum::Router + Send + Sync + 'static,
+{
+    let limits = claimlink_broker::serve::ListenerLimits::HTTP;
+    let stop = shutdown.clone();
+    claimlink_broker::serve::serve(name, listener, limits, tls, shutdown, move |conn| {
+        let router = app(&conn).layer(axum::Extension(axum::extract::ConnectInfo(conn.addr)));
+        let mut stop = stop.clone();
+        async move {
+            let _permit = conn.permit;
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let io = hyper_util::rt::TokioIo::new(claimlink_broker::serve::IdleTimeout::new(
+                conn.io,
+                HTTP_IDLE_TIMEOUT,
+            ));
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HTTP_HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(io, service);
+            tokio::select! {
+                _ = serving => {}
+                _ = stop.changed() => {}
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// What an account's devices may connect with, kept in memory for the handshake (which cannot
@@ -389,34 +442,35 @@ impl AccountServer {
 
     /// Serves MQTT over TLS on `listener` until shutdown.
     pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
-        let mut shutdown = self.shared.shutdown.clone();
         let selector: Arc<dyn claimlink_broker::TlsSelector> =
             Arc::new(tls::Selector { server: self.clone(), cache: Mutex::new(HashMap::new()) });
-        loop {
-            let (stream, addr) = tokio::select! {
-                accepted = listener.accept() => accepted?,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let _ = stream.set_nodelay(true);
-            let server = self.clone();
-            let selector = selector.clone();
-            tokio::spawn(async move {
-                let timeout = server.shared.limits.connect_timeout;
-                let handshake =
-                    tokio::time::timeout(timeout, claimlink_broker::handshake(stream, &*selector)).await;
-                let (stream, sni, certificates) = match handshake {
-                    Ok(Ok(done)) => done,
-                    Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%addr, "TLS handshake timed out"),
-                };
-                let Some(account_id) = server.account_of(sni.as_deref(), &certificates).await else {
-                    return tracing::debug!(%addr, "no account for this connection");
-                };
-                let Some(broker) = server.broker(&account_id) else { return };
-                let peer = PeerIdentity { addr, sni, certificates };
-                broker.serve_stream(stream, peer, server.shared.shutdown.clone()).await;
-            });
-        }
+        let limits = claimlink_broker::serve::ListenerLimits {
+            max_connections: self.shared.limits.max_connections,
+            handshake_timeout: self.shared.limits.connect_timeout,
+            ..claimlink_broker::serve::ListenerLimits::MQTT
+        };
+        let me = self.clone();
+        let shutdown = self.shared.shutdown.clone();
+        claimlink_broker::serve::serve(
+            "account-mqtt",
+            listener,
+            limits,
+            Some(selector),
+            shutdown,
+            move |conn| {
+                let server = me.clone();
+                async move {
+                    let Some(account_id) = server.account_of(conn.sni.as_deref(), &conn.certificates).await
+                    else {
+                        return tracing::debug!(addr = %conn.addr, "no account for this connection");
+                    };
+                    let Some(broker) = server.broker(&account_id) else { return };
+                    broker.serve_accepted(conn, server.shared.shutdown.clone()).await;
+                }
+            },
+        )
+        .await;
+        Ok(())
     }
 
     /// The account a handshaken connection belongs to: by SNI, else by the DEFAULT-mode CA that
@@ -451,17 +505,8 @@ impl AccountServer {
         let api_listener = TcpListener::bind(api).await?;
         let addrs = (mqtt_listener.local_addr()?, api_listener.local_addr()?);
         let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.serve_mqtt(mqtt_listener).await {
-                tracing::error!(error = %e, "MQTT listener stopped");
-            }
-        });
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = api::serve(me, api_listener).await {
-                tracing::error!(error = %e, "admin API stopped");
-            }
-        });
+        spawn_role("account-mqtt", async move { me.serve_mqtt(mqtt_listener).await });
+        spawn_role("admin-api", api::serve(self.clone(), api_listener));
         // Changes made by other processes sharing the database reach this one within a minute.
         let me = self.clone();
         let mut shutdown = self.shared.shutdown.clone();

@@ -95,7 +95,8 @@ impl Portal {
     /// Serves on `listener` until the staging service shuts down.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let shutdown = self.inner.staging.shared.shutdown.clone();
-        crate::serve_http(listener, self.router(), shutdown).await
+        let app = self.router();
+        crate::serve_http("portal", listener, None, shutdown, move |_| app.clone()).await
     }
 
     /// The routes.

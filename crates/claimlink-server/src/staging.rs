@@ -20,9 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use claimlink_broker::{
-    Broker, ConnectRequest, Hooks, Inbound, Limits, Origin, PeerIdentity, Verdict, WeakBroker,
-};
+use claimlink_broker::{Broker, ConnectRequest, Hooks, Inbound, Limits, Origin, Verdict, WeakBroker};
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
@@ -280,32 +278,23 @@ impl StagingServer {
 
     /// Serves MQTT over mutual TLS on `listener` until shutdown.
     pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
-        let config = self.tls_config(true)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let mut shutdown = self.shared.shutdown.clone();
-        loop {
-            let (stream, addr) = tokio::select! {
-                accepted = listener.accept() => accepted?,
-                _ = shutdown.changed() => return Ok(()),
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let me = self.clone();
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
-                let tls = match handshake {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return tracing::debug!(%addr, error = %e, "staging TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%addr, "staging TLS handshake timed out"),
-                };
-                let (_, conn) = tls.get_ref();
-                let sni = conn.server_name().map(str::to_owned);
-                let certificates = conn.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
-                let peer = PeerIdentity { addr, sni, certificates };
-                me.broker.serve_stream(tls, peer, me.shared.shutdown.clone()).await;
-            });
-        }
+        let config: Arc<dyn claimlink_broker::TlsSelector> = Arc::new(self.tls_config(true)?);
+        let limits = claimlink_broker::serve::ListenerLimits::MQTT;
+        let me = self.clone();
+        let shutdown = self.shared.shutdown.clone();
+        claimlink_broker::serve::serve(
+            "staging-mqtt",
+            listener,
+            limits,
+            Some(config),
+            shutdown,
+            move |conn| {
+                let me = me.clone();
+                async move { me.broker.serve_accepted(conn, me.shared.shutdown.clone()).await }
+            },
+        )
+        .await;
+        Ok(())
     }
 
     /// The TLS configuration: client certificates required (MQTT) or optional (the claim API,

@@ -39,36 +39,15 @@ struct ClaimPeer(Option<String>);
 
 /// Serves the staging API over TLS on `listener` until shutdown.
 pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Result<()> {
-    let config = server.tls_config(false).map_err(std::io::Error::other)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let config: std::sync::Arc<dyn claimlink_broker::TlsSelector> =
+        std::sync::Arc::new(server.tls_config(false).map_err(std::io::Error::other)?);
     let app = router(server.clone());
-    let mut shutdown = server.shared.shutdown.clone();
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = shutdown.changed() => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let server = server.clone();
-        tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
-            else {
-                return;
-            };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| server.claim_thing_oem(c));
-            let service =
-                hyper_util::service::TowerToHyperService::new(app.layer(Extension(ClaimPeer(peer))));
-            let io = hyper_util::rt::TokioIo::new(tls);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-        });
-    }
+    let shutdown = server.shared.shutdown.clone();
+    crate::serve_http("staging-api", listener, Some(config), shutdown, move |conn| {
+        let peer = conn.certificates.first().and_then(|c| server.claim_thing_oem(c));
+        app.clone().layer(Extension(ClaimPeer(peer)))
+    })
+    .await
 }
 
 /// The staging API's routes.

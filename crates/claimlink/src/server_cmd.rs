@@ -116,8 +116,11 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
                 let api_l = tokio::net::TcpListener::bind(st.api).await?;
                 let addrs = (mqtt_l.local_addr()?, api_l.local_addr()?);
                 let s = staging.clone();
-                tokio::spawn(async move { s.serve_mqtt(mqtt_l).await });
-                tokio::spawn(claimlink_server::staging_api::serve(staging, api_l));
+                claimlink_server::spawn_role("staging-mqtt", async move { s.serve_mqtt(mqtt_l).await });
+                claimlink_server::spawn_role(
+                    "staging-api",
+                    claimlink_server::staging_api::serve(staging, api_l),
+                );
                 Some(addrs)
             }
             None => None,

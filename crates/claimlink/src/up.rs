@@ -276,9 +276,11 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
             )
         })?;
         let s = staging.clone();
-        tokio::spawn(async move { s.serve_mqtt(staging_mqtt).await });
-        let s = staging.clone();
-        tokio::spawn(async move { claimlink_server::staging_api::serve(s, staging_api).await });
+        claimlink_server::spawn_role("staging-mqtt", async move { s.serve_mqtt(staging_mqtt).await });
+        claimlink_server::spawn_role(
+            "staging-api",
+            claimlink_server::staging_api::serve(staging.clone(), staging_api),
+        );
         let portal = claimlink_server::portal::Portal::new(
             staging.clone(),
             account.clone(),
@@ -290,7 +292,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
                 title: OEM_NAME.into(),
             },
         );
-        tokio::spawn(async move { portal.serve(portal_listener).await });
+        claimlink_server::spawn_role("portal", portal.serve(portal_listener));
         print_next_steps(args, &paths, mqtt, api)?;
         tokio::signal::ctrl_c().await?;
         let _ = stop.send(true);

@@ -16,10 +16,23 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn_up(test: &str, cwd: &Path, data: &Path, ports: [u16; 5]) -> (Child, String) {
+fn spawn_up(test: &str, cwd: &Path, data: &Path, ports: [u16; 5], nofile: Option<u32>) -> (Child, String) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_claimlink"))
+        // With a descriptor limit, through a shell that lowers it and then becomes claimlink.
+        let mut command = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_claimlink")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_claimlink"),
+                ]);
+                c
+            }
+        };
+        let mut child = command
             .current_dir(cwd)
             .args(["up", "--devices", "4", "--data"])
             .arg(data)
@@ -86,10 +99,15 @@ impl Drop for Platform {
 impl Platform {
     /// Starts `claimlink up` with 4 devices and waits until it serves.
     pub fn up(test: &str) -> Self {
+        Self::up_with_nofile(test, None)
+    }
+
+    /// `up` with at most `nofile` open descriptors (`ulimit -n`), when given.
+    pub fn up_with_nofile(test: &str, nofile: Option<u32>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("claimlink-data");
         let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
-        let (child, stdout) = spawn_up(test, dir.path(), &data, ports);
+        let (child, stdout) = spawn_up(test, dir.path(), &data, ports, nofile);
         Platform {
             child,
             _dir: dir,
@@ -109,7 +127,7 @@ impl Platform {
         let _ = self.child.wait();
         let ports = [self.staging_mqtt, self.staging_api, self.account_mqtt, self.admin_api, self.portal];
         let cwd = self.data.parent().unwrap().to_owned();
-        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports);
+        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports, None);
         self.child = child;
         self.stdout = stdout;
     }
@@ -231,6 +249,11 @@ impl Platform {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// The process id of `claimlink up`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The account admin API (GET).
