@@ -75,7 +75,9 @@ impl Backoff {
     pub fn delay(&self, attempt: u32) -> Duration {
         let ceiling = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.cap);
         let mut r = [0u8; 8];
-        let _ = getrandom::fill(&mut r);
+        if getrandom::fill(&mut r).is_err() {
+            return ceiling; // no jitter rather than no wait
+        }
         let frac = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
         ceiling.mul_f64(frac)
     }

@@ -55,6 +55,9 @@ pub enum RegistryError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The operating system's random generator failed: no identifier or token is made.
+    #[error("the random generator failed")]
+    Randomness,
 }
 
 impl RegistryError {
@@ -78,7 +81,7 @@ impl RegistryError {
             Self::Invalid(_) => "InvalidRequestException",
             Self::LimitExceeded(_) => "LimitExceededException",
             Self::State(_) => "CertificateStateException",
-            Self::Database(_) => "InternalFailureException",
+            Self::Database(_) | Self::Randomness => "InternalFailureException",
         }
     }
 
@@ -300,16 +303,28 @@ impl PolicyTarget {
     }
 }
 
-fn random_digits(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| char::from(b'0' + b % 10)).collect()
+/// Random bytes from the operating system, or an error (never zeros).
+fn random_bytes(n: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|_| RegistryError::Randomness)?;
+    Ok(b)
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    let _ = getrandom::fill(&mut b);
-    hex::encode(b)
+fn random_digits(n: usize) -> Result<String> {
+    // Rejection sampling: bytes of 250 and more would bias the digits.
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        for b in random_bytes(n)? {
+            if b < 250 && out.len() < n {
+                out.push(char::from(b'0' + b % 10));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    Ok(hex::encode(random_bytes(bytes)?))
 }
 
 /// API tokens are 256-bit random strings, so a plain SHA-256 is the right hash for them (no
@@ -409,11 +424,11 @@ impl Tx {
         }
         validate_thing_name("region", region)?;
         let account = Account {
-            id: random_digits(12),
+            id: random_digits(12)?,
             name: name.to_owned(),
             endpoint: endpoint.to_ascii_lowercase(),
             region: region.to_owned(),
-            registration_code: random_hex(32),
+            registration_code: random_hex(32)?,
             created: now_ms(),
         };
         let n = sqlx::query(
@@ -468,7 +483,7 @@ impl Tx {
     /// Creates an API token for an account. The token is returned once; only its hash is kept.
     pub async fn create_api_token(&mut self, account_id: &str, name: &str) -> Result<String> {
         self.account(account_id).await?;
-        let token = format!("clk_{}", random_hex(32));
+        let token = format!("clk_{}", random_hex(32)?);
         sqlx::query("INSERT INTO api_tokens (token_hash, account_id, name, created) VALUES ($1, $2, $3, $4)")
             .bind(token_hash(&token))
             .bind(account_id)

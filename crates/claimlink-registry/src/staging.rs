@@ -166,13 +166,13 @@ pub struct PortalUser {
     pub email: String,
 }
 
-fn uuid_v4() -> String {
+fn uuid_v4() -> Result<String> {
     let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
+    getrandom::fill(&mut b).map_err(|_| RegistryError::Randomness)?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    Ok(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
 }
 
 /// `host` or `host:port`: a DNS name (or IP literal) of at most 253 characters.
@@ -255,7 +255,7 @@ impl Tx {
         for e in endpoints {
             check_endpoint(e)?;
         }
-        let id = uuid_v4();
+        let id = uuid_v4()?;
         let rows = sqlx::query(
             "INSERT INTO staging_oems (id, name, status, created) VALUES ($1, $2, 'ACTIVE', $3) ON CONFLICT DO NOTHING",
         )
@@ -592,6 +592,12 @@ impl Tx {
         Ok(row.try_get("failed")?)
     }
 
+    /// Forgets a key's failures (a successful sign-in).
+    pub async fn clear_lockout(&mut self, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM claim_lockouts WHERE claimer = $1").bind(key).execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
     /// Sets when a claimer's lockout ends.
     pub async fn lock_claimer_until(&mut self, claimer: &str, until: i64) -> Result<()> {
         sqlx::query("UPDATE claim_lockouts SET locked_until = $1 WHERE claimer = $2")
@@ -683,7 +689,7 @@ impl Tx {
 
     /// A new staging administrator token (`stg_...`), shown once; only its hash is kept.
     pub async fn create_staging_admin_token(&mut self, name: &str) -> Result<String> {
-        let token = format!("stg_{}", random_hex(32));
+        let token = format!("stg_{}", random_hex(32)?);
         sqlx::query("INSERT INTO staging_admin_tokens (token_hash, name, created) VALUES ($1, $2, $3)")
             .bind(token_hash(&token))
             .bind(name)
@@ -747,7 +753,7 @@ impl Tx {
 
     /// A new portal session for `user_id`, valid `ttl_ms`; returns the cookie value.
     pub async fn create_portal_session(&mut self, user_id: i64, ttl_ms: i64) -> Result<String> {
-        let token = random_hex(32);
+        let token = random_hex(32)?;
         sqlx::query("DELETE FROM portal_sessions WHERE expires < $1")
             .bind(now_ms())
             .execute(&mut *self.tx)

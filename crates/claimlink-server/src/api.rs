@@ -169,7 +169,42 @@ pub fn router(server: AccountServer) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(server)
+}
+
+/// Every error an API answers is `{"code", "message"}` JSON, including the ones axum makes
+/// itself before a handler runs (a body over the route's limit, a malformed query string or
+/// path parameter, a method the path does not take).
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let detail = axum::body::to_bytes(body, 2048).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&detail).trim().to_owned();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("PayloadTooLarge", "the request body is larger than this route accepts".to_owned())
+        }
+        StatusCode::NOT_FOUND => ("ResourceNotFoundException", "no such API path".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("MethodNotAllowed", "this path does not take this method".to_owned())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", detail),
+        s if s.is_client_error() => ("InvalidRequestException", detail),
+        _ => ("InternalFailureException", "the request failed; try again".to_owned()),
+    };
+    let mut out = (status, axum::Json(json!({ "code": code, "message": message }))).into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    out
 }
 
 async fn openapi() -> axum::Json<Value> {

@@ -12,6 +12,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Router;
@@ -30,6 +31,20 @@ use crate::staging::{StagingServer, config_message};
 
 /// Largest photo accepted.
 const MAX_UPLOAD: usize = 8 * 1024 * 1024;
+/// Largest form (sign-in, add device) accepted.
+const MAX_FORM: usize = 16 * 1024;
+/// Argon2id hashes computed at once (19 MiB each), and sign-ups/sign-ins that may wait.
+const ARGON2_RUNNING: usize = 2;
+const ARGON2_WAITING: usize = 32;
+/// QR photos decoded at once (up to 8 MiB upload + 160 MiB decoding each), and uploads that
+/// may wait (their bodies are read only once they have a place).
+const QR_RUNNING: usize = 1;
+const QR_WAITING: usize = 2;
+/// Longest wait for a place in a pool.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+/// Failed sign-ins before a lockout: per account, per source address.
+const SIGNIN_FREE_PER_ACCOUNT: i64 = 5;
+const SIGNIN_FREE_PER_SOURCE: i64 = 20;
 /// Largest image side decoded.
 const MAX_SIDE: u32 = 6000;
 /// Session lifetime.
@@ -55,6 +70,38 @@ struct Inner {
     staging: StagingServer,
     account: AccountServer,
     config: PortalConfig,
+    argon2: Pool,
+    qr: Pool,
+}
+
+/// A bounded pool for expensive work a stranger can ask for (password hashing, photo
+/// decoding): `running` at once, `waiting` more queued; beyond that, refused at once.
+struct Pool {
+    places: Arc<tokio::sync::Semaphore>,
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+/// A place in a [`Pool`], held while the work runs.
+struct Place {
+    _place: tokio::sync::OwnedSemaphorePermit,
+    _running: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Pool {
+    fn new(running: usize, waiting: usize) -> Self {
+        Self {
+            places: Arc::new(tokio::sync::Semaphore::new(running + waiting)),
+            running: Arc::new(tokio::sync::Semaphore::new(running)),
+        }
+    }
+
+    /// A place to run, or `None` when the queue is full or the wait too long.
+    async fn enter(&self) -> Option<Place> {
+        let place = self.places.clone().try_acquire_owned().ok()?;
+        let running =
+            tokio::time::timeout(POOL_WAIT, self.running.clone().acquire_owned()).await.ok()?.ok()?;
+        Some(Place { _place: place, _running: running })
+    }
 }
 
 /// The portal.
@@ -89,7 +136,8 @@ fn esc(s: &str) -> String {
 impl Portal {
     /// A portal for one OEM.
     pub fn new(staging: StagingServer, account: AccountServer, config: PortalConfig) -> Self {
-        Self { inner: Arc::new(Inner { staging, account, config }) }
+        let (argon2, qr) = (Pool::new(ARGON2_RUNNING, ARGON2_WAITING), Pool::new(QR_RUNNING, QR_WAITING));
+        Self { inner: Arc::new(Inner { staging, account, config, argon2, qr }) }
     }
 
     /// Serves on `listener` until the staging service shuts down.
@@ -108,10 +156,10 @@ impl Portal {
             .route("/signout", post(signout))
             .route("/devices", get(devices))
             .route("/devices/add", post(add_device))
-            .route("/devices/scan", post(scan_device))
+            .route("/devices/scan", post(scan_device).layer(DefaultBodyLimit::max(MAX_UPLOAD)))
             .route("/devices/{thing}", get(device_status))
             .route("/devices/{thing}/release", post(release))
-            .layer(DefaultBodyLimit::max(MAX_UPLOAD))
+            .layer(DefaultBodyLimit::max(MAX_FORM))
             .with_state(self)
     }
 
@@ -149,6 +197,49 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
 
     fn online(&self, thing: &str) -> bool {
         self.inner.account.online(&self.inner.config.account_id, thing)
+    }
+
+    fn busy(&self, user: Option<&PortalUser>) -> Response {
+        let mut r = self.html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Busy",
+            user,
+            r#"<p class="error" id="error">The portal is busy right now; please try again in a few seconds.</p>"#,
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    }
+
+    /// When a sign-in lockout for one of `keys` ends, if one is running.
+    async fn signin_locked(&self, keys: &[String]) -> Result<Option<i64>, Response> {
+        let mut tx = self.inner.staging.store().read().await.map_err(|e| self.internal(e))?;
+        let now = claimlink_registry::now();
+        let mut until = None;
+        for key in keys {
+            if let Some(l) = tx.claimer_lockout(key).await.map_err(|e| self.internal(e))? {
+                if l.locked_until > now {
+                    until = until.max(Some(l.locked_until));
+                }
+            }
+        }
+        Ok(until)
+    }
+
+    /// Counts a failed sign-in against the account and the source.
+    async fn signin_failed(&self, keys: &[String]) -> Result<(), Response> {
+        let now = claimlink_registry::now();
+        let mut tx = self.inner.staging.store().begin().await.map_err(|e| self.internal(e))?;
+        for (i, key) in keys.iter().enumerate() {
+            let failed =
+                tx.count_claimer_failure(key, now - 24 * 3600 * 1000).await.map_err(|e| self.internal(e))?;
+            let free = if i == 0 { SIGNIN_FREE_PER_ACCOUNT } else { SIGNIN_FREE_PER_SOURCE };
+            if failed > free {
+                // 30 s doubling per further failure, up to 15 minutes.
+                let lock = (30_000i64 << (failed - free - 1).min(5)).min(15 * 60_000);
+                tx.lock_claimer_until(key, now + lock).await.map_err(|e| self.internal(e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| self.internal(e))
     }
 
     fn internal(&self, e: impl std::fmt::Display) -> Response {
@@ -335,7 +426,9 @@ async fn signup(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
         return Err(again("The password must have 10 to 256 characters."));
     }
     let password = c.password;
+    let Some(place) = p.inner.argon2.enter().await else { return Err(p.busy(None)) };
     let hash = tokio::task::spawn_blocking(move || {
+        let _place = place;
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|_| argon2::password_hash::Error::Crypto)?;
         let salt = SaltString::encode_b64(&bytes)?;
@@ -357,11 +450,33 @@ async fn signup(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
     Ok(with_session(&token, "/devices"))
 }
 
-async fn signin(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Credentials>) -> PortalResult {
+async fn signin(
+    State(p): State<Portal>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(c): Form<Credentials>,
+) -> PortalResult {
     if !same_origin(&headers) {
         return Err(StatusCode::FORBIDDEN.into_response());
     }
     let email = c.email.trim().to_ascii_lowercase();
+    if email.len() > 254 || c.password.len() > 256 {
+        return Err(StatusCode::BAD_REQUEST.into_response());
+    }
+    // Locked out (per account and per source): refused before any hashing.
+    let keys = [format!("signin:{}:{email}", p.inner.config.oem_id), format!("signin-ip:{}", peer.ip())];
+    if let Some(until) = p.signin_locked(&keys).await? {
+        let minutes = ((until - claimlink_registry::now()) / 60_000).max(0) + 1;
+        let msg = format!(
+            r#"<p class="error" id="error">Too many failed sign-ins. Try again in {minutes} minute(s).</p>"#
+        );
+        return Err(p.html(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Sign in",
+            None,
+            &credentials_form("/signin", "Sign in", &msg),
+        ));
+    }
     let found = p
         .inner
         .staging
@@ -380,7 +495,9 @@ async fn signin(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
         None => (None, DUMMY.to_owned()),
     };
     let password = c.password;
+    let Some(place) = p.inner.argon2.enter().await else { return Err(p.busy(None)) };
     let ok = tokio::task::spawn_blocking(move || {
+        let _place = place;
         PasswordHash::new(&hash)
             .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
     })
@@ -389,20 +506,24 @@ async fn signin(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
     match user.filter(|_| ok) {
         Some(u) => {
             let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
+            tx.clear_lockout(&keys[0]).await.map_err(|e| p.internal(e))?;
             let token = tx.create_portal_session(u.id, SESSION_MS).await.map_err(|e| p.internal(e))?;
             tx.commit().await.map_err(|e| p.internal(e))?;
             Ok(with_session(&token, "/devices"))
         }
-        None => Err(p.html(
-            StatusCode::UNAUTHORIZED,
-            "Sign in",
-            None,
-            &credentials_form(
-                "/signin",
+        None => Err({
+            p.signin_failed(&keys).await?;
+            p.html(
+                StatusCode::UNAUTHORIZED,
                 "Sign in",
-                r#"<p class="error" id="error">Wrong e-mail or password.</p>"#,
-            ),
-        )),
+                None,
+                &credentials_form(
+                    "/signin",
+                    "Sign in",
+                    r#"<p class="error" id="error">Wrong e-mail or password.</p>"#,
+                ),
+            )
+        }),
     }
 }
 
@@ -452,7 +573,7 @@ fn decode_qr(bytes: &[u8]) -> Result<String, &'static str> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(256 * 1024 * 1024);
+    limits.max_alloc = Some(160 * 1024 * 1024);
     reader.limits(limits);
     let img =
         reader.decode().map_err(|_| "the upload is not a PNG or JPEG image this portal can read")?.to_luma8();
@@ -475,6 +596,8 @@ async fn scan_device(
     if !same_origin(&headers) {
         return Err(StatusCode::FORBIDDEN.into_response());
     }
+    // A place first: only uploads with one are read into memory.
+    let Some(place) = p.inner.qr.enter().await else { return Err(p.busy(Some(&user))) };
     let mut photo = None;
     while let Ok(Some(field)) = form.next_field().await {
         if field.name() == Some("photo") {
@@ -484,7 +607,12 @@ async fn scan_device(
     let Some(photo) = photo.filter(|b| !b.is_empty()) else {
         return Err(p.scan_error(&user, "no photo was uploaded").await);
     };
-    let text = match tokio::task::spawn_blocking(move || decode_qr(&photo)).await {
+    let text = match tokio::task::spawn_blocking(move || {
+        let _place = place;
+        decode_qr(&photo)
+    })
+    .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(msg)) => return Err(p.scan_error(&user, msg).await),
         Err(e) => return Err(p.internal(e)),

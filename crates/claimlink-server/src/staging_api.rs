@@ -65,7 +65,11 @@ pub fn router(server: StagingServer) -> Router {
         .route("/claims/refusals", get(my_refusals))
         .route("/claims/{thing}/release", post(release))
         .route("/devices", get(my_devices))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(crate::api::json_errors))
         .with_state(Arc::new(server))
 }
 

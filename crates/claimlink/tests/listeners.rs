@@ -129,3 +129,204 @@ fn running_out_of_file_descriptors_does_not_end_a_listener() {
     // And the portal still answers.
     assert_eq!(get_from_another_source(p.portal, "/signin"), 200);
 }
+
+/// One HTTP/1.1 request from `source` (a loopback address); returns status, head and body.
+fn http(
+    source: [u8; 4],
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        let Ok(mut s) = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await else {
+            return (0, String::new(), Vec::new());
+        };
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let _ = s.write_all(req.as_bytes()).await;
+        let _ = s.write_all(body).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out)).await;
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(out.len(), |i| i + 4);
+        let head = String::from_utf8_lossy(&out[..split]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, head, out[split..].to_vec())
+    })
+}
+
+fn session_cookie(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+#[test]
+fn expensive_portal_work_is_bounded_while_a_real_user_signs_in() {
+    let p = Platform::up("portal_work");
+    let (user, attacker) = ([127, 0, 0, 2], [127, 0, 0, 1]);
+    let form = |email: &str| format!("email={email}&password=correct-horse-battery");
+    let (status, _, _) =
+        http(user, p.portal, "POST", "/signup", &[FORM], form("user%40example.com").as_bytes());
+    assert_eq!(status, 303);
+    let (status, head, _) =
+        http(attacker, p.portal, "POST", "/signup", &[FORM], form("mallory%40example.com").as_bytes());
+    assert_eq!(status, 303);
+    let cookie = session_cookie(&head);
+    assert!(cookie.starts_with("claimlink_session="), "{head}");
+
+    // A decompression bomb: a small PNG that decodes to 6000 x 6000 pixels.
+    let img = image::GrayImage::from_pixel(6000, 6000, image::Luma([255u8]));
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let boundary = "claimlinkboundary";
+    let mut upload = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").into_bytes();
+    upload.extend_from_slice(&png);
+    upload.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let upload = std::sync::Arc::new(upload);
+
+    let pid = p.pid();
+    let baseline = rss_kib(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let port = p.portal;
+    let mut attack = Vec::new();
+    for _ in 0..16 {
+        let (upload, cookie) = (upload.clone(), cookie.clone());
+        attack.push(std::thread::spawn(move || {
+            let ct = format!("multipart/form-data; boundary={boundary}");
+            http(
+                attacker,
+                port,
+                "POST",
+                "/devices/scan",
+                &[("Content-Type", &ct), ("Cookie", &cookie)],
+                &upload,
+            )
+            .0
+        }));
+    }
+    for i in 0..100 {
+        attack.push(std::thread::spawn(move || {
+            let body = format!("email=nobody{i}%40example.com&password=wrong-password-{i}");
+            http(attacker, port, "POST", "/signin", &[FORM], body.as_bytes()).0
+        }));
+    }
+    // The real user signs in meanwhile (a busy answer is allowed, an endless wait is not).
+    let started = Instant::now();
+    let signed_in = loop {
+        let (status, head, _) =
+            http(user, port, "POST", "/signin", &[FORM], form("user%40example.com").as_bytes());
+        if status == 303 {
+            break session_cookie(&head);
+        }
+        assert!(matches!(status, 503 | 429), "the real user got {status}");
+        assert!(started.elapsed() < Duration::from_secs(30), "the real user could not sign in for 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(signed_in.starts_with("claimlink_session="));
+    let statuses: Vec<u16> = attack.into_iter().map(|t| t.join().unwrap()).collect();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let grown_mib = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(baseline) / 1024;
+    eprintln!(
+        "portal work: grew {grown_mib} MiB; statuses {statuses:?}; real user in {:?}",
+        started.elapsed()
+    );
+    assert!(grown_mib < 600, "the process grew by {grown_mib} MiB under the flood");
+    assert!(statuses[..16].contains(&503), "QR uploads beyond the pool are refused: {statuses:?}");
+    // The locked-out source is refused; the real user's source is not.
+    let (status, _, _) =
+        http(attacker, port, "POST", "/signin", &[FORM], form("mallory%40example.com").as_bytes());
+    assert_eq!(status, 429, "a locked-out source is refused even with the right password");
+}
+
+#[test]
+fn oversized_fields_and_bodies_get_json_errors_and_change_nothing() {
+    let p = Platform::up("oversized");
+    // A claim over the 64 KiB body limit: refused as JSON.
+    let huge = "a".repeat(100 * 1024);
+    let (status, body) =
+        p.claim_api("POST", "/claims", &json!({"thingName": huge, "endpoint": p.oem_endpoint()}));
+    assert_eq!((status, body["code"].as_str()), (413, Some("PayloadTooLarge")), "{body}");
+    // The portal's forms take 16 KiB (a 4 MB device ID used to reach the claim rate limiter).
+    let (status, head, _) = http(
+        [127, 0, 0, 1],
+        p.portal,
+        "POST",
+        "/signup",
+        &[FORM],
+        b"email=big%40example.com&password=correct-horse-battery",
+    );
+    assert_eq!(status, 303);
+    let cookie = session_cookie(&head);
+    let form = format!("thing={}&code=AAAA-AAAA-AAAA-AAAA", "a".repeat(4 * 1024 * 1024));
+    let (status, _, _) =
+        http([127, 0, 0, 1], p.portal, "POST", "/devices/add", &[FORM, ("Cookie", &cookie)], form.as_bytes());
+    assert!(status == 413 || status == 0, "a 4 MB form was taken: {status}");
+    let form = format!("thing={}&code=AAAA-AAAA-AAAA-AAAA", "a".repeat(8 * 1024));
+    let (status, _, body) =
+        http([127, 0, 0, 1], p.portal, "POST", "/devices/add", &[FORM, ("Cookie", &cookie)], form.as_bytes());
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("InvalidRequest"));
+    // Within the body limit but not a ThingName: refused before anything is stored.
+    let long = "a".repeat(60_000);
+    let (status, body) =
+        p.claim_api("POST", "/claims", &json!({"thingName": long, "endpoint": p.oem_endpoint()}));
+    assert_eq!((status, body["code"].as_str()), (400, Some("InvalidRequest")), "{body}");
+    let refusals = p.staging_admin("GET", "/staging/claim-refusals", None).1;
+    assert!(!refusals.to_string().contains(&long[..300]), "a junk name is not stored: {refusals}");
+    // The admin API: too large, a malformed query, a wrong method: all {code, message}.
+    let token = p.read("account-token");
+    let auth = format!("bearer {}", token.trim()); // the scheme is case-insensitive
+    let big = vec![b'x'; 200 * 1024];
+    let (status, _, body) = http(
+        [127, 0, 0, 1],
+        p.admin_api,
+        "POST",
+        "/policies/p1",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &big,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, v["code"].as_str()), (413, Some("PayloadTooLarge")), "{v}");
+    let (status, v) = p.staging_admin("GET", "/staging/claims?limit=abc", None);
+    assert_eq!((status, v["code"].as_str()), (400, Some("InvalidRequestException")), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("limit")), "{v}");
+    let (status, _, body) =
+        http([127, 0, 0, 1], p.admin_api, "GET", "/things", &[("Authorization", &auth)], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) =
+        http([127, 0, 0, 1], p.admin_api, "DELETE", "/endpoint", &[("Authorization", &auth)], b"");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status, v["code"].as_str()), (405, Some("MethodNotAllowed")), "{v}");
+}
