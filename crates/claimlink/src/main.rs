@@ -109,6 +109,10 @@ struct PassphraseArg {
 }
 
 fn main() -> ExitCode {
+    // Everything this process creates is its user's alone: the registry (claim-code verifiers,
+    // token hashes) and its WAL, manifests, labels with claim codes, keys. Files come out 0600
+    // and directories 0700 whatever mode a call asks for.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLAIMLINK_LOG")

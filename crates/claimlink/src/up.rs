@@ -125,6 +125,10 @@ fn ensure_ca(dir: &Path, subject: &str, passphrase: &PassphraseArg) -> Result<()
 fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
     std::fs::create_dir_all(&paths.data)
         .with_context(|| format!("cannot create {}", paths.data.display()))?;
+    // A data directory made by an older version may be readable by others: close it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&paths.data, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", paths.data.display()))?;
     let pass_file = paths.p("ca-passphrase");
     if !pass_file.exists() {
         let mut bytes = [0u8; 24];

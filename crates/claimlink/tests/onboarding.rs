@@ -557,3 +557,35 @@ fn the_at_interface_on_a_pseudo_terminal() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn data_files_with_claim_codes_and_hashes_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Platform::up("private_files");
+    let thing = &p.devices()[0];
+    let mut checked = 0;
+    for rel in [
+        "".to_owned(),
+        "claimlink.db".to_owned(),
+        "claimlink.db-wal".to_owned(),
+        "factory".to_owned(),
+        "factory/manifest.jsonl".to_owned(),
+        "factory/manifest.csv".to_owned(),
+        "factory/labels.html".to_owned(),
+        "factory/labels".to_owned(),
+        format!("factory/labels/{thing}.svg"),
+        format!("factory/devices/{thing}/key.pem"),
+        "staging-admin-token".to_owned(),
+        "account-token".to_owned(),
+    ] {
+        let path = p.data.join(&rel);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            assert!(rel.ends_with("-wal"), "{rel} is missing");
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 11, "{checked}");
+}
