@@ -410,3 +410,45 @@ fn a_delayed_will_waits_for_its_delay() {
     assert_eq!(output_of(watcher).trim(), "lwt/slow late");
     assert!(gone.elapsed() >= Duration::from_millis(1900), "will arrived after {:?}", gone.elapsed());
 }
+
+/// MQTT 5.0 section 3.14.2.2.2, with paho as the client: the Session Expiry Interval sent in
+/// DISCONNECT replaces the one from CONNECT; 0 at CONNECT and non-zero at DISCONNECT is a
+/// protocol error.
+#[test]
+fn the_session_expiry_set_at_disconnect_is_honoured() {
+    let Some(mut py) = claimlink_testkit::Paho::start("session_expiry_at_disconnect") else { return };
+    let pki = Pki::new();
+    let b = BrokerProc::start(&pki);
+    let mut run = |cmd: serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(&py.run(&cmd.to_string())).unwrap()
+    };
+    let connect = |name: &str, cid: &str, expiry: u32| {
+        serde_json::json!({"op": "connect", "name": name, "cid": cid, "port": b.tcp, "clean": false,
+                           "session_expiry": expiry})
+    };
+    // Connected with an hour, ended with 0: the session ends with the connection.
+    assert_eq!(run(connect("a1", "shortened", 3600))["rc"], 0);
+    run(serde_json::json!({"op": "subscribe", "name": "a1", "topic": "t/shortened", "qos": 1}));
+    run(serde_json::json!({"op": "disconnect", "name": "a1", "session_expiry": 0}));
+    let again = run(connect("a2", "shortened", 3600));
+    assert_eq!(again["rc"], 0);
+    assert_eq!(
+        again.get("session_present"),
+        None,
+        "the session outlived a DISCONNECT with expiry 0: {again}"
+    );
+    run(serde_json::json!({"op": "disconnect", "name": "a2"}));
+    // Connected with 1 s, extended to an hour at DISCONNECT: still there after 2 s.
+    assert_eq!(run(connect("b1", "extended", 1))["rc"], 0);
+    run(serde_json::json!({"op": "subscribe", "name": "b1", "topic": "t/extended", "qos": 1}));
+    run(serde_json::json!({"op": "disconnect", "name": "b1", "session_expiry": 3600}));
+    std::thread::sleep(Duration::from_millis(2500));
+    let again = run(connect("b2", "extended", 3600));
+    assert_eq!(again["session_present"], true, "the extended session was lost early: {again}");
+    run(serde_json::json!({"op": "disconnect", "name": "b2", "session_expiry": 0}));
+    // 0 at CONNECT, 60 at DISCONNECT: a protocol error, and no session kept.
+    assert_eq!(run(connect("c1", "forbidden", 0))["rc"], 0);
+    run(serde_json::json!({"op": "disconnect", "name": "c1", "session_expiry": 60}));
+    let again = run(connect("c2", "forbidden", 3600));
+    assert_eq!(again.get("session_present"), None, "{again}");
+}
