@@ -232,11 +232,8 @@ impl<H: Hooks> Task<H> {
             context: context.clone(),
             expiry,
         };
-        let Ok(resumed) = self.shared.router.lock().map(|mut router| {
-            router.register(&client_id, registration, c.clean_start, Instant::now().into_std())
-        }) else {
-            return self.conn.reject(ReasonCode::ServerUnavailable);
-        };
+        let resumed =
+            self.shared.router().register(&client_id, registration, c.clean_start, Instant::now().into_std());
         if self.v5() {
             props.shared_subscription_available = Some(true);
             props.maximum_qos = None;
@@ -245,11 +242,10 @@ impl<H: Hooks> Task<H> {
         let mut subscriptions = resumed.subscriptions;
         let initial = self.shared.hooks.initial_subscriptions(&context);
         if !initial.is_empty() {
-            if let Ok(mut router) = self.shared.router.lock() {
-                for filter in &initial {
-                    let options = SubscriptionOptions::qos(QoS::AtLeastOnce);
-                    subscriptions += usize::from(router.subscribe(&client_id, filter, options, None));
-                }
+            let mut router = self.shared.router();
+            for filter in &initial {
+                let options = SubscriptionOptions::qos(QoS::AtLeastOnce);
+                subscriptions += usize::from(router.subscribe(&client_id, filter, options, None));
             }
         }
         self.conn.accept(Instant::now().into_std(), resumed.session_present, props);
@@ -280,21 +276,19 @@ impl<H: Hooks> Task<H> {
             }
         }
         let message = Arc::new(Message::new(p, Instant::now().into_std()));
-        let delivered = match self.shared.router.lock() {
-            Ok(mut router) => {
-                if message.publish.retain {
-                    router.retain(&message);
-                }
-                let hooks = &self.shared.hooks;
-                let pressure = router.pressure();
-                let n = router.publish(&topic, &message, Some(&session.client_id), |ctx| {
-                    hooks.authorize_receive(ctx, &topic)
-                });
-                // Exact: the counter only moves under the router lock held here.
-                self.congested |= router.pressure() > pressure;
-                n
+        let delivered = {
+            let mut router = self.shared.router();
+            if message.publish.retain {
+                router.retain(&message);
             }
-            Err(_) => 0,
+            let hooks = &self.shared.hooks;
+            let pressure = router.pressure();
+            let n = router.publish(&topic, &message, Some(&session.client_id), |ctx| {
+                hooks.authorize_receive(ctx, &topic)
+            });
+            // Exact: the counter only moves under the router lock held here.
+            self.congested |= router.pressure() > pressure;
+            n
         };
         let reason =
             if delivered == 0 && self.v5() { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
@@ -333,7 +327,7 @@ impl<H: Hooks> Task<H> {
             } else if !self.shared.hooks.authorize_subscribe(&session.context, filter) {
                 ReasonCode::NotAuthorized
             } else {
-                let Ok(mut router) = self.shared.router.lock() else { continue };
+                let mut router = self.shared.router();
                 let new = router.subscribe(&session.client_id, filter, *options, id);
                 session.subscriptions += usize::from(new);
                 // Shared subscriptions get no retained messages (section 4.8.2).
@@ -371,13 +365,13 @@ impl<H: Hooks> Task<H> {
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let Some(session) = &mut self.session else { return };
         let mut reasons = Vec::with_capacity(u.filters.len());
-        if let Ok(mut router) = self.shared.router.lock() {
-            for filter in &u.filters {
-                let existed = router.unsubscribe(&session.client_id, filter);
-                session.subscriptions -= usize::from(existed);
-                reasons.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
-            }
+        let mut router = self.shared.router();
+        for filter in &u.filters {
+            let existed = router.unsubscribe(&session.client_id, filter);
+            session.subscriptions -= usize::from(existed);
+            reasons.push(if existed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
         }
+        drop(router);
         self.conn.unsuback(u.packet_id, if self.v5() { reasons } else { Vec::new() });
     }
 
@@ -419,7 +413,8 @@ impl<H: Hooks> Task<H> {
         let unacknowledged = self.conn.take_unacknowledged();
         let now = Instant::now().into_std();
         let will = self.will.take();
-        if let Ok(mut router) = self.shared.router.lock() {
+        {
+            let mut router = self.shared.router();
             if let Some(expiry) = self.expiry_at_close {
                 router.set_session_expiry(&session.client_id, self.id, expiry);
             }

@@ -86,6 +86,14 @@ impl TlsSelector for Arc<rustls::ServerConfig> {
     }
 }
 
+impl<H: Hooks> Shared<H> {
+    /// The router, also after a panic elsewhere while it was locked: its maps stay usable, and
+    /// refusing every later CONNECT (or admitting unchecked) would be worse.
+    pub(crate) fn router(&self) -> std::sync::MutexGuard<'_, Router<H::Context>> {
+        self.router.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 pub(crate) struct Shared<H: Hooks> {
     pub(crate) hooks: H,
     pub(crate) router: Mutex<Router<H::Context>>,
@@ -147,7 +155,7 @@ impl<H: Hooks> Broker<H> {
 
     /// Connected clients.
     pub fn clients(&self) -> usize {
-        self.shared.router.lock().map_or(0, |r| r.clients())
+        self.shared.router().clients()
     }
 
     /// Serves plain MQTT on `listener` until `shutdown` turns true.
@@ -168,14 +176,14 @@ impl<H: Hooks> Broker<H> {
     /// Publishes a message from the broker itself (a role's event, a command to a device) to
     /// every subscriber the role lets receive it. Returns how many queues took it.
     pub fn publish(&self, message: Publish) -> usize {
-        let Ok(mut router) = self.shared.router.lock() else { return 0 };
+        let mut router = self.shared.router();
         connection::publish_from(&self.shared, &mut router, message, None, std::time::Instant::now())
     }
 
     /// Ends the connection of `client_id`, if online, with `reason` (MQTT 5 clients get it in a
     /// DISCONNECT). Returns whether it was online.
     pub fn disconnect(&self, client_id: &str, reason: ReasonCode) -> bool {
-        self.shared.router.lock().is_ok_and(|mut r| r.disconnect(client_id, reason))
+        self.shared.router().disconnect(client_id, reason)
     }
 
     /// A handle that does not keep the broker alive, for hooks that must reach their broker.
@@ -211,11 +219,10 @@ impl<H: Hooks> Broker<H> {
                 tokio::select! {
                     _ = tick.tick() => {
                         let now = std::time::Instant::now();
-                        if let Ok(mut router) = shared.router.lock() {
-                            router.sweep(now);
-                            for (client_id, will) in router.due_wills(now) {
-                                connection::publish_from(&shared, &mut router, will, Some(&client_id), now);
-                            }
+                        let mut router = shared.router();
+                        router.sweep(now);
+                        for (client_id, will) in router.due_wills(now) {
+                            connection::publish_from(&shared, &mut router, will, Some(&client_id), now);
                         }
                     }
                     _ = shutdown.changed() => {

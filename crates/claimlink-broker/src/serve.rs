@@ -78,12 +78,11 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Ok(mut sources) = self.sources.lock() {
-            if let Some(n) = sources.get_mut(&self.source) {
-                *n -= 1;
-                if *n == 0 {
-                    sources.remove(&self.source);
-                }
+        let mut sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = sources.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                sources.remove(&self.source);
             }
         }
     }
@@ -117,11 +116,11 @@ impl Gate {
         }
     }
 
-    /// A place for a connection from `addr`, or `None` over a limit (or a poisoned lock).
+    /// A place for a connection from `addr`, or `None` over a limit.
     fn admit(&self, addr: &SocketAddr) -> Option<Permit> {
         let global = self.global.clone().try_acquire_owned().ok()?;
         let source = source_of(addr);
-        let mut sources = self.sources.lock().ok()?;
+        let mut sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = sources.entry(source).or_insert(0);
         if *n >= self.limits.max_per_source {
             return None;

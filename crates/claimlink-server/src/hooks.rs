@@ -118,10 +118,18 @@ impl AccountHooks {
             .await
             .map_err(unavailable)?;
         drop(tx);
-        let policies: Vec<_> = records
-            .iter()
-            .filter_map(|p| self.server.policy(&self.account.id, &p.name, p.default_version, &p.document))
-            .collect();
+        let mut policies = Vec::with_capacity(records.len());
+        for p in &records {
+            match self.server.policy(&self.account.id, &p.name, p.default_version, &p.document) {
+                Ok(policy) => policies.push(policy),
+                Err(e) => {
+                    // Fail closed: without this policy (a Deny, perhaps) the rights are unknown.
+                    tracing::error!(policy = %p.name, version = p.default_version, error = %e,
+                        "a stored policy does not parse; connection refused");
+                    return Err(ReasonCode::NotAuthorized);
+                }
+            }
+        }
         let vars = Variables {
             client_id: client_id.to_owned(),
             thing_name: thing.as_ref().map(|t| t.name.clone()),

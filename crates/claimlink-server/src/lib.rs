@@ -52,6 +52,25 @@ pub enum ServerError {
 }
 
 /// Serves plain HTTP on `listener` until `shutdown` turns true (the admin API, the portal).
+/// Parsed policies kept at once (the cache starts over beyond this).
+const MAX_CACHED_POLICIES: usize = 10_000;
+
+/// Locks a mutex whose data stays valid if a holder panicked (caches, maps of live sessions):
+/// a poisoned lock must neither allow nor silently refuse everything after it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`lock`] for reading an `RwLock`.
+pub(crate) fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`lock`] for writing an `RwLock`.
+pub(crate) fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs a role's long-lived task (a listener, a sweeper) and logs how it ends: an error, a
 /// panic, or an end before shutdown. Nothing a role spawns ends unseen.
 pub fn spawn_role<F, E>(name: &'static str, task: F)
@@ -291,21 +310,17 @@ impl AccountServer {
             .collect();
         drop(tx);
         let entry = Arc::new(AccountEntry { account: account.clone(), cas, registered });
-        if let Ok(mut hosts) = self.shared.hosts.write() {
-            hosts.insert(account.endpoint.clone(), account.id.clone());
-        }
-        if let Ok(mut accounts) = self.shared.accounts.write() {
-            accounts.insert(account.id.clone(), entry);
-        }
+        write(&self.shared.hosts).insert(account.endpoint.clone(), account.id.clone());
+        write(&self.shared.accounts).insert(account.id.clone(), entry);
         Ok(())
     }
 
     pub(crate) fn entry(&self, account_id: &str) -> Option<Arc<AccountEntry>> {
-        self.shared.accounts.read().ok()?.get(account_id).cloned()
+        read(&self.shared.accounts).get(account_id).cloned()
     }
 
     pub(crate) fn entry_for_host(&self, host: &str) -> Option<Arc<AccountEntry>> {
-        let id = self.shared.hosts.read().ok()?.get(&host.to_ascii_lowercase()).cloned();
+        let id = read(&self.shared.hosts).get(&host.to_ascii_lowercase()).cloned();
         match id {
             Some(id) => self.entry(&id),
             None => {
@@ -343,7 +358,7 @@ impl AccountServer {
     /// The ACTIVE DEFAULT-mode CAs of every account (account id, CA id, certificate): they
     /// serve devices that send no server name.
     pub(crate) fn default_mode_cas(&self) -> Vec<(String, String, Certificate)> {
-        let Ok(accounts) = self.shared.accounts.read() else { return Vec::new() };
+        let accounts = read(&self.shared.accounts);
         let mut out = Vec::new();
         for entry in accounts.values() {
             for ca in entry.cas.iter().filter(|ca| ca.mode == CaMode::Default) {
@@ -355,7 +370,7 @@ impl AccountServer {
 
     /// The broker of an account (made on first use).
     pub fn broker(&self, account_id: &str) -> Option<Broker<AccountHooks>> {
-        let mut brokers = self.shared.brokers.lock().ok()?;
+        let mut brokers = lock(&self.shared.brokers);
         if let Some(b) = brokers.get(account_id) {
             return Some(b.clone());
         }
@@ -367,34 +382,39 @@ impl AccountServer {
         Some(broker)
     }
 
-    /// A parsed policy, cached by (account, name, version).
+    /// A parsed policy, cached by (account, name, version). A stored document that no longer
+    /// parses is an error, never a policy left out: leaving out a Deny would grant what it
+    /// denies, so the caller refuses the connection.
     pub(crate) fn policy(
         &self,
         account_id: &str,
         name: &str,
         version: i64,
         document: &str,
-    ) -> Option<Arc<claimlink_policy::Policy>> {
+    ) -> Result<Arc<claimlink_policy::Policy>, claimlink_policy::PolicyError> {
         let key = (account_id.to_owned(), name.to_owned(), version);
-        if let Some(p) = self.shared.policies.lock().ok()?.get(&key) {
-            return Some(p.clone());
+        if let Some(p) = lock(&self.shared.policies).get(&key) {
+            return Ok(p.clone());
         }
-        let parsed = Arc::new(claimlink_policy::Policy::parse(document).ok()?);
-        self.shared.policies.lock().ok()?.insert(key, parsed.clone());
-        Some(parsed)
+        let parsed = Arc::new(claimlink_policy::Policy::parse(document)?);
+        let mut cache = lock(&self.shared.policies);
+        if cache.len() >= MAX_CACHED_POLICIES {
+            cache.clear();
+        }
+        cache.insert(key, parsed.clone());
+        Ok(parsed)
     }
 
     pub(crate) fn note_admitted(&self, certificate_id: String, ca_id: Option<String>) {
-        if let Ok(mut m) = self.shared.admitted.lock() {
-            if m.len() >= 10_000 {
-                m.clear();
-            }
-            m.insert(certificate_id, ca_id);
+        let mut m = lock(&self.shared.admitted);
+        if m.len() >= 10_000 {
+            m.clear();
         }
+        m.insert(certificate_id, ca_id);
     }
 
     pub(crate) fn take_admitted(&self, certificate_id: &str) -> Option<Option<String>> {
-        self.shared.admitted.lock().ok()?.remove(certificate_id)
+        lock(&self.shared.admitted).remove(certificate_id)
     }
 
     pub(crate) fn next_serial(&self) -> u64 {
@@ -402,7 +422,7 @@ impl AccountServer {
     }
 
     pub(crate) fn track(&self, account: &str, certificate: &str, client_id: &str, serial: u64, up: bool) {
-        let Ok(mut live) = self.shared.live.lock() else { return };
+        let mut live = lock(&self.shared.live);
         let key = (account.to_owned(), certificate.to_owned());
         if up {
             live.entry(key).or_default().insert(client_id.to_owned(), serial);
@@ -418,23 +438,17 @@ impl AccountServer {
 
     /// Whether `client_id` is connected to the account now.
     pub fn online(&self, account_id: &str, client_id: &str) -> bool {
-        self.shared.live.lock().is_ok_and(|l| {
-            l.iter().any(|((a, _), clients)| a == account_id && clients.contains_key(client_id))
-        })
+        lock(&self.shared.live)
+            .iter()
+            .any(|((a, _), clients)| a == account_id && clients.contains_key(client_id))
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved
     /// out of ACTIVE). Returns how many.
     pub fn drop_sessions(&self, account_id: &str, certificate_id: &str) -> usize {
-        let clients: Vec<String> = self
-            .shared
-            .live
-            .lock()
-            .ok()
-            .and_then(|l| {
-                l.get(&(account_id.to_owned(), certificate_id.to_owned()))
-                    .map(|m| m.keys().cloned().collect())
-            })
+        let clients: Vec<String> = lock(&self.shared.live)
+            .get(&(account_id.to_owned(), certificate_id.to_owned()))
+            .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
         let Some(broker) = self.broker(account_id) else { return 0 };
         clients.iter().filter(|c| broker.disconnect(c, ReasonCode::NotAuthorized)).count()

@@ -198,9 +198,7 @@ impl StagingServer {
                 map.insert(c.id().to_string(), (oem, c));
             }
         }
-        if let Ok(mut m) = self.shared.claim_certs.write() {
-            *m = map;
-        }
+        *crate::write(&self.shared.claim_certs) = map;
         Ok(())
     }
 
@@ -221,11 +219,11 @@ impl StagingServer {
             self.tally_rate_limited(request, now);
             return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
         };
-        // Fails closed: a poisoned lock refuses the claim.
-        let allowed = self.shared.limiters.lock().is_ok_and(|mut l| {
+        let allowed = {
+            let mut l = crate::lock(&self.shared.limiters);
             let per_device = format!("{}|{}", request.claimer_name(), request.thing_name);
             l.0.allow(request.oem_id, now) && l.1.allow(&per_device, now)
-        });
+        };
         if !allowed {
             self.tally_rate_limited(request, now);
             return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
@@ -241,7 +239,7 @@ impl StagingServer {
     /// per claimer, so that a flood costs no write per attempt.
     fn tally_rate_limited(&self, request: &ClaimRequest<'_>, now: i64) {
         let claimer = request.claimer_name();
-        let due = self.shared.refused.lock().ok().and_then(|mut tally| {
+        let due = Some(crate::lock(&self.shared.refused)).and_then(|mut tally| {
             if tally.len() >= MAX_TALLIES && !tally.contains_key(&claimer) {
                 tally.retain(|_, (n, _)| *n > 0);
                 if tally.len() >= MAX_TALLIES {
@@ -317,7 +315,7 @@ impl StagingShared {
     }
 
     fn pinned(&self, id: &str) -> Option<(String, Certificate)> {
-        self.claim_certs.read().ok()?.get(id).cloned()
+        crate::read(&self.claim_certs).get(id).cloned()
     }
 }
 

@@ -32,7 +32,7 @@ impl claimlink_broker::TlsSelector for Selector {
             return self.build(Admits::DefaultMode(cas));
         };
         let entry = self.server.entry_for_host(host)?;
-        let mut cache = self.cache.lock().ok()?;
+        let mut cache = crate::lock(&self.cache);
         if let Some((built_from, config)) = cache.get(&entry.account.id) {
             if Arc::ptr_eq(built_from, &entry) {
                 return Some(config.clone());

@@ -332,3 +332,47 @@ async fn the_account_endpoint_on_postgres() {
     let store = Store::open(&db.url).await.unwrap();
     scenario(store, dir.path(), &mut paho).await;
 }
+
+/// A stored policy that no longer parses (an upgrade that tightened validation, a restored
+/// backup, a hand edit) refuses the connection: leaving it out could drop a Deny.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_policy_that_does_not_parse_refuses_the_connection() {
+    let Some(mut paho) = Paho::start("unparsable_policy") else { return };
+    let Some(python) = claimlink_testkit::tool("unparsable_policy", "python3", "--version", "python3") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let store = Store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+    let (env, accounts) = start(store, dir.path()).await;
+    let acme = &accounts[0];
+    let maker = TestCa::issuing(KeyAlgorithm::P256, "CN=Module Maker CA,O=Maker");
+    onboard_account(&env, &acme.1, &maker, "SNI_ONLY", None);
+    let lamp = env.device_files("lamp-1", &maker.device("CN=lamp-1,serialNumber=SN0001"));
+    assert_eq!(env.connect(&mut paho, "d1", "lamp-1", &lamp, Some("acme.iot.test")), json!({"rc": 0}));
+    run(&mut paho, json!({"op": "disconnect", "name": "d1"}));
+    // A second policy with a Deny, attached to the certificate, then damaged in the database.
+    let guard = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws-cn:iot:*:*:topic/devices/*/telemetry"}]});
+    let (s, v) = http(
+        env.api,
+        "POST",
+        "/policies/Guard",
+        Some(&acme.1),
+        Some(&json!({"policyDocument": guard.to_string()})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, certs) = http(env.api, "GET", "/certificates", Some(&acme.1), None);
+    let cert_id = certs["certificates"][0]["certificateId"].as_str().unwrap().to_owned();
+    let (s, v) =
+        http(env.api, "PUT", "/target-policies/Guard", Some(&acme.1), Some(&json!({"target": cert_id})));
+    assert_eq!(s, 200, "{v}");
+    let damage = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute(\"UPDATE policy_versions SET document = '{{\\\"Version\\\": 7}}' WHERE policy_name = 'Guard'\"); c.commit()",
+        db.display().to_string()
+    );
+    let out = std::process::Command::new(&python).args(["-c", &damage]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = env.connect(&mut paho, "d2", "lamp-1", &lamp, Some("acme.iot.test"));
+    assert_eq!(r, json!({"rc": NOT_AUTHORIZED}), "connected without its Deny policy");
+}
