@@ -958,6 +958,18 @@ impl Tx {
         Ok(())
     }
 
+    /// The things in a group.
+    pub async fn things_in_group(&mut self, account_id: &str, group: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT thing_name FROM thing_group_members WHERE account_id = $1 AND group_name = $2 ORDER BY thing_name",
+        )
+        .bind(account_id)
+        .bind(group)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("thing_name")?)).collect()
+    }
+
     /// The groups a thing is in.
     pub async fn groups_of_thing(&mut self, account_id: &str, thing: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(

@@ -425,6 +425,10 @@ async fn update_ca(
     tx.update_ca(&a.id, &id, status, auto, template).await?;
     commit(tx, &a, &actor, "UpdateCACertificate", &id).await?;
     let _ = s.reload(&a.id).await;
+    if status.is_some_and(|st| st != CaStatus::Active) {
+        let dropped = s.drop_where(&a.id, |l| l.ca_id.as_deref() == Some(id.as_str()));
+        tracing::info!(ca = %id, dropped, "CA left ACTIVE: its devices' sessions ended");
+    }
     Ok(axum::Json(json!({})))
 }
 
@@ -683,6 +687,7 @@ async fn attach_policy(
     let mut tx = s.store().begin().await?;
     tx.attach_policy(&a.id, &name, &target).await?;
     commit(tx, &a, &actor, "AttachPolicy", &name).await?;
+    rebind(&s, &a, &target).await?;
     Ok(axum::Json(json!({})))
 }
 
@@ -698,7 +703,28 @@ async fn detach_policy(
     let mut tx = s.store().begin().await?;
     tx.detach_policy(&a.id, &name, &target).await?;
     commit(tx, &a, &actor, "DetachPolicy", &name).await?;
+    rebind(&s, &a, &target).await?;
     Ok(axum::Json(json!({})))
+}
+
+/// Ends the live sessions whose rights a change of `target`'s policies affects (they
+/// reconnect and are bound again): the certificate's, or those of the group's things.
+async fn rebind(s: &AccountServer, a: &Account, target: &PolicyTarget) -> Result<(), ApiError> {
+    let dropped = match target {
+        PolicyTarget::Certificate(id) => s.drop_sessions(&a.id, id),
+        PolicyTarget::ThingGroup(group) => {
+            let things: std::collections::HashSet<String> =
+                s.store().read().await?.things_in_group(&a.id, group).await?.into_iter().collect();
+            s.drop_where(&a.id, |l| l.thing_name.as_ref().is_some_and(|t| things.contains(t)))
+        }
+    };
+    tracing::info!(?target, dropped, "policies changed: affected sessions ended");
+    Ok(())
+}
+
+fn drop_thing_sessions(s: &AccountServer, a: &Account, thing: &str) {
+    let dropped = s.drop_where(&a.id, |l| l.thing_name.as_deref() == Some(thing));
+    tracing::info!(thing, dropped, "thing changed: its sessions ended");
 }
 
 fn thing_json(a: &Account, t: &claimlink_registry::Thing) -> Value {
@@ -741,6 +767,7 @@ async fn delete_thing(State(s): State<AccountServer>, h: HeaderMap, Path(name): 
     let mut tx = s.store().begin().await?;
     tx.delete_thing(&a.id, &name).await?;
     commit(tx, &a, &actor, "DeleteThing", &name).await?;
+    drop_thing_sessions(&s, &a, &name);
     Ok(axum::Json(json!({})))
 }
 
@@ -812,6 +839,7 @@ async fn add_thing_to_group(State(s): State<AccountServer>, h: HeaderMap, b: Byt
     let mut tx = s.store().begin().await?;
     tx.add_thing_to_group(&a.id, group, thing).await?;
     commit(tx, &a, &actor, "AddThingToThingGroup", thing).await?;
+    drop_thing_sessions(&s, &a, thing);
     Ok(axum::Json(json!({})))
 }
 
@@ -833,6 +861,7 @@ async fn attach_thing_principal(
     let mut tx = s.store().begin().await?;
     tx.attach_thing_principal(&a.id, &name, &cert).await?;
     commit(tx, &a, &actor, "AttachThingPrincipal", &name).await?;
+    s.drop_sessions(&a.id, &cert);
     Ok(axum::Json(json!({})))
 }
 

@@ -22,7 +22,8 @@ pub struct Connection {
     pub thing_name: Option<String>,
     /// Its policies, bound to its variables.
     bound: Bound,
-    serial: u64,
+    /// What the rights were bound from (certificate, CA, thing, policy names).
+    live: crate::LiveSession,
 }
 
 /// The hooks of one account's broker.
@@ -98,7 +99,7 @@ impl AccountHooks {
             }
             None => {
                 // Unknown: read what registering it needs in this same transaction.
-                let ca_id = ca_id.ok_or(ReasonCode::NotAuthorized)?;
+                let ca_id = ca_id.clone().ok_or(ReasonCode::NotAuthorized)?;
                 let ca =
                     tx.describe_ca(&self.account.id, &ca_id).await.map_err(|_| ReasonCode::NotAuthorized)?;
                 let template = match (&ca.template_name, ca.auto_registration) {
@@ -144,12 +145,15 @@ impl AccountHooks {
             tracing::info!(client_id, certificate = %certificate_id, "iot:Connect denied");
             return Err(ReasonCode::NotAuthorized);
         }
-        Ok(Connection {
-            certificate_id,
-            thing_name: thing.map(|t| t.name),
-            bound,
+        let thing_name = thing.map(|t| t.name);
+        let live = crate::LiveSession {
             serial: self.server.next_serial(),
-        })
+            certificate_id: certificate_id.clone(),
+            ca_id: ca_id.clone(),
+            thing_name: thing_name.clone(),
+            policies: records.iter().map(|p| p.name.clone()).collect(),
+        };
+        Ok(Connection { certificate_id, thing_name, bound, live })
     }
 
     /// A certificate seen for the first time: JITP with the CA's template (the connection then
@@ -210,7 +214,7 @@ impl Hooks for AccountHooks {
     }
 
     fn connected(&self, ctx: &Connection, client_id: &str) {
-        self.server.track(&self.account.id, &ctx.certificate_id, client_id, ctx.serial, true);
+        self.server.track(&self.account.id, client_id, ctx.live.clone(), true);
         self.event(
             format!("$aws/events/presence/connected/{client_id}"),
             presence(client_id, "connected", ctx),
@@ -218,7 +222,7 @@ impl Hooks for AccountHooks {
     }
 
     fn disconnected(&self, ctx: &Connection, client_id: &str) {
-        self.server.track(&self.account.id, &ctx.certificate_id, client_id, ctx.serial, false);
+        self.server.track(&self.account.id, client_id, ctx.live.clone(), false);
         self.event(
             format!("$aws/events/presence/disconnected/{client_id}"),
             presence(client_id, "disconnected", ctx),
@@ -231,7 +235,7 @@ fn presence(client_id: &str, event: &str, ctx: &Connection) -> serde_json::Value
         "clientId": client_id,
         "timestamp": claimlink_registry::now(),
         "eventType": event,
-        "sessionIdentifier": format!("{:016x}", ctx.serial),
+        "sessionIdentifier": format!("{:016x}", ctx.live.serial),
         "principalIdentifier": ctx.certificate_id,
         "versionNumber": 0,
     })

@@ -52,6 +52,21 @@ pub enum ServerError {
 }
 
 /// Serves plain HTTP on `listener` until `shutdown` turns true (the admin API, the portal).
+/// What a live session's rights were bound from, to find the sessions a change affects.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    /// Tells this connection from a later one with the same client id.
+    pub serial: u64,
+    /// The certificate it authenticated with.
+    pub certificate_id: String,
+    /// The CA that admitted it (`None`: registered without a CA).
+    pub ca_id: Option<String>,
+    /// The thing it speaks for.
+    pub thing_name: Option<String>,
+    /// The policies bound to it.
+    pub policies: Vec<String>,
+}
+
 /// Parsed policies kept at once (the cache starts over beyond this).
 const MAX_CACHED_POLICIES: usize = 10_000;
 
@@ -198,8 +213,8 @@ pub(crate) struct Shared {
     /// Certificates the TLS verifier admitted, with the CA they chain to, until the CONNECT
     /// that follows picks the note up (bounded: cleared when it grows past 10,000).
     admitted: Mutex<HashMap<String, Option<String>>>,
-    /// Live connections per (account, certificate): client id -> connection serial.
-    live: Mutex<HashMap<(String, String), HashMap<String, u64>>>,
+    /// Live connections per account: client id -> what its rights were bound from.
+    live: Mutex<HashMap<String, HashMap<String, LiveSession>>>,
     next_serial: AtomicU64,
     /// When an unknown server name last made us reload the accounts (Unix ms).
     last_reload: std::sync::atomic::AtomicI64,
@@ -421,34 +436,40 @@ impl AccountServer {
         self.shared.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn track(&self, account: &str, certificate: &str, client_id: &str, serial: u64, up: bool) {
+    /// Records a connection going up or down (the serial tells a newer connection with the
+    /// same client id from the one that ends).
+    pub(crate) fn track(&self, account: &str, client_id: &str, session: LiveSession, up: bool) {
         let mut live = lock(&self.shared.live);
-        let key = (account.to_owned(), certificate.to_owned());
         if up {
-            live.entry(key).or_default().insert(client_id.to_owned(), serial);
-        } else if let Some(clients) = live.get_mut(&key) {
-            if clients.get(client_id) == Some(&serial) {
+            live.entry(account.to_owned()).or_default().insert(client_id.to_owned(), session);
+        } else if let Some(clients) = live.get_mut(account) {
+            if clients.get(client_id).is_some_and(|s| s.serial == session.serial) {
                 clients.remove(client_id);
             }
             if clients.is_empty() {
-                live.remove(&key);
+                live.remove(account);
             }
         }
     }
 
-    /// Whether `client_id` is connected to the account now.
+    /// Whether `client_id` is connected to the account now (one lookup).
     pub fn online(&self, account_id: &str, client_id: &str) -> bool {
-        lock(&self.shared.live)
-            .iter()
-            .any(|((a, _), clients)| a == account_id && clients.contains_key(client_id))
+        lock(&self.shared.live).get(account_id).is_some_and(|c| c.contains_key(client_id))
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved
-    /// out of ACTIVE). Returns how many.
+    /// out of ACTIVE, its policies or things changed). Returns how many.
     pub fn drop_sessions(&self, account_id: &str, certificate_id: &str) -> usize {
+        self.drop_where(account_id, |s| s.certificate_id == certificate_id)
+    }
+
+    /// Drops the live sessions of an account whose rights `affected` says were bound from
+    /// something that changed; they reconnect and are bound again from the registry. MQTT 5
+    /// clients get DISCONNECT "not authorized". Returns how many.
+    pub fn drop_where(&self, account_id: &str, affected: impl Fn(&LiveSession) -> bool) -> usize {
         let clients: Vec<String> = lock(&self.shared.live)
-            .get(&(account_id.to_owned(), certificate_id.to_owned()))
-            .map(|m| m.keys().cloned().collect())
+            .get(account_id)
+            .map(|c| c.iter().filter(|(_, s)| affected(s)).map(|(id, _)| id.clone()).collect())
             .unwrap_or_default();
         let Some(broker) = self.broker(account_id) else { return 0 };
         clients.iter().filter(|c| broker.disconnect(c, ReasonCode::NotAuthorized)).count()

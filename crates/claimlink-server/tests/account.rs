@@ -376,3 +376,75 @@ async fn a_stored_policy_that_does_not_parse_refuses_the_connection() {
     let r = env.connect(&mut paho, "d2", "lamp-1", &lamp, Some("acme.iot.test"));
     assert_eq!(r, json!({"rc": NOT_AUTHORIZED}), "connected without its Deny policy");
 }
+
+/// Every change of rights reaches the live sessions it affects (they are ended and bound
+/// again when they reconnect); sessions it does not affect stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_sessions_follow_changes_of_their_rights() {
+    let Some(mut paho) = Paho::start("live_rights") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+    let (env, accounts) = start(store, dir.path()).await;
+    let token = &accounts[0].1;
+    let maker = TestCa::issuing(KeyAlgorithm::P256, "CN=Module Maker CA,O=Maker");
+    let ca_id = onboard_account(&env, token, &maker, "SNI_ONLY", None);
+    let lamp_leaf = maker.device("CN=lamp-1,serialNumber=SN0001");
+    let lamp = env.device_files("lamp-1", &lamp_leaf);
+    let other = env.device_files("lamp-2", &maker.device("CN=lamp-2,serialNumber=SN0002"));
+    let sni = Some("acme.iot.test");
+    assert_eq!(env.connect(&mut paho, "a", "lamp-1", &lamp, sni), json!({"rc": 0}));
+    assert_eq!(env.connect(&mut paho, "bystander", "lamp-2", &other, sni), json!({"rc": 0}));
+    let cert = lamp_leaf.certificate.id().to_string();
+    let gone = |paho: &mut Paho, name: &str, timeout: f64| {
+        run(paho, json!({"op": "disconnected", "name": name, "timeout": timeout}))["rc"].clone()
+    };
+    // Detaching its policy ends the session; without a policy it cannot come back.
+    let (s, v) =
+        http(env.api, "POST", "/target-policies/DevicePolicy", Some(token), Some(&json!({"target": cert})));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(gone(&mut paho, "a", 5.0), json!(NOT_AUTHORIZED), "the session outlived its policy");
+    assert_eq!(env.connect(&mut paho, "a2", "lamp-1", &lamp, sni), json!({"rc": NOT_AUTHORIZED}));
+    run(&mut paho, json!({"op": "disconnect", "name": "a2"})); // no retries by paho
+    let (s, v) =
+        http(env.api, "PUT", "/target-policies/DevicePolicy", Some(token), Some(&json!({"target": cert})));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(env.connect(&mut paho, "a3", "lamp-1", &lamp, sni), json!({"rc": 0}));
+    // A Deny on a group the thing is not in changes nothing for it; adding it to the group does.
+    let guard = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws-cn:iot:*:*:topic/devices/*/telemetry"}]});
+    let (s, v) = http(
+        env.api,
+        "POST",
+        "/policies/Guard",
+        Some(token),
+        Some(&json!({"policyDocument": guard.to_string()})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(http(env.api, "POST", "/thing-groups/quiet", Some(token), Some(&json!({}))).0, 200);
+    let group_arn = format!("arn:aws-cn:iot:cn-north-1:{}:thinggroup/quiet", accounts[0].0);
+    let (s, v) =
+        http(env.api, "PUT", "/target-policies/Guard", Some(token), Some(&json!({"target": group_arn})));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(gone(&mut paho, "a3", 1.0), json!(null), "a session the change does not affect stays");
+    let (s, v) = http(
+        env.api,
+        "PUT",
+        "/thing-groups/addThingToThingGroup",
+        Some(token),
+        Some(&json!({"thingGroupName": "quiet", "thingName": "lamp-1"})),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(gone(&mut paho, "a3", 5.0), json!(NOT_AUTHORIZED), "the session kept rights its group denies");
+    assert_eq!(env.connect(&mut paho, "a4", "lamp-1", &lamp, sni), json!({"rc": 0}));
+    let r = run(
+        &mut paho,
+        json!({"op": "publish", "name": "a4", "topic": "devices/lamp-1/telemetry", "payload": "x"}),
+    );
+    assert_eq!(r, json!({"rc": NOT_AUTHORIZED}), "bound again: the group's Deny applies");
+    // Deactivating the CA ends the sessions of every device it admitted.
+    let (s, v) =
+        http(env.api, "PUT", &format!("/cacertificate/{ca_id}?newStatus=INACTIVE"), Some(token), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(gone(&mut paho, "a4", 5.0), json!(NOT_AUTHORIZED));
+    assert_eq!(gone(&mut paho, "bystander", 5.0), json!(NOT_AUTHORIZED));
+}
