@@ -117,6 +117,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_connect_indexes.sql")),
     (3, include_str!("../migrations/0003_staging.sql")),
     (4, include_str!("../migrations/0004_claim_lockouts.sql")),
+    (5, include_str!("../migrations/0005_view_index.sql")),
 ];
 
 fn now_ms() -> i64 {
@@ -694,6 +695,37 @@ impl Tx {
             .fetch_all(&mut *self.tx)
             .await?;
         rows.iter().map(cert_from).collect()
+    }
+
+    /// Ids of the certificates registered without a CA and not revoked (from the index, no
+    /// PEM read).
+    pub async fn registered_without_ca(&mut self, account_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT id FROM certificates WHERE account_id = $1 AND ca_id IS NULL AND status <> 'REVOKED'",
+        )
+        .bind(account_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// A cheap fingerprint of what the account endpoint keeps in memory for an account (its
+    /// CAs, its certificates registered without a CA): it changes when they change.
+    pub async fn view_marker(&mut self, account_id: &str) -> Result<[i64; 4]> {
+        let cas = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(MAX(updated), 0) AS at FROM ca_certificates WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let certs = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(MAX(updated), 0) AS at FROM certificates \
+             WHERE account_id = $1 AND ca_id IS NULL AND status <> 'REVOKED'",
+        )
+        .bind(account_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok([cas.try_get("n")?, cas.try_get("at")?, certs.try_get("n")?, certs.try_get("at")?])
     }
 
     /// Changes a certificate's status. REVOKED is final.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use claimlink_broker::{Broker, Limits};
 use claimlink_mqtt::ReasonCode;
 use claimlink_pki::Certificate;
-use claimlink_registry::{Account, CaMode, CaStatus, CertificateStatus, Store};
+use claimlink_registry::{Account, CaMode, CaStatus, Store};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -160,6 +160,8 @@ pub(crate) struct AccountEntry {
     pub(crate) cas: Vec<ActiveCa>,
     /// Ids of certificates registered without a CA (and not revoked).
     pub(crate) registered: HashSet<String>,
+    /// The registry's marker of this view when it was read.
+    pub(crate) marker: [i64; 4],
 }
 
 /// An ACTIVE CA certificate of an account, as the handshake needs it.
@@ -296,35 +298,40 @@ impl AccountServer {
 
     /// Re-reads every account's CAs and registered certificates (after changes made elsewhere,
     /// for example by another server process on the same PostgreSQL).
+    /// Only accounts whose view changed are read again (a marker query per account: counts and
+    /// latest change times, from indexes).
     pub async fn reload_all(&self) -> Result<(), ServerError> {
         let accounts = self.shared.store.read().await?.accounts().await?;
         for a in accounts {
-            self.reload(&a.id).await?;
+            let marker = self.shared.store.read().await?.view_marker(&a.id).await?;
+            if self.entry(&a.id).is_none_or(|e| e.marker != marker) {
+                self.reload(&a.id).await?;
+            }
         }
         Ok(())
     }
 
-    /// Re-reads one account.
+    /// Re-reads one account's view: its ACTIVE CAs (with their certificates) and the ids of
+    /// its certificates registered without a CA (ids only).
     pub async fn reload(&self, account_id: &str) -> Result<(), ServerError> {
         let mut tx = self.shared.store.read().await?;
         let account = tx.account(account_id).await?;
+        let marker = tx.view_marker(account_id).await?;
         let mut cas = Vec::new();
         for ca in tx.list_cas(account_id).await? {
             if ca.status == CaStatus::Active {
-                if let Ok(certificate) = Certificate::from_pem(ca.pem.as_bytes()) {
-                    cas.push(ActiveCa { id: ca.id, certificate, mode: ca.mode });
+                match Certificate::from_pem(ca.pem.as_bytes()) {
+                    Ok(certificate) => cas.push(ActiveCa { id: ca.id, certificate, mode: ca.mode }),
+                    // Its devices are refused (fail closed); say why.
+                    Err(e) => {
+                        tracing::error!(ca = %ca.id, error = %e, "a stored CA certificate does not parse")
+                    }
                 }
             }
         }
-        let registered = tx
-            .list_certificates(account_id)
-            .await?
-            .into_iter()
-            .filter(|c| c.ca_id.is_none() && c.status != CertificateStatus::Revoked)
-            .map(|c| c.id)
-            .collect();
+        let registered = tx.registered_without_ca(account_id).await?.into_iter().collect();
         drop(tx);
-        let entry = Arc::new(AccountEntry { account: account.clone(), cas, registered });
+        let entry = Arc::new(AccountEntry { account: account.clone(), cas, registered, marker });
         write(&self.shared.hosts).insert(account.endpoint.clone(), account.id.clone());
         write(&self.shared.accounts).insert(account.id.clone(), entry);
         Ok(())

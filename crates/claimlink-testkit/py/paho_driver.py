@@ -11,6 +11,7 @@ Commands ({"op": ...}):
               -> {"rc": PUBACK reason code value} (QoS 1) or {"rc": 0} (QoS 0)
   expect      name, count, [timeout]      -> {"messages": [[topic, payload], ...]}
   disconnected name, [timeout]            -> {"rc": reason value or null if still connected}
+                                             (a client found gone does not reconnect)
   disconnect  name, [session_expiry]      -> {}   (MQTT 5: the interval set in DISCONNECT)
   drop        name                        -> {}   (closes the socket without DISCONNECT)
 Connections go to 127.0.0.1:port; the TLS server name (SNI, and the name the server
@@ -107,6 +108,13 @@ def connect(cmd):
     clients[cmd["name"]] = c
     if state["rc"] is None:
         return {"error": "closed before CONNACK", "disconnect_rc": state["gone_rc"]}
+    if state["rc"] != 0:
+        # A refused CONNECT: no automatic reconnection behind the test's back.
+        c.loop_stop()
+        try:
+            c.disconnect()
+        except Exception:
+            pass
     result = {"rc": state["rc"]}
     if state.get("session_present"):
         result["session_present"] = True
@@ -150,7 +158,10 @@ def run(cmd):
         return {"messages": got}
     if op == "disconnected":
         s["gone"].wait(cmd.get("timeout", TIMEOUT))
-        return {"rc": s["gone_rc"] if s["gone"].is_set() else None}
+        if not s["gone"].is_set():
+            return {"rc": None}
+        c.loop_stop()  # the test decides whether it comes back, not paho's reconnection
+        return {"rc": s["gone_rc"]}
     if op == "disconnect":
         props = None
         if "session_expiry" in cmd:
