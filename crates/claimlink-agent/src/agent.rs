@@ -248,7 +248,7 @@ impl Link {
         }
         let tcp = tcp.ok_or_else(|| fail(3, format!("cannot reach {endpoint}: {last}")))?;
         let _ = tcp.set_nodelay(true);
-        let (root_pem, keep_alive, will) = {
+        let (root_pem, keep_alive, will, ticket) = {
             let s = core.lock();
             let root = if s.settings.root_ca.is_empty() {
                 core.bundle.root_ca_pem.clone()
@@ -262,7 +262,7 @@ impl Link {
                 retain: false,
                 properties: Default::default(),
             });
-            (root, s.settings.keep_alive, will)
+            (root, s.settings.keep_alive, will, s.settings.claim_ticket.clone())
         };
         let mut roots = rustls::RootCertStore::empty();
         for c in certificates(&root_pem).map_err(|e| fail(4, format!("RootCA: {e}")))? {
@@ -285,6 +285,12 @@ impl Link {
         options.keep_alive = keep_alive;
         options.will = will;
         let onboarded = endpoint != core.bundle.staging_endpoint;
+        if onboarded && !ticket.is_empty() {
+            // Proof of the claim for an account that admits claimed devices only (MQTT 3.1.1
+            // needs a user name with a password).
+            options.username = Some(TICKET_USERNAME.into());
+            options.password = Some(Bytes::from(ticket));
+        }
         if onboarded {
             // A persistent session: what the owner sends while the device is away (a release)
             // waits for it.
@@ -435,6 +441,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// The MQTT user name that says the password is a claim ticket.
+pub const TICKET_USERNAME: &str = "claimlink-claim-ticket";
+
 /// A configuration message: persist a new `Endpoint`. Returns whether the device must move.
 fn take_config(core: &Core, payload: &[u8]) -> bool {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return false };
@@ -443,19 +452,25 @@ fn take_config(core: &Core, payload: &[u8]) -> bool {
         tracing::warn!("ignoring a configuration message with an invalid Endpoint");
         return false;
     }
+    // The claim ticket travels with the endpoint (bounded: a ticket is small).
+    let ticket = v.get("ClaimTicket").and_then(|t| t.as_str()).filter(|t| t.len() <= 4096).unwrap_or("");
     let mut s = core.lock();
-    if s.settings.endpoint == endpoint {
+    if s.settings.endpoint == endpoint && s.settings.claim_ticket == ticket {
         return false; // a repeated delivery
     }
+    let moving = s.settings.endpoint != endpoint;
     let mut next = s.settings.clone();
     next.endpoint = endpoint.to_owned();
+    next.claim_ticket = ticket.to_owned();
     if let Err(e) = next.save(&core.bundle.dir) {
         tracing::error!(error = %e, "cannot persist the new endpoint; staying");
         return false;
     }
     s.settings = next;
-    tracing::info!(endpoint, "claimed: moving to a new endpoint");
-    true
+    if moving {
+        tracing::info!(endpoint, "claimed: moving to a new endpoint");
+    }
+    moving
 }
 
 async fn session(

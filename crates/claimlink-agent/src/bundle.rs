@@ -150,6 +150,10 @@ pub struct Settings {
     /// Last-will message.
     #[serde(default)]
     pub lwt_message: String,
+    /// The claim ticket staging sent with the `Endpoint` (presented as the MQTT password when
+    /// connecting there; empty: none). A secret of sorts: kept with the settings (0600).
+    #[serde(default)]
+    pub claim_ticket: String,
 }
 
 impl Settings {
@@ -162,6 +166,7 @@ impl Settings {
             keep_alive: 60,
             lwt_topic: String::new(),
             lwt_message: String::new(),
+            claim_ticket: String::new(),
         }
     }
 

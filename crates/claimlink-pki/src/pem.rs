@@ -135,6 +135,18 @@ pub fn decode_labelled(text: &[u8], label: &'static str) -> Result<Vec<Vec<u8>>,
         .collect()
 }
 
+/// A public key as a `PUBLIC KEY` (SubjectPublicKeyInfo) block, as OpenSSL writes it.
+pub fn public_key_to_pem(key: &crate::PublicKey) -> String {
+    encode("PUBLIC KEY", &key.to_spki_der())
+}
+
+/// Exactly one `PUBLIC KEY` block.
+pub fn public_key_from_pem(text: &[u8]) -> Result<crate::PublicKey, PemError> {
+    let blocks = decode_labelled(text, "PUBLIC KEY")?;
+    let [der] = blocks.as_slice() else { return Err(PemError::TooManyBlocks { max: 1 }) };
+    Ok(crate::PublicKey::from_spki_der(der)?)
+}
+
 /// Encodes DER as PEM with LF line endings.
 pub fn encode(label: &str, der: &[u8]) -> String {
     der::pem::encode_string(label, der::pem::LineEnding::LF, der)

@@ -202,6 +202,8 @@ pub enum ClaimOutcome {
         endpoint: String,
         /// The device has acknowledged this claim already.
         delivered: bool,
+        /// The device's birth certificate id, when staging knows it (for its claim ticket).
+        certificate_id: Option<String>,
     },
     /// Refused.
     Rejected {
@@ -366,7 +368,12 @@ async fn decide(
     let outcome = match (device.owner_oem.as_deref(), device.claim_id) {
         // The owner asking again with the code: the same claim, delivered again if need be.
         (Some(_), Some(claim_id)) if device.endpoint.as_deref() == Some(&endpoint) => {
-            ClaimOutcome::Accepted { claim_id, endpoint, delivered: device.delivered_at.is_some() }
+            ClaimOutcome::Accepted {
+                claim_id,
+                endpoint,
+                delivered: device.delivered_at.is_some(),
+                certificate_id: device.certificate_id.clone(),
+            }
         }
         _ => {
             let claim_id = tx
@@ -386,7 +393,12 @@ async fn decide(
                     req.thing_name
                 )));
             }
-            ClaimOutcome::Accepted { claim_id, endpoint, delivered: false }
+            ClaimOutcome::Accepted {
+                claim_id,
+                endpoint,
+                delivered: false,
+                certificate_id: device.certificate_id.clone(),
+            }
         }
     };
     if let Claimer::PortalUser { user_id, .. } = req.claimer {
@@ -478,8 +490,19 @@ pub enum Releaser<'a> {
     Device,
 }
 
-/// Ends a device's ownership (audited). Returns the endpoint it had been sent to.
-pub async fn release(store: &Store, thing_name: &str, by: Releaser<'_>) -> Result<String, ReleaseError> {
+/// What a release ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The endpoint the device had been sent to.
+    pub endpoint: String,
+    /// The claim that ended.
+    pub claim_id: Option<i64>,
+    /// The device's birth certificate id, when known.
+    pub certificate_id: Option<String>,
+}
+
+/// Ends a device's ownership (audited).
+pub async fn release(store: &Store, thing_name: &str, by: Releaser<'_>) -> Result<Released, ReleaseError> {
     let mut tx = store.begin().await?;
     let device = tx.staging_device(thing_name).await?.ok_or(ReleaseError::NotOwner)?;
     let owner = device.owner_oem.clone().ok_or(ReleaseError::NotOwner)?;
@@ -502,7 +525,11 @@ pub async fn release(store: &Store, thing_name: &str, by: Releaser<'_>) -> Resul
     )
     .await?;
     tx.commit().await?;
-    Ok(device.endpoint.unwrap_or_default())
+    Ok(Released {
+        endpoint: device.endpoint.unwrap_or_default(),
+        claim_id: device.claim_id,
+        certificate_id: device.certificate_id,
+    })
 }
 
 /// A token bucket per key: `rate` per second, bursts of `burst`. Time is a parameter (ms).

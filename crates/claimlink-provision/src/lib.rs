@@ -15,6 +15,7 @@
 
 pub mod claim_code;
 pub mod claims;
+pub mod ticket;
 
 use std::collections::BTreeMap;
 

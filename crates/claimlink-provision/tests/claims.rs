@@ -85,7 +85,10 @@ async fn scenario(store: Store) {
     )
     .await
     .unwrap();
-    let ClaimOutcome::Accepted { claim_id, endpoint, delivered: false } = o else { panic!("{o:?}") };
+    let ClaimOutcome::Accepted { claim_id, endpoint, delivered: false, certificate_id } = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(certificate_id, Some("ab".repeat(32)), "the manifest's certificate, for the claim ticket");
     assert_eq!(endpoint, ep);
     let dev = store.read().await.unwrap().staging_device("dev-1").await.unwrap().unwrap();
     assert_eq!(
@@ -118,7 +121,8 @@ async fn scenario(store: Store) {
     tx.commit().await.unwrap();
     let again = claims::claim(&store, &request(&acme.id, "dev-1", ep, Some(&good))).await.unwrap();
     assert!(matches!(again, ClaimOutcome::Accepted { delivered: true, .. }));
-    assert_eq!(claims::release(&store, "dev-1", Releaser::Device).await.unwrap(), ep);
+    let released = claims::release(&store, "dev-1", Releaser::Device).await.unwrap();
+    assert_eq!((released.endpoint.as_str(), released.claim_id), (ep, Some(claim_id)));
     let o =
         claims::claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
     assert!(matches!(o, ClaimOutcome::Accepted { .. }), "a released device can be claimed again");

@@ -118,6 +118,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_staging.sql")),
     (4, include_str!("../migrations/0004_claim_lockouts.sql")),
     (5, include_str!("../migrations/0005_view_index.sql")),
+    (6, include_str!("../migrations/0006_claim_bound_admission.sql")),
 ];
 
 fn now_ms() -> i64 {
@@ -353,6 +354,7 @@ fn ca_from(r: &AnyRow) -> Result<CaCertificate> {
         status: CaStatus::parse(&r.try_get::<String, _>("status")?)?,
         auto_registration: r.try_get::<i64, _>("auto_registration")? != 0,
         template_name: r.try_get("template_name")?,
+        require_claim: r.try_get::<i64, _>("require_claim")? != 0,
         created: r.try_get("created")?,
         updated: r.try_get("updated")?,
     })
@@ -631,6 +633,122 @@ impl Tx {
         self.describe_ca(account_id, id).await
     }
 
+    /// Whether the CA admits its certificates only with a claim ticket.
+    pub async fn set_ca_require_claim(&mut self, account_id: &str, id: &str, require: bool) -> Result<()> {
+        let rows = sqlx::query(
+            "UPDATE ca_certificates SET require_claim = $1, updated = $2 WHERE account_id = $3 AND id = $4",
+        )
+        .bind(i64::from(require))
+        .bind(now_ms())
+        .bind(account_id)
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        if rows == 0 {
+            return Err(RegistryError::not_found("CA certificate", id));
+        }
+        Ok(())
+    }
+
+    // ---- claim issuers and claim admissions ------------------------------------------
+
+    /// Trusts a claim issuer's public key (SPKI PEM, checked by the caller) under `name`; a
+    /// second call with the same name replaces the key.
+    pub async fn put_claim_issuer(
+        &mut self,
+        account_id: &str,
+        name: &str,
+        public_key_pem: &str,
+    ) -> Result<()> {
+        if name.is_empty()
+            || name.len() > 128
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(RegistryError::invalid("a claim issuer name has 1 to 128 of A-Z a-z 0-9 - _ ."));
+        }
+        if public_key_pem.len() > 16 * 1024 {
+            return Err(RegistryError::limit("a claim issuer key is at most 16 KiB of PEM"));
+        }
+        sqlx::query(
+            "INSERT INTO claim_issuers (account_id, name, public_key_pem, created) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, name) DO UPDATE SET public_key_pem = $3, created = $4",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(public_key_pem)
+        .bind(now_ms())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The claim issuers an account trusts: (name, public key PEM).
+    pub async fn claim_issuers(&mut self, account_id: &str) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT name, public_key_pem FROM claim_issuers WHERE account_id = $1 ORDER BY name")
+                .bind(account_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("public_key_pem")?))).collect()
+    }
+
+    /// The claim a certificate was last admitted under, and when that claim ended.
+    pub async fn claim_admission(
+        &mut self,
+        account_id: &str,
+        certificate_id: &str,
+    ) -> Result<Option<(i64, Option<i64>)>> {
+        let row = sqlx::query("SELECT claim_id, released_at FROM claim_admissions WHERE account_id = $1 AND certificate_id = $2")
+            .bind(account_id)
+            .bind(certificate_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| Ok((r.try_get("claim_id")?, r.try_get("released_at")?))).transpose()
+    }
+
+    /// Admits a certificate under claim `claim_id` (a newer claim than any before: the caller
+    /// checks), replacing an older admission.
+    pub async fn admit_claim(&mut self, account_id: &str, certificate_id: &str, claim_id: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO claim_admissions (account_id, certificate_id, claim_id, admitted_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (account_id, certificate_id) DO UPDATE SET claim_id = $3, admitted_at = $4, released_at = NULL \
+             WHERE claim_admissions.claim_id < $3",
+        )
+        .bind(account_id)
+        .bind(certificate_id)
+        .bind(claim_id)
+        .bind(now_ms())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends claim `claim_id` for a certificate (a release notice): its tickets for that claim,
+    /// or any older one, admit it no more. Returns whether anything changed.
+    pub async fn release_claim(
+        &mut self,
+        account_id: &str,
+        certificate_id: &str,
+        claim_id: i64,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "INSERT INTO claim_admissions (account_id, certificate_id, claim_id, admitted_at, released_at) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (account_id, certificate_id) DO UPDATE SET claim_id = $3, released_at = $4 \
+             WHERE claim_admissions.claim_id <= $3 AND claim_admissions.released_at IS NULL",
+        )
+        .bind(account_id)
+        .bind(certificate_id)
+        .bind(claim_id)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        Ok(rows > 0)
+    }
+
     // ---- device certificates ---------------------------------------------------------
 
     /// Registers a device certificate. With `ca_id`, the CA must be registered in this
@@ -725,7 +843,20 @@ impl Tx {
         .bind(account_id)
         .fetch_one(&mut *self.tx)
         .await?;
-        Ok([cas.try_get("n")?, cas.try_get("at")?, certs.try_get("n")?, certs.try_get("at")?])
+        let issuers = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(MAX(created), 0) AS at FROM claim_issuers WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let n: i64 = issuers.try_get("n")?;
+        let at: i64 = issuers.try_get("at")?;
+        Ok([
+            cas.try_get("n")?,
+            cas.try_get::<i64, _>("at")?.max(at),
+            certs.try_get("n")?,
+            certs.try_get::<i64, _>("at")? ^ n,
+        ])
     }
 
     /// Changes a certificate's status. REVOKED is final.

@@ -122,6 +122,8 @@ pub struct CaCertificate {
     pub auto_registration: bool,
     /// Template run for them (JITP); without one, they wait in PENDING_ACTIVATION (JITR).
     pub template_name: Option<String>,
+    /// Its certificates are admitted only with a claim ticket from a trusted claim issuer.
+    pub require_claim: bool,
     /// Unix milliseconds.
     pub created: i64,
     /// Unix milliseconds.

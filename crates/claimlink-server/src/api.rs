@@ -129,6 +129,19 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "Attach a certificate ARN to a thing",
     ),
     ("get", "/provisioning-failures", "list-provisioning-failures", "Why provisioning failed, newest first"),
+    ("get", "/claim-issuers", "list-claim-issuers", "The claim issuers (staging keys) this account trusts"),
+    (
+        "put",
+        "/claim-issuers/{name}",
+        "put-claim-issuer",
+        "Trust a claim issuer's public key for CAs registered with requireClaim",
+    ),
+    (
+        "post",
+        "/claim-releases",
+        "release-claim",
+        "Apply staging's signed release notice: the claim's device is admitted no more",
+    ),
 ];
 
 /// Serves the API on `listener` until shutdown.
@@ -165,6 +178,9 @@ pub fn router(server: AccountServer) -> Router {
         .route("/thing-groups/addThingToThingGroup", put(add_thing_to_group))
         .route("/thing-groups/{name}", post(create_thing_group))
         .route("/provisioning-failures", get(provisioning_failures))
+        .route("/claim-issuers", get(list_claim_issuers))
+        .route("/claim-issuers/{name}", put(put_claim_issuer))
+        .route("/claim-releases", post(release_claim))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
         })
@@ -338,6 +354,7 @@ fn ca_json(a: &Account, ca: &claimlink_registry::CaCertificate) -> Value {
         "certificatePem": ca.pem,
         "autoRegistrationStatus": if ca.auto_registration { "ENABLE" } else { "DISABLE" },
         "certificateMode": ca.mode,
+        "requireClaim": ca.require_claim,
         "creationDate": ca.created as f64 / 1000.0,
         "lastModifiedDate": ca.updated as f64 / 1000.0,
     })
@@ -363,8 +380,12 @@ async fn register_ca(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> 
         template_name: template.as_deref(),
         verification_pem: field(&m, "verificationCertificate")?,
     };
+    let require_claim = flag(&m, "requireClaim")?.unwrap_or(false);
     let mut tx = s.store().begin().await?;
     let ca = tx.register_ca(&a, &new).await?;
+    if require_claim {
+        tx.set_ca_require_claim(&a.id, &ca.id, true).await?;
+    }
     commit(tx, &a, &actor, "RegisterCACertificate", &ca.id).await?;
     let _ = s.reload(&a.id).await;
     Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cacert/{}", ca.id)), "certificateId": ca.id })))
@@ -421,8 +442,12 @@ async fn update_ca(
         None => None,
         Some(_) => return Err(ApiError::bad("registrationConfig must be an object")),
     };
+    let require_claim = flag(&m, "requireClaim")?;
     let mut tx = s.store().begin().await?;
     tx.update_ca(&a.id, &id, status, auto, template).await?;
+    if let Some(r) = require_claim {
+        tx.set_ca_require_claim(&a.id, &id, r).await?;
+    }
     commit(tx, &a, &actor, "UpdateCACertificate", &id).await?;
     let _ = s.reload(&a.id).await;
     if status.is_some_and(|st| st != CaStatus::Active) {
@@ -878,6 +903,60 @@ async fn provisioning_failures(
         .provisioning_failures(&a.id, q.get("certificateId").map(String::as_str))
         .await?;
     Ok(axum::Json(json!({ "failures": failures })))
+}
+
+async fn list_claim_issuers(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let issuers = s.store().read().await?.claim_issuers(&a.id).await?;
+    let list: Vec<Value> =
+        issuers.into_iter().map(|(name, pem)| json!({"name": name, "publicKeyPem": pem})).collect();
+    Ok(axum::Json(json!({ "claimIssuers": list })))
+}
+
+async fn put_claim_issuer(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let (a, actor) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let pem = required(&m, "publicKeyPem")?;
+    if pem.contains("PRIVATE KEY") {
+        return Err(ApiError::bad("send the claim issuer's public key only, never its private key"));
+    }
+    let key = claimlink_pki::pem::public_key_from_pem(pem.as_bytes())
+        .map_err(|e| ApiError::bad(format!("publicKeyPem is not one SM2 or P-256 PUBLIC KEY block: {e}")))?;
+    let canonical = claimlink_pki::pem::public_key_to_pem(&key);
+    let mut tx = s.store().begin().await?;
+    tx.put_claim_issuer(&a.id, &name, &canonical).await?;
+    commit(tx, &a, &actor, "PutClaimIssuer", &name).await?;
+    let _ = s.reload(&a.id).await;
+    Ok(axum::Json(json!({ "name": name, "publicKeyPem": canonical })))
+}
+
+async fn release_claim(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> ApiResult {
+    let (a, _) = auth(&s, &h).await?;
+    let m = body(&b)?;
+    let notice = required(&m, "releaseNotice")?;
+    let entry = s.entry(&a.id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            "the account is not loaded",
+        )
+    })?;
+    let ticket = claimlink_provision::ticket::verify_release(notice, &entry.claim_issuers)
+        .map_err(|e| ApiError::bad(format!("releaseNotice: {e}")))?;
+    if !ticket.aud.eq_ignore_ascii_case(&claimlink_provision::ticket::audience(&a.endpoint)) {
+        return Err(ApiError::bad("releaseNotice is for another endpoint"));
+    }
+    s.claim_released(&ticket).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailureException", e.to_string())
+    })?;
+    Ok(axum::Json(
+        json!({ "thingName": ticket.thing, "certificateId": ticket.cert, "claimId": ticket.claim, "released": true }),
+    ))
 }
 
 /// Used by tests: the method of a route-table entry.

@@ -5,6 +5,9 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use claimlink_broker::{ConnectRequest, Hooks, Inbound, Verdict, WeakBroker};
+
+/// The MQTT user name that says the password is a claim ticket (as the agent sends it).
+pub(crate) const TICKET_USERNAME: &str = "claimlink-claim-ticket";
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{Properties, QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
@@ -89,6 +92,14 @@ impl AccountHooks {
             tracing::warn!(error = %e, "registry unavailable during CONNECT");
             ReasonCode::ServerUnavailable
         };
+        // A CA that requires a claim admits its devices only with staging's ticket, before
+        // anything is provisioned for them.
+        if let Some(ca) = ca_id.as_deref() {
+            let entry = self.server.entry(&self.account.id).ok_or(ReasonCode::ServerUnavailable)?;
+            if entry.cas.iter().any(|c| c.id == ca && c.require_claim) {
+                self.check_claim(request, &entry, &certificate_id).await?;
+            }
+        }
         let mut tx = store.read().await.map_err(unavailable)?;
         let record = tx.certificate(&self.account.id, &certificate_id).await.map_err(unavailable)?;
         match record {
@@ -154,6 +165,61 @@ impl AccountHooks {
             policies: records.iter().map(|p| p.name.clone()).collect(),
         };
         Ok(Connection { certificate_id, thing_name, bound, live })
+    }
+
+    /// The claim ticket in the CONNECT's password (user name [`TICKET_USERNAME`]): signed by a
+    /// claim issuer this account trusts, for this endpoint, this certificate and the ThingName
+    /// the device connects as. A ticket admits its certificate the first time only before it
+    /// expires; afterwards its claim stands until a release notice ends it or a newer claim
+    /// replaces it.
+    async fn check_claim(
+        &self,
+        request: &ConnectRequest<'_>,
+        entry: &crate::AccountEntry,
+        certificate_id: &str,
+    ) -> Result<(), ReasonCode> {
+        use claimlink_provision::ticket;
+        let refuse = |why: &dyn std::fmt::Display| {
+            tracing::info!(client_id = request.client_id, certificate = certificate_id, reason = %why,
+                "no valid claim for this device; refused");
+            ReasonCode::NotAuthorized
+        };
+        let token = request
+            .password
+            .filter(|_| request.username == Some(TICKET_USERNAME))
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .ok_or_else(|| refuse(&"no claim ticket"))?;
+        let claim = ticket::read(token, &entry.claim_issuers).map_err(|e| refuse(&e))?;
+        claim
+            .admits(&ticket::audience(&self.account.endpoint), certificate_id, request.client_id)
+            .map_err(|e| refuse(&e))?;
+        let store = &self.server.shared.store;
+        let unavailable = |_| ReasonCode::ServerUnavailable;
+        let admission = store
+            .read()
+            .await
+            .map_err(unavailable)?
+            .claim_admission(&self.account.id, certificate_id)
+            .await
+            .map_err(unavailable)?;
+        match admission {
+            Some((admitted, released)) if admitted == claim.claim => match released {
+                Some(_) => Err(refuse(&"its claim was released")),
+                None => Ok(()),
+            },
+            Some((admitted, _)) if admitted > claim.claim => {
+                Err(refuse(&"a newer claim replaced this ticket"))
+            }
+            _ => {
+                if claimlink_registry::now() >= claim.exp {
+                    return Err(refuse(&ticket::TicketError::Expired));
+                }
+                let mut tx = store.begin().await.map_err(unavailable)?;
+                tx.admit_claim(&self.account.id, certificate_id, claim.claim).await.map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(())
+            }
+        }
     }
 
     /// A certificate seen for the first time: JITP with the CA's template (the connection then

@@ -162,6 +162,8 @@ pub(crate) struct AccountEntry {
     pub(crate) registered: HashSet<String>,
     /// The registry's marker of this view when it was read.
     pub(crate) marker: [i64; 4],
+    /// The claim issuers it trusts (staging's keys) for CAs that require a claim.
+    pub(crate) claim_issuers: Vec<claimlink_pki::PublicKey>,
 }
 
 /// An ACTIVE CA certificate of an account, as the handshake needs it.
@@ -170,6 +172,8 @@ pub(crate) struct ActiveCa {
     pub(crate) id: String,
     pub(crate) certificate: Certificate,
     pub(crate) mode: CaMode,
+    /// Admits its certificates only with a claim ticket.
+    pub(crate) require_claim: bool,
 }
 
 /// Validates a client certificate up to one of `anchors` (TLS client authentication); returns
@@ -321,7 +325,12 @@ impl AccountServer {
         for ca in tx.list_cas(account_id).await? {
             if ca.status == CaStatus::Active {
                 match Certificate::from_pem(ca.pem.as_bytes()) {
-                    Ok(certificate) => cas.push(ActiveCa { id: ca.id, certificate, mode: ca.mode }),
+                    Ok(certificate) => cas.push(ActiveCa {
+                        id: ca.id,
+                        certificate,
+                        mode: ca.mode,
+                        require_claim: ca.require_claim,
+                    }),
                     // Its devices are refused (fail closed); say why.
                     Err(e) => {
                         tracing::error!(ca = %ca.id, error = %e, "a stored CA certificate does not parse")
@@ -330,8 +339,18 @@ impl AccountServer {
             }
         }
         let registered = tx.registered_without_ca(account_id).await?.into_iter().collect();
+        let mut claim_issuers = Vec::new();
+        for (name, pem) in tx.claim_issuers(account_id).await? {
+            match claimlink_pki::pem::public_key_from_pem(pem.as_bytes()) {
+                Ok(key) => claim_issuers.push(key),
+                Err(e) => {
+                    tracing::error!(issuer = %name, error = %e, "a stored claim issuer key does not parse")
+                }
+            }
+        }
         drop(tx);
-        let entry = Arc::new(AccountEntry { account: account.clone(), cas, registered, marker });
+        let entry =
+            Arc::new(AccountEntry { account: account.clone(), cas, registered, marker, claim_issuers });
         write(&self.shared.hosts).insert(account.endpoint.clone(), account.id.clone());
         write(&self.shared.accounts).insert(account.id.clone(), entry);
         Ok(())
@@ -462,6 +481,39 @@ impl AccountServer {
     /// Whether `client_id` is connected to the account now (one lookup).
     pub fn online(&self, account_id: &str, client_id: &str) -> bool {
         lock(&self.shared.live).get(account_id).is_some_and(|c| c.contains_key(client_id))
+    }
+
+    /// A claim ended (a release notice from staging, verified by the caller or made in this
+    /// process): the account whose endpoint it was for admits the certificate no more under
+    /// that claim (audited) and its live sessions end. Returns whether an account took it.
+    pub async fn claim_released(
+        &self,
+        ticket: &claimlink_provision::ticket::ClaimTicket,
+    ) -> Result<bool, ServerError> {
+        let Some(entry) = self.entry_for_host(&ticket.aud) else { return Ok(false) };
+        let account = &entry.account;
+        let mut tx = self.shared.store.begin().await?;
+        let changed = tx.release_claim(&account.id, &ticket.cert, ticket.claim).await?;
+        if changed {
+            tx.audit(
+                Some(&account.id),
+                &claimlink_registry::AuditRecord {
+                    actor: "claim-issuer".into(),
+                    action: "ClaimReleased".into(),
+                    target: ticket.cert.clone(),
+                    result: "ok".into(),
+                    detail: Some(
+                        serde_json::json!({"thingName": ticket.thing, "claimId": ticket.claim}).to_string(),
+                    ),
+                    at: claimlink_registry::now(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let dropped = self.drop_sessions(&account.id, &ticket.cert);
+        tracing::info!(thing = %ticket.thing, claim = ticket.claim, dropped, "claim released");
+        Ok(true)
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved

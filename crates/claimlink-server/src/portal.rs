@@ -672,7 +672,7 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
     // Tell the device, over its owner's endpoint, to go back to staging (QoS 1: a device with a
     // persistent session gets it when it next connects).
     if let Some(broker) = p.inner.account.broker(&p.inner.config.account_id) {
-        broker.publish(config_message(&thing, &p.inner.config.staging_endpoint));
+        broker.publish(config_message(&thing, &p.inner.config.staging_endpoint, None));
     }
     Ok(Redirect::to("/devices").into_response())
 }

@@ -65,7 +65,7 @@ impl Default for ClaimLimits {
 }
 
 /// What staging is set up with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StagingConfig {
     /// Birth certificates must chain to one of these.
     pub manufacturer_cas: Vec<Certificate>,
@@ -73,6 +73,33 @@ pub struct StagingConfig {
     pub claim_limits: ClaimLimits,
     /// MQTT limits.
     pub limits: Limits,
+    /// Signs claim tickets and release notices (claim-bound admission); `None`: deliveries
+    /// carry no ticket, as AWS's do.
+    pub ticket_signer: Option<Arc<dyn claimlink_pki::Signer>>,
+}
+
+impl std::fmt::Debug for StagingConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagingConfig")
+            .field("manufacturer_cas", &self.manufacturer_cas.len())
+            .field("claim_limits", &self.claim_limits)
+            .field("limits", &self.limits)
+            .field("ticket_signer", &self.ticket_signer.as_ref().map(|s| s.public_key()))
+            .finish()
+    }
+}
+
+/// Told of every release (by the owner or by a factory reset), with its signed notice, so
+/// that the account the device was claimed for stops admitting it under the ended claim.
+pub type ReleaseSink = Arc<dyn Fn(&ReleaseNotice) + Send + Sync>;
+
+/// A release, as staging signed it.
+#[derive(Debug, Clone)]
+pub struct ReleaseNotice {
+    /// What ended.
+    pub ticket: claimlink_provision::ticket::ClaimTicket,
+    /// The signed notice (`clr1...`), for an account run by someone else.
+    pub notice: String,
 }
 
 pub(crate) struct StagingShared {
@@ -87,6 +114,8 @@ pub(crate) struct StagingShared {
     claims_in_flight: Arc<tokio::sync::Semaphore>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
+    ticket_signer: Option<Arc<dyn claimlink_pki::Signer>>,
+    release_sink: OnceLock<ReleaseSink>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -114,8 +143,10 @@ pub enum StagingPeer {
         prefix: String,
         /// `{ThingName}/expresslink_config`.
         config_topic: String,
-        /// The claim to deliver now (endpoint), if any.
-        pending: Option<String>,
+        /// Its birth certificate's id.
+        certificate_id: String,
+        /// The claim to deliver now (endpoint, claim id), if any.
+        pending: Option<(String, i64)>,
     },
     /// An OEM's claim-thing.
     ClaimThing {
@@ -131,8 +162,13 @@ pub struct StagingHooks {
     shared: Arc<StagingShared>,
 }
 
-/// The message that sends a device to `endpoint`: `{"Endpoint": ...}` on its config topic, QoS 1.
-pub(crate) fn config_message(thing: &str, endpoint: &str) -> Publish {
+/// The message that sends a device to `endpoint`: `{"Endpoint": ...}` on its config topic,
+/// QoS 1, with `"ClaimTicket"` when staging signs tickets.
+pub(crate) fn config_message(thing: &str, endpoint: &str, ticket: Option<&str>) -> Publish {
+    let mut body = serde_json::json!({ "Endpoint": endpoint });
+    if let Some(t) = ticket {
+        body["ClaimTicket"] = t.into();
+    }
     Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
@@ -140,7 +176,7 @@ pub(crate) fn config_message(thing: &str, endpoint: &str) -> Publish {
         topic: format!("{thing}/{CONFIG_TOPIC}"),
         packet_id: None,
         properties: Default::default(),
-        payload: serde_json::json!({ "Endpoint": endpoint }).to_string().into(),
+        payload: body.to_string().into(),
     }
 }
 
@@ -170,6 +206,8 @@ impl StagingServer {
             claims_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CLAIMS_IN_FLIGHT)),
             server_chain,
             server_key,
+            ticket_signer: config.ticket_signer,
+            release_sink: OnceLock::new(),
             shutdown,
         });
         let broker = Broker::new(StagingHooks { shared: shared.clone() }, config.limits);
@@ -229,10 +267,89 @@ impl StagingServer {
             return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
         }
         let outcome = claims::claim(&self.shared.store, request).await?;
-        if let ClaimOutcome::Accepted { endpoint, delivered: false, .. } = &outcome {
-            self.deliver(request.thing_name, endpoint);
+        if let ClaimOutcome::Accepted { endpoint, delivered: false, claim_id, certificate_id } = &outcome {
+            self.deliver(request.thing_name, endpoint, *claim_id, certificate_id.as_deref());
         }
         Ok(outcome)
+    }
+
+    /// Where releases are reported (`up` hands them to the account in the same process).
+    pub fn on_release(&self, sink: ReleaseSink) {
+        let _ = self.shared.release_sink.set(sink);
+    }
+
+    /// The public key that verifies this staging's claim tickets and release notices.
+    pub fn ticket_public_key(&self) -> Option<claimlink_pki::PublicKey> {
+        self.shared.ticket_signer.as_ref().map(|s| s.public_key())
+    }
+
+    /// What a ticket for this claim says.
+    fn ticket_for(
+        thing: &str,
+        endpoint: &str,
+        claim_id: i64,
+        cert: &str,
+        validity_ms: i64,
+    ) -> claimlink_provision::ticket::ClaimTicket {
+        let now = claimlink_registry::now();
+        claimlink_provision::ticket::ClaimTicket {
+            thing: thing.to_owned(),
+            cert: cert.to_owned(),
+            aud: claimlink_provision::ticket::audience(endpoint),
+            claim: claim_id,
+            iat: now,
+            exp: now.saturating_add(validity_ms),
+        }
+    }
+
+    /// A fresh claim ticket for a delivery, when staging signs tickets and knows the device's
+    /// certificate.
+    fn ticket(&self, thing: &str, endpoint: &str, claim_id: i64, cert: Option<&str>) -> Option<String> {
+        let signer = self.shared.ticket_signer.as_ref()?;
+        let Some(cert) = cert else {
+            tracing::warn!(thing, "no certificate known for this device: its claim carries no ticket");
+            return None;
+        };
+        let t = Self::ticket_for(
+            thing,
+            endpoint,
+            claim_id,
+            cert,
+            claimlink_provision::ticket::DEFAULT_VALIDITY_MS,
+        );
+        claimlink_provision::ticket::issue(&**signer, &t)
+            .inspect_err(|e| tracing::error!(error = %e, "signing a claim ticket failed"))
+            .ok()
+    }
+
+    /// Reports a release with its signed notice.
+    fn released(&self, thing: &str, released: &claims::Released) {
+        let (Some(signer), Some(sink), Some(claim), Some(cert)) = (
+            self.shared.ticket_signer.as_ref(),
+            self.shared.release_sink.get(),
+            released.claim_id,
+            released.certificate_id.as_deref(),
+        ) else {
+            return;
+        };
+        let ticket = Self::ticket_for(thing, &released.endpoint, claim, cert, i64::MAX / 2);
+        match claimlink_provision::ticket::issue_release(&**signer, &ticket) {
+            Ok(notice) => sink(&ReleaseNotice { ticket, notice }),
+            Err(e) => tracing::error!(error = %e, "signing a release notice failed"),
+        }
+    }
+
+    /// The signed notice of a release, for the claim API's answer.
+    pub(crate) fn release_notice(&self, thing: &str, released: &claims::Released) -> Option<String> {
+        let signer = self.shared.ticket_signer.as_ref()?;
+        let ticket = Self::ticket_for(
+            thing,
+            &released.endpoint,
+            released.claim_id?,
+            released.certificate_id.as_deref()?,
+            i64::MAX / 2,
+        );
+        claimlink_provision::ticket::issue_release(&**signer, &ticket).ok()
     }
 
     /// Rate-limited claims are counted in memory and written in aggregate at most once a second
@@ -265,13 +382,16 @@ impl StagingServer {
         });
     }
 
-    fn deliver(&self, thing: &str, endpoint: &str) {
-        self.broker.publish(config_message(thing, endpoint));
+    fn deliver(&self, thing: &str, endpoint: &str, claim_id: i64, cert: Option<&str>) {
+        let ticket = self.ticket(thing, endpoint, claim_id, cert);
+        self.broker.publish(config_message(thing, endpoint, ticket.as_deref()));
     }
 
-    /// Ends an OEM's ownership of a device; returns the endpoint it had been sent to.
-    pub async fn release(&self, oem_id: &str, thing: &str) -> Result<String, ReleaseError> {
-        claims::release(&self.shared.store, thing, Releaser::Oem(oem_id)).await
+    /// Ends an OEM's ownership of a device (and reports the release).
+    pub async fn release(&self, oem_id: &str, thing: &str) -> Result<claims::Released, ReleaseError> {
+        let released = claims::release(&self.shared.store, thing, Releaser::Oem(oem_id)).await?;
+        self.released(thing, &released);
+        Ok(released)
     }
 
     /// Serves MQTT over mutual TLS on `listener` until shutdown.
@@ -377,16 +497,21 @@ impl StagingHooks {
         if device.owner_oem.is_some() {
             if device.delivered_at.is_some() {
                 // It acknowledged its owner's claim and is back: a factory reset.
-                claims::release(store, &thing, Releaser::Device).await.map_err(|e| match e {
-                    ReleaseError::Registry(e) => fail(e),
-                    _ => ReasonCode::ServerUnavailable,
-                })?;
+                let released =
+                    claims::release(store, &thing, Releaser::Device).await.map_err(|e| match e {
+                        ReleaseError::Registry(e) => fail(e),
+                        _ => ReasonCode::ServerUnavailable,
+                    })?;
+                if let Some(server) = self.server() {
+                    server.released(&thing, &released);
+                }
                 tracing::info!(thing = %thing, "device returned to staging: ownership ended");
             } else {
-                pending = device.endpoint;
+                pending = device.endpoint.zip(device.claim_id);
             }
         }
         Ok(StagingPeer::Device {
+            certificate_id,
             prefix: format!("{thing}/"),
             config_topic: format!("{thing}/{CONFIG_TOPIC}"),
             thing,
@@ -513,7 +638,7 @@ fn parse_claim(payload: &[u8]) -> Option<ParsedClaim> {
 /// The result topic suffix and body for a claim outcome.
 pub fn claim_result(thing: &str, outcome: &ClaimOutcome) -> (&'static str, serde_json::Value) {
     match outcome {
-        ClaimOutcome::Accepted { claim_id, endpoint, delivered } => (
+        ClaimOutcome::Accepted { claim_id, endpoint, delivered, .. } => (
             "accepted",
             serde_json::json!({"thingName": thing, "result": "ACCEPTED", "claimId": claim_id,
                 "endpoint": endpoint, "delivered": delivered}),
@@ -585,9 +710,9 @@ impl Hooks for StagingHooks {
     }
 
     fn connected(&self, ctx: &StagingPeer, _client_id: &str) {
-        if let StagingPeer::Device { thing, pending: Some(endpoint), .. } = ctx {
+        if let StagingPeer::Device { thing, pending: Some((endpoint, claim_id)), certificate_id, .. } = ctx {
             if let Some(server) = self.server() {
-                server.deliver(thing, endpoint);
+                server.deliver(thing, endpoint, *claim_id, Some(certificate_id));
             }
         }
     }

@@ -351,7 +351,11 @@ async fn release(
 ) -> ApiResult {
     let oem = oem_peer(&peer)?;
     match s.release(oem, &thing).await {
-        Ok(endpoint) => ok(json!({"thingName": thing, "released": true, "previousEndpoint": endpoint})),
+        Ok(released) => {
+            ok(json!({"thingName": thing, "released": true, "previousEndpoint": released.endpoint,
+            // For the account the device was claimed for: POST it to its /claim-releases.
+            "releaseNotice": s.release_notice(&thing, &released)}))
+        }
         Err(ReleaseError::NotOwner) => {
             Err(ApiError::new(StatusCode::FORBIDDEN, "NotOwner", "this OEM does not own the device"))
         }

@@ -3,7 +3,7 @@ tests, one JSON command per stdin line, one JSON result per stdout line.
 
 Commands ({"op": ...}):
   connect     name, cid, port, [sni], [ca], [cert], [key], [clean], [v311],
-              [will_topic, will_payload, will_retain], [session_expiry]
+              [will_topic, will_payload, will_retain], [session_expiry], [username, password]
               -> {"rc": reason code value[, "session_present": true]} or {"error": "..."}
                  (TLS handshake refused, ...)
   subscribe   name, topic, [qos]          -> {"codes": [reason code values]}
@@ -87,6 +87,8 @@ def connect(cmd):
         if not cmd.get("sni"):
             ctx.check_hostname = False
         c.tls_set_context(ctx)
+    if cmd.get("username") is not None:
+        c.username_pw_set(cmd["username"], cmd.get("password"))
     if cmd.get("will_topic"):
         c.will_set(cmd["will_topic"], cmd.get("will_payload", "").encode(), qos=1,
                    retain=cmd.get("will_retain", False))

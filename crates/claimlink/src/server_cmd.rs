@@ -45,6 +45,11 @@ struct StagingFile {
     api: SocketAddr,
     /// PEM files of the manufacturer CAs whose birth certificates are accepted.
     manufacturer_cas: Vec<PathBuf>,
+    /// The key (PKCS#8 PEM, SM2 or P-256) that signs claim tickets and release notices; an
+    /// account trusts its public key with `PUT /claim-issuers/{name}`. Without it, deliveries
+    /// carry no ticket (AWS-compatible).
+    #[serde(default)]
+    ticket_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -100,10 +105,21 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
                         .with_context(|| format!("{} is not a PEM certificate file", path(p).display()))?;
                     cas.extend(chain);
                 }
+                let ticket_signer = match &st.ticket_key {
+                    Some(p) => {
+                        let key = claimlink_pki::pem::private_key_from_pem(&std::fs::read(path(p))?, None)
+                            .with_context(|| {
+                                format!("{} is not an unencrypted PKCS#8 key", path(p).display())
+                            })?;
+                        Some(std::sync::Arc::new(key) as std::sync::Arc<dyn claimlink_pki::Signer>)
+                    }
+                    None => None,
+                };
                 let config = claimlink_server::staging::StagingConfig {
                     manufacturer_cas: cas,
                     claim_limits: Default::default(),
                     limits: limits.clone(),
+                    ticket_signer,
                 };
                 let staging = claimlink_server::staging::StagingServer::new(
                     store.clone(),

@@ -48,6 +48,10 @@ pub(crate) struct UpArgs {
     /// Devices in the demo batch.
     #[arg(long, default_value_t = 3)]
     devices: u64,
+    /// Admit devices at the demo account as AWS IoT does: any device of the module maker's CA,
+    /// claimed or not (by default the account requires staging's claim ticket).
+    #[arg(long)]
+    no_require_claim: bool,
 }
 
 const STAGING_HOST: &str = "staging.localhost";
@@ -171,6 +175,18 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
         write_leaf(&oem, "claim-thing", &cert, "", &key)?;
     }
     crate::files::write_atomic(&paths.p("endpoint-ca.pem"), endpoint_ca.root.to_pem().as_bytes(), 0o644)?;
+    // Staging's claim-ticket key: it signs the tickets and release notices the account trusts.
+    let ticket_key = paths.p("staging/ticket.key");
+    if !ticket_key.exists() {
+        std::fs::create_dir_all(paths.p("staging"))?;
+        let key = PrivateKey::generate(KeyAlgorithm::P256, &mut crate::ca::rng())?;
+        write_new(&ticket_key, pem::private_key_to_pem(&key)?.as_bytes(), 0o600)?;
+        crate::files::write_atomic(
+            &paths.p("staging/ticket.pub.pem"),
+            pem::public_key_to_pem(&key.public_key()).as_bytes(),
+            0o644,
+        )?;
+    }
     crate::issue::run(&crate::issue::IssueArgs {
         ca: paths.p("manufacturer-ca"),
         passphrase: passphrase.clone(),
@@ -231,6 +247,14 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
             a
         }
     };
+    // Claim-bound admission: the account trusts staging's ticket key, and its module maker CA
+    // admits only claimed devices (unless --no-require-claim). Set on every start, so that a
+    // data directory from before it gets it too.
+    let ticket_pub = std::fs::read_to_string(paths.p("staging/ticket.pub.pem"))?;
+    tx.put_claim_issuer(&account.id, "staging", &ticket_pub).await?;
+    for ca in tx.list_cas(&account.id).await? {
+        tx.set_ca_require_claim(&account.id, &ca.id, !args.no_require_claim).await?;
+    }
     tx.commit().await?;
     let imported = crate::staging_cmd::import(store, &paths.p("factory/manifest.jsonl")).await?;
     if imported.added > 0 {
@@ -250,6 +274,8 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         chain_pem: std::fs::read_to_string(paths.p("tls/server.pem"))?,
         key_pem: std::fs::read_to_string(paths.p("tls/server.key"))?.into(),
     };
+    let ticket_signer = pem::private_key_from_pem(&std::fs::read(paths.p("staging/ticket.key"))?, None)
+        .context("staging/ticket.key")?;
     let db = paths.p("claimlink.db");
     let url = format!("sqlite://{}", db.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -261,10 +287,22 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
             manufacturer_cas: vec![manufacturer_root],
             claim_limits: Default::default(),
             limits: Default::default(),
+            ticket_signer: Some(std::sync::Arc::new(ticket_signer)),
         };
         let staging = StagingServer::new(store.clone(), &identity, config, shutdown.clone()).await?;
         let account =
             AccountServer::new(store.clone(), &identity, Default::default(), shutdown.clone()).await?;
+        // One process: staging tells the account of every release at once (an account run
+        // elsewhere gets the signed notice from the claim API's release answer instead).
+        let to_account = account.clone();
+        staging.on_release(std::sync::Arc::new(move |release| {
+            let (account, ticket) = (to_account.clone(), release.ticket.clone());
+            tokio::spawn(async move {
+                if let Err(e) = account.claim_released(&ticket).await {
+                    tracing::error!(error = %e, "applying a release at the account failed");
+                }
+            });
+        }));
         let bind = |addr: SocketAddr, flag: &'static str| async move {
             tokio::net::TcpListener::bind(addr)
                 .await

@@ -54,7 +54,10 @@ fn at_dialogue_from_staging_to_the_oem_and_back_after_a_factory_reset() {
     let claim = d.at_lines("AT+GET0", 2);
     assert_eq!(claim[0], format!("OK {thing}/expresslink_config"));
     let delivered: Value = serde_json::from_str(&claim[1]).unwrap();
-    assert_eq!(delivered, json!({"Endpoint": p.oem_endpoint()}), "only the endpoint reaches the device");
+    // Only the endpoint and staging's claim ticket reach the device (never the claim code).
+    assert_eq!(delivered["Endpoint"], p.oem_endpoint());
+    assert!(delivered["ClaimTicket"].as_str().is_some_and(|t| t.starts_with("clt1.")), "{delivered}");
+    assert_eq!(delivered.as_object().unwrap().len(), 2, "{delivered}");
     let events: Vec<String> = std::iter::from_fn(|| Some(d.at("AT+EVENT?")).filter(|e| e != "OK")).collect();
     assert_eq!(events, ["OK 1 0 MSG", "OK 3 0 CONLOST", "OK 6 0 CONNECT"]);
     assert_eq!(d.at("AT+CONF? Endpoint"), format!("OK {}", p.oem_endpoint()));
@@ -183,7 +186,9 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     let got = paho(&mut py, json!({"op": "expect", "name": "a", "count": 1}));
     assert_eq!(got["messages"][0][0], format!("{a}/expresslink_config"));
     let delivered: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
-    assert_eq!(delivered, json!({"Endpoint": endpoint}));
+    assert_eq!(delivered["Endpoint"], endpoint);
+    assert!(delivered["ClaimTicket"].as_str().is_some_and(|t| t.starts_with("clt1.")), "{delivered}");
+    assert_eq!(delivered.as_object().unwrap().len(), 2, "only the endpoint and its ticket: {delivered}");
 
     // Refused over MQTT: the reason comes back on the rejected topic; the device hears nothing.
     let bad = json!({"Endpoint": endpoint, "ClaimCode": "2222-2222-2222-2222"});
@@ -296,10 +301,9 @@ fn claim_hijack_attempts_are_refused_counted_and_audited() {
     let (cert_c, key_c) = p.device_files(c, dir.path());
     assert_eq!(paho(&mut py, conn("c", c, &cert_c, &key_c))["rc"], 0);
     let got = paho(&mut py, json!({"op": "expect", "name": "c", "count": 1}));
-    assert_eq!(
-        got["messages"][0],
-        json!([format!("{c}/expresslink_config"), json!({"Endpoint": endpoint}).to_string()])
-    );
+    assert_eq!(got["messages"][0][0], format!("{c}/expresslink_config"));
+    let delivered: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
+    assert_eq!(delivered["Endpoint"], endpoint);
     let dev = wait_json(
         || p.staging_admin("GET", &format!("/staging/devices/{c}"), None).1,
         |v| v["delivered"] == true,
@@ -588,4 +592,91 @@ fn data_files_with_claim_codes_and_hashes_are_private() {
         checked += 1;
     }
     assert!(checked >= 11, "{checked}");
+}
+
+#[test]
+fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release() {
+    let Some(mut py) = Paho::start("claim_bound_admission") else { return };
+    let p = Platform::up("claim_bound_admission");
+    let devices = p.devices();
+    let (a, b) = (&devices[0], &devices[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = p.device_files(a, dir.path());
+    let (cert_b, key_b) = p.device_files(b, dir.path());
+    let staging = |name: &str, cid: &str, cert: &str, key: &str| {
+        json!({"op": "connect", "name": name, "cid": cid, "port": p.staging_port(), "sni": "staging.localhost",
+               "ca": p.endpoint_ca(), "cert": cert, "key": key})
+    };
+    let account = |name: &str, cid: &str, cert: &str, key: &str, ticket: Option<&str>| {
+        let mut c = json!({"op": "connect", "name": name, "cid": cid, "port": p.account_mqtt, "sni": "demo-oem.localhost",
+               "ca": p.endpoint_ca(), "cert": cert, "key": key});
+        if let Some(t) = ticket {
+            c["username"] = json!("claimlink-claim-ticket");
+            c["password"] = json!(t);
+        }
+        c
+    };
+    let thing_status = |thing: &str| {
+        let token = p.read("account-token");
+        claimlink_testkit::http_json(
+            std::net::SocketAddr::from(([127, 0, 0, 1], p.admin_api)),
+            "GET",
+            &format!("/things/{thing}"),
+            Some(token.trim()),
+            "",
+        )
+        .0
+    };
+    // An unclaimed device of the module maker's CA goes straight to the OEM's endpoint: refused
+    // and not provisioned (it used to be JIT-provisioned).
+    assert_eq!(paho(&mut py, account("b0", b, &cert_b, &key_b, None))["rc"], NOT_AUTHORIZED);
+    assert_eq!(paho(&mut py, account("b1", b, &cert_b, &key_b, Some("clt1.e30.AAAA")))["rc"], NOT_AUTHORIZED);
+    assert_eq!(thing_status(b), 404, "an unclaimed device was provisioned");
+
+    // Claimed: staging sends the endpoint with a ticket, which admits exactly this device.
+    assert_eq!(paho(&mut py, staging("a", a, &cert_a, &key_a))["rc"], 0);
+    let claim = json!({"thingName": a, "endpoint": p.oem_endpoint(), "claimCode": p.claim_code(a)});
+    let (status, body) = p.claim_api("POST", "/claims", &claim);
+    assert_eq!(status, 200, "{body}");
+    let got = paho(&mut py, json!({"op": "expect", "name": "a", "count": 1}));
+    let config: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
+    let ticket = config["ClaimTicket"].as_str().unwrap().to_owned();
+    paho(&mut py, json!({"op": "disconnect", "name": "a"}));
+    assert_eq!(
+        paho(&mut py, account("b2", b, &cert_b, &key_b, Some(&ticket)))["rc"],
+        NOT_AUTHORIZED,
+        "another device's ticket"
+    );
+    let mut tampered = ticket.clone();
+    tampered.pop();
+    tampered.push(if ticket.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        paho(&mut py, account("a0", a, &cert_a, &key_a, Some(&tampered)))["rc"],
+        NOT_AUTHORIZED,
+        "a tampered ticket"
+    );
+    assert_eq!(paho(&mut py, account("a1", a, &cert_a, &key_a, Some(&ticket)))["rc"], 0);
+    assert_eq!(thing_status(a), 200, "provisioned just in time");
+    assert_eq!(thing_status(b), 404);
+
+    // Released: the account drops it and its ticket admits it no more.
+    let (status, body) = p.claim_api("POST", &format!("/claims/{a}/release"), &json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert!(body["releaseNotice"].as_str().is_some_and(|n| n.starts_with("clr1.")), "{body}");
+    let gone = paho(&mut py, json!({"op": "disconnected", "name": "a1", "timeout": 5}));
+    assert_eq!(gone["rc"], NOT_AUTHORIZED, "the released device's session went on: {gone}");
+    assert_eq!(
+        paho(&mut py, account("a2", a, &cert_a, &key_a, Some(&ticket)))["rc"],
+        NOT_AUTHORIZED,
+        "the old claim's ticket"
+    );
+    // A new claim gives a new ticket, which admits it again.
+    assert_eq!(paho(&mut py, staging("a3", a, &cert_a, &key_a))["rc"], 0);
+    let (status, body) = p.claim_api("POST", "/claims", &claim);
+    assert_eq!(status, 200, "{body}");
+    let got = paho(&mut py, json!({"op": "expect", "name": "a3", "count": 1}));
+    let config: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
+    let fresh = config["ClaimTicket"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, ticket);
+    assert_eq!(paho(&mut py, account("a4", a, &cert_a, &key_a, Some(&fresh)))["rc"], 0);
 }
