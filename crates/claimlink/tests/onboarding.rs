@@ -642,6 +642,60 @@ fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release(
     let config: Value = serde_json::from_str(got["messages"][0][1].as_str().unwrap()).unwrap();
     let ticket = config["ClaimTicket"].as_str().unwrap().to_owned();
     paho(&mut py, json!({"op": "disconnect", "name": "a"}));
+    // The OpenSSL CLI verifies the ticket's signature with staging's published key.
+    if let Some(openssl) = claimlink_testkit::openssl("claim_bound_admission") {
+        let (signed, sig) = ticket.rsplit_once('.').unwrap();
+        let mut b64: String = sig
+            .chars()
+            .map(|c| match c {
+                '-' => '+',
+                '_' => '/',
+                c => c,
+            })
+            .collect();
+        while b64.len() % 4 != 0 {
+            b64.push('=');
+        }
+        std::fs::write(dir.path().join("sig.b64"), &b64).unwrap();
+        std::fs::write(dir.path().join("signed"), signed).unwrap();
+        let d = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        claimlink_testkit::run_ok(std::process::Command::new(&openssl).args([
+            "base64",
+            "-d",
+            "-A",
+            "-in",
+            &d("sig.b64"),
+            "-out",
+            &d("sig.der"),
+        ]));
+        let ok = std::process::Command::new(&openssl)
+            .args([
+                "dgst",
+                "-sha256",
+                "-verify",
+                &p.data("staging/ticket.pub.pem"),
+                "-signature",
+                &d("sig.der"),
+                &d("signed"),
+            ])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("Verified OK"), "{ok:?}");
+        std::fs::write(dir.path().join("signed"), format!("{signed}x")).unwrap();
+        let bad = std::process::Command::new(&openssl)
+            .args([
+                "dgst",
+                "-sha256",
+                "-verify",
+                &p.data("staging/ticket.pub.pem"),
+                "-signature",
+                &d("sig.der"),
+                &d("signed"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!bad.status.success(), "a changed ticket must not verify");
+    }
     assert_eq!(
         paho(&mut py, account("b2", b, &cert_b, &key_b, Some(&ticket)))["rc"],
         NOT_AUTHORIZED,
