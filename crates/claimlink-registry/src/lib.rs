@@ -52,6 +52,16 @@ pub enum RegistryError {
     /// The certificate's state does not allow this (a revoked certificate, an inactive CA...).
     #[error("{0}")]
     State(String),
+    /// Still used by something else (a template a CA runs): delete or change that first.
+    #[error("{kind} {name:?} is in use by {user}")]
+    InUse {
+        /// What kind of thing.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// What uses it.
+        user: String,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -81,6 +91,7 @@ impl RegistryError {
             Self::Invalid(_) => "InvalidRequestException",
             Self::LimitExceeded(_) => "LimitExceededException",
             Self::State(_) => "CertificateStateException",
+            Self::InUse { .. } => "DeleteConflictException",
             Self::Database(_) | Self::Randomness => "InternalFailureException",
         }
     }
@@ -815,6 +826,23 @@ impl Tx {
         rows.iter().map(cert_from).collect()
     }
 
+    /// Up to `limit` certificates with ids after `after`, by id (a page of a list).
+    pub async fn certificates_page(
+        &mut self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<CertificateRecord>> {
+        let rows =
+            sqlx::query("SELECT * FROM certificates WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+                .bind(account_id)
+                .bind(after.unwrap_or(""))
+                .bind(limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        rows.iter().map(cert_from).collect()
+    }
+
     /// Ids of the certificates registered without a CA and not revoked (from the index, no
     /// PEM read).
     pub async fn registered_without_ca(&mut self, account_id: &str) -> Result<Vec<String>> {
@@ -928,10 +956,23 @@ impl Tx {
 
     /// An account's things, by name.
     pub async fn list_things(&mut self, account_id: &str) -> Result<Vec<Thing>> {
-        let rows = sqlx::query("SELECT * FROM things WHERE account_id = $1 ORDER BY name")
-            .bind(account_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        self.things_page(account_id, None, i64::MAX).await
+    }
+
+    /// Up to `limit` things named after `after`, by name (a page of a list).
+    pub async fn things_page(
+        &mut self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Thing>> {
+        let rows =
+            sqlx::query("SELECT * FROM things WHERE account_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+                .bind(account_id)
+                .bind(after.unwrap_or(""))
+                .bind(limit)
+                .fetch_all(&mut *self.tx)
+                .await?;
         rows.iter().map(thing_from).collect()
     }
 
@@ -1007,6 +1048,18 @@ impl Tx {
         validate_thing_name("thing type name", name)?;
         if searchable_attributes.len() > 3 {
             return Err(RegistryError::limit("at most 3 searchable attributes per thing type"));
+        }
+        for a in searchable_attributes {
+            let ok = (1..=128).contains(&a.len())
+                && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b));
+            if !ok {
+                return Err(RegistryError::invalid(
+                    "a searchable attribute is 1-128 characters of a-z A-Z 0-9 _ . , @ / : # -",
+                ));
+            }
+        }
+        if description.is_some_and(|d| d.chars().count() > 2028) {
+            return Err(RegistryError::limit("a thing type description has at most 2,028 characters"));
         }
         let n = sqlx::query(
             "INSERT INTO thing_types (account_id, name, description, searchable_attributes, created) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -1512,7 +1565,11 @@ impl Tx {
             .await?;
         if let Some(r) = used {
             let ca: String = r.try_get("id")?;
-            return Err(RegistryError::invalid(format!("template {name:?} is used by CA certificate {ca}")));
+            return Err(RegistryError::InUse {
+                kind: "template",
+                name: name.to_owned(),
+                user: format!("CA certificate {ca}"),
+            });
         }
         let n = sqlx::query("DELETE FROM provisioning_templates WHERE account_id = $1 AND name = $2")
             .bind(account_id)
@@ -1712,22 +1769,45 @@ impl Tx {
         account_id: &str,
         certificate_id: Option<&str>,
     ) -> Result<Vec<ProvisioningFailure>> {
+        Ok(self
+            .provisioning_failures_page(account_id, certificate_id, None, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect())
+    }
+
+    /// Up to `limit` provisioning failures older than the one with id `before`, newest first,
+    /// each with its id (a page of a list).
+    pub async fn provisioning_failures_page(
+        &mut self,
+        account_id: &str,
+        certificate_id: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(i64, ProvisioningFailure)>> {
         let rows = sqlx::query(
-            "SELECT * FROM provisioning_failures WHERE account_id = $1 AND ($2 = '' OR certificate_id = $2) ORDER BY id DESC",
+            "SELECT * FROM provisioning_failures WHERE account_id = $1 AND ($2 = '' OR certificate_id = $2) \
+             AND id < $3 ORDER BY id DESC LIMIT $4",
         )
         .bind(account_id)
         .bind(certificate_id.unwrap_or(""))
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit)
         .fetch_all(&mut *self.tx)
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(ProvisioningFailure {
-                    certificate_id: r.try_get("certificate_id")?,
-                    ca_id: r.try_get("ca_id")?,
-                    template_name: r.try_get("template_name")?,
-                    reason: r.try_get("reason")?,
-                    at: r.try_get("at")?,
-                })
+                Ok((
+                    r.try_get("id")?,
+                    ProvisioningFailure {
+                        certificate_id: r.try_get("certificate_id")?,
+                        ca_id: r.try_get("ca_id")?,
+                        template_name: r.try_get("template_name")?,
+                        reason: r.try_get("reason")?,
+                        at: r.try_get("at")?,
+                    },
+                ))
             })
             .collect()
     }

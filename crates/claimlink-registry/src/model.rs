@@ -272,7 +272,7 @@ pub fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), 
             && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b));
         check(key_ok, "attribute name", k, "1-128 characters of a-z A-Z 0-9 _ . , @ / : # -")?;
         check(
-            v.len() <= 800 && !v.chars().any(char::is_control),
+            v.chars().count() <= 800 && !v.chars().any(char::is_control),
             "attribute value",
             v,
             "at most 800 characters",

@@ -432,10 +432,24 @@ impl Tx {
 
     /// Devices an OEM owns, by name.
     pub async fn owned_devices(&mut self, oem_id: &str) -> Result<Vec<StagingDevice>> {
-        let rows = sqlx::query("SELECT * FROM staging_devices WHERE owner_oem = $1 ORDER BY thing_name")
-            .bind(oem_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        self.owned_devices_page(oem_id, None, i64::MAX).await
+    }
+
+    /// Up to `limit` devices an OEM owns, named after `after` (a page of a list).
+    pub async fn owned_devices_page(
+        &mut self,
+        oem_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StagingDevice>> {
+        let rows = sqlx::query(
+            "SELECT * FROM staging_devices WHERE owner_oem = $1 AND thing_name > $2 ORDER BY thing_name LIMIT $3",
+        )
+        .bind(oem_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
         rows.iter().map(device_from).collect()
     }
 
@@ -675,13 +689,25 @@ impl Tx {
         thing_name: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ClaimRecord>> {
+        self.claims_before(oem_id, thing_name, None, limit).await
+    }
+
+    /// Claims older than claim `before`, newest first (a page of a list).
+    pub async fn claims_before(
+        &mut self,
+        oem_id: Option<&str>,
+        thing_name: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ClaimRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM staging_claims WHERE ($1 IS NULL OR oem_id = $1) AND ($2 IS NULL OR thing_name = $2) \
-             ORDER BY id DESC LIMIT $3",
+             AND id < $3 ORDER BY id DESC LIMIT $4",
         )
         .bind(oem_id)
         .bind(thing_name)
-        .bind(limit.clamp(1, 1000))
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(limit.clamp(1, 1001))
         .fetch_all(&mut *self.tx)
         .await?;
         rows.iter().map(claim_from).collect()

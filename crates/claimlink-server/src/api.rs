@@ -45,7 +45,9 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let status = match &e {
             RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
-            RegistryError::AlreadyExists { .. } | RegistryError::State(_) => StatusCode::CONFLICT,
+            RegistryError::AlreadyExists { .. } | RegistryError::State(_) | RegistryError::InUse { .. } => {
+                StatusCode::CONFLICT
+            }
             RegistryError::Invalid(_) | RegistryError::LimitExceeded(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -224,30 +226,289 @@ pub(crate) async fn json_errors(response: Response) -> Response {
 }
 
 async fn openapi() -> axum::Json<Value> {
+    axum::Json(openapi_document("claimlink account API", ROUTES, account_operation, true))
+}
+
+/// The pattern and length of a path parameter, by its name.
+fn path_parameter(name: &str) -> Value {
+    match name {
+        "caCertificateId" | "certificateId" => json!({ "type": "string", "pattern": "^[0-9a-f]{64}$" }),
+        "thing" | "thingName" | "thingTypeName" | "thingGroupName" => {
+            json!({ "type": "string", "pattern": "^[a-zA-Z0-9:_-]{1,128}$" })
+        }
+        "templateName" => json!({ "type": "string", "pattern": "^[0-9A-Za-z_-]{1,36}$" }),
+        "policyName" => json!({ "type": "string", "pattern": "^[a-zA-Z0-9_+=,.@-]{1,128}$" }),
+        "oemId" => {
+            json!({ "type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" })
+        }
+        _ => json!({ "type": "string", "pattern": "^[a-zA-Z0-9_.-]{1,128}$" }),
+    }
+}
+
+/// What one operation takes and gives: query parameters, request body and response schemas.
+pub(crate) struct Operation {
+    /// Query parameters: (name, schema).
+    pub(crate) query: Vec<(&'static str, Value)>,
+    /// The JSON request body's schema, when it takes one.
+    pub(crate) body: Option<Value>,
+    /// The 200 response's schema.
+    pub(crate) response: Value,
+}
+
+/// An object schema. The API takes `null` for an optional field as its absence, so optional
+/// properties say so.
+pub(crate) fn object(required: &[&str], mut properties: Value) -> Value {
+    if let Some(props) = properties.as_object_mut() {
+        for (name, schema) in props.iter_mut() {
+            if !required.contains(&name.as_str()) {
+                *schema = json!({ "anyOf": [schema.take(), { "type": "null" }] });
+            }
+        }
+    }
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+/// A list's response: `{field: [...], "nextToken"?}`, with the paging parameters.
+pub(crate) fn list(field: &str, extra_query: Vec<(&'static str, Value)>) -> Operation {
+    let mut query = vec![
+        ("maxResults", json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE })),
+        ("nextToken", json!({ "type": "string", "pattern": "^([0-9a-f]{2}){1,256}$" })),
+    ];
+    query.extend(extra_query);
+    let response = object(
+        &[field],
+        json!({ field: { "type": "array", "items": { "type": "object" } },
+        "nextToken": { "type": "string" } }),
+    );
+    Operation { query, body: None, response }
+}
+
+fn plain(body: Option<Value>) -> Operation {
+    Operation { query: Vec::new(), body, response: json!({ "type": "object" }) }
+}
+
+fn account_operation(op: &str) -> Operation {
+    let s = || json!({ "type": "string" });
+    let b = || json!({ "type": "boolean" });
+    let name = || json!({ "type": "string", "pattern": "^[a-zA-Z0-9:_-]{1,128}$" });
+    let attributes = || {
+        object(
+            &[],
+            json!({ "attributes": {
+        "type": "object", "maxProperties": 50,
+        "propertyNames": { "pattern": "^[a-zA-Z0-9_.,@/:#-]{1,128}$" },
+        "additionalProperties": { "type": "string", "maxLength": 800, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*$" } } }),
+        )
+    };
+    let registration = || object(&[], json!({ "templateName": s() }));
+    match op {
+        "list-ca-certificates" | "list-certificates" => list("certificates", Vec::new()),
+        "list-provisioning-templates" => list("templates", Vec::new()),
+        "list-policies" => list("policies", Vec::new()),
+        "list-things" => list("things", Vec::new()),
+        "list-claim-issuers" => list("claimIssuers", Vec::new()),
+        "list-provisioning-failures" => list(
+            "failures",
+            vec![("certificateId", json!({ "type": "string", "pattern": "^[0-9a-f]{64}$" }))],
+        ),
+        "register-ca-certificate" => plain(Some(object(
+            &["caCertificate"],
+            json!({
+            "caCertificate": s(), "certificateMode": { "enum": ["DEFAULT", "SNI_ONLY"] },
+            "setAsActive": b(), "allowAutoRegistration": b(), "requireClaim": b(),
+            "registrationConfig": registration(),
+            "verificationCertificate": s() }),
+        ))),
+        "update-ca-certificate" => Operation {
+            query: vec![
+                ("newStatus", json!({ "enum": ["ACTIVE", "INACTIVE"] })),
+                ("newAutoRegistrationStatus", json!({ "enum": ["ENABLE", "DISABLE"] })),
+            ],
+            body: Some(object(
+                &[],
+                json!({ "newStatus": { "enum": ["ACTIVE", "INACTIVE"] },
+                "newAutoRegistrationStatus": { "enum": ["ENABLE", "DISABLE"] }, "requireClaim": b(),
+                "registrationConfig": registration() }),
+            )),
+            response: json!({ "type": "object" }),
+        },
+        "register-certificate" => plain(Some(object(
+            &["certificatePem"],
+            json!({
+            "certificatePem": s(), "caCertificatePem": s(),
+            "status": { "enum": ["ACTIVE", "INACTIVE", "PENDING_ACTIVATION"] } }),
+        ))),
+        "update-certificate" => Operation {
+            query: vec![("newStatus", json!({ "enum": ["ACTIVE", "INACTIVE", "REVOKED"] }))],
+            body: Some(object(&[], json!({ "newStatus": { "enum": ["ACTIVE", "INACTIVE", "REVOKED"] } }))),
+            response: json!({ "type": "object" }),
+        },
+        "create-provisioning-template" => plain(Some(object(
+            &["templateName", "templateBody"],
+            json!({
+            "templateName": s(), "templateBody": s(), "enabled": b(), "description": s(),
+            "type": { "enum": ["JITP", "FLEET_PROVISIONING"] } }),
+        ))),
+        "update-provisioning-template" => {
+            plain(Some(object(&[], json!({ "templateBody": s(), "enabled": b(), "description": s() }))))
+        }
+        "create-policy" => plain(Some(object(&["policyDocument"], json!({ "policyDocument": s() })))),
+        "attach-policy" | "detach-policy" => plain(Some(object(&["target"], json!({ "target": s() })))),
+        "create-thing" => {
+            plain(Some(object(&[], json!({ "thingTypeName": name(), "attributePayload": attributes() }))))
+        }
+        "create-thing-type" => plain(Some(object(
+            &[],
+            json!({ "thingTypeProperties": object(&[], json!({
+            "thingTypeDescription": { "type": "string", "maxLength": 2028 },
+            "searchableAttributes": { "type": "array", "maxItems": 3,
+                "items": { "type": "string", "pattern": "^[a-zA-Z0-9_.,@/:#-]{1,128}$" } } })) }),
+        ))),
+        "create-thing-group" => plain(Some(object(
+            &[],
+            json!({ "parentGroupName": name(),
+            "thingGroupProperties": object(&[], json!({ "attributePayload": attributes() })) }),
+        ))),
+        "add-thing-to-thing-group" => plain(Some(object(
+            &["thingGroupName", "thingName"],
+            json!({ "thingGroupName": s(), "thingName": s() }),
+        ))),
+        "attach-thing-principal" => plain(Some(object(&["principal"], json!({ "principal": s() })))),
+        "put-claim-issuer" => plain(Some(object(&["publicKeyPem"], json!({ "publicKeyPem": s() })))),
+        "release-claim" => plain(Some(object(&["releaseNotice"], json!({ "releaseNotice": s() })))),
+        _ => plain(None),
+    }
+}
+
+/// An OpenAPI 3.0 document from a route table (method, path, operation, summary) and what
+/// each operation takes and gives; the same table drives the router's test.
+pub(crate) fn openapi_document(
+    title: &str,
+    routes: &[(&str, &str, &str, &str)],
+    operation: fn(&str) -> Operation,
+    bearer: bool,
+) -> Value {
     let mut paths = serde_json::Map::new();
-    for (method, path, op, summary) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = json!({
+    for (method, path, op, summary) in routes {
+        let details = operation(op);
+        let mut parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_parameter(name) }))
+            .collect();
+        parameters.extend(details.query.iter().map(
+            |(name, schema)| json!({ "name": name, "in": "query", "required": false, "schema": schema }),
+        ));
+        let error = json!({ "description": "Refused: {\"code\", \"message\"}", "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Error" } } } });
+        let mut entry = json!({
             "operationId": op,
             "summary": summary,
-            "security": [{ "bearer": [] }],
+            "parameters": parameters,
             "responses": {
-                "200": { "description": "OK (JSON)" },
-                "4XX": { "description": "Refused: {\"code\", \"message\"}", "content": { "application/json": {
-                    "schema": { "$ref": "#/components/schemas/Error" } } } }
+                "200": { "description": "OK", "content": { "application/json": { "schema": details.response } } },
+                "4XX": error.clone(),
+                "5XX": error,
             }
         });
+        if bearer {
+            entry["security"] = json!([{ "bearer": [] }]);
+        }
+        if let Some(body) = details.body {
+            // A body whose every field is optional may be left out.
+            let required = body["required"].as_array().is_some_and(|r| !r.is_empty());
+            entry["requestBody"] =
+                json!({ "required": required, "content": { "application/json": { "schema": body } } });
+        }
+        paths.entry(path.to_string()).or_insert_with(|| json!({}))[*method] = entry;
     }
-    axum::Json(json!({
-        "openapi": "3.0.3",
-        "info": { "title": "claimlink account API", "version": env!("CARGO_PKG_VERSION") },
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": { "Error": { "type": "object", "required": ["code", "message"], "properties": {
                 "code": { "type": "string" }, "message": { "type": "string" } } } }
         }
-    }))
+    })
+}
+
+/// AWS-style pagination of a list: `maxResults` (1 to [`MAX_PAGE`], default [`MAX_PAGE`]) and
+/// the `nextToken` the previous page returned (opaque: the hex of the last key).
+#[derive(Debug, Clone)]
+pub(crate) struct Page {
+    /// Items after this key.
+    pub(crate) after: Option<String>,
+    /// At most this many.
+    pub(crate) limit: usize,
+}
+
+/// The largest page.
+pub const MAX_PAGE: usize = 250;
+
+impl Page {
+    pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<Self, ApiError> {
+        let limit = match q.get("maxResults") {
+            None => MAX_PAGE,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| ApiError::bad(format!("maxResults must be 1 to {MAX_PAGE}")))?,
+        };
+        let after = match q.get("nextToken") {
+            None => None,
+            Some(t) => Some(
+                hex::decode(t)
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .filter(|k| !k.is_empty() && k.len() <= 1024)
+                    .ok_or_else(|| ApiError::bad("nextToken is not one this API gave"))?,
+            ),
+        };
+        Ok(Self { after, limit })
+    }
+
+    /// What to ask the registry for: one more than a page, to know whether another follows.
+    pub(crate) fn fetch(&self) -> i64 {
+        self.limit as i64 + 1
+    }
+
+    /// A page of `items` already after the key (from the registry), as `{field: [...],
+    /// "nextToken"?}`.
+    pub(crate) fn respond<T>(
+        &self,
+        field: &str,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> String,
+        show: impl Fn(&T) -> Value,
+    ) -> Value {
+        let more = items.len() > self.limit;
+        items.truncate(self.limit);
+        let mut out = json!({ field: items.iter().map(&show).collect::<Vec<_>>() });
+        if more {
+            if let Some(last) = items.last() {
+                out["nextToken"] = hex::encode(key(last)).into();
+            }
+        }
+        out
+    }
+
+    /// A page of a small list held whole (CAs, templates, policies, claim issuers), sorted by key.
+    pub(crate) fn slice<T>(
+        &self,
+        field: &str,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> String,
+        show: impl Fn(&T) -> Value,
+    ) -> Value {
+        items.sort_by_key(&key);
+        if let Some(after) = &self.after {
+            items.retain(|i| key(i).as_str() > after.as_str());
+        }
+        self.respond(field, items, key, show)
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
@@ -391,14 +652,17 @@ async fn register_ca(State(s): State<AccountServer>, h: HeaderMap, b: Bytes) -> 
     Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cacert/{}", ca.id)), "certificateId": ca.id })))
 }
 
-async fn list_cas(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+async fn list_cas(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
+    let page = Page::parse(&q)?;
     let cas = s.store().read().await?.list_cas(&a.id).await?;
-    let list: Vec<Value> = cas
-        .iter()
-        .map(|c| json!({ "certificateArn": arn(&a, &format!("cacert/{}", c.id)), "certificateId": c.id, "status": c.status, "certificateMode": c.mode, "creationDate": c.created as f64 / 1000.0 }))
-        .collect();
-    Ok(axum::Json(json!({ "certificates": list })))
+    Ok(axum::Json(page.slice("certificates", cas, |c| c.id.clone(), |c| {
+        json!({ "certificateArn": arn(&a, &format!("cacert/{}", c.id)), "certificateId": c.id, "status": c.status, "certificateMode": c.mode, "creationDate": c.created as f64 / 1000.0 })
+    })))
 }
 
 async fn describe_ca(State(s): State<AccountServer>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
@@ -494,14 +758,17 @@ async fn register_certificate(State(s): State<AccountServer>, h: HeaderMap, b: B
     Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id })))
 }
 
-async fn list_certificates(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+async fn list_certificates(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
-    let certs = s.store().read().await?.list_certificates(&a.id).await?;
-    let list: Vec<Value> = certs
-        .iter()
-        .map(|c| json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id, "status": c.status, "creationDate": c.created as f64 / 1000.0 }))
-        .collect();
-    Ok(axum::Json(json!({ "certificates": list })))
+    let page = Page::parse(&q)?;
+    let certs = s.store().read().await?.certificates_page(&a.id, page.after.as_deref(), page.fetch()).await?;
+    Ok(axum::Json(page.respond("certificates", certs, |c| c.id.clone(), |c| {
+        json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id, "status": c.status, "creationDate": c.created as f64 / 1000.0 })
+    })))
 }
 
 async fn describe_certificate(
@@ -582,18 +849,24 @@ async fn create_template(State(s): State<AccountServer>, h: HeaderMap, b: Bytes)
     ))
 }
 
-async fn list_templates(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+async fn list_templates(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
+    let page = Page::parse(&q)?;
     let ts = s.store().read().await?.list_templates(&a.id).await?;
-    let list: Vec<Value> = ts
-        .iter()
-        .map(|t| {
+    Ok(axum::Json(page.slice(
+        "templates",
+        ts,
+        |t| t.name.clone(),
+        |t| {
             let mut v = template_json(&a, t);
             v.as_object_mut().map(|o| o.remove("templateBody"));
             v
-        })
-        .collect();
-    Ok(axum::Json(json!({ "templates": list })))
+        },
+    )))
 }
 
 async fn describe_template(
@@ -673,14 +946,20 @@ async fn get_policy(State(s): State<AccountServer>, h: HeaderMap, Path(name): Pa
     })))
 }
 
-async fn list_policies(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+async fn list_policies(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
+    let page = Page::parse(&q)?;
     let ps = s.store().read().await?.list_policies(&a.id).await?;
-    let list: Vec<Value> = ps
-        .iter()
-        .map(|p| json!({ "policyName": p.name, "policyArn": arn(&a, &format!("policy/{}", p.name)) }))
-        .collect();
-    Ok(axum::Json(json!({ "policies": list })))
+    Ok(axum::Json(page.slice(
+        "policies",
+        ps,
+        |p| p.name.clone(),
+        |p| json!({ "policyName": p.name, "policyArn": arn(&a, &format!("policy/{}", p.name)) }),
+    )))
 }
 
 /// A certificate or thing group ARN of this account, or a bare certificate id.
@@ -796,10 +1075,15 @@ async fn delete_thing(State(s): State<AccountServer>, h: HeaderMap, Path(name): 
     Ok(axum::Json(json!({})))
 }
 
-async fn list_things(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+async fn list_things(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
-    let things = s.store().read().await?.list_things(&a.id).await?;
-    Ok(axum::Json(json!({ "things": things.iter().map(|t| thing_json(&a, t)).collect::<Vec<_>>() })))
+    let page = Page::parse(&q)?;
+    let things = s.store().read().await?.things_page(&a.id, page.after.as_deref(), page.fetch()).await?;
+    Ok(axum::Json(page.respond("things", things, |t| t.name.clone(), |t| thing_json(&a, t))))
 }
 
 async fn create_thing_type(
@@ -846,9 +1130,11 @@ async fn create_thing_group(
     let attributes = match m.get("thingGroupProperties") {
         Some(Value::Object(p)) => match p.get("attributePayload") {
             Some(Value::Object(ap)) => string_map(ap.get("attributes"), "attributes")?,
-            _ => BTreeMap::new(),
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(_) => return Err(ApiError::bad("attributePayload must be an object")),
         },
-        _ => BTreeMap::new(),
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(_) => return Err(ApiError::bad("thingGroupProperties must be an object")),
     };
     let mut tx = s.store().begin().await?;
     tx.create_thing_group(&a.id, &name, field(&m, "parentGroupName")?, &attributes).await?;
@@ -896,21 +1182,39 @@ async fn provisioning_failures(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
+    let page = Page::parse(&q)?;
+    if q.get("certificateId")
+        .is_some_and(|id| id.len() != 64 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(ApiError::bad("certificateId is 64 lowercase hex characters"));
+    }
+    let before = match &page.after {
+        Some(k) => Some(k.parse::<i64>().map_err(|_| ApiError::bad("nextToken is not one this API gave"))?),
+        None => None,
+    };
     let failures = s
         .store()
         .read()
         .await?
-        .provisioning_failures(&a.id, q.get("certificateId").map(String::as_str))
+        .provisioning_failures_page(&a.id, q.get("certificateId").map(String::as_str), before, page.fetch())
         .await?;
-    Ok(axum::Json(json!({ "failures": failures })))
+    Ok(axum::Json(page.respond("failures", failures, |(id, _)| id.to_string(), |(_, f)| json!(f))))
 }
 
-async fn list_claim_issuers(State(s): State<AccountServer>, h: HeaderMap) -> ApiResult {
+async fn list_claim_issuers(
+    State(s): State<AccountServer>,
+    h: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> ApiResult {
     let (a, _) = auth(&s, &h).await?;
+    let page = Page::parse(&q)?;
     let issuers = s.store().read().await?.claim_issuers(&a.id).await?;
-    let list: Vec<Value> =
-        issuers.into_iter().map(|(name, pem)| json!({"name": name, "publicKeyPem": pem})).collect();
-    Ok(axum::Json(json!({ "claimIssuers": list })))
+    Ok(axum::Json(page.slice(
+        "claimIssuers",
+        issuers,
+        |(n, _)| n.clone(),
+        |(name, pem)| json!({"name": name, "publicKeyPem": pem}),
+    )))
 }
 
 async fn put_claim_issuer(

@@ -22,7 +22,7 @@ use claimlink_registry::staging::OemStatus;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Page};
 use crate::staging::{StagingServer, claim_result};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -50,9 +50,84 @@ pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Res
     .await
 }
 
+/// The routes: method, path, operation, summary. `/staging/...` takes a staging administrator's
+/// bearer token; `/claims` and `/devices` take the OEM's claim-thing certificate (TLS client
+/// authentication). The OpenAPI document is made from this table.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("post", "/staging/oems", "create-oem", "Register an OEM (its UUID is the claim-thing's client id)"),
+    ("get", "/staging/oems", "list-oems", "List OEMs"),
+    ("get", "/staging/oems/{oemId}", "describe-oem", "Describe an OEM"),
+    (
+        "put",
+        "/staging/oems/{oemId}/claim-certificate",
+        "set-claim-certificate",
+        "Pin the OEM's claim-thing certificate",
+    ),
+    (
+        "post",
+        "/staging/oems/{oemId}/endpoints",
+        "add-oem-endpoint",
+        "Register an endpoint the OEM may send devices to",
+    ),
+    ("put", "/staging/oems/{oemId}/status", "set-oem-status", "ACTIVE or SUSPENDED"),
+    ("get", "/staging/devices/{thingName}", "describe-staging-device", "A device as staging knows it"),
+    ("get", "/staging/claims", "list-staging-claims", "Accepted claims, newest first"),
+    ("get", "/staging/claim-refusals", "list-claim-refusals", "Refused claims in aggregate"),
+    ("post", "/claims", "claim", "Claim a device (claim-thing certificate)"),
+    ("get", "/claims", "list-claims", "This OEM's accepted claims, newest first"),
+    ("get", "/claims/refusals", "list-my-claim-refusals", "This OEM's refused claims in aggregate"),
+    ("post", "/claims/{thingName}/release", "release", "End this OEM's ownership of a device"),
+    ("get", "/devices", "list-owned-devices", "The devices this OEM owns"),
+];
+
+fn staging_operation(op: &str) -> crate::api::Operation {
+    use crate::api::{Operation, list};
+    let s = || json!({ "type": "string" });
+    let body = |required: &[&str], properties: Value| Operation {
+        query: Vec::new(),
+        body: Some(crate::api::object(required, properties)),
+        response: json!({ "type": "object" }),
+    };
+    let thing = || json!({ "type": "string", "pattern": "^[a-zA-Z0-9:_-]{1,128}$" });
+    match op {
+        "create-oem" => {
+            body(&["name"], json!({ "name": s(), "endpoints": { "type": "array", "items": s() } }))
+        }
+        "set-claim-certificate" => body(&["certificatePem"], json!({ "certificatePem": s() })),
+        "add-oem-endpoint" => body(&["endpoint"], json!({ "endpoint": s() })),
+        "set-oem-status" => body(&["status"], json!({ "status": { "enum": ["ACTIVE", "SUSPENDED"] } })),
+        "claim" => {
+            body(&["thingName", "endpoint"], json!({ "thingName": s(), "endpoint": s(), "claimCode": s() }))
+        }
+        "list-oems" => list("oems", Vec::new()),
+        "list-staging-claims" => list("claims", vec![("thingName", thing()), ("oemId", s())]),
+        "list-claims" => list("claims", vec![("thingName", thing())]),
+        "list-claim-refusals" => list("refusals", vec![("thingName", thing()), ("claimer", s())]),
+        "list-my-claim-refusals" => list("refusals", vec![("thingName", thing())]),
+        "list-owned-devices" => list("devices", Vec::new()),
+        _ => Operation { query: Vec::new(), body: None, response: json!({ "type": "object" }) },
+    }
+}
+
+async fn openapi() -> axum::Json<Value> {
+    let mut doc = crate::api::openapi_document("claimlink staging API", ROUTES, staging_operation, false);
+    // Administrators' routes take the bearer token; the claim API the client certificate.
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if path.starts_with("/staging/") {
+                for (_, op) in item.as_object_mut().into_iter().flatten() {
+                    op["security"] = json!([{ "bearer": [] }]);
+                }
+            }
+        }
+    }
+    axum::Json(doc)
+}
+
 /// The staging API's routes.
 pub fn router(server: StagingServer) -> Router {
     Router::new()
+        .route("/openapi.json", get(openapi))
         .route("/staging/oems", post(create_oem).get(list_oems))
         .route("/staging/oems/{id}", get(describe_oem))
         .route("/staging/oems/{id}/claim-certificate", put(upload_claim_certificate))
@@ -160,10 +235,11 @@ async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult
     ok(oem_json(&oem))
 }
 
-async fn list_oems(State(s): St, headers: HeaderMap) -> ApiResult {
+async fn list_oems(State(s): St, headers: HeaderMap, Query(q): Query<PageQuery>) -> ApiResult {
     admin(&s, &headers).await?;
+    let page = page_of(q.max_results.as_ref(), q.next_token.as_ref())?;
     let oems = s.store().read().await?.oems().await?;
-    ok(json!({"oems": oems.iter().map(oem_json).collect::<Vec<_>>()}))
+    ok(page.slice("oems", oems, |o| o.id.clone(), oem_json))
 }
 
 async fn describe_oem(State(s): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
@@ -249,18 +325,57 @@ async fn describe_device(State(s): St, headers: HeaderMap, Path(thing): Path<Str
 struct ClaimQuery {
     thing_name: Option<String>,
     oem_id: Option<String>,
-    limit: Option<i64>,
+    max_results: Option<String>,
+    next_token: Option<String>,
 }
 
-async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQuery>) -> ApiResult {
-    admin(&s, &headers).await?;
+impl ClaimQuery {
+    fn page(&self) -> Result<Page, ApiError> {
+        page_of(self.max_results.as_ref(), self.next_token.as_ref())
+    }
+}
+
+fn page_of(max_results: Option<&String>, next_token: Option<&String>) -> Result<Page, ApiError> {
+    let mut q = std::collections::BTreeMap::new();
+    if let Some(m) = max_results {
+        q.insert("maxResults".to_owned(), m.clone());
+    }
+    if let Some(t) = next_token {
+        q.insert("nextToken".to_owned(), t.clone());
+    }
+    Page::parse(&q)
+}
+
+/// A `thingName` filter: a ThingName or a 400.
+fn thing_filter(name: Option<&String>) -> Result<Option<&str>, ApiError> {
+    match name {
+        Some(n) if claimlink_registry::validate_thing_name("thingName", n).is_err() => {
+            Err(ApiError::bad("thingName is 1-128 characters of a-z A-Z 0-9 : _ -"))
+        }
+        other => Ok(other.map(String::as_str)),
+    }
+}
+
+/// A page of claims, newest first (the token is the last claim's id).
+async fn claims_page(s: &StagingServer, oem: Option<&str>, q: &ClaimQuery) -> ApiResult {
+    let page = q.page()?;
+    let before = match &page.after {
+        Some(k) => Some(k.parse::<i64>().map_err(|_| ApiError::bad("nextToken is not one this API gave"))?),
+        None => None,
+    };
+    let thing = thing_filter(q.thing_name.as_ref())?;
     let claims = s
         .store()
         .read()
         .await?
-        .claims(q.oem_id.as_deref(), q.thing_name.as_deref(), q.limit.unwrap_or(100))
+        .claims_before(oem.or(q.oem_id.as_deref()), thing, before, page.fetch())
         .await?;
-    ok(json!({ "claims": claims }))
+    ok(page.respond("claims", claims, |c| c.id.to_string(), |c| json!(c)))
+}
+
+async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQuery>) -> ApiResult {
+    admin(&s, &headers).await?;
+    claims_page(&s, None, &q).await
 }
 
 #[derive(serde::Deserialize)]
@@ -268,19 +383,25 @@ async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQue
 struct RefusalQuery {
     thing_name: Option<String>,
     claimer: Option<String>,
-    limit: Option<i64>,
+    max_results: Option<String>,
+    next_token: Option<String>,
+}
+
+/// A page of the newest 1,000 aggregate rows (key: window, claimer, device, reason).
+fn refusals_page(q: &RefusalQuery, rows: Vec<claimlink_registry::staging::ClaimRefusals>) -> ApiResult {
+    let page = page_of(q.max_results.as_ref(), q.next_token.as_ref())?;
+    let key = |r: &claimlink_registry::staging::ClaimRefusals| {
+        format!("{:020}|{}|{}|{}", i64::MAX - r.window_start, r.claimer, r.thing_name, r.reason)
+    };
+    ok(page.slice("refusals", rows, key, |r| json!(r)))
 }
 
 /// Refused claims in aggregate (per claimer, device, reason and hour).
 async fn admin_refusals(State(s): St, headers: HeaderMap, Query(q): Query<RefusalQuery>) -> ApiResult {
     admin(&s, &headers).await?;
-    let refusals = s
-        .store()
-        .read()
-        .await?
-        .claim_refusals(q.claimer.as_deref(), q.thing_name.as_deref(), q.limit.unwrap_or(100))
-        .await?;
-    ok(json!({ "refusals": refusals }))
+    let thing = thing_filter(q.thing_name.as_ref())?;
+    let refusals = s.store().read().await?.claim_refusals(q.claimer.as_deref(), thing, 1000).await?;
+    refusals_page(&q, refusals)
 }
 
 /// The OEM's own refused claims (its claim-thing's), in aggregate.
@@ -291,13 +412,9 @@ async fn my_refusals(
 ) -> ApiResult {
     let oem = oem_peer(&peer)?;
     let claimer = format!("oem:{oem}");
-    let refusals = s
-        .store()
-        .read()
-        .await?
-        .claim_refusals(Some(&claimer), q.thing_name.as_deref(), q.limit.unwrap_or(100))
-        .await?;
-    ok(json!({ "refusals": refusals }))
+    let thing = thing_filter(q.thing_name.as_ref())?;
+    let refusals = s.store().read().await?.claim_refusals(Some(&claimer), thing, 1000).await?;
+    refusals_page(&q, refusals)
 }
 
 async fn claim(State(s): St, Extension(peer): Extension<ClaimPeer>, bytes: Bytes) -> ApiResult {
@@ -333,15 +450,27 @@ async fn my_claims(
     Query(q): Query<ClaimQuery>,
 ) -> ApiResult {
     let oem = oem_peer(&peer)?;
-    let claims =
-        s.store().read().await?.claims(Some(oem), q.thing_name.as_deref(), q.limit.unwrap_or(100)).await?;
-    ok(json!({ "claims": claims }))
+    let q = ClaimQuery { oem_id: None, ..q };
+    claims_page(&s, Some(oem), &q).await
 }
 
-async fn my_devices(State(s): St, Extension(peer): Extension<ClaimPeer>) -> ApiResult {
+async fn my_devices(
+    State(s): St,
+    Extension(peer): Extension<ClaimPeer>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult {
     let oem = oem_peer(&peer)?;
-    let devices = s.store().read().await?.owned_devices(oem).await?;
-    ok(json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() }))
+    let page = page_of(q.max_results.as_ref(), q.next_token.as_ref())?;
+    let devices =
+        s.store().read().await?.owned_devices_page(oem, page.after.as_deref(), page.fetch()).await?;
+    ok(page.respond("devices", devices, |d| d.thing_name.clone(), device_json))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageQuery {
+    max_results: Option<String>,
+    next_token: Option<String>,
 }
 
 async fn release(

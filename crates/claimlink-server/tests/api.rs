@@ -66,7 +66,10 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
         ("PUT", "/certificates/ffff".into(), json!({"newStatus": "ACTIVE"}).to_string(), 404, "ResourceNotFoundException"),
         ("PUT", "/target-policies/p".into(), json!({"target": "arn:aws:s3:::bucket"}).to_string(), 400, "InvalidRequestException"),
         ("GET", "/no/such/path".into(), String::new(), 404, "ResourceNotFoundException"),
-        ("POST", "/things/big".into(), format!("{{\"x\": \"{}\"}}", "a".repeat(70 * 1024)), 413, ""),
+        ("POST", "/things/big".into(), format!("{{\"x\": \"{}\"}}", "a".repeat(70 * 1024)), 413, "PayloadTooLarge"),
+        ("GET", "/things?maxResults=0".into(), String::new(), 400, "InvalidRequestException"),
+        ("GET", "/things?maxResults=251".into(), String::new(), 400, "InvalidRequestException"),
+        ("GET", "/provisioning-failures?certificateId=nope".into(), String::new(), 400, "InvalidRequestException"),
     ];
     for (method, path, body, status, code) in cases {
         let (s, v) = raw(api_addr, method, &path, t, &body);
@@ -104,7 +107,8 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
             .replace("{policyName}", "x")
             .replace("{thingName}", "x")
             .replace("{thingTypeName}", "x")
-            .replace("{thingGroupName}", "x");
+            .replace("{thingGroupName}", "x")
+            .replace("{name}", "x");
         let (s, v) = raw(api_addr, api::method_of(method).as_ref(), &path, t, "{}");
         assert!(
             s != 405 && !(s == 404 && v["message"] == "no such API path"),
@@ -113,7 +117,46 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
     }
     let (s, doc) = raw(api_addr, "GET", "/openapi.json", None, "");
     assert_eq!(s, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let ops: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(ops, api::ROUTES.len());
+    let describe = &doc["paths"]["/things/{thingName}"]["get"];
+    assert_eq!(describe["parameters"][0]["in"], "path");
+    assert!(describe["parameters"][0]["schema"]["pattern"].is_string(), "{describe}");
+    assert!(doc["paths"]["/things"]["get"]["parameters"].to_string().contains("nextToken"));
+    assert!(doc["paths"]["/policies/{policyName}"]["post"]["requestBody"].is_object());
+
+    // Lists come in pages: maxResults and the nextToken of the previous page.
+    for name in ["lamp-a", "lamp-b", "lamp-c"] {
+        assert_eq!(raw(api_addr, "POST", &format!("/things/{name}"), t, "{}").0, 200);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/things?maxResults=2".to_owned();
+    loop {
+        let (s, page) = raw(api_addr, "GET", &path, t, "");
+        assert_eq!(s, 200, "{page}");
+        let things = page["things"].as_array().unwrap();
+        assert!(things.len() <= 2);
+        seen.extend(things.iter().map(|t| t["thingName"].as_str().unwrap().to_owned()));
+        match page["nextToken"].as_str() {
+            Some(next) => path = format!("/things?maxResults=2&nextToken={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["lamp", "lamp-a", "lamp-b", "lamp-c"], "every thing once, in order");
+
+    // A template a CA uses cannot be deleted: 409, and it stays.
+    let template = json!({"templateName": "jitp", "enabled": true, "type": "JITP", "templateBody": json!({
+        "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}},
+        "Resources": {"certificate": {"Type": "AWS::IoT::Certificate", "Properties": {
+            "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"}}}}).to_string()});
+    let (s, v) = raw(api_addr, "POST", "/provisioning-templates", t, &template.to_string());
+    assert_eq!(s, 200, "{v}");
+    let ca = json!({"caCertificate": maker.certificate.to_pem(), "certificateMode": "SNI_ONLY", "setAsActive": true,
+        "allowAutoRegistration": true, "registrationConfig": {"templateName": "jitp"}});
+    let (s, v) = raw(api_addr, "POST", "/cacertificate", t, &ca.to_string());
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = raw(api_addr, "DELETE", "/provisioning-templates/jitp", t, "");
+    assert_eq!((s, v["code"].as_str()), (409, Some("DeleteConflictException")), "{v}");
+    assert_eq!(raw(api_addr, "GET", "/provisioning-templates/jitp", t, "").0, 200);
 }

@@ -523,7 +523,30 @@ pub(crate) fn run(args: &IotArgs) -> Result<Outcome> {
     };
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
-    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if (200..300).contains(&status) && method == "GET" {
+        // Lists come in pages: follow nextToken and print them as one, as the AWS CLI does.
+        while let Some(next) = value.get("nextToken").and_then(Value::as_str).map(str::to_owned) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let mut page = agent
+                .get(&format!("{url}{sep}nextToken={next}"))
+                .header("Authorization", &auth)
+                .call()
+                .with_context(|| format!("could not reach the API at {base}"))?;
+            let more: Value = serde_json::from_str(&page.body_mut().read_to_string().unwrap_or_default())
+                .unwrap_or(Value::Null);
+            let Some(obj) = value.as_object_mut() else { break };
+            obj.remove("nextToken");
+            for (k, v) in more.as_object().into_iter().flatten() {
+                match (obj.get_mut(k), v) {
+                    (Some(Value::Array(all)), Value::Array(items)) => all.extend(items.iter().cloned()),
+                    _ => {
+                        obj.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
     if (200..300).contains(&status) {
         if value.as_object().is_some_and(|o| !o.is_empty()) {
             println!("{}", pretty(&value));
