@@ -716,7 +716,27 @@ fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release(
     // Released: the account drops it and its ticket admits it no more.
     let (status, body) = p.claim_api("POST", &format!("/claims/{a}/release"), &json!({}));
     assert_eq!(status, 200, "{body}");
-    assert!(body["releaseNotice"].as_str().is_some_and(|n| n.starts_with("clr1.")), "{body}");
+    let notice = body["releaseNotice"].as_str().unwrap_or_default().to_owned();
+    assert!(notice.starts_with("clr1."), "{body}");
+    // An account run elsewhere takes the notice over its API; a forged one is refused.
+    let token = p.read("account-token");
+    let post = |body: &Value| {
+        let (status, text) = claimlink_testkit::http_json(
+            std::net::SocketAddr::from(([127, 0, 0, 1], p.admin_api)),
+            "POST",
+            "/claim-releases",
+            Some(token.trim()),
+            &body.to_string(),
+        );
+        (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+    };
+    let (status, v) = post(&json!({"releaseNotice": notice}));
+    assert_eq!((status, v["thingName"].as_str()), (200, Some(a.as_str())), "{v}");
+    let forged = notice.replacen("clr1.", "clr1.e30", 1);
+    let (status, v) = post(&json!({"releaseNotice": forged}));
+    assert_eq!((status, v["code"].as_str()), (400, Some("InvalidRequestException")), "{v}");
+    let (status, _) = post(&json!({"releaseNotice": ticket}));
+    assert_eq!(status, 400, "a claim ticket is not a release notice");
     let gone = paho(&mut py, json!({"op": "disconnected", "name": "a1", "timeout": 5}));
     assert_eq!(gone["rc"], NOT_AUTHORIZED, "the released device's session went on: {gone}");
     assert_eq!(
