@@ -2,7 +2,7 @@
 # Runs schemathesis (every check) against the admin API and the staging API of a fresh
 # `claimlink up`, and fails on any finding. Usage: bash .ci/api-fuzz.sh PATH/TO/claimlink
 set -euo pipefail
-bin="$1"
+bin="$(realpath "$1")"
 cfg="$(cd "$(dirname "$0")" && pwd)/schemathesis.toml"
 st="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/schemathesis"
 work="$(mktemp -d)"
