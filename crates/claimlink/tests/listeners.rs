@@ -319,9 +319,9 @@ fn oversized_fields_and_bodies_get_json_errors_and_change_nothing() {
     );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((status, v["code"].as_str()), (413, Some("PayloadTooLarge")), "{v}");
-    let (status, v) = p.staging_admin("GET", "/staging/claims?limit=abc", None);
+    let (status, v) = p.staging_admin("GET", "/staging/claims?maxResults=abc", None);
     assert_eq!((status, v["code"].as_str()), (400, Some("InvalidRequestException")), "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| m.contains("limit")), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("maxResults")), "{v}");
     let (status, _, body) =
         http([127, 0, 0, 1], p.admin_api, "GET", "/things", &[("Authorization", &auth)], b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
