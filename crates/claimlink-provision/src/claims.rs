@@ -332,7 +332,7 @@ async fn decide(
     if !oem.endpoints.contains(&endpoint) {
         return Ok((rejected(Rejection::EndpointNotRegistered), false));
     }
-    if let Some(until) = claimer_locked_until(tx, req, now).await? {
+    if let Some(until) = locked_until(tx, &req.claimer_keys(), now).await? {
         return Ok((ClaimOutcome::Rejected { reason: Rejection::LockedOut, retry_at: Some(until) }, false));
     }
     // Concurrent claims of one device are decided one after the other from here on.
@@ -412,15 +412,12 @@ async fn decide(
     Ok((outcome, true))
 }
 
-/// When the claimer's latest lockout ends, if it is still running.
-async fn claimer_locked_until(
-    tx: &mut Tx,
-    req: &ClaimRequest<'_>,
-    now: i64,
-) -> Result<Option<i64>, RegistryError> {
+/// When the latest lockout still running under any of `keys` ends (claimers here, portal
+/// sign-ins too).
+pub async fn locked_until(tx: &mut Tx, keys: &[String], now: i64) -> Result<Option<i64>, RegistryError> {
     let mut until = None;
-    for key in req.claimer_keys() {
-        if let Some(l) = tx.claimer_lockout(&key).await? {
+    for key in keys {
+        if let Some(l) = tx.claimer_lockout(key).await? {
             if l.locked_until > now {
                 until = until.max(Some(l.locked_until));
             }

@@ -855,9 +855,10 @@ impl Tx {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    /// A cheap fingerprint of what the account endpoint keeps in memory for an account (its
-    /// CAs, its certificates registered without a CA): it changes when they change.
-    pub async fn view_marker(&mut self, account_id: &str) -> Result<[i64; 4]> {
+    /// A cheap fingerprint of what the account endpoint keeps in memory for an account: count
+    /// and latest change of its CAs, of its certificates registered without a CA, and of its
+    /// claim issuers. It changes when they change.
+    pub async fn view_marker(&mut self, account_id: &str) -> Result<[i64; 6]> {
         let cas = sqlx::query(
             "SELECT COUNT(*) AS n, COALESCE(MAX(updated), 0) AS at FROM ca_certificates WHERE account_id = $1",
         )
@@ -877,13 +878,13 @@ impl Tx {
         .bind(account_id)
         .fetch_one(&mut *self.tx)
         .await?;
-        let n: i64 = issuers.try_get("n")?;
-        let at: i64 = issuers.try_get("at")?;
         Ok([
             cas.try_get("n")?,
-            cas.try_get::<i64, _>("at")?.max(at),
+            cas.try_get("at")?,
             certs.try_get("n")?,
-            certs.try_get::<i64, _>("at")? ^ n,
+            certs.try_get("at")?,
+            issuers.try_get("n")?,
+            issuers.try_get("at")?,
         ])
     }
 

@@ -449,7 +449,15 @@ pub const MAX_PAGE: usize = 250;
 
 impl Page {
     pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<Self, ApiError> {
-        let limit = match q.get("maxResults") {
+        Self::from_params(q.get("maxResults"), q.get("nextToken"))
+    }
+
+    /// From the `maxResults` and `nextToken` query parameters.
+    pub(crate) fn from_params(
+        max_results: Option<&String>,
+        next_token: Option<&String>,
+    ) -> Result<Self, ApiError> {
+        let limit = match max_results {
             None => MAX_PAGE,
             Some(v) => v
                 .parse::<usize>()
@@ -457,7 +465,7 @@ impl Page {
                 .filter(|n| (1..=MAX_PAGE).contains(n))
                 .ok_or_else(|| ApiError::bad(format!("maxResults must be 1 to {MAX_PAGE}")))?,
         };
-        let after = match q.get("nextToken") {
+        let after = match next_token {
             None => None,
             Some(t) => Some(
                 hex::decode(t)

@@ -161,7 +161,7 @@ pub(crate) struct AccountEntry {
     /// Ids of certificates registered without a CA (and not revoked).
     pub(crate) registered: HashSet<String>,
     /// The registry's marker of this view when it was read.
-    pub(crate) marker: [i64; 4],
+    pub(crate) marker: [i64; 6],
     /// The claim issuers it trusts (staging's keys) for CAs that require a claim.
     pub(crate) claim_issuers: Vec<claimlink_pki::PublicKey>,
 }

@@ -213,16 +213,9 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
     /// When a sign-in lockout for one of `keys` ends, if one is running.
     async fn signin_locked(&self, keys: &[String]) -> Result<Option<i64>, Response> {
         let mut tx = self.inner.staging.store().read().await.map_err(|e| self.internal(e))?;
-        let now = claimlink_registry::now();
-        let mut until = None;
-        for key in keys {
-            if let Some(l) = tx.claimer_lockout(key).await.map_err(|e| self.internal(e))? {
-                if l.locked_until > now {
-                    until = until.max(Some(l.locked_until));
-                }
-            }
-        }
-        Ok(until)
+        claimlink_provision::claims::locked_until(&mut tx, keys, claimlink_registry::now())
+            .await
+            .map_err(|e| self.internal(e))
     }
 
     /// Counts a failed sign-in against the account and the source.

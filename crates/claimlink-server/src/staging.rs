@@ -322,34 +322,30 @@ impl StagingServer {
             .ok()
     }
 
-    /// Reports a release with its signed notice.
-    fn released(&self, thing: &str, released: &claims::Released) {
-        let (Some(signer), Some(sink), Some(claim), Some(cert)) = (
-            self.shared.ticket_signer.as_ref(),
-            self.shared.release_sink.get(),
-            released.claim_id,
-            released.certificate_id.as_deref(),
-        ) else {
-            return;
-        };
-        let ticket = Self::ticket_for(thing, &released.endpoint, claim, cert, i64::MAX / 2);
-        match claimlink_provision::ticket::issue_release(&**signer, &ticket) {
-            Ok(notice) => sink(&ReleaseNotice { ticket, notice }),
-            Err(e) => tracing::error!(error = %e, "signing a release notice failed"),
+    /// Signs a release's notice (once) and reports it; returns the notice.
+    fn released(&self, thing: &str, released: &claims::Released) -> Option<String> {
+        let (ticket, notice) = self.notice(thing, released)?;
+        let release = ReleaseNotice { ticket, notice };
+        if let Some(sink) = self.shared.release_sink.get() {
+            sink(&release);
         }
+        Some(release.notice)
     }
 
-    /// The signed notice of a release, for the claim API's answer.
-    pub(crate) fn release_notice(&self, thing: &str, released: &claims::Released) -> Option<String> {
+    /// What a release ended and its signed notice, when staging signs tickets and knows the
+    /// claim and the certificate.
+    fn notice(
+        &self,
+        thing: &str,
+        released: &claims::Released,
+    ) -> Option<(claimlink_provision::ticket::ClaimTicket, String)> {
         let signer = self.shared.ticket_signer.as_ref()?;
-        let ticket = Self::ticket_for(
-            thing,
-            &released.endpoint,
-            released.claim_id?,
-            released.certificate_id.as_deref()?,
-            i64::MAX / 2,
-        );
-        claimlink_provision::ticket::issue_release(&**signer, &ticket).ok()
+        let (claim, cert) = (released.claim_id?, released.certificate_id.as_deref()?);
+        let ticket = Self::ticket_for(thing, &released.endpoint, claim, cert, i64::MAX / 2);
+        let notice = claimlink_provision::ticket::issue_release(&**signer, &ticket)
+            .inspect_err(|e| tracing::error!(error = %e, "signing a release notice failed"))
+            .ok()?;
+        Some((ticket, notice))
     }
 
     /// Rate-limited claims are counted in memory and written in aggregate at most once a second
@@ -387,11 +383,16 @@ impl StagingServer {
         self.broker.publish(config_message(thing, endpoint, ticket.as_deref()));
     }
 
-    /// Ends an OEM's ownership of a device (and reports the release).
-    pub async fn release(&self, oem_id: &str, thing: &str) -> Result<claims::Released, ReleaseError> {
+    /// Ends an OEM's ownership of a device, reports the release, and returns it with its
+    /// signed notice (for an account run elsewhere), when staging signs them.
+    pub async fn release(
+        &self,
+        oem_id: &str,
+        thing: &str,
+    ) -> Result<(claims::Released, Option<String>), ReleaseError> {
         let released = claims::release(&self.shared.store, thing, Releaser::Oem(oem_id)).await?;
-        self.released(thing, &released);
-        Ok(released)
+        let notice = self.released(thing, &released);
+        Ok((released, notice))
     }
 
     /// Serves MQTT over mutual TLS on `listener` until shutdown.

@@ -237,7 +237,7 @@ async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult
 
 async fn list_oems(State(s): St, headers: HeaderMap, Query(q): Query<PageQuery>) -> ApiResult {
     admin(&s, &headers).await?;
-    let page = page_of(q.max_results.as_ref(), q.next_token.as_ref())?;
+    let page = Page::from_params(q.max_results.as_ref(), q.next_token.as_ref())?;
     let oems = s.store().read().await?.oems().await?;
     ok(page.slice("oems", oems, |o| o.id.clone(), oem_json))
 }
@@ -331,19 +331,8 @@ struct ClaimQuery {
 
 impl ClaimQuery {
     fn page(&self) -> Result<Page, ApiError> {
-        page_of(self.max_results.as_ref(), self.next_token.as_ref())
+        Page::from_params(self.max_results.as_ref(), self.next_token.as_ref())
     }
-}
-
-fn page_of(max_results: Option<&String>, next_token: Option<&String>) -> Result<Page, ApiError> {
-    let mut q = std::collections::BTreeMap::new();
-    if let Some(m) = max_results {
-        q.insert("maxResults".to_owned(), m.clone());
-    }
-    if let Some(t) = next_token {
-        q.insert("nextToken".to_owned(), t.clone());
-    }
-    Page::parse(&q)
 }
 
 /// A `thingName` filter: a ThingName or a 400.
@@ -389,7 +378,7 @@ struct RefusalQuery {
 
 /// A page of the newest 1,000 aggregate rows (key: window, claimer, device, reason).
 fn refusals_page(q: &RefusalQuery, rows: Vec<claimlink_registry::staging::ClaimRefusals>) -> ApiResult {
-    let page = page_of(q.max_results.as_ref(), q.next_token.as_ref())?;
+    let page = Page::from_params(q.max_results.as_ref(), q.next_token.as_ref())?;
     let key = |r: &claimlink_registry::staging::ClaimRefusals| {
         format!("{:020}|{}|{}|{}", i64::MAX - r.window_start, r.claimer, r.thing_name, r.reason)
     };
@@ -460,7 +449,7 @@ async fn my_devices(
     Query(q): Query<PageQuery>,
 ) -> ApiResult {
     let oem = oem_peer(&peer)?;
-    let page = page_of(q.max_results.as_ref(), q.next_token.as_ref())?;
+    let page = Page::from_params(q.max_results.as_ref(), q.next_token.as_ref())?;
     let devices =
         s.store().read().await?.owned_devices_page(oem, page.after.as_deref(), page.fetch()).await?;
     ok(page.respond("devices", devices, |d| d.thing_name.clone(), device_json))
@@ -480,10 +469,10 @@ async fn release(
 ) -> ApiResult {
     let oem = oem_peer(&peer)?;
     match s.release(oem, &thing).await {
-        Ok(released) => {
+        Ok((released, notice)) => {
             ok(json!({"thingName": thing, "released": true, "previousEndpoint": released.endpoint,
             // For the account the device was claimed for: POST it to its /claim-releases.
-            "releaseNotice": s.release_notice(&thing, &released)}))
+            "releaseNotice": notice}))
         }
         Err(ReleaseError::NotOwner) => {
             Err(ApiError::new(StatusCode::FORBIDDEN, "NotOwner", "this OEM does not own the device"))
