@@ -1,12 +1,19 @@
 //! What a role decides for the broker.
 
+use std::any::Any;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use claimlink_mqtt::{ReasonCode, TopicFilter, TopicName};
 use rustls::pki_types::CertificateDer;
 
+/// What a listener's [`crate::TlsSelector::admit`] decided about a client after its handshake
+/// (the account and CA a certificate chains to, for example), carried with the connection to
+/// the role's hooks, which know its type ([`PeerIdentity::admitted`]).
+pub type Admission = Arc<dyn Any + Send + Sync>;
+
 /// Who is on the other end of a connection, as the transport saw it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerIdentity {
     /// Remote address.
     pub addr: SocketAddr,
@@ -14,6 +21,26 @@ pub struct PeerIdentity {
     pub sni: Option<String>,
     /// The client's certificate chain, leaf first (empty without TLS client authentication).
     pub certificates: Vec<CertificateDer<'static>>,
+    /// The listener's admission of the client, made once after the handshake.
+    pub admission: Option<Admission>,
+}
+
+impl PeerIdentity {
+    /// The listener's admission, as the type the role's selector made it.
+    pub fn admitted<T: Any>(&self) -> Option<&T> {
+        self.admission.as_deref().and_then(|a| a.downcast_ref::<T>())
+    }
+}
+
+impl std::fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerIdentity")
+            .field("addr", &self.addr)
+            .field("sni", &self.sni)
+            .field("certificates", &self.certificates.len())
+            .field("admitted", &self.admission.is_some())
+            .finish()
+    }
 }
 
 /// How a message enters the broker from a client.

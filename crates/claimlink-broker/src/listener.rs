@@ -76,8 +76,22 @@ impl Limits {
 /// Chooses the TLS configuration (server certificate, client verifier) per connection from
 /// the server name the client asked for. `None` refuses the handshake.
 pub trait TlsSelector: Send + Sync + 'static {
-    /// The configuration for `sni`.
+    /// The configuration for `sni` (`None`: refuse the handshake). Configurations are built
+    /// ahead, not per handshake.
     fn select(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>>;
+
+    /// Admits (or refuses, with the reason for the log) the client of a finished handshake
+    /// before a byte of its protocol is read: the one place a role verifies a client
+    /// certificate chain. What it returns travels with the connection
+    /// ([`crate::PeerIdentity::admission`]). By default every handshaken client is admitted
+    /// with nothing carried.
+    fn admit(
+        &self,
+        _sni: Option<&str>,
+        _certificates: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Option<crate::hooks::Admission>, String> {
+        Ok(None)
+    }
 }
 
 impl TlsSelector for Arc<rustls::ServerConfig> {
@@ -258,9 +272,9 @@ impl<H: Hooks> Broker<H> {
 
     /// Serves one connection accepted by [`crate::serve::serve`].
     pub async fn serve_accepted(&self, accepted: crate::serve::Accepted, shutdown: watch::Receiver<bool>) {
-        let crate::serve::Accepted { io, addr, sni, certificates, permit } = accepted;
+        let crate::serve::Accepted { io, addr, sni, certificates, admission, permit } = accepted;
         let _permit = permit;
-        self.serve_stream(io, PeerIdentity { addr, sni, certificates }, shutdown).await;
+        self.serve_stream(io, PeerIdentity { addr, sni, certificates, admission }, shutdown).await;
     }
 }
 

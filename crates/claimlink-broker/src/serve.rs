@@ -58,6 +58,8 @@ pub struct Accepted {
     pub sni: Option<String>,
     /// The client's certificate chain, leaf first (TLS client authentication).
     pub certificates: Vec<CertificateDer<'static>>,
+    /// What the listener's [`crate::TlsSelector::admit`] made of the client.
+    pub admission: Option<crate::hooks::Admission>,
     /// Held for the connection's life: its place under the listener's limits.
     pub permit: Permit,
 }
@@ -181,12 +183,26 @@ pub async fn serve<F, Fut>(
         let timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let accepted = match tls {
-                None => Accepted { io: Box::new(stream), addr, sni: None, certificates: Vec::new(), permit },
+                None => Accepted {
+                    io: Box::new(stream),
+                    addr,
+                    sni: None,
+                    certificates: Vec::new(),
+                    admission: None,
+                    permit,
+                },
                 Some(tls) => {
                     match tokio::time::timeout(timeout, crate::listener::handshake(stream, &*tls)).await {
-                        Ok(Ok((stream, sni, certificates))) => {
-                            Accepted { io: Box::new(stream), addr, sni, certificates, permit }
-                        }
+                        Ok(Ok((stream, sni, certificates))) => match tls.admit(sni.as_deref(), &certificates)
+                        {
+                            Ok(admission) => {
+                                Accepted { io: Box::new(stream), addr, sni, certificates, admission, permit }
+                            }
+                            Err(why) => {
+                                // Nothing of the client's protocol has been read; closing is all.
+                                return tracing::debug!(listener = name, %addr, reason = %why, "client refused");
+                            }
+                        },
                         Ok(Err(e)) => {
                             return tracing::debug!(listener = name, %addr, error = %e, "TLS handshake failed");
                         }

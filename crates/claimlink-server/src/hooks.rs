@@ -70,23 +70,13 @@ impl AccountHooks {
         if client_id.starts_with('$') || client_id.len() > 128 {
             return Err(ReasonCode::ClientIdentifierNotValid);
         }
-        let certs = &request.peer.certificates;
-        let leaf = certs
-            .first()
-            .and_then(|c| Certificate::from_der(c.as_ref()).ok())
-            .ok_or(ReasonCode::NotAuthorized)?;
-        let intermediates: Vec<Certificate> =
-            certs.iter().skip(1).filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
+        // The listener verified the chain once, after the handshake, and says what it found.
+        let admitted = request.peer.admitted::<crate::Admitted>().ok_or(ReasonCode::NotAuthorized)?;
+        if admitted.account_id != self.account.id {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        let (leaf, ca_id) = (&admitted.certificate, admitted.ca_id.clone());
         let certificate_id = leaf.id().to_string();
-        // The handshake verified the chain a moment ago and noted its CA; verify again only if
-        // that note is gone.
-        let ca_id = match self.server.take_admitted(&certificate_id) {
-            Some(ca) => ca,
-            None => {
-                let entry = self.server.entry(&self.account.id).ok_or(ReasonCode::ServerUnavailable)?;
-                entry.admit(&leaf, &intermediates).map_err(|_| ReasonCode::NotAuthorized)?
-            }
-        };
         let store = &self.server.shared.store;
         let unavailable = |e: claimlink_registry::RegistryError| {
             tracing::warn!(error = %e, "registry unavailable during CONNECT");
@@ -118,7 +108,7 @@ impl AccountHooks {
                     _ => None,
                 };
                 drop(tx);
-                self.register(&leaf, &ca, template.as_ref(), &certificate_id).await?;
+                self.register(leaf, &ca, template.as_ref(), &certificate_id).await?;
                 tx = store.read().await.map_err(unavailable)?;
             }
         }
@@ -147,7 +137,7 @@ impl AccountHooks {
             thing_name: thing.as_ref().map(|t| t.name.clone()),
             thing_type_name: thing.as_ref().and_then(|t| t.thing_type.clone()),
             thing_attributes: thing.as_ref().map(|t| t.attributes.clone()).unwrap_or_default(),
-            subject: claimlink_provision::subject_fields(&leaf),
+            subject: claimlink_provision::subject_fields(leaf),
             issuer: claimlink_provision::name_fields(leaf.issuer()),
             certificate_serial: Some(leaf.serial_hex()),
         };

@@ -207,6 +207,57 @@ impl AccountEntry {
     }
 }
 
+/// A device the account endpoint's listener admitted: the account it belongs to (by SNI, or
+/// without SNI by the DEFAULT-mode CA its chain ends at) and the CA (`None`: a certificate
+/// registered without a CA). Made once per connection, read by the CONNECT hook.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) account_id: String,
+    pub(crate) certificate: Certificate,
+    pub(crate) ca_id: Option<String>,
+}
+
+/// The account endpoint's admission: certificates that chain to the account's ACTIVE CAs or
+/// are registered in it without a CA; without SNI, certificates of DEFAULT-mode CAs.
+struct AccountAdmission {
+    server: AccountServer,
+}
+
+impl tls::Admission for AccountAdmission {
+    type Admitted = Admitted;
+
+    fn serves(&self, sni: Option<&str>) -> bool {
+        sni.is_none_or(|host| self.server.entry_for_host(host).is_some())
+    }
+
+    fn admit(
+        &self,
+        sni: Option<&str>,
+        leaf: Certificate,
+        intermediates: &[Certificate],
+    ) -> Result<Admitted, String> {
+        let (account_id, ca_id) = match sni {
+            Some(host) => {
+                let entry = self.server.entry_for_host(host).ok_or("no account serves this server name")?;
+                (entry.account.id.clone(), entry.admit(&leaf, intermediates)?)
+            }
+            None => {
+                // One verification against every DEFAULT-mode CA; the anchor names the account.
+                let cas = self.server.default_mode_cas();
+                let anchors = cas.iter().map(|(_, _, c)| c.clone()).collect();
+                let path = client_chain(&leaf, intermediates, anchors)?;
+                let anchor = path.last().map(|c| c.id()).ok_or("empty path")?;
+                let (account, ca, _) = cas
+                    .into_iter()
+                    .find(|(_, _, c)| c.id() == anchor)
+                    .ok_or("anchor is not a registered CA")?;
+                (account, Some(ca))
+            }
+        };
+        Ok(Admitted { account_id, certificate: leaf, ca_id })
+    }
+}
+
 /// Everything the account endpoint shares between connections, the API and the accept loop.
 pub(crate) struct Shared {
     pub(crate) store: Store,
@@ -216,9 +267,6 @@ pub(crate) struct Shared {
     pub(crate) server_chain: Vec<CertificateDer<'static>>,
     pub(crate) server_key: PrivateKeyDer<'static>,
     policies: Mutex<HashMap<(String, String, i64), Arc<claimlink_policy::Policy>>>,
-    /// Certificates the TLS verifier admitted, with the CA they chain to, until the CONNECT
-    /// that follows picks the note up (bounded: cleared when it grows past 10,000).
-    admitted: Mutex<HashMap<String, Option<String>>>,
     /// Live connections per account: client id -> what its rights were bound from.
     live: Mutex<HashMap<String, HashMap<String, LiveSession>>>,
     next_serial: AtomicU64,
@@ -283,7 +331,6 @@ impl AccountServer {
             server_chain,
             server_key,
             policies: Mutex::new(HashMap::new()),
-            admitted: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             last_reload: std::sync::atomic::AtomicI64::new(0),
@@ -446,18 +493,6 @@ impl AccountServer {
         Ok(parsed)
     }
 
-    pub(crate) fn note_admitted(&self, certificate_id: String, ca_id: Option<String>) {
-        let mut m = lock(&self.shared.admitted);
-        if m.len() >= 10_000 {
-            m.clear();
-        }
-        m.insert(certificate_id, ca_id);
-    }
-
-    pub(crate) fn take_admitted(&self, certificate_id: &str) -> Option<Option<String>> {
-        lock(&self.shared.admitted).remove(certificate_id)
-    }
-
     pub(crate) fn next_serial(&self) -> u64 {
         self.shared.next_serial.fetch_add(1, Ordering::Relaxed)
     }
@@ -536,57 +571,38 @@ impl AccountServer {
 
     /// Serves MQTT over TLS on `listener` until shutdown.
     pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
-        let selector: Arc<dyn claimlink_broker::TlsSelector> =
-            Arc::new(tls::Selector { server: self.clone(), cache: Mutex::new(HashMap::new()) });
+        let shared = &self.shared;
+        let tls = tls::Listener::new(
+            AccountAdmission { server: self.clone() },
+            &shared.server_chain,
+            &shared.server_key,
+        )
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
         let limits = claimlink_broker::serve::ListenerLimits {
-            max_connections: self.shared.limits.max_connections,
-            handshake_timeout: self.shared.limits.connect_timeout,
+            max_connections: shared.limits.max_connections,
+            handshake_timeout: shared.limits.connect_timeout,
             ..claimlink_broker::serve::ListenerLimits::MQTT
         };
         let me = self.clone();
-        let shutdown = self.shared.shutdown.clone();
         claimlink_broker::serve::serve(
             "account-mqtt",
             listener,
             limits,
-            Some(selector),
-            shutdown,
+            Some(Arc::new(tls)),
+            shared.shutdown.clone(),
             move |conn| {
                 let server = me.clone();
                 async move {
-                    let Some(account_id) = server.account_of(conn.sni.as_deref(), &conn.certificates).await
-                    else {
+                    let account = conn.admission.as_deref().and_then(|a| a.downcast_ref::<Admitted>());
+                    let Some(broker) = account.and_then(|a| server.broker(&a.account_id)) else {
                         return tracing::debug!(addr = %conn.addr, "no account for this connection");
                     };
-                    let Some(broker) = server.broker(&account_id) else { return };
                     broker.serve_accepted(conn, server.shared.shutdown.clone()).await;
                 }
             },
         )
         .await;
         Ok(())
-    }
-
-    /// The account a handshaken connection belongs to: by SNI, else by the DEFAULT-mode CA that
-    /// issued its certificate.
-    async fn account_of(
-        &self,
-        sni: Option<&str>,
-        certificates: &[CertificateDer<'static>],
-    ) -> Option<String> {
-        if let Some(host) = sni {
-            return self.entry_for_host(host).map(|e| e.account.id.clone());
-        }
-        let leaf = Certificate::from_der(certificates.first()?.as_ref()).ok()?;
-        let intermediates: Vec<Certificate> =
-            certificates.iter().skip(1).filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
-        for (account, ca_id, _) in self.default_mode_cas() {
-            let entry = self.entry(&account)?;
-            if entry.admit(&leaf, &intermediates).ok().flatten().as_deref() == Some(ca_id.as_str()) {
-                return Some(account);
-            }
-        }
-        None
     }
 
     /// Starts the MQTT listener and the admin API; returns their addresses.

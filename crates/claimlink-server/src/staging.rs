@@ -397,7 +397,7 @@ impl StagingServer {
 
     /// Serves MQTT over mutual TLS on `listener` until shutdown.
     pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
-        let config: Arc<dyn claimlink_broker::TlsSelector> = Arc::new(self.tls_config(true)?);
+        let config: Arc<dyn claimlink_broker::TlsSelector> = Arc::new(self.tls(true)?);
         let limits = claimlink_broker::serve::ListenerLimits::MQTT;
         let me = self.clone();
         let shutdown = self.shared.shutdown.clone();
@@ -416,17 +416,12 @@ impl StagingServer {
         Ok(())
     }
 
-    /// The TLS configuration: client certificates required (MQTT) or optional (the claim API,
-    /// where administrators use tokens instead).
-    pub(crate) fn tls_config(&self, mandatory: bool) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    /// The listener TLS: client certificates required (MQTT) or optional (the claim API, where
+    /// administrators use tokens instead).
+    pub(crate) fn tls(&self, mandatory: bool) -> Result<crate::tls::Listener<StagingAdmission>, ServerError> {
         let admission = StagingAdmission { shared: self.shared.clone(), mandatory };
-        crate::tls::server_config(admission, &self.shared.server_chain, &self.shared.server_key)
+        crate::tls::Listener::new(admission, &self.shared.server_chain, &self.shared.server_key)
             .map_err(|e| ServerError::Tls(e.to_string()))
-    }
-
-    /// The OEM whose claim-thing certificate is `der`, if it is one.
-    pub(crate) fn claim_thing_oem(&self, der: &[u8]) -> Option<String> {
-        self.shared.pinned(&claimlink_pki::CertificateId::of_der(der).to_string()).map(|(oem, _)| oem)
     }
 }
 
@@ -440,31 +435,45 @@ impl StagingShared {
     }
 }
 
-/// Staging's handshake: exactly a registered claim-thing certificate (within its validity), or
+/// Who staging's listener admitted.
+#[derive(Debug)]
+pub(crate) enum StagingAdmitted {
+    /// An OEM's pinned claim-thing certificate.
+    ClaimThing {
+        /// The OEM.
+        oem: String,
+    },
+    /// A device's birth certificate, chaining to a trusted manufacturer CA.
+    Device(Box<Certificate>),
+}
+
+/// Staging's admission: exactly a registered claim-thing certificate (within its validity), or
 /// a birth certificate chaining to a trusted manufacturer CA.
-struct StagingAdmission {
+pub(crate) struct StagingAdmission {
     shared: Arc<StagingShared>,
     mandatory: bool,
 }
 
-impl std::fmt::Debug for StagingAdmission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StagingAdmission").field("mandatory", &self.mandatory).finish_non_exhaustive()
-    }
-}
-
 impl crate::tls::Admission for StagingAdmission {
+    type Admitted = StagingAdmitted;
+
     fn mandatory(&self) -> bool {
         self.mandatory
     }
 
-    fn admit(&self, leaf: &Certificate, intermediates: &[Certificate]) -> Result<(), String> {
-        if let Some((_, pinned)) = self.shared.pinned(&leaf.id().to_string()) {
-            client_chain(leaf, &[], vec![pinned])?;
+    fn admit(
+        &self,
+        _sni: Option<&str>,
+        leaf: Certificate,
+        intermediates: &[Certificate],
+    ) -> Result<StagingAdmitted, String> {
+        if let Some((oem, pinned)) = self.shared.pinned(&leaf.id().to_string()) {
+            client_chain(&leaf, &[], vec![pinned])?;
+            Ok(StagingAdmitted::ClaimThing { oem })
         } else {
-            client_chain(leaf, intermediates, self.shared.manufacturer_cas.clone())?;
+            client_chain(&leaf, intermediates, self.shared.manufacturer_cas.clone())?;
+            Ok(StagingAdmitted::Device(Box::new(leaf)))
         }
-        Ok(())
     }
 }
 
@@ -659,11 +668,11 @@ impl Hooks for StagingHooks {
     type Context = StagingPeer;
 
     async fn on_connect(&self, request: &ConnectRequest<'_>) -> Result<StagingPeer, ReasonCode> {
-        let der = request.peer.certificates.first().ok_or(ReasonCode::NotAuthorized)?;
-        let leaf = Certificate::from_der(der.as_ref()).map_err(|_| ReasonCode::NotAuthorized)?;
-        match self.shared.pinned(&leaf.id().to_string()) {
-            Some((oem, _)) => self.connect_claim_thing(oem, request.client_id).await,
-            None => self.connect_device(&leaf, request.client_id).await,
+        match request.peer.admitted::<StagingAdmitted>().ok_or(ReasonCode::NotAuthorized)? {
+            StagingAdmitted::ClaimThing { oem } => {
+                self.connect_claim_thing(oem.clone(), request.client_id).await
+            }
+            StagingAdmitted::Device(leaf) => self.connect_device(leaf, request.client_id).await,
         }
     }
 

@@ -40,11 +40,15 @@ struct ClaimPeer(Option<String>);
 /// Serves the staging API over TLS on `listener` until shutdown.
 pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Result<()> {
     let config: std::sync::Arc<dyn claimlink_broker::TlsSelector> =
-        std::sync::Arc::new(server.tls_config(false).map_err(std::io::Error::other)?);
+        std::sync::Arc::new(server.tls(false).map_err(std::io::Error::other)?);
+    use crate::staging::StagingAdmitted;
     let app = router(server.clone());
     let shutdown = server.shared.shutdown.clone();
     crate::serve_http("staging-api", listener, Some(config), shutdown, move |conn| {
-        let peer = conn.certificates.first().and_then(|c| server.claim_thing_oem(c));
+        let peer = match conn.admission.as_deref().and_then(|a| a.downcast_ref::<StagingAdmitted>()) {
+            Some(StagingAdmitted::ClaimThing { oem }) => Some(oem.clone()),
+            _ => None,
+        };
         app.clone().layer(Extension(ClaimPeer(peer)))
     })
     .await

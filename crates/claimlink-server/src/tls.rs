@@ -1,10 +1,11 @@
-//! TLS per account: the SNI picks the account, whose verifier admits certificates that chain to
-//! its ACTIVE CAs or are registered in it without a CA. Devices that send no SNI are admitted
-//! against the DEFAULT-mode CAs of all accounts. Staging uses the same verifier with its own
-//! [`Admission`].
+//! Client admission for every listener of ours: one TLS server configuration per listener,
+//! built once, whose handshake proves that the client holds the key of the certificate it
+//! sends; then, before a byte of MQTT or HTTP is read, the listener's [`Admission`] verifies
+//! the chain once and returns what it found (the account and CA for the account endpoint, the
+//! OEM or the device for staging). That value travels with the connection to the hooks
+//! ([`claimlink_broker::PeerIdentity::admitted`]); nothing is stashed on the side.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use claimlink_pki::Certificate;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -13,140 +14,118 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::{AccountEntry, AccountServer};
+/// Which client certificates a listener admits, and what it learns from them. The TLS
+/// signature checks before it are the same for every role ([`ProofOfPossession`]).
+pub(crate) trait Admission: Send + Sync + 'static {
+    /// What an admitted client is, for the hooks.
+    type Admitted: Send + Sync + 'static;
 
-pub(crate) struct Selector {
-    pub(crate) server: AccountServer,
-    /// Per account: the entry a configuration was built from, and the configuration (rebuilt
-    /// when the entry is replaced by a reload).
-    pub(crate) cache: Mutex<HashMap<String, Built>>,
-}
-
-/// A configuration and the account entry it was built from.
-pub(crate) type Built = (Arc<AccountEntry>, Arc<rustls::ServerConfig>);
-
-impl claimlink_broker::TlsSelector for Selector {
-    fn select(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
-        let Some(host) = sni else {
-            let cas = self.server.default_mode_cas().into_iter().map(|(_, _, c)| c).collect();
-            return self.build(Admits::DefaultMode(cas));
-        };
-        let entry = self.server.entry_for_host(host)?;
-        let mut cache = crate::lock(&self.cache);
-        if let Some((built_from, config)) = cache.get(&entry.account.id) {
-            if Arc::ptr_eq(built_from, &entry) {
-                return Some(config.clone());
-            }
-        }
-        let config = self.build(Admits::Account(entry.clone()))?;
-        cache.insert(entry.account.id.clone(), (entry, config.clone()));
-        Some(config)
-    }
-}
-
-impl Selector {
-    fn build(&self, admits: Admits) -> Option<Arc<rustls::ServerConfig>> {
-        let shared = &self.server.shared;
-        let admission = AccountAdmission { admits, server: self.server.clone() };
-        server_config(admission, &shared.server_chain, &shared.server_key).ok()
-    }
-}
-
-#[derive(Debug)]
-enum Admits {
-    Account(Arc<AccountEntry>),
-    /// No SNI: certificates from any DEFAULT-mode CA (the account is found after the handshake).
-    DefaultMode(Vec<Certificate>),
-}
-
-/// Which client certificates a listener admits. The TLS signature checks around it are the
-/// same for every role ([`ClientVerifier`]).
-pub(crate) trait Admission: std::fmt::Debug + Send + Sync + 'static {
     /// Whether a client must present a certificate.
     fn mandatory(&self) -> bool {
         true
     }
 
-    /// Admits `leaf` (with the `intermediates` the client sent), or says why not.
-    fn admit(&self, leaf: &Certificate, intermediates: &[Certificate]) -> Result<(), String>;
-}
-
-/// A server configuration whose client certificates `admission` decides.
-pub(crate) fn server_config<A: Admission>(
-    admission: A,
-    chain: &[CertificateDer<'static>],
-    key: &PrivateKeyDer<'static>,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let provider = rustls::crypto::ring::default_provider();
-    let verifier =
-        Arc::new(ClientVerifier { admission, algorithms: provider.signature_verification_algorithms });
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain.to_vec(), key.clone_key())?;
-    Ok(Arc::new(config))
-}
-
-struct AccountAdmission {
-    admits: Admits,
-    server: AccountServer,
-}
-
-impl std::fmt::Debug for AccountAdmission {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountAdmission").field("admits", &self.admits).finish_non_exhaustive()
+    /// Whether a handshake may go on for `sni` (`false`: refused at the ClientHello).
+    fn serves(&self, _sni: Option<&str>) -> bool {
+        true
     }
+
+    /// Admits `leaf` (never a CA certificate; with the `intermediates` the client sent), or
+    /// says why not. The only chain verification of the connection.
+    fn admit(
+        &self,
+        sni: Option<&str>,
+        leaf: Certificate,
+        intermediates: &[Certificate],
+    ) -> Result<Self::Admitted, String>;
 }
 
-impl Admission for AccountAdmission {
-    fn admit(&self, leaf: &Certificate, intermediates: &[Certificate]) -> Result<(), String> {
-        match &self.admits {
-            Admits::Account(entry) => {
-                let ca = entry.admit(leaf, intermediates)?;
-                self.server.note_admitted(leaf.id().to_string(), ca);
-            }
-            Admits::DefaultMode(cas) => {
-                crate::client_chain(leaf, intermediates, cas.clone())?;
-            }
+/// A listener's TLS: its one configuration and its admission rule.
+pub(crate) struct Listener<A> {
+    config: Arc<rustls::ServerConfig>,
+    admission: A,
+}
+
+impl<A: Admission> Listener<A> {
+    /// The listener serving `chain`/`key` whose clients `admission` decides.
+    pub(crate) fn new(
+        admission: A,
+        chain: &[CertificateDer<'static>],
+        key: &PrivateKeyDer<'static>,
+    ) -> Result<Self, rustls::Error> {
+        let provider = rustls::crypto::ring::default_provider();
+        let verifier = Arc::new(ProofOfPossession {
+            mandatory: admission.mandatory(),
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.to_vec(), key.clone_key())?;
+        Ok(Self { config: Arc::new(config), admission })
+    }
+
+    /// Admits a client whose certificate chain (leaf first) is `certificates`: `Ok(None)`
+    /// without a certificate where none is required.
+    pub(crate) fn admit_chain(
+        &self,
+        sni: Option<&str>,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Option<A::Admitted>, String> {
+        let Some((leaf, rest)) = certificates.split_first() else {
+            return if self.admission.mandatory() { Err("no client certificate".into()) } else { Ok(None) };
+        };
+        let leaf = Certificate::from_der(leaf.as_ref()).map_err(|e| e.to_string())?;
+        // A CA certificate is never a client, whatever it chains to (RFC 5280 lets a CA be the
+        // target of a path; we do not).
+        if leaf.is_ca() {
+            return Err("the client certificate is a CA certificate (basicConstraints CA:TRUE)".into());
         }
-        Ok(())
+        let intermediates: Vec<Certificate> =
+            rest.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
+        self.admission.admit(sni, leaf, &intermediates).map(Some)
     }
 }
 
+impl<A: Admission> claimlink_broker::TlsSelector for Listener<A> {
+    fn select(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
+        self.admission.serves(sni).then(|| self.config.clone())
+    }
+
+    fn admit(
+        &self,
+        sni: Option<&str>,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Option<claimlink_broker::Admission>, String> {
+        Ok(self.admit_chain(sni, certificates)?.map(|a| Arc::new(a) as claimlink_broker::Admission))
+    }
+}
+
+/// The handshake's part: a client certificate is asked for (and required where the listener
+/// requires one), and the client's signature over the handshake is checked with its key.
+/// Which certificates are admitted is decided once the handshake is done ([`Listener`]), so
+/// that the result can travel with the connection.
 #[derive(Debug)]
-struct ClientVerifier<A> {
-    admission: A,
+struct ProofOfPossession {
+    mandatory: bool,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl<A: Admission> ClientCertVerifier for ClientVerifier<A> {
+impl ClientCertVerifier for ProofOfPossession {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.admission.mandatory()
+        self.mandatory
     }
 
     fn verify_client_cert(
         &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bad = |why: String| {
-            tracing::debug!(reason = %why, "client certificate refused");
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-        };
-        let leaf = Certificate::from_der(end_entity.as_ref()).map_err(|e| bad(e.to_string()))?;
-        // A CA certificate is never a client, whatever it chains to (RFC 5280 lets a CA be
-        // the target of a path; we do not).
-        if leaf.is_ca() {
-            return Err(bad("the client certificate is a CA certificate (basicConstraints CA:TRUE)".into()));
-        }
-        let intermediates: Vec<Certificate> =
-            intermediates.iter().filter_map(|c| Certificate::from_der(c.as_ref()).ok()).collect();
-        self.admission.admit(&leaf, &intermediates).map_err(bad)?;
         Ok(ClientCertVerified::assertion())
     }
 
