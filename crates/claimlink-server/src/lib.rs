@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apikit;
 mod hooks;
 pub mod portal;
 pub mod staging;

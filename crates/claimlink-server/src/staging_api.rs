@@ -11,10 +11,11 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, on};
 use axum::{Extension, Router};
 use claimlink_pki::Certificate;
 use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
@@ -22,7 +23,9 @@ use claimlink_registry::staging::OemStatus;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::api::{ApiError, Page};
+use crate::apikit::{
+    self, ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
+};
 use crate::staging::{StagingServer, claim_result};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -57,39 +60,112 @@ pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Res
 /// The routes: method, path, operation, summary. `/staging/...` takes a staging administrator's
 /// bearer token; `/claims` and `/devices` take the OEM's claim-thing certificate (TLS client
 /// authentication). The OpenAPI document is made from this table.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("post", "/staging/oems", "create-oem", "Register an OEM (its UUID is the claim-thing's client id)"),
-    ("get", "/staging/oems", "list-oems", "List OEMs"),
-    ("get", "/staging/oems/{oemId}", "describe-oem", "Describe an OEM"),
-    (
-        "put",
-        "/staging/oems/{oemId}/claim-certificate",
-        "set-claim-certificate",
-        "Pin the OEM's claim-thing certificate",
-    ),
-    (
-        "post",
-        "/staging/oems/{oemId}/endpoints",
-        "add-oem-endpoint",
-        "Register an endpoint the OEM may send devices to",
-    ),
-    ("put", "/staging/oems/{oemId}/status", "set-oem-status", "ACTIVE or SUSPENDED"),
-    ("get", "/staging/devices/{thingName}", "describe-staging-device", "A device as staging knows it"),
-    ("get", "/staging/claims", "list-staging-claims", "Accepted claims, newest first"),
-    ("get", "/staging/claim-refusals", "list-claim-refusals", "Refused claims in aggregate"),
-    ("post", "/claims", "claim", "Claim a device (claim-thing certificate)"),
-    ("get", "/claims", "list-claims", "This OEM's accepted claims, newest first"),
-    ("get", "/claims/refusals", "list-my-claim-refusals", "This OEM's refused claims in aggregate"),
-    ("post", "/claims/{thingName}/release", "release", "End this OEM's ownership of a device"),
-    ("get", "/devices", "list-owned-devices", "The devices this OEM owns"),
+pub const ROUTES: &[Route<Arc<StagingServer>>] = &[
+    Route {
+        method: "post",
+        path: "/staging/oems",
+        operation: "create-oem",
+        summary: "Register an OEM (its UUID is the claim-thing's client id)",
+        handler: |m| on(m, create_oem),
+    },
+    Route {
+        method: "get",
+        path: "/staging/oems",
+        operation: "list-oems",
+        summary: "List OEMs",
+        handler: |m| on(m, list_oems),
+    },
+    Route {
+        method: "get",
+        path: "/staging/oems/{oemId}",
+        operation: "describe-oem",
+        summary: "Describe an OEM",
+        handler: |m| on(m, describe_oem),
+    },
+    Route {
+        method: "put",
+        path: "/staging/oems/{oemId}/claim-certificate",
+        operation: "set-claim-certificate",
+        summary: "Pin the OEM's claim-thing certificate",
+        handler: |m| on(m, upload_claim_certificate),
+    },
+    Route {
+        method: "post",
+        path: "/staging/oems/{oemId}/endpoints",
+        operation: "add-oem-endpoint",
+        summary: "Register an endpoint the OEM may send devices to",
+        handler: |m| on(m, add_endpoint),
+    },
+    Route {
+        method: "put",
+        path: "/staging/oems/{oemId}/status",
+        operation: "set-oem-status",
+        summary: "ACTIVE or SUSPENDED",
+        handler: |m| on(m, set_status),
+    },
+    Route {
+        method: "get",
+        path: "/staging/devices/{thingName}",
+        operation: "describe-staging-device",
+        summary: "A device as staging knows it",
+        handler: |m| on(m, describe_device),
+    },
+    Route {
+        method: "get",
+        path: "/staging/claims",
+        operation: "list-staging-claims",
+        summary: "Accepted claims, newest first",
+        handler: |m| on(m, admin_claims),
+    },
+    Route {
+        method: "get",
+        path: "/staging/claim-refusals",
+        operation: "list-claim-refusals",
+        summary: "Refused claims in aggregate",
+        handler: |m| on(m, admin_refusals),
+    },
+    Route {
+        method: "post",
+        path: "/claims",
+        operation: "claim",
+        summary: "Claim a device (claim-thing certificate)",
+        handler: |m| on(m, claim),
+    },
+    Route {
+        method: "get",
+        path: "/claims",
+        operation: "list-claims",
+        summary: "This OEM's accepted claims, newest first",
+        handler: |m| on(m, my_claims),
+    },
+    Route {
+        method: "get",
+        path: "/claims/refusals",
+        operation: "list-my-claim-refusals",
+        summary: "This OEM's refused claims in aggregate",
+        handler: |m| on(m, my_refusals),
+    },
+    Route {
+        method: "post",
+        path: "/claims/{thingName}/release",
+        operation: "release",
+        summary: "End this OEM's ownership of a device",
+        handler: |m| on(m, release),
+    },
+    Route {
+        method: "get",
+        path: "/devices",
+        operation: "list-owned-devices",
+        summary: "The devices this OEM owns",
+        handler: |m| on(m, my_devices),
+    },
 ];
 
-fn staging_operation(op: &str) -> crate::api::Operation {
-    use crate::api::{Operation, list};
+fn staging_operation(op: &str) -> Operation {
     let s = || json!({ "type": "string" });
     let body = |required: &[&str], properties: Value| Operation {
         query: Vec::new(),
-        body: Some(crate::api::object(required, properties)),
+        body: Some(object(required, properties)),
         response: json!({ "type": "object" }),
     };
     let thing = || json!({ "type": "string", "pattern": "^[a-zA-Z0-9:_-]{1,128}$" });
@@ -114,7 +190,7 @@ fn staging_operation(op: &str) -> crate::api::Operation {
 }
 
 async fn openapi() -> axum::Json<Value> {
-    let mut doc = crate::api::openapi_document("claimlink staging API", ROUTES, staging_operation, false);
+    let mut doc = openapi_document("claimlink staging API", ROUTES, staging_operation, false);
     // Administrators' routes take the bearer token; the claim API the client certificate.
     if let Some(paths) = doc["paths"].as_object_mut() {
         for (path, item) in paths.iter_mut() {
@@ -130,54 +206,55 @@ async fn openapi() -> axum::Json<Value> {
 
 /// The staging API's routes.
 pub fn router(server: StagingServer) -> Router {
-    Router::new()
+    apikit::router(ROUTES)
         .route("/openapi.json", get(openapi))
-        .route("/staging/oems", post(create_oem).get(list_oems))
-        .route("/staging/oems/{id}", get(describe_oem))
-        .route("/staging/oems/{id}/claim-certificate", put(upload_claim_certificate))
-        .route("/staging/oems/{id}/endpoints", post(add_endpoint))
-        .route("/staging/oems/{id}/status", put(set_status))
-        .route("/staging/devices/{thing}", get(describe_device))
-        .route("/staging/claims", get(admin_claims))
-        .route("/staging/claim-refusals", get(admin_refusals))
-        .route("/claims", post(claim).get(my_claims))
-        .route("/claims/refusals", get(my_refusals))
-        .route("/claims/{thing}/release", post(release))
-        .route("/devices", get(my_devices))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::map_response(crate::api::json_errors))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(Arc::new(server))
 }
 
 type St = State<Arc<StagingServer>>;
 
-async fn admin(server: &StagingServer, headers: &HeaderMap) -> Result<String, ApiError> {
-    let token =
-        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(crate::api::bearer).ok_or_else(
-            || {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "a staging administrator token is required",
-                )
-            },
-        )?;
-    server.store().read().await?.staging_admin_for_token(token).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the token is not a staging administrator's")
-    })
+/// A staging administrator: the name of the bearer token the request carries. Administrators'
+/// operations take one; without a valid token the request is refused before its handler runs.
+struct Admin(String);
+
+impl FromRequestParts<Arc<StagingServer>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, server: &Arc<StagingServer>) -> Result<Self, ApiError> {
+        let refused = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", why);
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .ok_or_else(|| refused("a staging administrator token is required"))?;
+        let name = server.store().read().await?.staging_admin_for_token(token).await?;
+        name.map(Admin).ok_or_else(|| refused("the token is not a staging administrator's"))
+    }
 }
 
-fn oem_peer(peer: &ClaimPeer) -> Result<&str, ApiError> {
-    peer.0.as_deref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the claim API needs the OEM's claim-thing certificate (TLS client authentication)",
-        )
-    })
+/// An OEM calling the claim API: the OEM whose pinned claim-thing certificate the connection's
+/// TLS client authentication presented (the listener's admission, per connection).
+struct ClaimThing(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClaimThing {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let peer = parts.extensions.get::<ClaimPeer>().and_then(|p| p.0.clone());
+        peer.map(ClaimThing).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "the claim API needs the OEM's claim-thing certificate (TLS client authentication)",
+            )
+        })
+    }
 }
 
 fn body(bytes: &Bytes) -> Result<Value, ApiError> {
@@ -198,30 +275,7 @@ fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
         "claimCertificateId": o.claim_certificate_id, "created": o.created})
 }
 
-/// Writes the audit row of a change in the change's own transaction.
-async fn audit(
-    tx: &mut claimlink_registry::Tx,
-    actor: &str,
-    action: &str,
-    target: &str,
-) -> Result<(), ApiError> {
-    tx.audit(
-        None,
-        &claimlink_registry::AuditRecord {
-            actor: actor.into(),
-            action: action.into(),
-            target: target.into(),
-            result: "ok".into(),
-            detail: None,
-            at: claimlink_registry::now(),
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult {
-    let who = admin(&s, &headers).await?;
+async fn create_oem(State(s): St, Admin(who): Admin, bytes: Bytes) -> ApiResult {
     let v = body(&bytes)?;
     let name = field(&v, "name")?;
     let endpoints: Vec<String> = match v.get("endpoints") {
@@ -232,32 +286,28 @@ async fn create_oem(State(s): St, headers: HeaderMap, bytes: Bytes) -> ApiResult
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(ApiError::bad("endpoints must be an array of host[:port]")),
     };
-    let mut tx = s.store().begin().await?;
+    let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     let oem = tx.create_oem(name, &endpoints).await?;
-    audit(&mut tx, &format!("staging-admin:{who}"), "CreateOem", &oem.id).await?;
-    tx.commit().await?;
+    tx.commit("CreateOem", &oem.id).await?;
     ok(oem_json(&oem))
 }
 
-async fn list_oems(State(s): St, headers: HeaderMap, Query(q): Query<PageQuery>) -> ApiResult {
-    admin(&s, &headers).await?;
+async fn list_oems(State(s): St, _: Admin, Query(q): Query<PageQuery>) -> ApiResult {
     let page = Page::from_params(q.max_results.as_ref(), q.next_token.as_ref())?;
     let oems = s.store().read().await?.oems().await?;
     ok(page.slice("oems", oems, |o| o.id.clone(), oem_json))
 }
 
-async fn describe_oem(State(s): St, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    admin(&s, &headers).await?;
+async fn describe_oem(State(s): St, _: Admin, Path(id): Path<String>) -> ApiResult {
     ok(oem_json(&s.store().read().await?.oem(&id).await?))
 }
 
 async fn upload_claim_certificate(
     State(s): St,
-    headers: HeaderMap,
+    Admin(who): Admin,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> ApiResult {
-    let who = admin(&s, &headers).await?;
     let v = body(&bytes)?;
     let pem = field(&v, "certificatePem")?;
     if pem.contains("PRIVATE KEY") {
@@ -274,38 +324,33 @@ async fn upload_claim_certificate(
         return Err(ApiError::bad("a CA certificate cannot be a claim-thing certificate"));
     }
     let cert_id = cert.id().to_string();
-    let mut tx = s.store().begin().await?;
+    let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     tx.set_claim_certificate(&id, &cert_id, &cert.to_pem()).await?;
-    audit(&mut tx, &format!("staging-admin:{who}"), "SetClaimCertificate", &id).await?;
-    tx.commit().await?;
+    tx.commit("SetClaimCertificate", &id).await?;
     s.reload()
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))?;
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
 }
 
-async fn add_endpoint(State(s): St, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
-    let who = admin(&s, &headers).await?;
+async fn add_endpoint(State(s): St, Admin(who): Admin, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
     let v = body(&bytes)?;
     let endpoint = field(&v, "endpoint")?;
-    let mut tx = s.store().begin().await?;
+    let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     tx.oem(&id).await?;
     tx.add_oem_endpoint(&id, endpoint).await?;
     let oem = tx.oem(&id).await?;
-    audit(&mut tx, &format!("staging-admin:{who}"), "AddEndpoint", &id).await?;
-    tx.commit().await?;
+    tx.commit("AddEndpoint", &id).await?;
     ok(oem_json(&oem))
 }
 
-async fn set_status(State(s): St, headers: HeaderMap, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
-    let who = admin(&s, &headers).await?;
+async fn set_status(State(s): St, Admin(who): Admin, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
     let v = body(&bytes)?;
     let status = OemStatus::parse(field(&v, "status")?)?;
-    let mut tx = s.store().begin().await?;
+    let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     tx.set_oem_status(&id, status).await?;
     let oem = tx.oem(&id).await?;
-    audit(&mut tx, &format!("staging-admin:{who}"), "SetOemStatus", &id).await?;
-    tx.commit().await?;
+    tx.commit("SetOemStatus", &id).await?;
     ok(oem_json(&oem))
 }
 
@@ -316,8 +361,7 @@ fn device_json(d: &claimlink_registry::staging::StagingDevice) -> Value {
         "failedClaimCodes": d.failed_codes, "lockedUntil": (d.locked_until > 0).then_some(d.locked_until)})
 }
 
-async fn describe_device(State(s): St, headers: HeaderMap, Path(thing): Path<String>) -> ApiResult {
-    admin(&s, &headers).await?;
+async fn describe_device(State(s): St, _: Admin, Path(thing): Path<String>) -> ApiResult {
     let d = s.store().read().await?.staging_device(&thing).await?.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "staging does not know this device")
     })?;
@@ -366,8 +410,7 @@ async fn claims_page(s: &StagingServer, oem: Option<&str>, q: &ClaimQuery) -> Ap
     ok(page.respond("claims", claims, |c| c.id.to_string(), |c| json!(c)))
 }
 
-async fn admin_claims(State(s): St, headers: HeaderMap, Query(q): Query<ClaimQuery>) -> ApiResult {
-    admin(&s, &headers).await?;
+async fn admin_claims(State(s): St, _: Admin, Query(q): Query<ClaimQuery>) -> ApiResult {
     claims_page(&s, None, &q).await
 }
 
@@ -390,34 +433,27 @@ fn refusals_page(q: &RefusalQuery, rows: Vec<claimlink_registry::staging::ClaimR
 }
 
 /// Refused claims in aggregate (per claimer, device, reason and hour).
-async fn admin_refusals(State(s): St, headers: HeaderMap, Query(q): Query<RefusalQuery>) -> ApiResult {
-    admin(&s, &headers).await?;
+async fn admin_refusals(State(s): St, _: Admin, Query(q): Query<RefusalQuery>) -> ApiResult {
     let thing = thing_filter(q.thing_name.as_ref())?;
     let refusals = s.store().read().await?.claim_refusals(q.claimer.as_deref(), thing, 1000).await?;
     refusals_page(&q, refusals)
 }
 
 /// The OEM's own refused claims (its claim-thing's), in aggregate.
-async fn my_refusals(
-    State(s): St,
-    Extension(peer): Extension<ClaimPeer>,
-    Query(q): Query<RefusalQuery>,
-) -> ApiResult {
-    let oem = oem_peer(&peer)?;
+async fn my_refusals(State(s): St, ClaimThing(oem): ClaimThing, Query(q): Query<RefusalQuery>) -> ApiResult {
     let claimer = format!("oem:{oem}");
     let thing = thing_filter(q.thing_name.as_ref())?;
     let refusals = s.store().read().await?.claim_refusals(Some(&claimer), thing, 1000).await?;
     refusals_page(&q, refusals)
 }
 
-async fn claim(State(s): St, Extension(peer): Extension<ClaimPeer>, bytes: Bytes) -> ApiResult {
-    let oem = oem_peer(&peer)?;
+async fn claim(State(s): St, ClaimThing(oem): ClaimThing, bytes: Bytes) -> ApiResult {
     let v = body(&bytes)?;
     let thing = field(&v, "thingName")?;
     let endpoint = field(&v, "endpoint")?;
     let code = v.get("claimCode").and_then(Value::as_str);
     let request = ClaimRequest {
-        oem_id: oem,
+        oem_id: &oem,
         claimer: claimlink_provision::claims::Claimer::ClaimThing,
         thing_name: thing,
         endpoint,
@@ -437,25 +473,15 @@ async fn claim(State(s): St, Extension(peer): Extension<ClaimPeer>, bytes: Bytes
     }
 }
 
-async fn my_claims(
-    State(s): St,
-    Extension(peer): Extension<ClaimPeer>,
-    Query(q): Query<ClaimQuery>,
-) -> ApiResult {
-    let oem = oem_peer(&peer)?;
+async fn my_claims(State(s): St, ClaimThing(oem): ClaimThing, Query(q): Query<ClaimQuery>) -> ApiResult {
     let q = ClaimQuery { oem_id: None, ..q };
-    claims_page(&s, Some(oem), &q).await
+    claims_page(&s, Some(&oem), &q).await
 }
 
-async fn my_devices(
-    State(s): St,
-    Extension(peer): Extension<ClaimPeer>,
-    Query(q): Query<PageQuery>,
-) -> ApiResult {
-    let oem = oem_peer(&peer)?;
+async fn my_devices(State(s): St, ClaimThing(oem): ClaimThing, Query(q): Query<PageQuery>) -> ApiResult {
     let page = Page::from_params(q.max_results.as_ref(), q.next_token.as_ref())?;
     let devices =
-        s.store().read().await?.owned_devices_page(oem, page.after.as_deref(), page.fetch()).await?;
+        s.store().read().await?.owned_devices_page(&oem, page.after.as_deref(), page.fetch()).await?;
     ok(page.respond("devices", devices, |d| d.thing_name.clone(), device_json))
 }
 
@@ -466,13 +492,8 @@ struct PageQuery {
     next_token: Option<String>,
 }
 
-async fn release(
-    State(s): St,
-    Extension(peer): Extension<ClaimPeer>,
-    Path(thing): Path<String>,
-) -> ApiResult {
-    let oem = oem_peer(&peer)?;
-    match s.release(oem, &thing).await {
+async fn release(State(s): St, ClaimThing(oem): ClaimThing, Path(thing): Path<String>) -> ApiResult {
+    match s.release(&oem, &thing).await {
         Ok((released, notice)) => {
             ok(json!({"thingName": thing, "released": true, "previousEndpoint": released.endpoint,
             // For the account the device was claimed for: POST it to its /claim-releases.

@@ -1,0 +1,380 @@
+//! What every HTTP API of ours is made of: one route table per API that drives both its
+//! router and its OpenAPI document, one error vocabulary (`{"code", "message"}` with a stable
+//! code, AWS's exception names where AWS IoT has one), AWS-style paging, bearer tokens, and the
+//! audited write transaction whose only way to commit writes its audit row.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
+use claimlink_registry::{AuditRecord, RegistryError, Store, Tx};
+use serde_json::{Value, json};
+
+/// One operation of an API: how it is reached, what it is called (the AWS CLI verb), and the
+/// handler that serves it. The router and `/openapi.json` are both made from a table of these,
+/// so neither can list an operation the other lacks.
+pub struct Route<S> {
+    /// HTTP method, lowercase.
+    pub method: &'static str,
+    /// Path, with `{parameter}` segments.
+    pub path: &'static str,
+    /// Operation id.
+    pub operation: &'static str,
+    /// One line for the document.
+    pub summary: &'static str,
+    /// The handler, for the method given to it.
+    pub(crate) handler: fn(MethodFilter) -> MethodRouter<S>,
+}
+
+impl<S> std::fmt::Debug for Route<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({})", self.method, self.path, self.operation)
+    }
+}
+
+/// The router serving every route of `routes`.
+pub(crate) fn router<S: Clone + Send + Sync + 'static>(routes: &[Route<S>]) -> Router<S> {
+    routes.iter().fold(Router::new(), |router, route| {
+        let filter = match route.method {
+            "get" => MethodFilter::GET,
+            "post" => MethodFilter::POST,
+            "put" => MethodFilter::PUT,
+            "patch" => MethodFilter::PATCH,
+            "delete" => MethodFilter::DELETE,
+            other => unreachable!("route table method {other}"),
+        };
+        router.route(route.path, (route.handler)(filter))
+    })
+}
+
+/// An API error: status and stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub(crate) fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let status = match &e {
+            RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RegistryError::AlreadyExists { .. } | RegistryError::State(_) | RegistryError::InUse { .. } => {
+                StatusCode::CONFLICT
+            }
+            RegistryError::Invalid(_) | RegistryError::LimitExceeded(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "registry failure in the API");
+            "internal failure".to_owned()
+        } else {
+            e.to_string()
+        };
+        Self { status, code: e.code(), message }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "code": self.code, "message": self.message }))).into_response()
+    }
+}
+
+/// Every error an API answers is `{"code", "message"}` JSON, including the ones axum makes
+/// itself before a handler runs (a body over the route's limit, a malformed query string or
+/// path parameter, a method the path does not take).
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let detail = axum::body::to_bytes(body, 2048).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&detail).trim().to_owned();
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("PayloadTooLarge", "the request body is larger than this route accepts".to_owned())
+        }
+        StatusCode::NOT_FOUND => ("ResourceNotFoundException", "no such API path".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("MethodNotAllowed", "this path does not take this method".to_owned())
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", detail),
+        s if s.is_client_error() => ("InvalidRequestException", detail),
+        _ => ("InternalFailureException", "the request failed; try again".to_owned()),
+    };
+    let mut out = (status, axum::Json(json!({ "code": code, "message": message }))).into_response();
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        out.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    out
+}
+
+/// The pattern and length of a path parameter, by its name.
+fn path_parameter(name: &str) -> Value {
+    match name {
+        "caCertificateId" | "certificateId" => json!({ "type": "string", "pattern": "^[0-9a-f]{64}$" }),
+        "thing" | "thingName" | "thingTypeName" | "thingGroupName" => {
+            json!({ "type": "string", "pattern": "^[a-zA-Z0-9:_-]{1,128}$" })
+        }
+        "templateName" => json!({ "type": "string", "pattern": "^[0-9A-Za-z_-]{1,36}$" }),
+        "policyName" => json!({ "type": "string", "pattern": "^[a-zA-Z0-9_+=,.@-]{1,128}$" }),
+        "oemId" => {
+            json!({ "type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$" })
+        }
+        _ => json!({ "type": "string", "pattern": "^[a-zA-Z0-9_.-]{1,128}$" }),
+    }
+}
+
+/// What one operation takes and gives: query parameters, request body and response schemas.
+pub(crate) struct Operation {
+    /// Query parameters: (name, schema).
+    pub(crate) query: Vec<(&'static str, Value)>,
+    /// The JSON request body's schema, when it takes one.
+    pub(crate) body: Option<Value>,
+    /// The 200 response's schema.
+    pub(crate) response: Value,
+}
+
+/// An object schema. The API takes `null` for an optional field as its absence, so optional
+/// properties say so.
+pub(crate) fn object(required: &[&str], mut properties: Value) -> Value {
+    if let Some(props) = properties.as_object_mut() {
+        for (name, schema) in props.iter_mut() {
+            if !required.contains(&name.as_str()) {
+                *schema = json!({ "anyOf": [schema.take(), { "type": "null" }] });
+            }
+        }
+    }
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+/// A list's response: `{field: [...], "nextToken"?}`, with the paging parameters.
+pub(crate) fn list(field: &str, extra_query: Vec<(&'static str, Value)>) -> Operation {
+    let mut query = vec![
+        ("maxResults", json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE })),
+        ("nextToken", json!({ "type": "string", "pattern": "^([0-9a-f]{2}){1,256}$" })),
+    ];
+    query.extend(extra_query);
+    let response = object(
+        &[field],
+        json!({ field: { "type": "array", "items": { "type": "object" } },
+        "nextToken": { "type": "string" } }),
+    );
+    Operation { query, body: None, response }
+}
+
+/// An OpenAPI 3.0 document from a route table (method, path, operation, summary) and what
+/// each operation takes and gives; the same table drives the router's test.
+pub(crate) fn openapi_document<S>(
+    title: &str,
+    routes: &[Route<S>],
+    operation: fn(&str) -> Operation,
+    bearer: bool,
+) -> Value {
+    let mut paths = serde_json::Map::new();
+    for Route { method, path, operation: op, summary, .. } in routes {
+        let details = operation(op);
+        let mut parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_parameter(name) }))
+            .collect();
+        parameters.extend(details.query.iter().map(
+            |(name, schema)| json!({ "name": name, "in": "query", "required": false, "schema": schema }),
+        ));
+        let error = json!({ "description": "Refused: {\"code\", \"message\"}", "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/Error" } } } });
+        let mut entry = json!({
+            "operationId": op,
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {
+                "200": { "description": "OK", "content": { "application/json": { "schema": details.response } } },
+                "4XX": error.clone(),
+                "5XX": error,
+            }
+        });
+        if bearer {
+            entry["security"] = json!([{ "bearer": [] }]);
+        }
+        if let Some(body) = details.body {
+            // A body whose every field is optional may be left out.
+            let required = body["required"].as_array().is_some_and(|r| !r.is_empty());
+            entry["requestBody"] =
+                json!({ "required": required, "content": { "application/json": { "schema": body } } });
+        }
+        paths.entry(path.to_string()).or_insert_with(|| json!({}))[*method] = entry;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": { "Error": { "type": "object", "required": ["code", "message"], "properties": {
+                "code": { "type": "string" }, "message": { "type": "string" } } } }
+        }
+    })
+}
+
+/// AWS-style pagination of a list: `maxResults` (1 to [`MAX_PAGE`], default [`MAX_PAGE`]) and
+/// the `nextToken` the previous page returned (opaque: the hex of the last key).
+#[derive(Debug, Clone)]
+pub(crate) struct Page {
+    /// Items after this key.
+    pub(crate) after: Option<String>,
+    /// At most this many.
+    pub(crate) limit: usize,
+}
+
+/// The largest page.
+pub const MAX_PAGE: usize = 250;
+
+impl Page {
+    pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<Self, ApiError> {
+        Self::from_params(q.get("maxResults"), q.get("nextToken"))
+    }
+
+    /// From the `maxResults` and `nextToken` query parameters.
+    pub(crate) fn from_params(
+        max_results: Option<&String>,
+        next_token: Option<&String>,
+    ) -> Result<Self, ApiError> {
+        let limit = match max_results {
+            None => MAX_PAGE,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| ApiError::bad(format!("maxResults must be 1 to {MAX_PAGE}")))?,
+        };
+        let after = match next_token {
+            None => None,
+            Some(t) => Some(
+                hex::decode(t)
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .filter(|k| !k.is_empty() && k.len() <= 1024)
+                    .ok_or_else(|| ApiError::bad("nextToken is not one this API gave"))?,
+            ),
+        };
+        Ok(Self { after, limit })
+    }
+
+    /// What to ask the registry for: one more than a page, to know whether another follows.
+    pub(crate) fn fetch(&self) -> i64 {
+        self.limit as i64 + 1
+    }
+
+    /// A page of `items` already after the key (from the registry), as `{field: [...],
+    /// "nextToken"?}`.
+    pub(crate) fn respond<T>(
+        &self,
+        field: &str,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> String,
+        show: impl Fn(&T) -> Value,
+    ) -> Value {
+        let more = items.len() > self.limit;
+        items.truncate(self.limit);
+        let mut out = json!({ field: items.iter().map(&show).collect::<Vec<_>>() });
+        if more {
+            if let Some(last) = items.last() {
+                out["nextToken"] = hex::encode(key(last)).into();
+            }
+        }
+        out
+    }
+
+    /// A page of a small list held whole (CAs, templates, policies, claim issuers), sorted by key.
+    pub(crate) fn slice<T>(
+        &self,
+        field: &str,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> String,
+        show: impl Fn(&T) -> Value,
+    ) -> Value {
+        items.sort_by_key(&key);
+        if let Some(after) = &self.after {
+            items.retain(|i| key(i).as_str() > after.as_str());
+        }
+        self.respond(field, items, key, show)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 section 11.1).
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// A write transaction of an API request, for the account and caller it was begun for. It has
+/// no plain commit: [`Audited::commit`] writes the audit row of the change into it first, so
+/// a change is never made without its record.
+pub(crate) struct Audited {
+    tx: Tx,
+    account_id: Option<String>,
+    actor: String,
+}
+
+impl Audited {
+    /// Begins a write transaction for `actor` acting on `account_id` (`None`: staging).
+    pub(crate) async fn begin(
+        store: &Store,
+        account_id: Option<&str>,
+        actor: &str,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            tx: store.begin().await?,
+            account_id: account_id.map(str::to_owned),
+            actor: actor.to_owned(),
+        })
+    }
+
+    /// Writes the audit row (`action` on `target`, result ok) and commits.
+    pub(crate) async fn commit(mut self, action: &str, target: &str) -> Result<(), ApiError> {
+        let record = AuditRecord {
+            actor: self.actor,
+            action: action.to_owned(),
+            target: target.to_owned(),
+            result: "ok".into(),
+            detail: None,
+            at: claimlink_registry::now(),
+        };
+        self.tx.audit(self.account_id.as_deref(), &record).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Audited {
+    type Target = Tx;
+    fn deref(&self) -> &Tx {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Audited {
+    fn deref_mut(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+}
