@@ -13,8 +13,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod claim_code;
-pub mod claims;
 pub mod ticket;
 
 use std::collections::BTreeMap;

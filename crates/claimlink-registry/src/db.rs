@@ -26,11 +26,15 @@ pub struct Store {
     reader: AnyPool,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[
+/// A schema change: its version (unique across every set sharing the database) and its SQL, in
+/// the dialect SQLite and PostgreSQL both accept, `{ID}` standing for the auto-increment key.
+pub type Migration = (i64, &'static str);
+
+/// The registry's own schema. Staging's tables are staging's (`claimlink-staging`), applied
+/// with [`Store::migrate`] into the same ledger (versions 3 and 4 are staging's).
+const MIGRATIONS: &[Migration] = &[
     (1, include_str!("../migrations/0001_registry.sql")),
     (2, include_str!("../migrations/0002_connect_indexes.sql")),
-    (3, include_str!("../migrations/0003_staging.sql")),
-    (4, include_str!("../migrations/0004_claim_lockouts.sql")),
     (5, include_str!("../migrations/0005_view_index.sql")),
     (6, include_str!("../migrations/0006_claim_bound_admission.sql")),
 ];
@@ -41,7 +45,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// An `INSERT ... ON CONFLICT DO NOTHING` that inserted nothing: the row exists. (Inserting
 /// without a conflict error keeps a PostgreSQL transaction usable after it.)
-pub(crate) fn created(rows: u64, kind: &'static str, name: &str) -> Result<()> {
+pub fn created(rows: u64, kind: &'static str, name: &str) -> Result<()> {
     if rows == 0 { Err(RegistryError::AlreadyExists { kind, name: name.to_owned() }) } else { Ok(()) }
 }
 
@@ -73,7 +77,7 @@ impl Store {
         } else {
             return Err(RegistryError::invalid("the database URL must start with sqlite:// or postgres://"));
         };
-        store.migrate().await?;
+        store.migrate("registry", MIGRATIONS).await?;
         Ok(store)
     }
 
@@ -82,7 +86,9 @@ impl Store {
         self.backend
     }
 
-    async fn migrate(&self) -> Result<()> {
+    /// Applies the migrations of `set` the database lacks, in one transaction (on PostgreSQL
+    /// under a lock, so two processes migrating at once take turns).
+    pub async fn migrate(&self, set: &str, migrations: &[Migration]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)")
             .execute(&mut *tx)
@@ -91,7 +97,7 @@ impl Store {
             // Two processes migrating at once: the second waits for the first.
             sqlx::query("LOCK TABLE schema_migrations IN EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in migrations {
             let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(version)
                 .fetch_optional(&mut *tx)
@@ -110,7 +116,7 @@ impl Store {
                 .bind(now_ms())
                 .execute(&mut *tx)
                 .await?;
-            tracing::info!(version, "registry migration applied");
+            tracing::info!(set, version, "migration applied");
         }
         tx.commit().await?;
         Ok(())
@@ -177,12 +183,12 @@ impl Tx {
     }
 
     /// Runs a statement; returns how many rows it changed.
-    pub(crate) async fn run<'q>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<u64> {
+    pub async fn run<'q>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<u64> {
         Ok(sqlx::query_with(sql, args).execute(&mut *self.tx).await?.rows_affected())
     }
 
     /// The first row of a query, mapped to `T`, if there is one.
-    pub(crate) async fn optional<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Option<T>>
+    pub async fn optional<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Option<T>>
     where
         T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
     {
@@ -190,7 +196,7 @@ impl Tx {
     }
 
     /// The one row a query returns (an aggregate), mapped to `T`.
-    pub(crate) async fn one<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<T>
+    pub async fn one<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<T>
     where
         T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
     {
@@ -198,7 +204,7 @@ impl Tx {
     }
 
     /// Every row of a query, mapped to `T`.
-    pub(crate) async fn all<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Vec<T>>
+    pub async fn all<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Vec<T>>
     where
         T: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
     {
@@ -206,7 +212,7 @@ impl Tx {
     }
 
     /// The first value of every row (a list of ids or names).
-    pub(crate) async fn column<'q>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Vec<String>> {
+    pub async fn column<'q>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = self.all(sql, args).await?;
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
@@ -219,7 +225,7 @@ pub(crate) fn undecodable(e: RegistryError) -> sqlx::Error {
 }
 
 /// Random bytes from the operating system, or an error (never zeros).
-pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>> {
+pub fn random_bytes(n: usize) -> Result<Vec<u8>> {
     let mut b = vec![0u8; n];
     getrandom::fill(&mut b).map_err(|_| RegistryError::Randomness)?;
     Ok(b)
@@ -238,12 +244,13 @@ pub(crate) fn random_digits(n: usize) -> Result<String> {
     Ok(out)
 }
 
-pub(crate) fn random_hex(bytes: usize) -> Result<String> {
+/// `bytes` random bytes from the operating system, as lowercase hex.
+pub fn random_hex(bytes: usize) -> Result<String> {
     Ok(hex::encode(random_bytes(bytes)?))
 }
 
 /// API tokens are 256-bit random strings, so a plain SHA-256 is the right hash for them (no
 /// password stretching needed: nothing to guess).
-pub(crate) fn token_hash(token: &str) -> String {
+pub fn token_hash(token: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()))
 }

@@ -49,15 +49,18 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+    /// A value that breaks a rule.
+    pub fn invalid(message: impl Into<String>) -> Self {
         Self::Invalid(message.into())
     }
 
-    pub(crate) fn limit(message: impl Into<String>) -> Self {
+    /// A limit that would be exceeded.
+    pub fn limit(message: impl Into<String>) -> Self {
         Self::LimitExceeded(message.into())
     }
 
-    pub(crate) fn not_found(kind: &'static str, name: &str) -> Self {
+    /// Nothing of `kind` is called `name`.
+    pub fn not_found(kind: &'static str, name: &str) -> Self {
         Self::NotFound { kind, name: name.to_owned() }
     }
 

@@ -10,27 +10,33 @@
 
 #![forbid(unsafe_code)]
 
-/// The arguments of a statement, bound to `$1`, `$2`, ... in order.
+/// The arguments of a statement, bound to `$1`, `$2`, ... in order (for [`Tx::run`] and the
+/// other statement methods; a `?` inside turns an encoding failure into the caller's error).
+#[macro_export]
 macro_rules! args {
     ($($value:expr),* $(,)?) => {{
         #[allow(unused_mut)]
-        let mut args = sqlx::any::AnyArguments::default();
-        $(sqlx::Arguments::add(&mut args, $value).map_err(sqlx::Error::Encode)?;)*
+        let mut args = $crate::sqlx::any::AnyArguments::default();
+        $($crate::sqlx::Arguments::add(&mut args, $value).map_err($crate::sqlx::Error::Encode)?;)*
         args
     }};
 }
 
-/// A record whose fields are the columns of the same names.
+/// Maps a row to a record whose fields are the columns of the same names (`FromRow`).
+#[macro_export]
 macro_rules! columns {
     ($record:ident { $($field:ident),+ $(,)? }) => {
-        impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for $record {
-            fn from_row(r: &'r sqlx::any::AnyRow) -> sqlx::Result<Self> {
-                use sqlx::Row;
+        impl<'r> $crate::sqlx::FromRow<'r, $crate::sqlx::any::AnyRow> for $record {
+            fn from_row(r: &'r $crate::sqlx::any::AnyRow) -> $crate::sqlx::Result<Self> {
+                use $crate::sqlx::Row;
                 Ok(Self { $($field: r.try_get(stringify!($field))?),+ })
             }
         }
     };
 }
+
+#[doc(hidden)]
+pub use sqlx;
 
 mod accounts;
 mod audit;
@@ -42,13 +48,12 @@ mod error;
 pub mod model;
 mod policies;
 mod provisioning;
-pub mod staging;
 mod templates;
 mod things;
 
 pub use cas::NewCa;
 pub use certificates::{parse_certificate_pem, signed_by};
-pub use db::{Backend, Store, Tx};
+pub use db::{Backend, Migration, Store, Tx, created, random_bytes, random_hex, token_hash};
 pub use error::{RegistryError, Result};
 pub use model::*;
 pub use policies::PolicyTarget;

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::AccountServer;
-use crate::apikit::{
-    self, ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
+use claimlink_service::api::{
+    ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
 };
 
 /// Largest request body.
@@ -262,12 +262,12 @@ pub const ROUTES: &[Route<AccountServer>] = &[
 pub async fn serve(server: AccountServer, listener: TcpListener) -> std::io::Result<()> {
     let shutdown = server.shared.shutdown.clone();
     let app = router(server);
-    crate::serve_http("admin-api", listener, None, shutdown, move |_| app.clone()).await
+    claimlink_service::serve_http("admin-api", listener, None, shutdown, move |_| app.clone()).await
 }
 
 /// The API's routes.
 pub fn router(server: AccountServer) -> Router {
-    apikit::router(ROUTES)
+    claimlink_service::api::router(ROUTES)
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")

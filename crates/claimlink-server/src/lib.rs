@@ -14,12 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod apikit;
 mod hooks;
-pub mod portal;
-pub mod staging;
-pub mod staging_api;
-mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -35,22 +30,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use claimlink_service::{ServerError, ServerIdentity, spawn_role};
 pub use hooks::{AccountHooks, Connection};
 
-/// Why the server cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// The server certificate or key is unusable.
-    #[error("server TLS material: {0}")]
-    Tls(String),
-    /// The registry failed.
-    #[error(transparent)]
-    Registry(#[from] claimlink_registry::RegistryError),
-    /// A socket failed.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
+use claimlink_service::{client_chain, lock, read, tls, write};
 
 /// Serves plain HTTP on `listener` until `shutdown` turns true (the admin API, the portal).
 /// What a live session's rights were bound from, to find the sessions a change affects.
@@ -70,87 +53,6 @@ pub struct LiveSession {
 
 /// Parsed policies kept at once (the cache starts over beyond this).
 const MAX_CACHED_POLICIES: usize = 10_000;
-
-/// Locks a mutex whose data stays valid if a holder panicked (caches, maps of live sessions):
-/// a poisoned lock must neither allow nor silently refuse everything after it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// [`lock`] for reading an `RwLock`.
-pub(crate) fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// [`lock`] for writing an `RwLock`.
-pub(crate) fn write<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs a role's long-lived task (a listener, a sweeper) and logs how it ends: an error, a
-/// panic, or an end before shutdown. Nothing a role spawns ends unseen.
-pub fn spawn_role<F, E>(name: &'static str, task: F)
-where
-    F: Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-{
-    let inner = tokio::spawn(task);
-    tokio::spawn(async move {
-        match inner.await {
-            Ok(Ok(())) => tracing::info!(role = name, "stopped"),
-            Ok(Err(e)) => tracing::error!(role = name, error = %e, "stopped with an error"),
-            Err(e) if e.is_panic() => tracing::error!(role = name, "panicked"),
-            Err(_) => tracing::warn!(role = name, "cancelled"),
-        }
-    });
-}
-
-/// How long an HTTP client may take to send a request's headers.
-pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an HTTP connection may sit with nothing read or written.
-pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until shutdown, through the
-/// one accept primitive ([`claimlink_broker::serve`]: permits before the handshake, a cap per
-/// source, handshake timeout, accept errors retried), with a header-read timeout and an idle
-/// timeout per connection. `app` makes the router for a connection (the staging API puts the
-/// client certificate's OEM into it); every request can extract `ConnectInfo<SocketAddr>`.
-pub(crate) async fn serve_http<F>(
-    name: &'static str,
-    listener: TcpListener,
-    tls: Option<Arc<dyn claimlink_broker::TlsSelector>>,
-    shutdown: watch::Receiver<bool>,
-    app: F,
-) -> std::io::Result<()>
-where
-    F: Fn(&claimlink_broker::serve::Accepted) -> axum::Router + Send + Sync + 'static,
-{
-    let limits = claimlink_broker::serve::ListenerLimits::HTTP;
-    let stop = shutdown.clone();
-    claimlink_broker::serve::serve(name, listener, limits, tls, shutdown, move |conn| {
-        let router = app(&conn).layer(axum::Extension(axum::extract::ConnectInfo(conn.addr)));
-        let mut stop = stop.clone();
-        async move {
-            let _permit = conn.permit;
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let io = hyper_util::rt::TokioIo::new(claimlink_broker::serve::IdleTimeout::new(
-                conn.io,
-                HTTP_IDLE_TIMEOUT,
-            ));
-            let serving = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HTTP_HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(io, service);
-            tokio::select! {
-                _ = serving => {}
-                _ = stop.changed() => {}
-            }
-        }
-    })
-    .await;
-    Ok(())
-}
 
 /// What an account's devices may connect with, kept in memory for the handshake (which cannot
 /// wait for a database).
@@ -175,19 +77,6 @@ pub(crate) struct ActiveCa {
     pub(crate) mode: CaMode,
     /// Admits its certificates only with a claim ticket.
     pub(crate) require_claim: bool,
-}
-
-/// Validates a client certificate up to one of `anchors` (TLS client authentication); returns
-/// the path, anchor last.
-pub(crate) fn client_chain(
-    leaf: &Certificate,
-    intermediates: &[Certificate],
-    anchors: Vec<Certificate>,
-) -> Result<Vec<Certificate>, String> {
-    let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
-    opts.purpose = claimlink_pki::Purpose::ClientAuth;
-    claimlink_pki::verify_chain(leaf, intermediates, &claimlink_pki::TrustAnchors::new(anchors), &opts)
-        .map_err(|e| e.to_string())
 }
 
 impl AccountEntry {
@@ -286,32 +175,6 @@ pub struct AccountServer {
 impl std::fmt::Debug for AccountServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccountServer").finish_non_exhaustive()
-    }
-}
-
-/// Server TLS identity: the chain (leaf first, covering every account endpoint's host name,
-/// for example with a wildcard) and its PKCS#8 key, PEM.
-pub struct ServerIdentity {
-    /// Certificate chain, PEM.
-    pub chain_pem: String,
-    /// Private key, PKCS#8 PEM.
-    pub key_pem: zeroize::Zeroizing<String>,
-}
-
-impl ServerIdentity {
-    /// The chain as DER and the key as PKCS#8 DER, for rustls.
-    pub(crate) fn to_rustls(
-        &self,
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ServerError> {
-        let chain = Certificate::chain_from_pem(self.chain_pem.as_bytes())
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let key = claimlink_pki::pem::private_key_from_pem(self.key_pem.as_bytes(), None)
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let key_der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
-        Ok((
-            chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
-            PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
-        ))
     }
 }
 

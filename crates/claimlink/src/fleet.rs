@@ -4,6 +4,7 @@
 //! the account -> first accepted publish. Reports the total time and the claim-to-online
 //! latency (claim sent -> device connected and provisioned in the account) p50/p99.
 
+use claimlink_staging::store::Records as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,7 +98,7 @@ pub(crate) fn run(args: &FleetArgs) -> Result<()> {
 async fn journey(args: &FleetArgs, bundles: Vec<PathBuf>) -> Result<()> {
     let first = claimlink_agent::bundle::Bundle::load(&bundles[0])?;
     let url = format!("sqlite://{}", args.data.join("claimlink.db").display());
-    let store = claimlink_registry::Store::open(&url).await?;
+    let store = claimlink_staging::store::open(&url).await?;
     let oem = store
         .read()
         .await?

@@ -25,7 +25,7 @@ use crate::PassphraseArg;
 use crate::ca::{self, LoadedCa};
 use crate::files::{create_with_mode, write_atomic};
 use crate::label;
-use claimlink_provision::claim_code::ClaimCode;
+use claimlink_staging::claim_code::ClaimCode;
 
 /// Devices committed together (one `syncfs` and one manifest fsync per group).
 const GROUP: usize = 256;

@@ -11,7 +11,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use qrcode::{Color, EcLevel};
 
-use claimlink_provision::claim_code::ClaimCode;
+use claimlink_staging::claim_code::ClaimCode;
 
 /// The QR payload for a device.
 pub(crate) fn qr_payload(thing: &str, code: Option<&ClaimCode>) -> String {

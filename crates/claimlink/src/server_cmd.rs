@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use claimlink_broker::Limits;
-use claimlink_registry::Store;
 use claimlink_server::{AccountServer, ServerIdentity};
 use serde::Deserialize;
 
@@ -92,7 +91,7 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
     limits.max_queued = file.limits.max_queued.unwrap_or(limits.max_queued);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server = AccountServer::new(store.clone(), &identity, limits.clone(), shutdown.clone()).await?;
         let (mqtt, api) = server.start(file.mqtt, file.api).await?;
@@ -115,28 +114,21 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
                     }
                     None => None,
                 };
-                let config = claimlink_server::staging::StagingConfig {
+                let config = claimlink_staging::StagingConfig {
                     manufacturer_cas: cas,
                     claim_limits: Default::default(),
                     limits: limits.clone(),
                     ticket_signer,
                 };
-                let staging = claimlink_server::staging::StagingServer::new(
-                    store.clone(),
-                    &identity,
-                    config,
-                    shutdown.clone(),
-                )
-                .await?;
+                let staging =
+                    claimlink_staging::StagingServer::new(store.clone(), &identity, config, shutdown.clone())
+                        .await?;
                 let mqtt_l = tokio::net::TcpListener::bind(st.mqtt).await?;
                 let api_l = tokio::net::TcpListener::bind(st.api).await?;
                 let addrs = (mqtt_l.local_addr()?, api_l.local_addr()?);
                 let s = staging.clone();
                 claimlink_server::spawn_role("staging-mqtt", async move { s.serve_mqtt(mqtt_l).await });
-                claimlink_server::spawn_role(
-                    "staging-api",
-                    claimlink_server::staging_api::serve(staging, api_l),
-                );
+                claimlink_server::spawn_role("staging-api", claimlink_staging::api::serve(staging, api_l));
                 Some(addrs)
             }
             None => None,
@@ -181,7 +173,7 @@ pub(crate) fn account_create(args: &AccountCreateArgs) -> Result<()> {
     let url = database_url(args.database.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let mut tx = store.begin().await?;
         let account = tx.create_account(&args.name, &args.endpoint, &args.region).await?;
         let token = tx.create_api_token(&account.id, "owner").await?;

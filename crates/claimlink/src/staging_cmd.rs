@@ -1,6 +1,7 @@
 //! `claimlink staging ...`: the module maker's operator tasks on staging (direct registry
 //! access): load a factory manifest, make an administrator token for the staging API.
 
+use claimlink_staging::store::Records as _;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -88,7 +89,7 @@ pub(crate) fn import_manifest(args: &ImportArgs) -> Result<()> {
     let url = crate::server_cmd::database_url(args.database.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let n = import(&store, &args.file).await?;
         println!("imported {}: {} new devices, {} updated", args.file.display(), n.added, n.updated);
         Ok(())
@@ -100,7 +101,7 @@ pub(crate) fn create_admin_token(args: &TokenArgs) -> Result<()> {
     let url = crate::server_cmd::database_url(args.database.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let mut tx = store.begin().await?;
         let token = tx.create_staging_admin_token(&args.name).await?;
         tx.commit().await?;

@@ -8,6 +8,7 @@
 //! all of it. Then it serves staging (MQTT + HTTPS API), the account endpoint (MQTT + admin
 //! API) and the registration portal, and prints what to do next.
 
+use claimlink_staging::store::Records as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -18,8 +19,8 @@ use claimlink_pki::{
     Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name, pem,
 };
 use claimlink_registry::{CaMode, NewCa, Store, TemplateKind};
-use claimlink_server::staging::{StagingConfig, StagingServer};
 use claimlink_server::{AccountServer, ServerIdentity};
+use claimlink_staging::{StagingConfig, StagingServer};
 
 use crate::PassphraseArg;
 use crate::files::write_new;
@@ -280,7 +281,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
     let url = format!("sqlite://{}", db.display());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let store = Store::open(&url).await.context("cannot open the registry")?;
+        let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (oem_id, account_id) = prepare_registry(args, &paths, &store).await?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let config = StagingConfig {
@@ -321,14 +322,13 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         claimlink_server::spawn_role("staging-mqtt", async move { s.serve_mqtt(staging_mqtt).await });
         claimlink_server::spawn_role(
             "staging-api",
-            claimlink_server::staging_api::serve(staging.clone(), staging_api),
+            claimlink_staging::api::serve(staging.clone(), staging_api),
         );
-        let portal = claimlink_server::portal::Portal::new(
+        let portal = claimlink_staging::portal::Portal::new(
             staging.clone(),
-            account.clone(),
-            claimlink_server::portal::PortalConfig {
+            std::sync::Arc::new(PortalAccount { server: account.clone(), account_id }),
+            claimlink_staging::portal::PortalConfig {
                 oem_id,
-                account_id,
                 endpoint: format!("{OEM_HOST}:{}", args.account_mqtt.port()),
                 staging_endpoint: format!("{STAGING_HOST}:{}", args.staging_mqtt.port()),
                 title: OEM_NAME.into(),
@@ -378,4 +378,22 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
     );
     let _ = out.flush();
     Ok(())
+}
+
+/// The demo OEM's account, as its portal sees it.
+struct PortalAccount {
+    server: claimlink_server::AccountServer,
+    account_id: String,
+}
+
+impl claimlink_staging::portal::OemAccount for PortalAccount {
+    fn online(&self, thing: &str) -> bool {
+        self.server.online(&self.account_id, thing)
+    }
+
+    fn publish(&self, message: claimlink_mqtt::packet::Publish) {
+        if let Some(broker) = self.server.broker(&self.account_id) {
+            broker.publish(message);
+        }
+    }
 }

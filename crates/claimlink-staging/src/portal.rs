@@ -10,10 +10,13 @@
 //! The portal claims through the staging service in-process, as the OEM; a portal deployed
 //! apart does the same through the claim API with the OEM's claim-thing certificate.
 
+use crate::store::Records as _;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::claims::{ClaimOutcome, ClaimRequest, Claimer, Rejection, Via};
+use crate::store::PortalUser;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -21,13 +24,11 @@ use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, Claimer, Rejection, Via};
-use claimlink_registry::staging::PortalUser;
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpListener;
 
-use crate::AccountServer;
-use crate::staging::{StagingServer, config_message};
+use crate::server::{StagingServer, config_message};
+use claimlink_mqtt::packet::Publish;
 
 /// Largest photo accepted.
 const MAX_UPLOAD: usize = 8 * 1024 * 1024;
@@ -56,8 +57,6 @@ const COOKIE: &str = "claimlink_session";
 pub struct PortalConfig {
     /// The OEM's staging UUID.
     pub oem_id: String,
-    /// The OEM's account id (for online state).
-    pub account_id: String,
     /// Where claims send devices (`host[:port]`).
     pub endpoint: String,
     /// Where a released device goes back to.
@@ -66,9 +65,18 @@ pub struct PortalConfig {
     pub title: String,
 }
 
+/// The OEM's account as its portal needs it (the portal is the OEM's, and staging knows no
+/// account endpoint): whether a device is online there, and a message to a device over it.
+pub trait OemAccount: Send + Sync + 'static {
+    /// Whether the device with this client id is connected to the account now.
+    fn online(&self, thing: &str) -> bool;
+    /// Publishes `message` at the account (QoS 1 reaches a persistent session later).
+    fn publish(&self, message: Publish);
+}
+
 struct Inner {
     staging: StagingServer,
-    account: AccountServer,
+    account: Arc<dyn OemAccount>,
     config: PortalConfig,
     argon2: Pool,
     qr: Pool,
@@ -135,7 +143,7 @@ fn esc(s: &str) -> String {
 
 impl Portal {
     /// A portal for one OEM.
-    pub fn new(staging: StagingServer, account: AccountServer, config: PortalConfig) -> Self {
+    pub fn new(staging: StagingServer, account: Arc<dyn OemAccount>, config: PortalConfig) -> Self {
         let (argon2, qr) = (Pool::new(ARGON2_RUNNING, ARGON2_WAITING), Pool::new(QR_RUNNING, QR_WAITING));
         Self { inner: Arc::new(Inner { staging, account, config, argon2, qr }) }
     }
@@ -144,7 +152,7 @@ impl Portal {
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let shutdown = self.inner.staging.shared.shutdown.clone();
         let app = self.router();
-        crate::serve_http("portal", listener, None, shutdown, move |_| app.clone()).await
+        claimlink_service::serve_http("portal", listener, None, shutdown, move |_| app.clone()).await
     }
 
     /// The routes.
@@ -196,7 +204,7 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
     }
 
     fn online(&self, thing: &str) -> bool {
-        self.inner.account.online(&self.inner.config.account_id, thing)
+        self.inner.account.online(thing)
     }
 
     fn busy(&self, user: Option<&PortalUser>) -> Response {
@@ -213,7 +221,7 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
     /// When a sign-in lockout for one of `keys` ends, if one is running.
     async fn signin_locked(&self, keys: &[String]) -> Result<Option<i64>, Response> {
         let mut tx = self.inner.staging.store().read().await.map_err(|e| self.internal(e))?;
-        claimlink_provision::claims::locked_until(&mut tx, keys, claimlink_registry::now())
+        crate::claims::locked_until(&mut tx, keys, claimlink_registry::now())
             .await
             .map_err(|e| self.internal(e))
     }
@@ -223,8 +231,10 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
         let now = claimlink_registry::now();
         let mut tx = self.inner.staging.store().begin().await.map_err(|e| self.internal(e))?;
         for (i, key) in keys.iter().enumerate() {
-            let failed =
-                tx.count_claimer_failure(key, now - 24 * 3600 * 1000).await.map_err(|e| self.internal(e))?;
+            let failed = tx
+                .count_claimer_failure(key, now - 24 * 3600 * 1000, now)
+                .await
+                .map_err(|e| self.internal(e))?;
             let free = if i == 0 { SIGNIN_FREE_PER_ACCOUNT } else { SIGNIN_FREE_PER_SOURCE };
             if failed > free {
                 // 30 s doubling per further failure, up to 15 minutes.
@@ -656,7 +666,7 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
     // One writer at a time (SQLite): staging's release commits before the list changes.
     match p.inner.staging.release(&p.inner.config.oem_id, &thing).await {
         Ok(_) => {}
-        Err(claimlink_provision::claims::ReleaseError::NotOwner) => {} // already released (factory reset)
+        Err(crate::claims::ReleaseError::NotOwner) => {} // already released (factory reset)
         Err(e) => return Err(p.internal(e)),
     }
     let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
@@ -664,8 +674,6 @@ async fn release(State(p): State<Portal>, headers: HeaderMap, Path(thing): Path<
     tx.commit().await.map_err(|e| p.internal(e))?;
     // Tell the device, over its owner's endpoint, to go back to staging (QoS 1: a device with a
     // persistent session gets it when it next connects).
-    if let Some(broker) = p.inner.account.broker(&p.inner.config.account_id) {
-        broker.publish(config_message(&thing, &p.inner.config.staging_endpoint, None));
-    }
+    p.inner.account.publish(config_message(&thing, &p.inner.config.staging_endpoint, None));
     Ok(Redirect::to("/devices").into_response())
 }

@@ -25,7 +25,7 @@ pub struct Route<S> {
     /// One line for the document.
     pub summary: &'static str,
     /// The handler, for the method given to it.
-    pub(crate) handler: fn(MethodFilter) -> MethodRouter<S>,
+    pub handler: fn(MethodFilter) -> MethodRouter<S>,
 }
 
 impl<S> std::fmt::Debug for Route<S> {
@@ -35,7 +35,7 @@ impl<S> std::fmt::Debug for Route<S> {
 }
 
 /// The router serving every route of `routes`.
-pub(crate) fn router<S: Clone + Send + Sync + 'static>(routes: &[Route<S>]) -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(routes: &[Route<S>]) -> Router<S> {
     routes.iter().fold(Router::new(), |router, route| {
         let filter = match route.method {
             "get" => MethodFilter::GET,
@@ -58,11 +58,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with `status`, a stable `code` and a message for the caller.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
 
-    pub(crate) fn bad(message: impl Into<String>) -> Self {
+    /// A request that breaks a rule (400 `InvalidRequestException`).
+    pub fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
     }
 }
@@ -96,7 +98,7 @@ impl IntoResponse for ApiError {
 /// Every error an API answers is `{"code", "message"}` JSON, including the ones axum makes
 /// itself before a handler runs (a body over the route's limit, a malformed query string or
 /// path parameter, a method the path does not take).
-pub(crate) async fn json_errors(response: Response) -> Response {
+pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let json = response
         .headers()
@@ -144,18 +146,18 @@ fn path_parameter(name: &str) -> Value {
 }
 
 /// What one operation takes and gives: query parameters, request body and response schemas.
-pub(crate) struct Operation {
+pub struct Operation {
     /// Query parameters: (name, schema).
-    pub(crate) query: Vec<(&'static str, Value)>,
+    pub query: Vec<(&'static str, Value)>,
     /// The JSON request body's schema, when it takes one.
-    pub(crate) body: Option<Value>,
+    pub body: Option<Value>,
     /// The 200 response's schema.
-    pub(crate) response: Value,
+    pub response: Value,
 }
 
 /// An object schema. The API takes `null` for an optional field as its absence, so optional
 /// properties say so.
-pub(crate) fn object(required: &[&str], mut properties: Value) -> Value {
+pub fn object(required: &[&str], mut properties: Value) -> Value {
     if let Some(props) = properties.as_object_mut() {
         for (name, schema) in props.iter_mut() {
             if !required.contains(&name.as_str()) {
@@ -167,7 +169,7 @@ pub(crate) fn object(required: &[&str], mut properties: Value) -> Value {
 }
 
 /// A list's response: `{field: [...], "nextToken"?}`, with the paging parameters.
-pub(crate) fn list(field: &str, extra_query: Vec<(&'static str, Value)>) -> Operation {
+pub fn list(field: &str, extra_query: Vec<(&'static str, Value)>) -> Operation {
     let mut query = vec![
         ("maxResults", json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE })),
         ("nextToken", json!({ "type": "string", "pattern": "^([0-9a-f]{2}){1,256}$" })),
@@ -183,7 +185,7 @@ pub(crate) fn list(field: &str, extra_query: Vec<(&'static str, Value)>) -> Oper
 
 /// An OpenAPI 3.0 document from a route table (method, path, operation, summary) and what
 /// each operation takes and gives; the same table drives the router's test.
-pub(crate) fn openapi_document<S>(
+pub fn openapi_document<S>(
     title: &str,
     routes: &[Route<S>],
     operation: fn(&str) -> Operation,
@@ -238,26 +240,24 @@ pub(crate) fn openapi_document<S>(
 /// AWS-style pagination of a list: `maxResults` (1 to [`MAX_PAGE`], default [`MAX_PAGE`]) and
 /// the `nextToken` the previous page returned (opaque: the hex of the last key).
 #[derive(Debug, Clone)]
-pub(crate) struct Page {
+pub struct Page {
     /// Items after this key.
-    pub(crate) after: Option<String>,
+    pub after: Option<String>,
     /// At most this many.
-    pub(crate) limit: usize,
+    pub limit: usize,
 }
 
 /// The largest page.
 pub const MAX_PAGE: usize = 250;
 
 impl Page {
-    pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<Self, ApiError> {
+    /// From a query string's parameters.
+    pub fn parse(q: &BTreeMap<String, String>) -> Result<Self, ApiError> {
         Self::from_params(q.get("maxResults"), q.get("nextToken"))
     }
 
     /// From the `maxResults` and `nextToken` query parameters.
-    pub(crate) fn from_params(
-        max_results: Option<&String>,
-        next_token: Option<&String>,
-    ) -> Result<Self, ApiError> {
+    pub fn from_params(max_results: Option<&String>, next_token: Option<&String>) -> Result<Self, ApiError> {
         let limit = match max_results {
             None => MAX_PAGE,
             Some(v) => v
@@ -280,13 +280,13 @@ impl Page {
     }
 
     /// What to ask the registry for: one more than a page, to know whether another follows.
-    pub(crate) fn fetch(&self) -> i64 {
+    pub fn fetch(&self) -> i64 {
         self.limit as i64 + 1
     }
 
     /// A page of `items` already after the key (from the registry), as `{field: [...],
     /// "nextToken"?}`.
-    pub(crate) fn respond<T>(
+    pub fn respond<T>(
         &self,
         field: &str,
         mut items: Vec<T>,
@@ -305,7 +305,7 @@ impl Page {
     }
 
     /// A page of a small list held whole (CAs, templates, policies, claim issuers), sorted by key.
-    pub(crate) fn slice<T>(
+    pub fn slice<T>(
         &self,
         field: &str,
         mut items: Vec<T>,
@@ -322,7 +322,7 @@ impl Page {
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
 /// (RFC 9110 section 11.1).
-pub(crate) fn bearer(value: &str) -> Option<&str> {
+pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
@@ -330,7 +330,7 @@ pub(crate) fn bearer(value: &str) -> Option<&str> {
 /// A write transaction of an API request, for the account and caller it was begun for. It has
 /// no plain commit: [`Audited::commit`] writes the audit row of the change into it first, so
 /// a change is never made without its record.
-pub(crate) struct Audited {
+pub struct Audited {
     tx: Tx,
     account_id: Option<String>,
     actor: String,
@@ -338,11 +338,7 @@ pub(crate) struct Audited {
 
 impl Audited {
     /// Begins a write transaction for `actor` acting on `account_id` (`None`: staging).
-    pub(crate) async fn begin(
-        store: &Store,
-        account_id: Option<&str>,
-        actor: &str,
-    ) -> Result<Self, ApiError> {
+    pub async fn begin(store: &Store, account_id: Option<&str>, actor: &str) -> Result<Self, ApiError> {
         Ok(Self {
             tx: store.begin().await?,
             account_id: account_id.map(str::to_owned),
@@ -351,7 +347,7 @@ impl Audited {
     }
 
     /// Writes the audit row (`action` on `target`, result ok) and commits.
-    pub(crate) async fn commit(mut self, action: &str, target: &str) -> Result<(), ApiError> {
+    pub async fn commit(mut self, action: &str, target: &str) -> Result<(), ApiError> {
         let record = AuditRecord {
             actor: self.actor,
             action: action.to_owned(),

@@ -8,8 +8,11 @@
 //!
 //! Errors are `{"code", "message"}` with a 4xx status; a refused request changes nothing.
 
+use crate::store::Records as _;
 use std::sync::Arc;
 
+use crate::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
+use crate::store::OemStatus;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
@@ -18,15 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, on};
 use axum::{Extension, Router};
 use claimlink_pki::Certificate;
-use claimlink_provision::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
-use claimlink_registry::staging::OemStatus;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::apikit::{
-    self, ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
+use crate::server::{StagingServer, claim_result};
+use claimlink_service::api::{
+    ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
 };
-use crate::staging::{StagingServer, claim_result};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -44,10 +45,10 @@ struct ClaimPeer(Option<String>);
 pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Result<()> {
     let config: std::sync::Arc<dyn claimlink_broker::TlsSelector> =
         std::sync::Arc::new(server.tls(false).map_err(std::io::Error::other)?);
-    use crate::staging::StagingAdmitted;
+    use crate::server::StagingAdmitted;
     let app = router(server.clone());
     let shutdown = server.shared.shutdown.clone();
-    crate::serve_http("staging-api", listener, Some(config), shutdown, move |conn| {
+    claimlink_service::serve_http("staging-api", listener, Some(config), shutdown, move |conn| {
         let peer = match conn.admission.as_deref().and_then(|a| a.downcast_ref::<StagingAdmitted>()) {
             Some(StagingAdmitted::ClaimThing { oem }) => Some(oem.clone()),
             _ => None,
@@ -206,7 +207,7 @@ async fn openapi() -> axum::Json<Value> {
 
 /// The staging API's routes.
 pub fn router(server: StagingServer) -> Router {
-    apikit::router(ROUTES)
+    claimlink_service::api::router(ROUTES)
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
@@ -270,7 +271,7 @@ fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ApiError> {
     v.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad(format!("{name} (a string) is required")))
 }
 
-fn oem_json(o: &claimlink_registry::staging::Oem) -> Value {
+fn oem_json(o: &crate::store::Oem) -> Value {
     json!({"oemId": o.id, "name": o.name, "status": o.status.as_str(), "endpoints": o.endpoints,
         "claimCertificateId": o.claim_certificate_id, "created": o.created})
 }
@@ -354,7 +355,7 @@ async fn set_status(State(s): St, Admin(who): Admin, Path(id): Path<String>, byt
     ok(oem_json(&oem))
 }
 
-fn device_json(d: &claimlink_registry::staging::StagingDevice) -> Value {
+fn device_json(d: &crate::store::StagingDevice) -> Value {
     json!({"thingName": d.thing_name, "certificateId": d.certificate_id, "firstSeen": d.first_seen,
         "lastSeen": d.last_seen, "owner": d.owner_oem, "endpoint": d.endpoint, "claimId": d.claim_id,
         "delivered": d.delivered_at.is_some(), "hasClaimCode": d.claim_code_verifier.is_some(),
@@ -424,9 +425,9 @@ struct RefusalQuery {
 }
 
 /// A page of the newest 1,000 aggregate rows (key: window, claimer, device, reason).
-fn refusals_page(q: &RefusalQuery, rows: Vec<claimlink_registry::staging::ClaimRefusals>) -> ApiResult {
+fn refusals_page(q: &RefusalQuery, rows: Vec<crate::store::ClaimRefusals>) -> ApiResult {
     let page = Page::from_params(q.max_results.as_ref(), q.next_token.as_ref())?;
-    let key = |r: &claimlink_registry::staging::ClaimRefusals| {
+    let key = |r: &crate::store::ClaimRefusals| {
         format!("{:020}|{}|{}|{}", i64::MAX - r.window_start, r.claimer, r.thing_name, r.reason)
     };
     ok(page.slice("refusals", rows, key, |r| json!(r)))
@@ -454,7 +455,7 @@ async fn claim(State(s): St, ClaimThing(oem): ClaimThing, bytes: Bytes) -> ApiRe
     let code = v.get("claimCode").and_then(Value::as_str);
     let request = ClaimRequest {
         oem_id: &oem,
-        claimer: claimlink_provision::claims::Claimer::ClaimThing,
+        claimer: crate::claims::Claimer::ClaimThing,
         thing_name: thing,
         endpoint,
         claim_code: code,
@@ -503,6 +504,5 @@ async fn release(State(s): St, ClaimThing(oem): ClaimThing, Path(thing): Path<St
             Err(ApiError::new(StatusCode::FORBIDDEN, "NotOwner", "this OEM does not own the device"))
         }
         Err(ReleaseError::Registry(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string())),
     }
 }

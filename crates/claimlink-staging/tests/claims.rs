@@ -2,11 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use claimlink_provision::claim_code::ClaimCode;
-use claimlink_provision::claims::{
+use claimlink_registry::Store;
+use claimlink_staging::claim_code::ClaimCode;
+use claimlink_staging::claims::{
     self, ClaimOutcome, ClaimRequest, Claimer, Rejection, ReleaseError, Releaser, Via,
 };
-use claimlink_registry::Store;
+use claimlink_staging::store::Records as _;
 
 fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
     rand_core::UnwrapErr(getrandom::SysRng)
@@ -305,27 +306,31 @@ async fn race(store: Store) {
 #[tokio::test]
 async fn claims_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display())).await.unwrap();
+    let store = claimlink_staging::store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
     scenario(store).await;
 }
 
 #[tokio::test]
 async fn claims_on_postgres() {
     let Some(db) = claimlink_testkit::postgres("claims_on_postgres") else { return };
-    let store = Store::open(&db.url).await.unwrap();
+    let store = claimlink_staging::store::open(&db.url).await.unwrap();
     scenario(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_on_sqlite_have_one_winner_and_count_every_wrong_code() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display())).await.unwrap();
+    let store = claimlink_staging::store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
     race(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_on_postgres_have_one_winner_and_count_every_wrong_code() {
     let Some(db) = claimlink_testkit::postgres("concurrent_claims_on_postgres") else { return };
-    let store = Store::open(&db.url).await.unwrap();
+    let store = claimlink_staging::store::open(&db.url).await.unwrap();
     race(store).await;
 }

@@ -17,22 +17,21 @@
 //! owner's claim has been factory-reset: its ownership ends (audited) and it can be claimed
 //! again.
 
+use crate::store::Records as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use crate::claims::{self, ClaimOutcome, ClaimRequest, RateLimiter, Rejection, ReleaseError, Releaser, Via};
 use claimlink_broker::{Broker, ConnectRequest, Hooks, Inbound, Limits, Origin, Verdict, WeakBroker};
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
-use claimlink_provision::claims::{
-    self, ClaimOutcome, ClaimRequest, RateLimiter, Rejection, ReleaseError, Releaser, Via,
-};
 use claimlink_registry::{RegistryError, Store};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::{ServerError, ServerIdentity, client_chain};
+use claimlink_service::{ServerError, ServerIdentity, client_chain};
 
 /// The configuration topic suffix.
 pub const CONFIG_TOPIC: &str = "expresslink_config";
@@ -188,6 +187,7 @@ impl StagingServer {
         config: StagingConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ServerError> {
+        crate::store::migrate(&store).await?;
         let (server_chain, server_key) = identity.to_rustls()?;
         if config.manufacturer_cas.is_empty() {
             return Err(ServerError::Tls("staging needs at least one trusted manufacturer CA".into()));
@@ -236,7 +236,7 @@ impl StagingServer {
                 map.insert(c.id().to_string(), (oem, c));
             }
         }
-        *crate::write(&self.shared.claim_certs) = map;
+        *claimlink_service::write(&self.shared.claim_certs) = map;
         Ok(())
     }
 
@@ -258,7 +258,7 @@ impl StagingServer {
             return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
         };
         let allowed = {
-            let mut l = crate::lock(&self.shared.limiters);
+            let mut l = claimlink_service::lock(&self.shared.limiters);
             let per_device = format!("{}|{}", request.claimer_name(), request.thing_name);
             l.0.allow(request.oem_id, now) && l.1.allow(&per_device, now)
         };
@@ -352,7 +352,7 @@ impl StagingServer {
     /// per claimer, so that a flood costs no write per attempt.
     fn tally_rate_limited(&self, request: &ClaimRequest<'_>, now: i64) {
         let claimer = request.claimer_name();
-        let due = Some(crate::lock(&self.shared.refused)).and_then(|mut tally| {
+        let due = Some(claimlink_service::lock(&self.shared.refused)).and_then(|mut tally| {
             if tally.len() >= MAX_TALLIES && !tally.contains_key(&claimer) {
                 tally.retain(|_, (n, _)| *n > 0);
                 if tally.len() >= MAX_TALLIES {
@@ -418,9 +418,12 @@ impl StagingServer {
 
     /// The listener TLS: client certificates required (MQTT) or optional (the claim API, where
     /// administrators use tokens instead).
-    pub(crate) fn tls(&self, mandatory: bool) -> Result<crate::tls::Listener<StagingAdmission>, ServerError> {
+    pub(crate) fn tls(
+        &self,
+        mandatory: bool,
+    ) -> Result<claimlink_service::tls::Listener<StagingAdmission>, ServerError> {
         let admission = StagingAdmission { shared: self.shared.clone(), mandatory };
-        crate::tls::Listener::new(admission, &self.shared.server_chain, &self.shared.server_key)
+        claimlink_service::tls::Listener::new(admission, &self.shared.server_chain, &self.shared.server_key)
             .map_err(|e| ServerError::Tls(e.to_string()))
     }
 }
@@ -431,7 +434,7 @@ impl StagingShared {
     }
 
     fn pinned(&self, id: &str) -> Option<(String, Certificate)> {
-        crate::read(&self.claim_certs).get(id).cloned()
+        claimlink_service::read(&self.claim_certs).get(id).cloned()
     }
 }
 
@@ -454,7 +457,7 @@ pub(crate) struct StagingAdmission {
     mandatory: bool,
 }
 
-impl crate::tls::Admission for StagingAdmission {
+impl claimlink_service::tls::Admission for StagingAdmission {
     type Admitted = StagingAdmitted;
 
     fn mandatory(&self) -> bool {
@@ -534,9 +537,7 @@ impl StagingHooks {
             return Err(ReasonCode::NotAuthorized);
         }
         let active = match self.shared.store.read().await {
-            Ok(mut tx) => {
-                tx.oem(&oem).await.is_ok_and(|o| o.status == claimlink_registry::staging::OemStatus::Active)
-            }
+            Ok(mut tx) => tx.oem(&oem).await.is_ok_and(|o| o.status == crate::store::OemStatus::Active),
             Err(_) => return Err(ReasonCode::ServerUnavailable),
         };
         if !active {

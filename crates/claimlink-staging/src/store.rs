@@ -2,8 +2,33 @@
 //! devices staging knows (from a factory manifest or their first connection), every claim
 //! attempt, staging administrators' tokens, and the registration portal's users.
 
-use crate::db::{created, now_ms, random_hex, token_hash};
-use crate::{RegistryError, Result, Tx};
+use claimlink_registry::{
+    Migration, RegistryError, Result, Store, Tx, args, columns, created, now, random_hex, token_hash,
+};
+
+/// Staging's schema, in the registry's database and ledger. (Versions 3 and 4 were applied as
+/// the registry's before staging had a crate; new ones take numbers from 1000.)
+const MIGRATIONS: &[Migration] = &[
+    (3, include_str!("../migrations/0003_staging.sql")),
+    (4, include_str!("../migrations/0004_claim_lockouts.sql")),
+];
+
+/// Opens the database at `url` (`sqlite://PATH` or `postgres://...`) with the registry's and
+/// staging's schemas applied.
+pub async fn open(url: &str) -> Result<Store> {
+    let store = Store::open(url).await?;
+    migrate(&store).await?;
+    Ok(store)
+}
+
+/// Applies staging's migrations to a store that is open already.
+pub async fn migrate(store: &Store) -> Result<()> {
+    store.migrate("staging", MIGRATIONS).await
+}
+
+fn now_ms() -> i64 {
+    now()
+}
 
 /// Whether an OEM may claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,26 +260,245 @@ columns!(ClaimRecord {
     released_at
 });
 
-impl Tx {
-    async fn oem_from(&mut self, r: OemRow) -> Result<Oem> {
-        let endpoints = self
-            .column(
-                "SELECT endpoint FROM staging_oem_endpoints WHERE oem_id = $1 ORDER BY endpoint",
-                args![&r.id],
-            )
-            .await?;
-        Ok(Oem {
-            status: OemStatus::parse(&r.status)?,
-            name: r.name,
-            claim_certificate_id: r.claim_certificate_id,
-            created: r.created,
-            endpoints,
-            id: r.id,
-        })
-    }
-
+/// Staging's records, as statements on a registry transaction. (A trait because [`Tx`] is the
+/// registry's type; bring it into scope with `use claimlink_staging::store::Records`.)
+pub trait Records {
     /// Registers an OEM (ACTIVE) with the endpoints it may send devices to.
-    pub async fn create_oem(&mut self, name: &str, endpoints: &[String]) -> Result<Oem> {
+    fn create_oem(&mut self, name: &str, endpoints: &[String]) -> impl Future<Output = Result<Oem>> + Send;
+
+    /// An OEM by id.
+    fn oem(&mut self, id: &str) -> impl Future<Output = Result<Oem>> + Send;
+
+    /// Every OEM, by name.
+    fn oems(&mut self) -> impl Future<Output = Result<Vec<Oem>>> + Send;
+
+    /// An OEM by name.
+    fn oem_by_name(&mut self, name: &str) -> impl Future<Output = Result<Option<Oem>>> + Send;
+
+    /// Sets (or replaces) an OEM's claim-thing certificate.
+    fn set_claim_certificate(
+        &mut self,
+        oem_id: &str,
+        certificate_id: &str,
+        pem: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every claim-thing certificate: (OEM id, PEM).
+    fn claim_certificates(&mut self) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+
+    /// Adds an endpoint an OEM may send devices to.
+    fn add_oem_endpoint(&mut self, oem_id: &str, endpoint: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Activates or suspends an OEM.
+    fn set_oem_status(&mut self, oem_id: &str, status: OemStatus) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records a device from a factory manifest (its certificate id and claim code verifier),
+    /// keeping what staging already knows of its connections and owner. Returns whether the
+    /// device was new.
+    fn import_device(
+        &mut self,
+        thing_name: &str,
+        certificate_id: Option<&str>,
+        verifier: Option<&str>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A device staging knows.
+    fn staging_device(
+        &mut self,
+        thing_name: &str,
+    ) -> impl Future<Output = Result<Option<StagingDevice>>> + Send;
+
+    /// Records a connection of a device (the first one creates the row).
+    fn device_seen(
+        &mut self,
+        thing_name: &str,
+        certificate_id: &str,
+    ) -> impl Future<Output = Result<StagingDevice>> + Send;
+
+    /// Devices an OEM owns, by name.
+    fn owned_devices(&mut self, oem_id: &str) -> impl Future<Output = Result<Vec<StagingDevice>>> + Send;
+
+    /// Up to `limit` devices an OEM owns, named after `after` (a page of a list).
+    fn owned_devices_page(
+        &mut self,
+        oem_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<StagingDevice>>> + Send;
+
+    /// Appends a claim attempt; returns its id.
+    fn record_claim(&mut self, claim: &NewClaim<'_>, now: i64) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Takes the write lock on a device's row (a row lock on PostgreSQL, the database's write
+    /// lock on SQLite) so that concurrent claims of it are decided one after the other.
+    /// Returns whether the device exists.
+    fn lock_staging_device(&mut self, thing_name: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Makes `oem_id` the owner of a device through claim `claim_id`, only if it has no owner or
+    /// is `oem_id`'s already. Returns whether it did: `false` means another owner won.
+    fn set_owner(
+        &mut self,
+        thing_name: &str,
+        oem_id: &str,
+        endpoint: &str,
+        claim_id: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Ends a device's ownership (and marks the claim that made it released).
+    fn clear_owner(&mut self, thing_name: &str)
+    -> impl Future<Output = Result<Option<StagingDevice>>> + Send;
+
+    /// The device acknowledged claim `claim_id`.
+    fn mark_delivered(&mut self, thing_name: &str, claim_id: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Counts one wrong claim code for a device, atomically: the count restarts when its
+    /// window (started at `failures_since`) is older than `window_start`. Returns the count and
+    /// the window's start.
+    fn count_device_failure(
+        &mut self,
+        thing_name: &str,
+        window_start: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(i64, i64)>> + Send;
+
+    /// Locks a device against every claimer until `until` (its ceiling was reached).
+    fn lock_device_until(&mut self, thing_name: &str, until: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// A claimer's lockout, if it has failed before.
+    fn claimer_lockout(
+        &mut self,
+        claimer: &str,
+    ) -> impl Future<Output = Result<Option<ClaimerLockout>>> + Send;
+
+    /// Counts one wrong claim code for a claimer, atomically; a claimer whose last failure is
+    /// older than `quiet_since` starts again from one. Returns the new count.
+    fn count_claimer_failure(
+        &mut self,
+        claimer: &str,
+        quiet_since: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Forgets a key's failures (a successful sign-in).
+    fn clear_lockout(&mut self, key: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Sets when a claimer's lockout ends.
+    fn lock_claimer_until(&mut self, claimer: &str, until: i64) -> impl Future<Output = Result<()>> + Send;
+
+    /// Counts `n` refused claims in aggregate; returns whether this opened the row (the first
+    /// refusal of its claimer, device, reason and window).
+    fn count_refusals(
+        &mut self,
+        claimer: &str,
+        thing_name: &str,
+        reason: &str,
+        window_start: i64,
+        n: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Refused claims in aggregate, newest window first, by claimer and/or device.
+    fn claim_refusals(
+        &mut self,
+        claimer: Option<&str>,
+        thing_name: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimRefusals>>> + Send;
+
+    /// Claim attempts, newest first, by OEM and/or device.
+    fn claims(
+        &mut self,
+        oem_id: Option<&str>,
+        thing_name: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimRecord>>> + Send;
+
+    /// Claims older than claim `before`, newest first (a page of a list).
+    fn claims_before(
+        &mut self,
+        oem_id: Option<&str>,
+        thing_name: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<ClaimRecord>>> + Send;
+
+    /// A new staging administrator token (`stg_...`), shown once; only its hash is kept.
+    fn create_staging_admin_token(&mut self, name: &str) -> impl Future<Output = Result<String>> + Send;
+
+    /// The name of the staging administrator token `token`, if it is one.
+    fn staging_admin_for_token(&mut self, token: &str)
+    -> impl Future<Output = Result<Option<String>>> + Send;
+
+    /// Adds a portal user; `password_hash` is a PHC string (Argon2id).
+    fn create_portal_user(
+        &mut self,
+        oem_id: &str,
+        email: &str,
+        password_hash: &str,
+    ) -> impl Future<Output = Result<i64>> + Send;
+
+    /// A portal user and their password hash, by e-mail.
+    fn portal_user_by_email(
+        &mut self,
+        oem_id: &str,
+        email: &str,
+    ) -> impl Future<Output = Result<Option<(PortalUser, String)>>> + Send;
+
+    /// A new portal session for `user_id`, valid `ttl_ms`; returns the cookie value.
+    fn create_portal_session(
+        &mut self,
+        user_id: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// The user of a live portal session.
+    fn portal_session(&mut self, token: &str) -> impl Future<Output = Result<Option<PortalUser>>> + Send;
+
+    /// Ends a portal session.
+    fn delete_portal_session(&mut self, token: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// The portal user whose list holds a device, if any.
+    fn portal_holder(&mut self, thing_name: &str) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// Lists a device under a portal user, unless another user holds it (a device is in one
+    /// list at a time). Returns whether `user_id` holds it now.
+    fn add_portal_device(
+        &mut self,
+        user_id: i64,
+        thing_name: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Removes a device from a portal user's list; returns whether it was there.
+    fn remove_portal_device(
+        &mut self,
+        user_id: i64,
+        thing_name: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// A portal user's devices: (ThingName, added), newest first.
+    fn portal_devices(&mut self, user_id: i64) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+}
+
+async fn oem_from(tx: &mut Tx, r: OemRow) -> Result<Oem> {
+    let endpoints = tx
+        .column(
+            "SELECT endpoint FROM staging_oem_endpoints WHERE oem_id = $1 ORDER BY endpoint",
+            args![&r.id],
+        )
+        .await?;
+    Ok(Oem {
+        status: OemStatus::parse(&r.status)?,
+        name: r.name,
+        claim_certificate_id: r.claim_certificate_id,
+        created: r.created,
+        endpoints,
+        id: r.id,
+    })
+}
+
+impl Records for Tx {
+    /// Registers an OEM (ACTIVE) with the endpoints it may send devices to.
+    async fn create_oem(&mut self, name: &str, endpoints: &[String]) -> Result<Oem> {
         if name.trim().is_empty() || name.len() > 128 {
             return Err(RegistryError::invalid("OEM name must be 1-128 characters"));
         }
@@ -271,39 +515,34 @@ impl Tx {
     }
 
     /// An OEM by id.
-    pub async fn oem(&mut self, id: &str) -> Result<Oem> {
+    async fn oem(&mut self, id: &str) -> Result<Oem> {
         let row = self
             .optional("SELECT * FROM staging_oems WHERE id = $1", args![id])
             .await?
             .ok_or_else(|| RegistryError::not_found("OEM", id))?;
-        self.oem_from(row).await
+        oem_from(self, row).await
     }
 
     /// Every OEM, by name.
-    pub async fn oems(&mut self) -> Result<Vec<Oem>> {
+    async fn oems(&mut self) -> Result<Vec<Oem>> {
         let rows: Vec<OemRow> = self.all("SELECT * FROM staging_oems ORDER BY name", args![]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            out.push(self.oem_from(r).await?);
+            out.push(oem_from(self, r).await?);
         }
         Ok(out)
     }
 
     /// An OEM by name.
-    pub async fn oem_by_name(&mut self, name: &str) -> Result<Option<Oem>> {
+    async fn oem_by_name(&mut self, name: &str) -> Result<Option<Oem>> {
         match self.optional("SELECT * FROM staging_oems WHERE name = $1", args![name]).await? {
-            Some(r) => Ok(Some(self.oem_from(r).await?)),
+            Some(r) => Ok(Some(oem_from(self, r).await?)),
             None => Ok(None),
         }
     }
 
     /// Sets (or replaces) an OEM's claim-thing certificate.
-    pub async fn set_claim_certificate(
-        &mut self,
-        oem_id: &str,
-        certificate_id: &str,
-        pem: &str,
-    ) -> Result<()> {
+    async fn set_claim_certificate(&mut self, oem_id: &str, certificate_id: &str, pem: &str) -> Result<()> {
         self.oem(oem_id).await?;
         let taken: Option<(String,)> = self
             .optional(
@@ -326,7 +565,7 @@ impl Tx {
     }
 
     /// Every claim-thing certificate: (OEM id, PEM).
-    pub async fn claim_certificates(&mut self) -> Result<Vec<(String, String)>> {
+    async fn claim_certificates(&mut self) -> Result<Vec<(String, String)>> {
         self.all(
             "SELECT id, claim_certificate_pem FROM staging_oems WHERE claim_certificate_pem IS NOT NULL",
             args![],
@@ -335,7 +574,7 @@ impl Tx {
     }
 
     /// Adds an endpoint an OEM may send devices to.
-    pub async fn add_oem_endpoint(&mut self, oem_id: &str, endpoint: &str) -> Result<()> {
+    async fn add_oem_endpoint(&mut self, oem_id: &str, endpoint: &str) -> Result<()> {
         check_endpoint(endpoint)?;
         self.run(
             "INSERT INTO staging_oem_endpoints (oem_id, endpoint) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -346,7 +585,7 @@ impl Tx {
     }
 
     /// Activates or suspends an OEM.
-    pub async fn set_oem_status(&mut self, oem_id: &str, status: OemStatus) -> Result<()> {
+    async fn set_oem_status(&mut self, oem_id: &str, status: OemStatus) -> Result<()> {
         let rows = self
             .run("UPDATE staging_oems SET status = $1 WHERE id = $2", args![status.as_str(), oem_id])
             .await?;
@@ -356,13 +595,13 @@ impl Tx {
     /// Records a device from a factory manifest (its certificate id and claim code verifier),
     /// keeping what staging already knows of its connections and owner. Returns whether the
     /// device was new.
-    pub async fn import_device(
+    async fn import_device(
         &mut self,
         thing_name: &str,
         certificate_id: Option<&str>,
         verifier: Option<&str>,
     ) -> Result<bool> {
-        crate::model::validate_thing_name("thing name", thing_name)?;
+        claimlink_registry::validate_thing_name("thing name", thing_name)?;
         let new = self.run("INSERT INTO staging_devices (thing_name, certificate_id, claim_code_verifier) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING", args![thing_name, certificate_id, verifier]).await?
             == 1;
@@ -373,12 +612,12 @@ impl Tx {
     }
 
     /// A device staging knows.
-    pub async fn staging_device(&mut self, thing_name: &str) -> Result<Option<StagingDevice>> {
+    async fn staging_device(&mut self, thing_name: &str) -> Result<Option<StagingDevice>> {
         self.optional("SELECT * FROM staging_devices WHERE thing_name = $1", args![thing_name]).await
     }
 
     /// Records a connection of a device (the first one creates the row).
-    pub async fn device_seen(&mut self, thing_name: &str, certificate_id: &str) -> Result<StagingDevice> {
+    async fn device_seen(&mut self, thing_name: &str, certificate_id: &str) -> Result<StagingDevice> {
         let now = now_ms();
         self.run("INSERT INTO staging_devices (thing_name, certificate_id, first_seen, last_seen) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (thing_name) DO UPDATE SET last_seen = $3, \
@@ -388,12 +627,12 @@ impl Tx {
     }
 
     /// Devices an OEM owns, by name.
-    pub async fn owned_devices(&mut self, oem_id: &str) -> Result<Vec<StagingDevice>> {
+    async fn owned_devices(&mut self, oem_id: &str) -> Result<Vec<StagingDevice>> {
         self.owned_devices_page(oem_id, None, i64::MAX).await
     }
 
     /// Up to `limit` devices an OEM owns, named after `after` (a page of a list).
-    pub async fn owned_devices_page(
+    async fn owned_devices_page(
         &mut self,
         oem_id: &str,
         after: Option<&str>,
@@ -403,7 +642,7 @@ impl Tx {
     }
 
     /// Appends a claim attempt; returns its id.
-    pub async fn record_claim(&mut self, claim: &NewClaim<'_>) -> Result<i64> {
+    async fn record_claim(&mut self, claim: &NewClaim<'_>, now: i64) -> Result<i64> {
         let (id,): (i64,) = self
             .one(
                 "INSERT INTO staging_claims (oem_id, thing_name, endpoint, via, result, reason, at) \
@@ -415,7 +654,7 @@ impl Tx {
                     claim.via,
                     if claim.accepted { "ACCEPTED" } else { "REJECTED" },
                     claim.reason,
-                    now_ms()
+                    now
                 ],
             )
             .await?;
@@ -425,7 +664,7 @@ impl Tx {
     /// Takes the write lock on a device's row (a row lock on PostgreSQL, the database's write
     /// lock on SQLite) so that concurrent claims of it are decided one after the other.
     /// Returns whether the device exists.
-    pub async fn lock_staging_device(&mut self, thing_name: &str) -> Result<bool> {
+    async fn lock_staging_device(&mut self, thing_name: &str) -> Result<bool> {
         let rows = self
             .run(
                 "UPDATE staging_devices SET thing_name = thing_name WHERE thing_name = $1",
@@ -437,7 +676,7 @@ impl Tx {
 
     /// Makes `oem_id` the owner of a device through claim `claim_id`, only if it has no owner or
     /// is `oem_id`'s already. Returns whether it did: `false` means another owner won.
-    pub async fn set_owner(
+    async fn set_owner(
         &mut self,
         thing_name: &str,
         oem_id: &str,
@@ -451,7 +690,7 @@ impl Tx {
     }
 
     /// Ends a device's ownership (and marks the claim that made it released).
-    pub async fn clear_owner(&mut self, thing_name: &str) -> Result<Option<StagingDevice>> {
+    async fn clear_owner(&mut self, thing_name: &str) -> Result<Option<StagingDevice>> {
         let Some(device) = self.staging_device(thing_name).await? else { return Ok(None) };
         if let Some(claim) = device.claim_id {
             self.run("UPDATE staging_claims SET released_at = $1 WHERE id = $2", args![now_ms(), claim])
@@ -465,7 +704,7 @@ impl Tx {
     }
 
     /// The device acknowledged claim `claim_id`.
-    pub async fn mark_delivered(&mut self, thing_name: &str, claim_id: i64) -> Result<()> {
+    async fn mark_delivered(&mut self, thing_name: &str, claim_id: i64) -> Result<()> {
         let now = now_ms();
         self.run(
             "UPDATE staging_devices SET delivered_at = $1 WHERE thing_name = $2 AND claim_id = $3",
@@ -483,19 +722,24 @@ impl Tx {
     /// Counts one wrong claim code for a device, atomically: the count restarts when its
     /// window (started at `failures_since`) is older than `window_start`. Returns the count and
     /// the window's start.
-    pub async fn count_device_failure(&mut self, thing_name: &str, window_start: i64) -> Result<(i64, i64)> {
+    async fn count_device_failure(
+        &mut self,
+        thing_name: &str,
+        window_start: i64,
+        now: i64,
+    ) -> Result<(i64, i64)> {
         self.one(
             "UPDATE staging_devices SET \
              failed_codes = CASE WHEN failures_since < $1 THEN 1 ELSE failed_codes + 1 END, \
              failures_since = CASE WHEN failures_since < $1 THEN $2 ELSE failures_since END \
              WHERE thing_name = $3 RETURNING failed_codes, failures_since",
-            args![window_start, now_ms(), thing_name],
+            args![window_start, now, thing_name],
         )
         .await
     }
 
     /// Locks a device against every claimer until `until` (its ceiling was reached).
-    pub async fn lock_device_until(&mut self, thing_name: &str, until: i64) -> Result<()> {
+    async fn lock_device_until(&mut self, thing_name: &str, until: i64) -> Result<()> {
         self.run(
             "UPDATE staging_devices SET locked_until = $1 WHERE thing_name = $2",
             args![until, thing_name],
@@ -505,29 +749,29 @@ impl Tx {
     }
 
     /// A claimer's lockout, if it has failed before.
-    pub async fn claimer_lockout(&mut self, claimer: &str) -> Result<Option<ClaimerLockout>> {
+    async fn claimer_lockout(&mut self, claimer: &str) -> Result<Option<ClaimerLockout>> {
         self.optional("SELECT failed, locked_until FROM claim_lockouts WHERE claimer = $1", args![claimer])
             .await
     }
 
     /// Counts one wrong claim code for a claimer, atomically; a claimer whose last failure is
     /// older than `quiet_since` starts again from one. Returns the new count.
-    pub async fn count_claimer_failure(&mut self, claimer: &str, quiet_since: i64) -> Result<i64> {
+    async fn count_claimer_failure(&mut self, claimer: &str, quiet_since: i64, now: i64) -> Result<i64> {
         let (failed,): (i64,) = self.one("INSERT INTO claim_lockouts (claimer, failed, locked_until, last_failure) VALUES ($1, 1, 0, $2) \
              ON CONFLICT (claimer) DO UPDATE SET \
              failed = CASE WHEN claim_lockouts.last_failure < $3 THEN 1 ELSE claim_lockouts.failed + 1 END, \
-             last_failure = $2 RETURNING failed", args![claimer, now_ms(), quiet_since]).await?;
+             last_failure = $2 RETURNING failed", args![claimer, now, quiet_since]).await?;
         Ok(failed)
     }
 
     /// Forgets a key's failures (a successful sign-in).
-    pub async fn clear_lockout(&mut self, key: &str) -> Result<()> {
+    async fn clear_lockout(&mut self, key: &str) -> Result<()> {
         self.run("DELETE FROM claim_lockouts WHERE claimer = $1", args![key]).await?;
         Ok(())
     }
 
     /// Sets when a claimer's lockout ends.
-    pub async fn lock_claimer_until(&mut self, claimer: &str, until: i64) -> Result<()> {
+    async fn lock_claimer_until(&mut self, claimer: &str, until: i64) -> Result<()> {
         self.run("UPDATE claim_lockouts SET locked_until = $1 WHERE claimer = $2", args![until, claimer])
             .await?;
         Ok(())
@@ -535,7 +779,7 @@ impl Tx {
 
     /// Counts `n` refused claims in aggregate; returns whether this opened the row (the first
     /// refusal of its claimer, device, reason and window).
-    pub async fn count_refusals(
+    async fn count_refusals(
         &mut self,
         claimer: &str,
         thing_name: &str,
@@ -552,7 +796,7 @@ impl Tx {
     }
 
     /// Refused claims in aggregate, newest window first, by claimer and/or device.
-    pub async fn claim_refusals(
+    async fn claim_refusals(
         &mut self,
         claimer: Option<&str>,
         thing_name: Option<&str>,
@@ -563,7 +807,7 @@ impl Tx {
     }
 
     /// Claim attempts, newest first, by OEM and/or device.
-    pub async fn claims(
+    async fn claims(
         &mut self,
         oem_id: Option<&str>,
         thing_name: Option<&str>,
@@ -573,7 +817,7 @@ impl Tx {
     }
 
     /// Claims older than claim `before`, newest first (a page of a list).
-    pub async fn claims_before(
+    async fn claims_before(
         &mut self,
         oem_id: Option<&str>,
         thing_name: Option<&str>,
@@ -585,7 +829,7 @@ impl Tx {
     }
 
     /// A new staging administrator token (`stg_...`), shown once; only its hash is kept.
-    pub async fn create_staging_admin_token(&mut self, name: &str) -> Result<String> {
+    async fn create_staging_admin_token(&mut self, name: &str) -> Result<String> {
         let token = format!("stg_{}", random_hex(32)?);
         self.run(
             "INSERT INTO staging_admin_tokens (token_hash, name, created) VALUES ($1, $2, $3)",
@@ -596,7 +840,7 @@ impl Tx {
     }
 
     /// The name of the staging administrator token `token`, if it is one.
-    pub async fn staging_admin_for_token(&mut self, token: &str) -> Result<Option<String>> {
+    async fn staging_admin_for_token(&mut self, token: &str) -> Result<Option<String>> {
         let row: Option<(String,)> = self
             .optional("SELECT name FROM staging_admin_tokens WHERE token_hash = $1", args![token_hash(token)])
             .await?;
@@ -604,12 +848,7 @@ impl Tx {
     }
 
     /// Adds a portal user; `password_hash` is a PHC string (Argon2id).
-    pub async fn create_portal_user(
-        &mut self,
-        oem_id: &str,
-        email: &str,
-        password_hash: &str,
-    ) -> Result<i64> {
+    async fn create_portal_user(&mut self, oem_id: &str, email: &str, password_hash: &str) -> Result<i64> {
         let row: Option<(i64,)> = self
             .optional(
                 "INSERT INTO portal_users (oem_id, email, password_hash, created) VALUES ($1, $2, $3, $4) \
@@ -624,7 +863,7 @@ impl Tx {
     }
 
     /// A portal user and their password hash, by e-mail.
-    pub async fn portal_user_by_email(
+    async fn portal_user_by_email(
         &mut self,
         oem_id: &str,
         email: &str,
@@ -639,7 +878,7 @@ impl Tx {
     }
 
     /// A new portal session for `user_id`, valid `ttl_ms`; returns the cookie value.
-    pub async fn create_portal_session(&mut self, user_id: i64, ttl_ms: i64) -> Result<String> {
+    async fn create_portal_session(&mut self, user_id: i64, ttl_ms: i64) -> Result<String> {
         let token = random_hex(32)?;
         self.run("DELETE FROM portal_sessions WHERE expires < $1", args![now_ms()]).await?;
         self.run(
@@ -651,7 +890,7 @@ impl Tx {
     }
 
     /// The user of a live portal session.
-    pub async fn portal_session(&mut self, token: &str) -> Result<Option<PortalUser>> {
+    async fn portal_session(&mut self, token: &str) -> Result<Option<PortalUser>> {
         self.optional(
             "SELECT u.id, u.oem_id, u.email FROM portal_sessions s JOIN portal_users u ON u.id = s.user_id \
              WHERE s.token_hash = $1 AND s.expires > $2",
@@ -661,13 +900,13 @@ impl Tx {
     }
 
     /// Ends a portal session.
-    pub async fn delete_portal_session(&mut self, token: &str) -> Result<()> {
+    async fn delete_portal_session(&mut self, token: &str) -> Result<()> {
         self.run("DELETE FROM portal_sessions WHERE token_hash = $1", args![token_hash(token)]).await?;
         Ok(())
     }
 
     /// The portal user whose list holds a device, if any.
-    pub async fn portal_holder(&mut self, thing_name: &str) -> Result<Option<i64>> {
+    async fn portal_holder(&mut self, thing_name: &str) -> Result<Option<i64>> {
         Ok(self
             .optional::<(i64,)>("SELECT user_id FROM portal_devices WHERE thing_name = $1", args![thing_name])
             .await?
@@ -676,13 +915,13 @@ impl Tx {
 
     /// Lists a device under a portal user, unless another user holds it (a device is in one
     /// list at a time). Returns whether `user_id` holds it now.
-    pub async fn add_portal_device(&mut self, user_id: i64, thing_name: &str) -> Result<bool> {
-        self.run("INSERT INTO portal_devices (user_id, thing_name, added) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", args![user_id, thing_name, now_ms()]).await?;
+    async fn add_portal_device(&mut self, user_id: i64, thing_name: &str, now: i64) -> Result<bool> {
+        self.run("INSERT INTO portal_devices (user_id, thing_name, added) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", args![user_id, thing_name, now]).await?;
         Ok(self.portal_holder(thing_name).await? == Some(user_id))
     }
 
     /// Removes a device from a portal user's list; returns whether it was there.
-    pub async fn remove_portal_device(&mut self, user_id: i64, thing_name: &str) -> Result<bool> {
+    async fn remove_portal_device(&mut self, user_id: i64, thing_name: &str) -> Result<bool> {
         Ok(self
             .run(
                 "DELETE FROM portal_devices WHERE user_id = $1 AND thing_name = $2",
@@ -693,7 +932,7 @@ impl Tx {
     }
 
     /// A portal user's devices: (ThingName, added), newest first.
-    pub async fn portal_devices(&mut self, user_id: i64) -> Result<Vec<(String, i64)>> {
+    async fn portal_devices(&mut self, user_id: i64) -> Result<Vec<(String, i64)>> {
         self.all(
             "SELECT thing_name, added FROM portal_devices WHERE user_id = $1 ORDER BY added DESC",
             args![user_id],

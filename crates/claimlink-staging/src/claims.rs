@@ -18,13 +18,13 @@
 //! The device's row is locked for the decision and the owner is changed conditionally, so two
 //! claims racing on PostgreSQL cannot both win; counters are incremented in SQL. An accepted
 //! claim is a claim row and an audit row; refusals are counted in aggregate per claimer, device
-//! and reason per hour ([`claimlink_registry::staging::ClaimRefusals`]), audited once per such
+//! and reason per hour ([`crate::store::ClaimRefusals`]), audited once per such
 //! window, instead of a row per junk attempt. Rate limits (per OEM, per claimer and device)
 //! are [`RateLimiter`]s the caller keeps in memory and checks before any registry work.
 
 use std::collections::HashMap;
 
-use claimlink_registry::staging::{NewClaim, OemStatus, StagingDevice, check_endpoint};
+use crate::store::{ClaimerLockout, NewClaim, Oem, OemStatus, Records, StagingDevice, check_endpoint};
 use claimlink_registry::{AuditRecord, RegistryError, Store, Tx};
 
 use crate::claim_code::ClaimCode;
@@ -214,29 +214,199 @@ pub enum ClaimOutcome {
     },
 }
 
-/// Wrong codes a claimer may make before its first lockout.
-pub const FREE_WRONG_CODES: i64 = 2;
-/// A claimer's wrong codes are forgotten after this long without one (ms).
-pub const QUIET_MS: i64 = 24 * 3600 * 1000;
-/// Wrong codes per device per [`DEVICE_WINDOW_MS`], from all claimers together, before the
-/// device itself is locked for the rest of the window.
-pub const DEVICE_CEILING: i64 = 10_000;
-/// The window of [`DEVICE_CEILING`] (ms).
-pub const DEVICE_WINDOW_MS: i64 = 24 * 3600 * 1000;
-/// The window refusals are counted in (ms).
-pub const REFUSAL_WINDOW_MS: i64 = 3600 * 1000;
-/// The first lockout (ms); each further wrong code doubles it.
-pub const FIRST_LOCKOUT_MS: i64 = 60_000;
-/// The longest lockout (ms).
-pub const MAX_LOCKOUT_MS: i64 = 24 * 3600 * 1000;
+/// The lockout schedule and the windows claims are judged in (all durations in ms). Every
+/// number is settable (`[claims]` in the configuration); [`ClaimPolicy::default`] is what the
+/// README documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimPolicy {
+    /// Wrong codes a claimer may make before its first lockout.
+    pub free_wrong_codes: i64,
+    /// A claimer's wrong codes are forgotten after this long without one.
+    pub quiet_ms: i64,
+    /// Wrong codes per device per [`ClaimPolicy::device_window_ms`], from all claimers
+    /// together, before the device itself is locked for the rest of the window.
+    pub device_ceiling: i64,
+    /// The window of [`ClaimPolicy::device_ceiling`].
+    pub device_window_ms: i64,
+    /// The window refusals are counted in.
+    pub refusal_window_ms: i64,
+    /// The first lockout; each further wrong code doubles it.
+    pub first_lockout_ms: i64,
+    /// The longest lockout.
+    pub max_lockout_ms: i64,
+}
 
-/// The lockout after `failed` wrong codes in a row (ms; 0 for none).
-pub fn lockout_ms(failed: i64) -> i64 {
-    if failed <= FREE_WRONG_CODES {
-        return 0;
+impl Default for ClaimPolicy {
+    fn default() -> Self {
+        Self {
+            free_wrong_codes: 2,
+            quiet_ms: 24 * 3600 * 1000,
+            device_ceiling: 10_000,
+            device_window_ms: 24 * 3600 * 1000,
+            refusal_window_ms: 3600 * 1000,
+            first_lockout_ms: 60_000,
+            max_lockout_ms: 24 * 3600 * 1000,
+        }
     }
-    let doublings = (failed - FREE_WRONG_CODES - 1).min(20) as u32;
-    FIRST_LOCKOUT_MS.saturating_mul(1 << doublings).min(MAX_LOCKOUT_MS)
+}
+
+impl ClaimPolicy {
+    /// The lockout after `failed` wrong codes in a row (ms; 0 for none).
+    pub fn lockout_ms(&self, failed: i64) -> i64 {
+        if failed <= self.free_wrong_codes {
+            return 0;
+        }
+        let doublings = (failed - self.free_wrong_codes - 1).min(20) as u32;
+        self.first_lockout_ms.saturating_mul(1 << doublings).min(self.max_lockout_ms)
+    }
+}
+
+/// The longest lockout of the default policy (ms).
+pub const MAX_LOCKOUT_MS: i64 = 24 * 3600 * 1000;
+/// The per-device ceiling of the default policy.
+pub const DEVICE_CEILING: i64 = 10_000;
+
+/// The time claims are decided at (Unix ms): the system clock in service, a virtual one in tests.
+pub trait Clock: Send + Sync {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        claimlink_registry::now()
+    }
+}
+
+/// What the claim decision reads and writes: staging's records inside one transaction. [`Tx`]
+/// is the database's; the unit tests run the same decision on an in-memory store.
+pub trait ClaimStore: Send {
+    /// An OEM by id.
+    fn oem(&mut self, id: &str) -> impl Future<Output = Result<Oem, RegistryError>> + Send;
+    /// A claimer's lockout, if it has failed before.
+    fn claimer_lockout(
+        &mut self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ClaimerLockout>, RegistryError>> + Send;
+    /// Locks the device's row for the rest of the decision; whether it exists.
+    fn lock_device(&mut self, thing: &str) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+    /// The device.
+    fn device(
+        &mut self,
+        thing: &str,
+    ) -> impl Future<Output = Result<Option<StagingDevice>, RegistryError>> + Send;
+    /// Counts a wrong code for a claimer (from one again after `quiet_since`); the count.
+    fn count_claimer_failure(
+        &mut self,
+        key: &str,
+        quiet_since: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<i64, RegistryError>> + Send;
+    /// Locks a claimer out until `until`.
+    fn lock_claimer_until(
+        &mut self,
+        key: &str,
+        until: i64,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+    /// Counts a wrong code for a device (its window restarting before `window_start`); the
+    /// count and the window's start.
+    fn count_device_failure(
+        &mut self,
+        thing: &str,
+        window_start: i64,
+        now: i64,
+    ) -> impl Future<Output = Result<(i64, i64), RegistryError>> + Send;
+    /// Locks the device against every claimer until `until`.
+    fn lock_device_until(
+        &mut self,
+        thing: &str,
+        until: i64,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+    /// The portal user whose list holds the device.
+    fn portal_holder(
+        &mut self,
+        thing: &str,
+    ) -> impl Future<Output = Result<Option<i64>, RegistryError>> + Send;
+    /// Appends an accepted claim; its id.
+    fn record_claim(
+        &mut self,
+        claim: &NewClaim<'_>,
+        now: i64,
+    ) -> impl Future<Output = Result<i64, RegistryError>> + Send;
+    /// Sets the owner unless another OEM holds the device; whether it did.
+    fn set_owner(
+        &mut self,
+        thing: &str,
+        oem: &str,
+        endpoint: &str,
+        claim_id: i64,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+    /// Lists the device under a portal user unless another holds it; whether the user does.
+    fn add_portal_device(
+        &mut self,
+        user: i64,
+        thing: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
+}
+
+impl ClaimStore for Tx {
+    async fn oem(&mut self, id: &str) -> Result<Oem, RegistryError> {
+        Records::oem(self, id).await
+    }
+    async fn claimer_lockout(&mut self, key: &str) -> Result<Option<ClaimerLockout>, RegistryError> {
+        Records::claimer_lockout(self, key).await
+    }
+    async fn lock_device(&mut self, thing: &str) -> Result<bool, RegistryError> {
+        self.lock_staging_device(thing).await
+    }
+    async fn device(&mut self, thing: &str) -> Result<Option<StagingDevice>, RegistryError> {
+        self.staging_device(thing).await
+    }
+    async fn count_claimer_failure(
+        &mut self,
+        key: &str,
+        quiet_since: i64,
+        now: i64,
+    ) -> Result<i64, RegistryError> {
+        Records::count_claimer_failure(self, key, quiet_since, now).await
+    }
+    async fn lock_claimer_until(&mut self, key: &str, until: i64) -> Result<(), RegistryError> {
+        Records::lock_claimer_until(self, key, until).await
+    }
+    async fn count_device_failure(
+        &mut self,
+        thing: &str,
+        window_start: i64,
+        now: i64,
+    ) -> Result<(i64, i64), RegistryError> {
+        Records::count_device_failure(self, thing, window_start, now).await
+    }
+    async fn lock_device_until(&mut self, thing: &str, until: i64) -> Result<(), RegistryError> {
+        Records::lock_device_until(self, thing, until).await
+    }
+    async fn portal_holder(&mut self, thing: &str) -> Result<Option<i64>, RegistryError> {
+        Records::portal_holder(self, thing).await
+    }
+    async fn record_claim(&mut self, claim: &NewClaim<'_>, now: i64) -> Result<i64, RegistryError> {
+        Records::record_claim(self, claim, now).await
+    }
+    async fn set_owner(
+        &mut self,
+        thing: &str,
+        oem: &str,
+        endpoint: &str,
+        claim_id: i64,
+    ) -> Result<bool, RegistryError> {
+        Records::set_owner(self, thing, oem, endpoint, claim_id).await
+    }
+    async fn add_portal_device(&mut self, user: i64, thing: &str, now: i64) -> Result<bool, RegistryError> {
+        Records::add_portal_device(self, user, thing, now).await
+    }
 }
 
 fn audit(req: &ClaimRequest<'_>, result: &str, detail: serde_json::Value, now: i64) -> AuditRecord {
@@ -259,7 +429,7 @@ pub async fn record_rejection(
     n: i64,
 ) -> Result<(), RegistryError> {
     let mut tx = store.begin().await?;
-    count_refusals(&mut tx, req, reason, false, n).await?;
+    count_refusals(&mut tx, &ClaimPolicy::default(), req, reason, false, n).await?;
     tx.commit().await
 }
 
@@ -267,18 +437,19 @@ pub async fn record_rejection(
 /// the first of a window is audited with the window it opens.
 async fn count_refusals(
     tx: &mut Tx,
+    policy: &ClaimPolicy,
     req: &ClaimRequest<'_>,
     reason: Rejection,
     known: bool,
     n: i64,
 ) -> Result<(), RegistryError> {
     let now = claimlink_registry::now();
-    let window = now - now.rem_euclid(REFUSAL_WINDOW_MS);
+    let window = now - now.rem_euclid(policy.refusal_window_ms);
     let thing = if known { req.thing_name } else { "" };
     let claimer = req.claimer_name();
     if tx.count_refusals(&claimer, thing, reason.code(), window, n).await? {
         let detail = serde_json::json!({"via": req.via.as_str(), "window": window,
-            "windowMs": REFUSAL_WINDOW_MS, "known": known});
+            "windowMs": policy.refusal_window_ms, "known": known});
         let mut record = audit(req, reason.code(), detail, now);
         record.action = "ClaimRefused".into();
         record.target = thing.into();
@@ -290,11 +461,23 @@ async fn count_refusals(
 /// Decides a claim and records it (claim row, owner and audit row on acceptance; counters and
 /// the aggregate refusal otherwise), in one transaction.
 pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
-    let now = claimlink_registry::now();
+    claim_with(store, &ClaimPolicy::default(), &SystemClock, req).await
+}
+
+/// [`claim`] under `policy`, at `clock`'s time.
+pub async fn claim_with(
+    store: &Store,
+    policy: &ClaimPolicy,
+    clock: &dyn Clock,
+    req: &ClaimRequest<'_>,
+) -> Result<ClaimOutcome, RegistryError> {
+    let now = clock.now_ms();
     let mut tx = store.begin().await?;
-    let (outcome, known) = decide(&mut tx, req, now).await?;
+    let (outcome, known) = decide(&mut tx, policy, req, now).await?;
     match &outcome {
-        ClaimOutcome::Rejected { reason, .. } => count_refusals(&mut tx, req, *reason, known, 1).await?,
+        ClaimOutcome::Rejected { reason, .. } => {
+            count_refusals(&mut tx, policy, req, *reason, known, 1).await?
+        }
         ClaimOutcome::Accepted { claim_id, endpoint, .. } => {
             let detail =
                 serde_json::json!({"endpoint": endpoint, "via": req.via.as_str(), "claimId": claim_id});
@@ -309,9 +492,11 @@ fn rejected(reason: Rejection) -> ClaimOutcome {
     ClaimOutcome::Rejected { reason, retry_at: None }
 }
 
-/// The outcome, and whether the device is one staging knows (for the refusal's record).
-async fn decide(
-    tx: &mut Tx,
+/// The decision: the outcome, and whether the device is one staging knows (for the refusal's
+/// record). Everything it reads and writes goes through `tx`; time is `now`.
+pub async fn decide<S: ClaimStore>(
+    tx: &mut S,
+    policy: &ClaimPolicy,
     req: &ClaimRequest<'_>,
     now: i64,
 ) -> Result<(ClaimOutcome, bool), RegistryError> {
@@ -336,15 +521,15 @@ async fn decide(
         return Ok((ClaimOutcome::Rejected { reason: Rejection::LockedOut, retry_at: Some(until) }, false));
     }
     // Concurrent claims of one device are decided one after the other from here on.
-    if !tx.lock_staging_device(req.thing_name).await? {
+    if !tx.lock_device(req.thing_name).await? {
         // No such device: answered as a code-bearing device would be, and counted against the
         // claimer as a wrong code when one was given.
         let Some(_) = req.claim_code else { return Ok((rejected(Rejection::ClaimCodeRequired), false)) };
-        let retry_at = count_claimer_failure(tx, req, now).await?;
+        let retry_at = count_claimer_failure(tx, policy, req, now).await?;
         return Ok((ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at }, false));
     }
     let device = tx
-        .staging_device(req.thing_name)
+        .device(req.thing_name)
         .await?
         .ok_or_else(|| RegistryError::State(format!("device {} vanished during a claim", req.thing_name)))?;
     if device.locked_until > now {
@@ -353,7 +538,7 @@ async fn decide(
             true,
         ));
     }
-    if let Some(refusal) = check_code(tx, req, &device, now).await? {
+    if let Some(refusal) = check_code(tx, policy, req, &device, now).await? {
         return Ok((refusal, true));
     }
     // The claimer has proved it holds the label (or the device has no code): ownership next.
@@ -377,14 +562,17 @@ async fn decide(
         }
         _ => {
             let claim_id = tx
-                .record_claim(&NewClaim {
-                    oem_id: &oem.id,
-                    thing_name: req.thing_name,
-                    endpoint: Some(&endpoint),
-                    via: req.via.as_str(),
-                    accepted: true,
-                    reason: "Accepted",
-                })
+                .record_claim(
+                    &NewClaim {
+                        oem_id: &oem.id,
+                        thing_name: req.thing_name,
+                        endpoint: Some(&endpoint),
+                        via: req.via.as_str(),
+                        accepted: true,
+                        reason: "Accepted",
+                    },
+                    now,
+                )
                 .await?;
             if !tx.set_owner(req.thing_name, &oem.id, &endpoint, claim_id).await? {
                 // Cannot happen under the row lock; if it did, nothing of this claim is kept.
@@ -402,7 +590,7 @@ async fn decide(
         }
     };
     if let Claimer::PortalUser { user_id, .. } = req.claimer {
-        if !tx.add_portal_device(user_id, req.thing_name).await? {
+        if !tx.add_portal_device(user_id, req.thing_name, now).await? {
             return Err(RegistryError::State(format!(
                 "device {} is held by another portal user",
                 req.thing_name
@@ -414,7 +602,11 @@ async fn decide(
 
 /// When the latest lockout still running under any of `keys` ends (claimers here, portal
 /// sign-ins too).
-pub async fn locked_until(tx: &mut Tx, keys: &[String], now: i64) -> Result<Option<i64>, RegistryError> {
+pub async fn locked_until<S: ClaimStore>(
+    tx: &mut S,
+    keys: &[String],
+    now: i64,
+) -> Result<Option<i64>, RegistryError> {
     let mut until = None;
     for key in keys {
         if let Some(l) = tx.claimer_lockout(key).await? {
@@ -428,15 +620,16 @@ pub async fn locked_until(tx: &mut Tx, keys: &[String], now: i64) -> Result<Opti
 
 /// Counts a wrong code against every key of the claimer; returns when a lockout it started
 /// ends.
-async fn count_claimer_failure(
-    tx: &mut Tx,
+async fn count_claimer_failure<S: ClaimStore>(
+    tx: &mut S,
+    policy: &ClaimPolicy,
     req: &ClaimRequest<'_>,
     now: i64,
 ) -> Result<Option<i64>, RegistryError> {
     let mut until = None;
     for key in req.claimer_keys() {
-        let failed = tx.count_claimer_failure(&key, now - QUIET_MS).await?;
-        let lock = lockout_ms(failed);
+        let failed = tx.count_claimer_failure(&key, now - policy.quiet_ms, now).await?;
+        let lock = policy.lockout_ms(failed);
         if lock > 0 {
             tx.lock_claimer_until(&key, now + lock).await?;
             until = until.max(Some(now + lock));
@@ -447,8 +640,9 @@ async fn count_claimer_failure(
 
 /// `Some(refusal)` when the device has a claim code and the claim's is missing or wrong
 /// (counted against the claimer and the device).
-async fn check_code(
-    tx: &mut Tx,
+async fn check_code<S: ClaimStore>(
+    tx: &mut S,
+    policy: &ClaimPolicy,
     req: &ClaimRequest<'_>,
     device: &StagingDevice,
     now: i64,
@@ -458,10 +652,11 @@ async fn check_code(
     if ClaimCode::parse(code).is_ok_and(|c| c.matches(verifier)) {
         return Ok(None);
     }
-    let retry_at = count_claimer_failure(tx, req, now).await?;
-    let (failed, since) = tx.count_device_failure(&device.thing_name, now - DEVICE_WINDOW_MS).await?;
-    if failed >= DEVICE_CEILING {
-        tx.lock_device_until(&device.thing_name, since + DEVICE_WINDOW_MS).await?;
+    let retry_at = count_claimer_failure(tx, policy, req, now).await?;
+    let (failed, since) =
+        tx.count_device_failure(&device.thing_name, now - policy.device_window_ms, now).await?;
+    if failed >= policy.device_ceiling {
+        tx.lock_device_until(&device.thing_name, since + policy.device_window_ms).await?;
     }
     Ok(Some(ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at }))
 }
@@ -581,12 +776,13 @@ mod tests {
 
     #[test]
     fn lockouts_start_at_the_third_wrong_code_and_double_up_to_a_day() {
-        assert_eq!(lockout_ms(1), 0);
-        assert_eq!(lockout_ms(2), 0);
-        assert_eq!(lockout_ms(3), 60_000);
-        assert_eq!(lockout_ms(4), 120_000);
-        assert_eq!(lockout_ms(5), 240_000);
-        assert_eq!(lockout_ms(40), MAX_LOCKOUT_MS);
+        let p = ClaimPolicy::default();
+        assert_eq!(p.lockout_ms(1), 0);
+        assert_eq!(p.lockout_ms(2), 0);
+        assert_eq!(p.lockout_ms(3), 60_000);
+        assert_eq!(p.lockout_ms(4), 120_000);
+        assert_eq!(p.lockout_ms(5), 240_000);
+        assert_eq!(p.lockout_ms(40), MAX_LOCKOUT_MS);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 /// Which client certificates a listener admits, and what it learns from them. The TLS
 /// signature checks before it are the same for every role ([`ProofOfPossession`]).
-pub(crate) trait Admission: Send + Sync + 'static {
+pub trait Admission: Send + Sync + 'static {
     /// What an admitted client is, for the hooks.
     type Admitted: Send + Sync + 'static;
 
@@ -41,14 +41,14 @@ pub(crate) trait Admission: Send + Sync + 'static {
 }
 
 /// A listener's TLS: its one configuration and its admission rule.
-pub(crate) struct Listener<A> {
+pub struct Listener<A> {
     config: Arc<rustls::ServerConfig>,
     admission: A,
 }
 
 impl<A: Admission> Listener<A> {
     /// The listener serving `chain`/`key` whose clients `admission` decides.
-    pub(crate) fn new(
+    pub fn new(
         admission: A,
         chain: &[CertificateDer<'static>],
         key: &PrivateKeyDer<'static>,
@@ -67,7 +67,7 @@ impl<A: Admission> Listener<A> {
 
     /// Admits a client whose certificate chain (leaf first) is `certificates`: `Ok(None)`
     /// without a certificate where none is required.
-    pub(crate) fn admit_chain(
+    pub fn admit_chain(
         &self,
         sni: Option<&str>,
         certificates: &[CertificateDer<'static>],
