@@ -771,6 +771,10 @@ impl RateLimiter {
 }
 
 #[cfg(test)]
+#[path = "claims/core_tests.rs"]
+mod core_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
