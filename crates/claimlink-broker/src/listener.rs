@@ -18,10 +18,12 @@ use crate::hooks::{Hooks, PeerIdentity};
 use crate::router::Router;
 
 /// Bounds on what clients may make the broker hold.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Simultaneous connections per broker.
     pub max_connections: usize,
+    /// Simultaneous connections from one source address (IPv6 by /64), per listener.
+    pub max_per_source: usize,
     /// Largest packet accepted.
     pub max_packet_size: u32,
     /// Incoming unacknowledged QoS 1/2 messages per connection.
@@ -47,10 +49,22 @@ pub struct Limits {
     pub max_offline_messages: usize,
 }
 
+impl Limits {
+    /// What an MQTT listener serving this broker admits.
+    pub fn listener(&self) -> crate::serve::ListenerLimits {
+        crate::serve::ListenerLimits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_per_source,
+            handshake_timeout: self.connect_timeout,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_per_source: 20_000,
             max_packet_size: 128 * 1024 + 1024,
             receive_maximum: 100,
             topic_alias_maximum: 10,
@@ -255,11 +269,7 @@ impl<H: Hooks> Broker<H> {
         shutdown: watch::Receiver<bool>,
     ) -> io::Result<()> {
         self.spawn_sweeper(shutdown.clone());
-        let limits = crate::serve::ListenerLimits {
-            max_connections: self.shared.limits.max_connections,
-            handshake_timeout: self.shared.limits.connect_timeout,
-            ..crate::serve::ListenerLimits::MQTT
-        };
+        let limits = self.shared.limits.listener();
         let me = self.clone();
         let stop = shutdown.clone();
         crate::serve::serve("mqtt", listener, limits, tls, shutdown, move |accepted| {

@@ -18,12 +18,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::AccountServer;
+use claimlink_service::HttpLimits;
 use claimlink_service::api::{
     ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
 };
-
-/// Largest request body.
-const MAX_BODY: usize = 64 * 1024;
 
 type ApiResult = Result<axum::Json<Value>, ApiError>;
 
@@ -259,20 +257,25 @@ pub const ROUTES: &[Route<AccountServer>] = &[
 ];
 
 /// Serves the API on `listener` until shutdown.
-pub async fn serve(server: AccountServer, listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve(server: AccountServer, listener: TcpListener, http: HttpLimits) -> std::io::Result<()> {
     let shutdown = server.shared.shutdown.clone();
-    let app = router(server);
-    claimlink_service::serve_http("admin-api", listener, None, shutdown, move |_| app.clone()).await
+    let app = router_with(server, http.max_body);
+    claimlink_service::serve_http("admin-api", listener, None, http, shutdown, move |_| app.clone()).await
 }
 
 /// The API's routes.
 pub fn router(server: AccountServer) -> Router {
+    router_with(server, HttpLimits::default().max_body)
+}
+
+/// The API's routes, taking request bodies of at most `max_body` bytes.
+pub fn router_with(server: AccountServer, max_body: usize) -> Router {
     claimlink_service::api::router(ROUTES)
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(server)
 }

@@ -442,11 +442,7 @@ impl AccountServer {
             &shared.server_key,
         )
         .map_err(|e| ServerError::Tls(e.to_string()))?;
-        let limits = claimlink_broker::serve::ListenerLimits {
-            max_connections: shared.limits.max_connections,
-            handshake_timeout: shared.limits.connect_timeout,
-            ..claimlink_broker::serve::ListenerLimits::MQTT
-        };
+        let limits = shared.limits.listener();
         let me = self.clone();
         claimlink_broker::serve::serve(
             "account-mqtt",
@@ -475,12 +471,22 @@ impl AccountServer {
         mqtt: SocketAddr,
         api: SocketAddr,
     ) -> Result<(SocketAddr, SocketAddr), ServerError> {
+        self.start_with(mqtt, api, claimlink_service::HttpLimits::default()).await
+    }
+
+    /// [`AccountServer::start`] with the admin API under `http`.
+    pub async fn start_with(
+        &self,
+        mqtt: SocketAddr,
+        api: SocketAddr,
+        http: claimlink_service::HttpLimits,
+    ) -> Result<(SocketAddr, SocketAddr), ServerError> {
         let mqtt_listener = TcpListener::bind(mqtt).await?;
         let api_listener = TcpListener::bind(api).await?;
         let addrs = (mqtt_listener.local_addr()?, api_listener.local_addr()?);
         let me = self.clone();
         spawn_role("account-mqtt", async move { me.serve_mqtt(mqtt_listener).await });
-        spawn_role("admin-api", api::serve(self.clone(), api_listener));
+        spawn_role("admin-api", api::serve(self.clone(), api_listener, http));
         // Changes made by other processes sharing the database reach this one within a minute.
         let me = self.clone();
         let mut shutdown = self.shared.shutdown.clone();

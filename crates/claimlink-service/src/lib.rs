@@ -67,10 +67,38 @@ where
     });
 }
 
-/// How long an HTTP client may take to send a request's headers.
-pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an HTTP connection may sit with nothing read or written.
-pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What an HTTP listener of ours (an API, the portal) admits and holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections open at once from one source address (IPv6 by /64).
+    pub max_per_source: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time a connection may sit with nothing read or written.
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers) buffered, in bytes.
+    pub max_header_bytes: usize,
+    /// Largest JSON request body of an API, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1_024,
+            max_per_source: 64,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_body: 64 * 1024,
+        }
+    }
+}
 
 /// Serves HTTP/1.1 (over TLS when `tls` is given) on `listener` until shutdown, through the
 /// one accept primitive ([`claimlink_broker::serve`]: permits before the handshake, a cap per
@@ -81,13 +109,18 @@ pub async fn serve_http<F>(
     name: &'static str,
     listener: TcpListener,
     tls: Option<Arc<dyn claimlink_broker::TlsSelector>>,
+    http: HttpLimits,
     shutdown: watch::Receiver<bool>,
     app: F,
 ) -> std::io::Result<()>
 where
     F: Fn(&claimlink_broker::serve::Accepted) -> axum::Router + Send + Sync + 'static,
 {
-    let limits = claimlink_broker::serve::ListenerLimits::HTTP;
+    let limits = claimlink_broker::serve::ListenerLimits {
+        max_connections: http.max_connections,
+        max_per_source: http.max_per_source,
+        handshake_timeout: http.handshake_timeout,
+    };
     let stop = shutdown.clone();
     claimlink_broker::serve::serve(name, listener, limits, tls, shutdown, move |conn| {
         let router = app(&conn).layer(axum::Extension(axum::extract::ConnectInfo(conn.addr)));
@@ -97,12 +130,12 @@ where
             let service = hyper_util::service::TowerToHyperService::new(router);
             let io = hyper_util::rt::TokioIo::new(claimlink_broker::serve::IdleTimeout::new(
                 conn.io,
-                HTTP_IDLE_TIMEOUT,
+                http.idle_timeout,
             ));
             let serving = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HTTP_HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
+                .header_read_timeout(http.header_timeout)
+                .max_buf_size(http.max_header_bytes)
                 .serve_connection(io, service);
             tokio::select! {
                 _ = serving => {}

@@ -29,8 +29,6 @@ use claimlink_service::api::{
     ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
 };
 
-const MAX_BODY: usize = 64 * 1024;
-
 type ApiResult = Result<Response, ApiError>;
 
 fn ok(v: Value) -> ApiResult {
@@ -48,7 +46,8 @@ pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Res
     use crate::server::StagingAdmitted;
     let app = router(server.clone());
     let shutdown = server.shared.shutdown.clone();
-    claimlink_service::serve_http("staging-api", listener, Some(config), shutdown, move |conn| {
+    let http = server.shared.http;
+    claimlink_service::serve_http("staging-api", listener, Some(config), http, shutdown, move |conn| {
         let peer = match conn.admission.as_deref().and_then(|a| a.downcast_ref::<StagingAdmitted>()) {
             Some(StagingAdmitted::ClaimThing { oem }) => Some(oem.clone()),
             _ => None,
@@ -207,12 +206,13 @@ async fn openapi() -> axum::Json<Value> {
 
 /// The staging API's routes.
 pub fn router(server: StagingServer) -> Router {
+    let max_body = server.shared.http.max_body;
     claimlink_service::api::router(ROUTES)
         .route("/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(Arc::new(server))
 }

@@ -27,29 +27,67 @@ use axum::routing::{get, post};
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpListener;
 
+use crate::claims::ClaimPolicy;
 use crate::server::{StagingServer, config_message};
 use claimlink_mqtt::packet::Publish;
 
-/// Largest photo accepted.
-const MAX_UPLOAD: usize = 8 * 1024 * 1024;
-/// Largest form (sign-in, add device) accepted.
-const MAX_FORM: usize = 16 * 1024;
-/// Argon2id hashes computed at once (19 MiB each), and sign-ups/sign-ins that may wait.
-const ARGON2_RUNNING: usize = 2;
-const ARGON2_WAITING: usize = 32;
-/// QR photos decoded at once (up to 8 MiB upload + 160 MiB decoding each), and uploads that
-/// may wait (their bodies are read only once they have a place).
-const QR_RUNNING: usize = 1;
-const QR_WAITING: usize = 2;
-/// Longest wait for a place in a pool.
-const POOL_WAIT: Duration = Duration::from_secs(10);
-/// Failed sign-ins before a lockout: per account, per source address.
-const SIGNIN_FREE_PER_ACCOUNT: i64 = 5;
-const SIGNIN_FREE_PER_SOURCE: i64 = 20;
-/// Largest image side decoded.
-const MAX_SIDE: u32 = 6000;
-/// Session lifetime.
-const SESSION_MS: i64 = 12 * 3600 * 1000;
+/// What the portal holds for the strangers who use it. Sign-in failures lock out the account
+/// name and the source address with the claims' schedule ([`ClaimPolicy`]), from their own
+/// free allowances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PortalLimits {
+    /// Largest label photo accepted, in bytes.
+    pub max_upload: usize,
+    /// Largest form (sign-in, add device), in bytes.
+    pub max_form: usize,
+    /// Argon2id hashes computed at once (19 MiB each).
+    pub argon2_running: usize,
+    /// Sign-ups and sign-ins that may wait for one.
+    pub argon2_waiting: usize,
+    /// QR photos decoded at once (up to `max_upload` plus 160 MiB of decoder memory each).
+    pub qr_running: usize,
+    /// Uploads that may wait (their bodies are read only once they have a place).
+    pub qr_waiting: usize,
+    /// Longest wait for a place in a pool.
+    pub pool_wait: Duration,
+    /// Largest image side decoded, in pixels.
+    pub max_image_side: u32,
+    /// Session lifetime.
+    pub session: Duration,
+    /// Lockouts of an account name after failed sign-ins.
+    pub signin_per_account: ClaimPolicy,
+    /// Lockouts of a source address after failed sign-ins.
+    pub signin_per_source: ClaimPolicy,
+    /// The portal's HTTP listener.
+    pub http: claimlink_service::HttpLimits,
+}
+
+impl Default for PortalLimits {
+    fn default() -> Self {
+        // 30 s doubling per further failure, up to 15 minutes, forgotten after a quiet day.
+        let signin = ClaimPolicy {
+            free_wrong_codes: 5,
+            first_lockout_ms: 30_000,
+            max_lockout_ms: 15 * 60_000,
+            ..ClaimPolicy::default()
+        };
+        Self {
+            max_upload: 8 * 1024 * 1024,
+            max_form: 16 * 1024,
+            argon2_running: 2,
+            argon2_waiting: 32,
+            qr_running: 1,
+            qr_waiting: 2,
+            pool_wait: Duration::from_secs(10),
+            max_image_side: 6000,
+            session: Duration::from_secs(12 * 3600),
+            signin_per_account: signin,
+            signin_per_source: ClaimPolicy { free_wrong_codes: 20, ..signin },
+            http: claimlink_service::HttpLimits::default(),
+        }
+    }
+}
+
 const COOKIE: &str = "claimlink_session";
 
 /// Which OEM the portal serves.
@@ -63,6 +101,8 @@ pub struct PortalConfig {
     pub staging_endpoint: String,
     /// Shown in page titles.
     pub title: String,
+    /// What it holds for strangers.
+    pub limits: PortalLimits,
 }
 
 /// The OEM's account as its portal needs it (the portal is the OEM's, and staging knows no
@@ -87,6 +127,7 @@ struct Inner {
 struct Pool {
     places: Arc<tokio::sync::Semaphore>,
     running: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
 }
 
 /// A place in a [`Pool`], held while the work runs.
@@ -96,10 +137,11 @@ struct Place {
 }
 
 impl Pool {
-    fn new(running: usize, waiting: usize) -> Self {
+    fn new(running: usize, waiting: usize, wait: Duration) -> Self {
         Self {
             places: Arc::new(tokio::sync::Semaphore::new(running + waiting)),
             running: Arc::new(tokio::sync::Semaphore::new(running)),
+            wait,
         }
     }
 
@@ -107,7 +149,7 @@ impl Pool {
     async fn enter(&self) -> Option<Place> {
         let place = self.places.clone().try_acquire_owned().ok()?;
         let running =
-            tokio::time::timeout(POOL_WAIT, self.running.clone().acquire_owned()).await.ok()?.ok()?;
+            tokio::time::timeout(self.wait, self.running.clone().acquire_owned()).await.ok()?.ok()?;
         Some(Place { _place: place, _running: running })
     }
 }
@@ -144,15 +186,18 @@ fn esc(s: &str) -> String {
 impl Portal {
     /// A portal for one OEM.
     pub fn new(staging: StagingServer, account: Arc<dyn OemAccount>, config: PortalConfig) -> Self {
-        let (argon2, qr) = (Pool::new(ARGON2_RUNNING, ARGON2_WAITING), Pool::new(QR_RUNNING, QR_WAITING));
+        let l = &config.limits;
+        let argon2 = Pool::new(l.argon2_running, l.argon2_waiting, l.pool_wait);
+        let qr = Pool::new(l.qr_running, l.qr_waiting, l.pool_wait);
         Self { inner: Arc::new(Inner { staging, account, config, argon2, qr }) }
     }
 
     /// Serves on `listener` until the staging service shuts down.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let shutdown = self.inner.staging.shared.shutdown.clone();
+        let http = self.inner.config.limits.http;
         let app = self.router();
-        claimlink_service::serve_http("portal", listener, None, shutdown, move |_| app.clone()).await
+        claimlink_service::serve_http("portal", listener, None, http, shutdown, move |_| app.clone()).await
     }
 
     /// The routes.
@@ -164,10 +209,13 @@ impl Portal {
             .route("/signout", post(signout))
             .route("/devices", get(devices))
             .route("/devices/add", post(add_device))
-            .route("/devices/scan", post(scan_device).layer(DefaultBodyLimit::max(MAX_UPLOAD)))
+            .route(
+                "/devices/scan",
+                post(scan_device).layer(DefaultBodyLimit::max(self.inner.config.limits.max_upload)),
+            )
             .route("/devices/{thing}", get(device_status))
             .route("/devices/{thing}/release", post(release))
-            .layer(DefaultBodyLimit::max(MAX_FORM))
+            .layer(DefaultBodyLimit::max(self.inner.config.limits.max_form))
             .with_state(self)
     }
 
@@ -230,15 +278,15 @@ input{{margin:.2rem 0}} fieldset{{margin:1rem 0}}</style></head><body><header><s
     async fn signin_failed(&self, keys: &[String]) -> Result<(), Response> {
         let now = claimlink_registry::now();
         let mut tx = self.inner.staging.store().begin().await.map_err(|e| self.internal(e))?;
+        let l = &self.inner.config.limits;
         for (i, key) in keys.iter().enumerate() {
+            let policy = if i == 0 { &l.signin_per_account } else { &l.signin_per_source };
             let failed = tx
-                .count_claimer_failure(key, now - 24 * 3600 * 1000, now)
+                .count_claimer_failure(key, now - policy.quiet_ms, now)
                 .await
                 .map_err(|e| self.internal(e))?;
-            let free = if i == 0 { SIGNIN_FREE_PER_ACCOUNT } else { SIGNIN_FREE_PER_SOURCE };
-            if failed > free {
-                // 30 s doubling per further failure, up to 15 minutes.
-                let lock = (30_000i64 << (failed - free - 1).min(5)).min(15 * 60_000);
+            let lock = policy.lockout_ms(failed);
+            if lock > 0 {
                 tx.lock_claimer_until(key, now + lock).await.map_err(|e| self.internal(e))?;
             }
         }
@@ -352,11 +400,11 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-fn with_session(token: &str, to: &str) -> Response {
+fn with_session(token: &str, to: &str, session: Duration) -> Response {
     let mut r = Redirect::to(to).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_MS / 1000
+        session.as_secs()
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -448,9 +496,12 @@ async fn signup(State(p): State<Portal>, headers: HeaderMap, Form(c): Form<Crede
         }
         Err(e) => return Err(p.internal(e)),
     };
-    let token = tx.create_portal_session(id, SESSION_MS).await.map_err(|e| p.internal(e))?;
+    let token = tx
+        .create_portal_session(id, p.inner.config.limits.session.as_millis() as i64)
+        .await
+        .map_err(|e| p.internal(e))?;
     tx.commit().await.map_err(|e| p.internal(e))?;
-    Ok(with_session(&token, "/devices"))
+    Ok(with_session(&token, "/devices", p.inner.config.limits.session))
 }
 
 async fn signin(
@@ -510,9 +561,12 @@ async fn signin(
         Some(u) => {
             let mut tx = p.inner.staging.store().begin().await.map_err(|e| p.internal(e))?;
             tx.clear_lockout(&keys[0]).await.map_err(|e| p.internal(e))?;
-            let token = tx.create_portal_session(u.id, SESSION_MS).await.map_err(|e| p.internal(e))?;
+            let token = tx
+                .create_portal_session(u.id, p.inner.config.limits.session.as_millis() as i64)
+                .await
+                .map_err(|e| p.internal(e))?;
             tx.commit().await.map_err(|e| p.internal(e))?;
-            Ok(with_session(&token, "/devices"))
+            Ok(with_session(&token, "/devices", p.inner.config.limits.session))
         }
         None => Err({
             p.signin_failed(&keys).await?;
@@ -569,13 +623,13 @@ async fn add_device(
 }
 
 /// Decodes the first QR code in an image (PNG or JPEG).
-fn decode_qr(bytes: &[u8]) -> Result<String, &'static str> {
+fn decode_qr(bytes: &[u8], max_side: u32) -> Result<String, &'static str> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|_| "the upload is not an image")?;
     let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
     limits.max_alloc = Some(160 * 1024 * 1024);
     reader.limits(limits);
     let img =
@@ -610,9 +664,10 @@ async fn scan_device(
     let Some(photo) = photo.filter(|b| !b.is_empty()) else {
         return Err(p.scan_error(&user, "no photo was uploaded").await);
     };
+    let max_side = p.inner.config.limits.max_image_side;
     let text = match tokio::task::spawn_blocking(move || {
         let _place = place;
-        decode_qr(&photo)
+        decode_qr(&photo, max_side)
     })
     .await
     {

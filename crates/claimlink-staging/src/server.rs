@@ -36,30 +36,37 @@ use claimlink_service::{ServerError, ServerIdentity, client_chain};
 /// The configuration topic suffix.
 pub const CONFIG_TOPIC: &str = "expresslink_config";
 
-/// Largest claim payload accepted over MQTT.
-const MAX_CLAIM_PAYLOAD: usize = 4096;
-/// Claims waiting for the registry at once.
-const MAX_CLAIMS_IN_FLIGHT: usize = 256;
-/// Claimers whose rate-limited claims are tallied in memory at once.
-const MAX_TALLIES: usize = 10_000;
-
-/// Rate limits on claims.
-#[derive(Debug, Clone, Copy)]
+/// What staging holds for claims before the registry sees them: rates, queues, sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClaimLimits {
     /// Claims per second per OEM (sustained).
     pub per_oem_rate: f64,
     /// Burst per OEM.
     pub per_oem_burst: f64,
-    /// Claims per second per device (sustained).
+    /// Claims per second per claimer and device (sustained).
     pub per_device_rate: f64,
-    /// Burst per device.
+    /// Burst per claimer and device.
     pub per_device_burst: f64,
+    /// Claims waiting for the registry at once; more are refused `RateLimited` at once.
+    pub in_flight: usize,
+    /// Largest claim JSON accepted over MQTT, in bytes.
+    pub max_payload: usize,
+    /// Claimers whose rate-limited claims are tallied in memory at once.
+    pub max_tallies: usize,
 }
 
 impl Default for ClaimLimits {
     fn default() -> Self {
         // An OEM's portal claiming a whole pallet at once is fine; one device hammered is not.
-        Self { per_oem_rate: 2000.0, per_oem_burst: 4000.0, per_device_rate: 0.2, per_device_burst: 5.0 }
+        Self {
+            per_oem_rate: 2000.0,
+            per_oem_burst: 4000.0,
+            per_device_rate: 0.2,
+            per_device_burst: 5.0,
+            in_flight: 256,
+            max_payload: 4096,
+            max_tallies: 10_000,
+        }
     }
 }
 
@@ -68,10 +75,14 @@ impl Default for ClaimLimits {
 pub struct StagingConfig {
     /// Birth certificates must chain to one of these.
     pub manufacturer_cas: Vec<Certificate>,
-    /// Claim rate limits.
+    /// Claim rate limits, queues and sizes.
     pub claim_limits: ClaimLimits,
+    /// The lockout schedule and windows of the claim decision.
+    pub claim_policy: crate::claims::ClaimPolicy,
     /// MQTT limits.
     pub limits: Limits,
+    /// The staging API's HTTP limits.
+    pub http: claimlink_service::HttpLimits,
     /// Signs claim tickets and release notices (claim-bound admission); `None`: deliveries
     /// carry no ticket, as AWS's do.
     pub ticket_signer: Option<Arc<dyn claimlink_pki::Signer>>,
@@ -82,6 +93,8 @@ impl std::fmt::Debug for StagingConfig {
         f.debug_struct("StagingConfig")
             .field("manufacturer_cas", &self.manufacturer_cas.len())
             .field("claim_limits", &self.claim_limits)
+            .field("claim_policy", &self.claim_policy)
+            .field("http", &self.http)
             .field("limits", &self.limits)
             .field("ticket_signer", &self.ticket_signer.as_ref().map(|s| s.public_key()))
             .finish()
@@ -111,6 +124,10 @@ pub(crate) struct StagingShared {
     /// Rate-limited claims not yet written, per claimer: (count, last write in Unix ms).
     refused: Mutex<HashMap<String, (i64, i64)>>,
     claims_in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) claim_limits: ClaimLimits,
+    claim_policy: crate::claims::ClaimPolicy,
+    pub(crate) config_limits: Limits,
+    pub(crate) http: claimlink_service::HttpLimits,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
     ticket_signer: Option<Arc<dyn claimlink_pki::Signer>>,
@@ -203,7 +220,11 @@ impl StagingServer {
                 RateLimiter::new(l.per_device_rate, l.per_device_burst),
             )),
             refused: Mutex::new(HashMap::new()),
-            claims_in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CLAIMS_IN_FLIGHT)),
+            claims_in_flight: Arc::new(tokio::sync::Semaphore::new(l.in_flight)),
+            claim_limits: l,
+            claim_policy: config.claim_policy,
+            config_limits: config.limits.clone(),
+            http: config.http,
             server_chain,
             server_key,
             ticket_signer: config.ticket_signer,
@@ -251,7 +272,7 @@ impl StagingServer {
             return Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None });
         }
         let now = claimlink_registry::now();
-        // At most MAX_CLAIMS_IN_FLIGHT claims wait for the registry; more are refused at once
+        // At most `in_flight` claims wait for the registry; more are refused at once
         // (a flood from an MQTT claim-thing cannot pile up tasks behind a slow database).
         let Ok(_in_flight) = self.shared.claims_in_flight.clone().try_acquire_owned() else {
             self.tally_rate_limited(request, now);
@@ -266,7 +287,9 @@ impl StagingServer {
             self.tally_rate_limited(request, now);
             return Ok(ClaimOutcome::Rejected { reason: Rejection::RateLimited, retry_at: None });
         }
-        let outcome = claims::claim(&self.shared.store, request).await?;
+        let outcome =
+            claims::claim_with(&self.shared.store, &self.shared.claim_policy, &claims::SystemClock, request)
+                .await?;
         if let ClaimOutcome::Accepted { endpoint, delivered: false, claim_id, certificate_id } = &outcome {
             self.deliver(request.thing_name, endpoint, *claim_id, certificate_id.as_deref());
         }
@@ -353,9 +376,10 @@ impl StagingServer {
     fn tally_rate_limited(&self, request: &ClaimRequest<'_>, now: i64) {
         let claimer = request.claimer_name();
         let due = Some(claimlink_service::lock(&self.shared.refused)).and_then(|mut tally| {
-            if tally.len() >= MAX_TALLIES && !tally.contains_key(&claimer) {
+            let max = self.shared.claim_limits.max_tallies;
+            if tally.len() >= max && !tally.contains_key(&claimer) {
                 tally.retain(|_, (n, _)| *n > 0);
-                if tally.len() >= MAX_TALLIES {
+                if tally.len() >= max {
                     return None; // counted nowhere rather than grow without bound
                 }
             }
@@ -398,7 +422,7 @@ impl StagingServer {
     /// Serves MQTT over mutual TLS on `listener` until shutdown.
     pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
         let config: Arc<dyn claimlink_broker::TlsSelector> = Arc::new(self.tls(true)?);
-        let limits = claimlink_broker::serve::ListenerLimits::MQTT;
+        let limits = self.shared.config_limits.listener();
         let me = self.clone();
         let shutdown = self.shared.shutdown.clone();
         claimlink_broker::serve::serve(
@@ -550,7 +574,7 @@ impl StagingHooks {
         let Some(server) = self.server() else { return };
         let oem = oem.to_owned();
         let thing = thing.to_owned();
-        let parsed = parse_claim(payload);
+        let parsed = parse_claim(payload, self.shared.claim_limits.max_payload);
         tokio::spawn(async move {
             let (endpoint, code) = parsed.unwrap_or_default();
             let request = ClaimRequest {
@@ -633,11 +657,13 @@ pub(crate) fn config_gate(ctx: &StagingPeer, message: &Inbound<'_>) -> Verdict {
     }
 }
 
-/// The claim's JSON: `Endpoint` (required) and `ClaimCode` (optional); other fields ignored.
-type ParsedClaim = (String, Option<zeroize::Zeroizing<String>>);
+/// A claim's JSON as a claim-thing publishes it: the endpoint and the claim code, if any.
+pub type ParsedClaim = (String, Option<zeroize::Zeroizing<String>>);
 
-fn parse_claim(payload: &[u8]) -> Option<ParsedClaim> {
-    if payload.len() > MAX_CLAIM_PAYLOAD {
+/// Reads a claim's JSON (`Endpoint` required, `ClaimCode` optional, other fields ignored) of at
+/// most `max_len` bytes; `None` for anything else.
+pub fn parse_claim(payload: &[u8], max_len: usize) -> Option<ParsedClaim> {
+    if payload.len() > max_len {
         return None;
     }
     let v: serde_json::Value = serde_json::from_slice(payload).ok()?;

@@ -2,15 +2,14 @@
 //! everything) on TCP and TLS listeners - for interop tests and benchmarks.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::{ListenerSection, ListenerTls};
 use anyhow::{Context, Result, bail};
 use claimlink_broker::tls::{ClientAuth, server_config};
-use claimlink_broker::{AllowAll, Broker, Limits, TlsSelector};
+use claimlink_broker::{AllowAll, Broker, TlsSelector};
 use claimlink_pki::{Certificate, pem};
-use serde::Deserialize;
 
 use crate::files::read_bounded;
 
@@ -22,65 +21,14 @@ pub(crate) struct BrokerArgs {
     config: PathBuf,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BrokerFile {
-    listener: Vec<ListenerFile>,
-    #[serde(default)]
-    limits: LimitsFile,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListenerFile {
-    bind: SocketAddr,
-    tls: Option<TlsFile>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsFile {
-    certificate: PathBuf,
-    private_key: PathBuf,
-    client_ca: Option<PathBuf>,
-    #[serde(default = "required")]
-    client_auth: String,
-}
-
-fn required() -> String {
-    "required".into()
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LimitsFile {
-    max_connections: Option<usize>,
-    max_packet_size: Option<u32>,
-    max_queued: Option<usize>,
-    receive_maximum: Option<u16>,
-    max_session_expiry_secs: Option<u64>,
-    max_offline_messages: Option<usize>,
-}
-
 /// `claimlink broker`.
 pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
-    let text = String::from_utf8(read_bounded(&args.config, 1 << 20)?)
-        .with_context(|| format!("{} is not UTF-8", args.config.display()))?;
-    let file: BrokerFile = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    let file = crate::config::Config::load(&args.config)?;
     if file.listener.is_empty() {
         bail!("{}: no [[listener]]", args.config.display());
     }
     let base = args.config.parent().unwrap_or(Path::new("."));
-    let mut limits = Limits::default();
-    let l = &file.limits;
-    limits.max_connections = l.max_connections.unwrap_or(limits.max_connections);
-    limits.max_packet_size = l.max_packet_size.unwrap_or(limits.max_packet_size);
-    limits.max_queued = l.max_queued.unwrap_or(limits.max_queued);
-    limits.receive_maximum = l.receive_maximum.unwrap_or(limits.receive_maximum);
-    if let Some(secs) = l.max_session_expiry_secs {
-        limits.max_session_expiry = std::time::Duration::from_secs(secs);
-    }
-    limits.max_offline_messages = l.max_offline_messages.unwrap_or(limits.max_offline_messages);
+    let limits = file.broker_limits();
     let tls: Vec<Option<Arc<dyn TlsSelector>>> = file
         .listener
         .iter()
@@ -92,7 +40,7 @@ pub(crate) fn run(args: &BrokerArgs) -> Result<()> {
 
 async fn serve(
     broker: Broker<AllowAll>,
-    listeners: &[ListenerFile],
+    listeners: &[ListenerSection],
     tls: Vec<Option<Arc<dyn TlsSelector>>>,
 ) -> Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -124,7 +72,7 @@ async fn serve(
     Ok(())
 }
 
-fn tls_config(base: &Path, t: &TlsFile) -> Result<Arc<dyn TlsSelector>> {
+fn tls_config(base: &Path, t: &ListenerTls) -> Result<Arc<dyn TlsSelector>> {
     let path = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
     let (cert_path, key_path) = (path(&t.certificate), path(&t.private_key));
     let chain = Certificate::chain_from_pem(&read_bounded(&cert_path, 1 << 20)?)

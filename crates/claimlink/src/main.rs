@@ -5,6 +5,7 @@
 mod bench_cmd;
 mod broker_cmd;
 mod ca;
+mod config;
 mod device_cmd;
 mod files;
 mod fleet;
@@ -42,6 +43,9 @@ enum Command {
     Up(up::UpArgs),
     /// Run a plain MQTT broker (TCP and TLS listeners) from a TOML configuration.
     Broker(broker_cmd::BrokerArgs),
+    /// The configuration file every role reads: print a commented default, check one.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Manufacturer CA: create it, issue device identities, sign CSRs, verify chains.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(&args),
         Command::Broker(args) => broker_cmd::run(&args),
+        Command::Config(c) => config::run(&c),
         Command::Server(args) => server_cmd::run(&args),
         Command::Account(AccountCommand::Create(args)) => server_cmd::account_create(&args),
         Command::Staging(StagingCommand::ImportManifest(args)) => staging_cmd::import_manifest(&args),

@@ -2,67 +2,20 @@
 //! account, chosen by SNI, and the admin API); `claimlink account create`: the operator's way
 //! to open an account and get its first API token.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use claimlink_broker::Limits;
 use claimlink_server::{AccountServer, ServerIdentity};
-use serde::Deserialize;
 
 use crate::files::read_bounded;
 
 /// `server` arguments.
 #[derive(clap::Args)]
 pub(crate) struct ServerArgs {
-    /// TOML configuration: `database`, `mqtt`, `api` and `[tls] certificate / private_key`.
+    /// TOML configuration (`claimlink config default`): `database`, `mqtt`, `api`, `[tls]`,
+    /// and optionally `[staging]` and the bounds of every role.
     #[arg(long)]
     config: PathBuf,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServerFile {
-    /// `sqlite://PATH` or `postgres://...` (else `$DATABASE_URL`).
-    database: Option<String>,
-    mqtt: SocketAddr,
-    api: SocketAddr,
-    tls: TlsFile,
-    #[serde(default)]
-    limits: LimitsFile,
-    /// Run staging too.
-    staging: Option<StagingFile>,
-}
-
-/// `[staging]`: the module maker's staging service in the same process.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StagingFile {
-    /// MQTT over mutual TLS for devices and claim-things.
-    mqtt: SocketAddr,
-    /// HTTPS API (administrators with tokens, claim-things with their certificate).
-    api: SocketAddr,
-    /// PEM files of the manufacturer CAs whose birth certificates are accepted.
-    manufacturer_cas: Vec<PathBuf>,
-    /// The key (PKCS#8 PEM, SM2 or P-256) that signs claim tickets and release notices; an
-    /// account trusts its public key with `PUT /claim-issuers/{name}`. Without it, deliveries
-    /// carry no ticket (AWS-compatible).
-    #[serde(default)]
-    ticket_key: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TlsFile {
-    certificate: PathBuf,
-    private_key: PathBuf,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LimitsFile {
-    max_connections: Option<usize>,
-    max_queued: Option<usize>,
 }
 
 /// The registry to use: what the command line or the configuration file says, else
@@ -76,25 +29,24 @@ pub(crate) fn database_url(configured: Option<&str>) -> Result<String> {
 
 /// `claimlink server`.
 pub(crate) fn run(args: &ServerArgs) -> Result<()> {
-    let text = String::from_utf8(read_bounded(&args.config, 1 << 20)?)
-        .with_context(|| format!("{} is not UTF-8", args.config.display()))?;
-    let file: ServerFile = toml::from_str(&text).with_context(|| format!("{}", args.config.display()))?;
+    let file = crate::config::Config::load(&args.config)?;
+    let (Some(mqtt_addr), Some(api_addr), Some(tls)) = (file.mqtt, file.api, &file.tls) else {
+        anyhow::bail!("{}: `server` needs `mqtt`, `api` and [tls]", args.config.display());
+    };
     let base = args.config.parent().unwrap_or(Path::new("."));
     let path = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
     let identity = ServerIdentity {
-        chain_pem: String::from_utf8(read_bounded(&path(&file.tls.certificate), 1 << 20)?)?,
-        key_pem: String::from_utf8(read_bounded(&path(&file.tls.private_key), 1 << 20)?)?.into(),
+        chain_pem: String::from_utf8(read_bounded(&path(&tls.certificate), 1 << 20)?)?,
+        key_pem: String::from_utf8(read_bounded(&path(&tls.private_key), 1 << 20)?)?.into(),
     };
     let url = database_url(file.database.as_deref())?;
-    let mut limits = Limits::default();
-    limits.max_connections = file.limits.max_connections.unwrap_or(limits.max_connections);
-    limits.max_queued = file.limits.max_queued.unwrap_or(limits.max_queued);
+    let limits = file.broker_limits();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server = AccountServer::new(store.clone(), &identity, limits.clone(), shutdown.clone()).await?;
-        let (mqtt, api) = server.start(file.mqtt, file.api).await?;
+        let (mqtt, api) = server.start_with(mqtt_addr, api_addr, file.http_limits()).await?;
         let staging = match &file.staging {
             Some(st) => {
                 let mut cas = Vec::new();
@@ -114,10 +66,13 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
                     }
                     None => None,
                 };
+                let (claim_limits, claim_policy) = file.claims();
                 let config = claimlink_staging::StagingConfig {
                     manufacturer_cas: cas,
-                    claim_limits: Default::default(),
+                    claim_limits,
+                    claim_policy,
                     limits: limits.clone(),
+                    http: file.http_limits(),
                     ticket_signer,
                 };
                 let staging =

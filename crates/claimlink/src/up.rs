@@ -53,6 +53,10 @@ pub(crate) struct UpArgs {
     /// claimed or not (by default the account requires staging's claim ticket).
     #[arg(long)]
     no_require_claim: bool,
+    /// A configuration file whose `[limits]`, `[http]`, `[claims]` and `[portal]` bound the
+    /// roles `up` runs (`claimlink config default` prints one).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 const STAGING_HOST: &str = "staging.localhost";
@@ -266,6 +270,10 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
 
 /// `claimlink up`.
 pub(crate) fn run(args: &UpArgs) -> Result<()> {
+    let settings = match &args.config {
+        Some(path) => crate::config::Config::load(path)?,
+        None => crate::config::Config::default(),
+    };
     let paths = Paths { data: args.data.clone() };
     let _passphrase = prepare_files(args, &paths)?;
     let manufacturer_root = Certificate::from_pem(
@@ -284,15 +292,18 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (oem_id, account_id) = prepare_registry(args, &paths, &store).await?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let (claim_limits, claim_policy) = settings.claims();
         let config = StagingConfig {
             manufacturer_cas: vec![manufacturer_root],
-            claim_limits: Default::default(),
-            limits: Default::default(),
+            claim_limits,
+            claim_policy,
+            limits: settings.broker_limits(),
+            http: settings.http_limits(),
             ticket_signer: Some(std::sync::Arc::new(ticket_signer)),
         };
         let staging = StagingServer::new(store.clone(), &identity, config, shutdown.clone()).await?;
         let account =
-            AccountServer::new(store.clone(), &identity, Default::default(), shutdown.clone()).await?;
+            AccountServer::new(store.clone(), &identity, settings.broker_limits(), shutdown.clone()).await?;
         // One process: staging tells the account of every release at once (an account run
         // elsewhere gets the signed notice from the claim API's release answer instead).
         let to_account = account.clone();
@@ -312,12 +323,15 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let staging_mqtt = bind(args.staging_mqtt, "--staging-mqtt").await?;
         let staging_api = bind(args.staging_api, "--staging-api").await?;
         let portal_listener = bind(args.portal, "--portal").await?;
-        let (mqtt, api) = account.start(args.account_mqtt, args.admin_api).await.with_context(|| {
-            format!(
-                "cannot listen on {} or {} (choose others with --account-mqtt, --admin-api)",
-                args.account_mqtt, args.admin_api
-            )
-        })?;
+        let (mqtt, api) = account
+            .start_with(args.account_mqtt, args.admin_api, settings.http_limits())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} or {} (choose others with --account-mqtt, --admin-api)",
+                    args.account_mqtt, args.admin_api
+                )
+            })?;
         let s = staging.clone();
         claimlink_server::spawn_role("staging-mqtt", async move { s.serve_mqtt(staging_mqtt).await });
         claimlink_server::spawn_role(
@@ -332,6 +346,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
                 endpoint: format!("{OEM_HOST}:{}", args.account_mqtt.port()),
                 staging_endpoint: format!("{STAGING_HOST}:{}", args.staging_mqtt.port()),
                 title: OEM_NAME.into(),
+                limits: settings.portal_limits(),
             },
         );
         claimlink_server::spawn_role("portal", portal.serve(portal_listener));
