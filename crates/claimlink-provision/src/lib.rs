@@ -13,57 +13,22 @@
 
 #![forbid(unsafe_code)]
 
-mod template;
-pub mod ticket;
-
-pub use template::{Expr, MAX_TEMPLATE_BYTES, Override, Parameters, Plan, SubPart, Template, ThingPlan};
+pub use claimlink_template::{
+    CERTIFICATE_ID_PARAMETER, CERTIFICATE_PARAMETERS, DoesNotFit, Expr, MAX_TEMPLATE_BYTES, Override,
+    Parameters, Plan, SubPart, Template, TemplateError, ThingPlan,
+};
 
 use std::collections::BTreeMap;
 
 use claimlink_pki::Certificate;
-use claimlink_pki::name::{attr, attribute};
+use claimlink_pki::name::attribute;
 use claimlink_registry::{
     Account, AuditRecord, CertificateRecord, CertificateStatus, ProvisioningFailure, RegistryError, Store, Tx,
 };
 use serde_json::Value;
 
-use template::fit;
-
-/// The certificate subject parameters a template may declare, with the X.520 attribute each
-/// one reads.
-pub const CERTIFICATE_PARAMETERS: [(&str, der::asn1::ObjectIdentifier); 7] = [
-    ("AWS::IoT::Certificate::Country", attr::COUNTRY),
-    ("AWS::IoT::Certificate::Organization", attr::ORGANIZATION),
-    ("AWS::IoT::Certificate::OrganizationalUnit", attr::ORGANIZATIONAL_UNIT),
-    ("AWS::IoT::Certificate::DistinguishedNameQualifier", attr::DN_QUALIFIER),
-    ("AWS::IoT::Certificate::StateName", attr::STATE),
-    ("AWS::IoT::Certificate::CommonName", attr::COMMON_NAME),
-    ("AWS::IoT::Certificate::SerialNumber", attr::SERIAL_NUMBER),
-];
-
-/// The registry's id of the certificate being provisioned.
-pub const CERTIFICATE_ID_PARAMETER: &str = "AWS::IoT::Certificate::Id";
-
-/// A template that does not validate. [`TemplateError::code`] is stable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TemplateError {
-    /// Not JSON, or not the template shape.
-    #[error("invalid template: {0}")]
-    Invalid(String),
-    /// Larger than 10 KiB.
-    #[error("the template body is {0} bytes; the limit is 10240")]
-    TooLarge(usize),
-}
-
-impl TemplateError {
-    /// A stable error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Invalid(_) => "InvalidRequestException",
-            Self::TooLarge(_) => "LimitExceededException",
-        }
-    }
+fn fit(msg: &str) -> ProvisionError {
+    ProvisionError::DoesNotFit(msg.to_owned())
 }
 
 /// Why provisioning failed (recorded, and shown to the account owner).
@@ -81,6 +46,12 @@ pub enum ProvisionError {
     /// The registry refused a step.
     #[error("{0}")]
     Registry(#[from] RegistryError),
+}
+
+impl From<DoesNotFit> for ProvisionError {
+    fn from(e: DoesNotFit) -> Self {
+        Self::DoesNotFit(e.0)
+    }
 }
 
 impl ProvisionError {
@@ -267,7 +238,10 @@ async fn apply(
     if let Some(thing) = &thing_name {
         tx.link_thing_principal(a, thing, &record.id).await?;
     }
-    let status = plan.certificate_status.unwrap_or(CertificateStatus::Active);
+    let status = match plan.certificate_status {
+        Some(s) => CertificateStatus::parse(s).map_err(|e| fit(&e.to_string()))?,
+        None => CertificateStatus::Active,
+    };
     tx.set_new_certificate_status(a, &mut record, status).await?;
     Ok(Provisioned { certificate: record, thing_name, policies })
 }

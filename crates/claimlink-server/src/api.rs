@@ -1117,9 +1117,9 @@ async fn release_claim(
             "the account is not loaded",
         )
     })?;
-    let ticket = claimlink_provision::ticket::verify_release(notice, &entry.claim_issuers)
+    let ticket = claimlink_claim::ticket::verify_release(notice, &entry.claim_issuers)
         .map_err(|e| ApiError::bad(format!("releaseNotice: {e}")))?;
-    if !ticket.aud.eq_ignore_ascii_case(&claimlink_provision::ticket::audience(&a.endpoint)) {
+    if !ticket.aud.eq_ignore_ascii_case(&claimlink_claim::ticket::audience(&a.endpoint)) {
         return Err(ApiError::bad("releaseNotice is for another endpoint"));
     }
     s.claim_released(&ticket).await.map_err(|e| {

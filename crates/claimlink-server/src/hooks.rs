@@ -168,7 +168,7 @@ impl AccountHooks {
         entry: &crate::AccountEntry,
         certificate_id: &str,
     ) -> Result<(), ReasonCode> {
-        use claimlink_provision::ticket;
+        use claimlink_claim::ticket;
         let refuse = |why: &dyn std::fmt::Display| {
             tracing::info!(client_id = request.client_id, certificate = certificate_id, reason = %why,
                 "no valid claim for this device; refused");

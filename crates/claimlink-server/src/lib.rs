@@ -387,7 +387,7 @@ impl AccountServer {
     /// that claim (audited) and its live sessions end. Returns whether an account took it.
     pub async fn claim_released(
         &self,
-        ticket: &claimlink_provision::ticket::ClaimTicket,
+        ticket: &claimlink_claim::ticket::ClaimTicket,
     ) -> Result<bool, ServerError> {
         let Some(entry) = self.entry_for_host(&ticket.aud) else { return Ok(false) };
         let account = &entry.account;

@@ -12,7 +12,7 @@
 //! - [`portal`]: an OEM's registration portal, which claims as its OEM.
 //!
 //! The account endpoint (`claimlink-server`) knows nothing of this crate; the two meet in the
-//! signed claim tickets and release notices (`claimlink_provision::ticket`).
+//! signed claim tickets and release notices (`claimlink_claim::ticket`).
 
 #![forbid(unsafe_code)]
 

@@ -109,7 +109,7 @@ pub type ReleaseSink = Arc<dyn Fn(&ReleaseNotice) + Send + Sync>;
 #[derive(Debug, Clone)]
 pub struct ReleaseNotice {
     /// What ended.
-    pub ticket: claimlink_provision::ticket::ClaimTicket,
+    pub ticket: claimlink_claim::ticket::ClaimTicket,
     /// The signed notice (`clr1...`), for an account run by someone else.
     pub notice: String,
 }
@@ -181,10 +181,6 @@ pub struct StagingHooks {
 /// The message that sends a device to `endpoint`: `{"Endpoint": ...}` on its config topic,
 /// QoS 1, with `"ClaimTicket"` when staging signs tickets.
 pub(crate) fn config_message(thing: &str, endpoint: &str, ticket: Option<&str>) -> Publish {
-    let mut body = serde_json::json!({ "Endpoint": endpoint });
-    if let Some(t) = ticket {
-        body["ClaimTicket"] = t.into();
-    }
     Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
@@ -192,7 +188,7 @@ pub(crate) fn config_message(thing: &str, endpoint: &str, ticket: Option<&str>) 
         topic: format!("{thing}/{CONFIG_TOPIC}"),
         packet_id: None,
         properties: Default::default(),
-        payload: body.to_string().into(),
+        payload: claimlink_claim::message::delivery(endpoint, ticket).into(),
     }
 }
 
@@ -313,12 +309,12 @@ impl StagingServer {
         claim_id: i64,
         cert: &str,
         validity_ms: i64,
-    ) -> claimlink_provision::ticket::ClaimTicket {
+    ) -> claimlink_claim::ticket::ClaimTicket {
         let now = claimlink_registry::now();
-        claimlink_provision::ticket::ClaimTicket {
+        claimlink_claim::ticket::ClaimTicket {
             thing: thing.to_owned(),
             cert: cert.to_owned(),
-            aud: claimlink_provision::ticket::audience(endpoint),
+            aud: claimlink_claim::ticket::audience(endpoint),
             claim: claim_id,
             iat: now,
             exp: now.saturating_add(validity_ms),
@@ -333,14 +329,9 @@ impl StagingServer {
             tracing::warn!(thing, "no certificate known for this device: its claim carries no ticket");
             return None;
         };
-        let t = Self::ticket_for(
-            thing,
-            endpoint,
-            claim_id,
-            cert,
-            claimlink_provision::ticket::DEFAULT_VALIDITY_MS,
-        );
-        claimlink_provision::ticket::issue(&**signer, &t)
+        let t =
+            Self::ticket_for(thing, endpoint, claim_id, cert, claimlink_claim::ticket::DEFAULT_VALIDITY_MS);
+        claimlink_claim::ticket::issue(&**signer, &t)
             .inspect_err(|e| tracing::error!(error = %e, "signing a claim ticket failed"))
             .ok()
     }
@@ -361,11 +352,11 @@ impl StagingServer {
         &self,
         thing: &str,
         released: &claims::Released,
-    ) -> Option<(claimlink_provision::ticket::ClaimTicket, String)> {
+    ) -> Option<(claimlink_claim::ticket::ClaimTicket, String)> {
         let signer = self.shared.ticket_signer.as_ref()?;
         let (claim, cert) = (released.claim_id?, released.certificate_id.as_deref()?);
         let ticket = Self::ticket_for(thing, &released.endpoint, claim, cert, i64::MAX / 2);
-        let notice = claimlink_provision::ticket::issue_release(&**signer, &ticket)
+        let notice = claimlink_claim::ticket::issue_release(&**signer, &ticket)
             .inspect_err(|e| tracing::error!(error = %e, "signing a release notice failed"))
             .ok()?;
         Some((ticket, notice))
@@ -574,9 +565,9 @@ impl StagingHooks {
         let Some(server) = self.server() else { return };
         let oem = oem.to_owned();
         let thing = thing.to_owned();
-        let parsed = parse_claim(payload, self.shared.claim_limits.max_payload);
+        let parsed = claimlink_claim::message::parse_claim(payload, self.shared.claim_limits.max_payload);
         tokio::spawn(async move {
-            let (endpoint, code) = parsed.unwrap_or_default();
+            let (endpoint, code) = parsed.map(|c| (c.endpoint, c.claim_code)).unwrap_or_default();
             let request = ClaimRequest {
                 oem_id: &oem,
                 claimer: claims::Claimer::ClaimThing,
@@ -655,21 +646,6 @@ pub(crate) fn config_gate(ctx: &StagingPeer, message: &Inbound<'_>) -> Verdict {
         StagingPeer::Device { prefix, .. } if topic.starts_with(prefix.as_str()) => Verdict::Route,
         StagingPeer::Device { .. } => Verdict::Refuse,
     }
-}
-
-/// A claim's JSON as a claim-thing publishes it: the endpoint and the claim code, if any.
-pub type ParsedClaim = (String, Option<zeroize::Zeroizing<String>>);
-
-/// Reads a claim's JSON (`Endpoint` required, `ClaimCode` optional, other fields ignored) of at
-/// most `max_len` bytes; `None` for anything else.
-pub fn parse_claim(payload: &[u8], max_len: usize) -> Option<ParsedClaim> {
-    if payload.len() > max_len {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let endpoint = v.get("Endpoint")?.as_str()?.to_owned();
-    let code = v.get("ClaimCode").and_then(|c| c.as_str()).map(|c| zeroize::Zeroizing::new(c.to_owned()));
-    Some((endpoint, code))
 }
 
 /// The result topic suffix and body for a claim outcome.

@@ -3,22 +3,75 @@
 //! their nodes, `Fn::Sub` strings split into literal parts and references, literal policy
 //! documents validated and kept as text. Running the template for a device
 //! ([`Template::plan`]) walks those trees with the device's parameters and parses nothing again.
+//! Like `claimlink-policy`, this crate does no I/O: provisioning (`claimlink-provision`) applies
+//! the plan to the registry.
+
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
 use claimlink_pki::Certificate;
-use claimlink_pki::name::attribute;
-use claimlink_registry::CertificateStatus;
+use claimlink_pki::name::{attr, attribute};
 use serde_json::{Map, Value};
 
-use crate::{CERTIFICATE_ID_PARAMETER, CERTIFICATE_PARAMETERS, ProvisionError, TemplateError};
+/// The certificate subject parameters a template may declare, with the X.520 attribute each
+/// one reads.
+pub const CERTIFICATE_PARAMETERS: [(&str, der::asn1::ObjectIdentifier); 7] = [
+    ("AWS::IoT::Certificate::Country", attr::COUNTRY),
+    ("AWS::IoT::Certificate::Organization", attr::ORGANIZATION),
+    ("AWS::IoT::Certificate::OrganizationalUnit", attr::ORGANIZATIONAL_UNIT),
+    ("AWS::IoT::Certificate::DistinguishedNameQualifier", attr::DN_QUALIFIER),
+    ("AWS::IoT::Certificate::StateName", attr::STATE),
+    ("AWS::IoT::Certificate::CommonName", attr::COMMON_NAME),
+    ("AWS::IoT::Certificate::SerialNumber", attr::SERIAL_NUMBER),
+];
+
+/// The registry's id of the certificate being provisioned.
+pub const CERTIFICATE_ID_PARAMETER: &str = "AWS::IoT::Certificate::Id";
+
+/// The certificate statuses a template may name (`Status` of `AWS::IoT::Certificate`): the
+/// registry's.
+pub const CERTIFICATE_STATUSES: [&str; 5] =
+    ["ACTIVE", "INACTIVE", "REVOKED", "PENDING_TRANSFER", "PENDING_ACTIVATION"];
+
+/// A template that does not validate. [`TemplateError::code`] is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// Not JSON, or not the template shape.
+    #[error("invalid template: {0}")]
+    Invalid(String),
+    /// Larger than 10 KiB.
+    #[error("the template body is {0} bytes; the limit is 10240")]
+    TooLarge(usize),
+}
+
+impl TemplateError {
+    /// A stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "InvalidRequestException",
+            Self::TooLarge(_) => "LimitExceededException",
+        }
+    }
+}
+
+/// A template that cannot be applied to one device's parameters (a missing subject field
+/// without a Default, a list where a string belongs...). The template stays valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DoesNotFit(pub String);
+
+fn status(s: &str) -> Option<&'static str> {
+    CERTIFICATE_STATUSES.into_iter().find(|c| *c == s)
+}
 
 fn invalid(msg: impl Into<String>) -> TemplateError {
     TemplateError::Invalid(msg.into())
 }
 
-pub(crate) fn fit(msg: &str) -> ProvisionError {
-    ProvisionError::DoesNotFit(msg.to_owned())
+fn fit(msg: &str) -> DoesNotFit {
+    DoesNotFit(msg.to_owned())
 }
 
 /// Most bytes in a template body.
@@ -369,7 +422,12 @@ impl Template {
                 }
                 known(&["CertificateId", "Status", "CertificatePem"])?;
                 if let Some(s) = properties.get("Status").and_then(Value::as_str) {
-                    CertificateStatus::parse(s).map_err(|e| invalid(e.to_string()))?;
+                    status(s).ok_or_else(|| {
+                        invalid(format!(
+                            "CertificateStatus must be one of {}, not {s:?}",
+                            CERTIFICATE_STATUSES.join(", ")
+                        ))
+                    })?;
                 }
                 // CertificateId and CertificatePem name the device's own certificate; only
                 // their references are checked.
@@ -480,8 +538,8 @@ pub type Parameters = BTreeMap<String, String>;
 pub struct Plan {
     /// The thing: name, type, attributes, groups.
     pub thing: Option<ThingPlan>,
-    /// The certificate's final status.
-    pub certificate_status: Option<CertificateStatus>,
+    /// The certificate's final status (one of [`CERTIFICATE_STATUSES`]).
+    pub certificate_status: Option<&'static str>,
     /// Policies: existing names, or (name, document) to create.
     pub policies: Vec<(String, Option<String>)>,
 }
@@ -523,7 +581,7 @@ impl Template {
     }
 
     /// Evaluates the template with `params`.
-    pub fn plan(&self, params: &Parameters, template_name: &str) -> Result<Plan, ProvisionError> {
+    pub fn plan(&self, params: &Parameters, template_name: &str) -> Result<Plan, DoesNotFit> {
         let ev = Evaluator { params, mappings: &self.mappings };
         let thing = match &self.thing {
             None => None,
@@ -557,9 +615,10 @@ impl Template {
         };
         let certificate_status = match &self.certificate {
             None => None,
-            Some(None) => Some(CertificateStatus::Active),
+            Some(None) => Some("ACTIVE"),
             Some(Some(e)) => {
-                Some(CertificateStatus::parse(&ev.text(e, "Status")?).map_err(|e| fit(&e.to_string()))?)
+                let s = ev.text(e, "Status")?;
+                Some(status(&s).ok_or_else(|| fit(&format!("Status {s:?} is not a certificate status")))?)
             }
         };
         let mut policies = Vec::new();
@@ -591,7 +650,7 @@ impl Template {
 }
 
 /// A JSON value as text: strings, numbers and booleans.
-fn json_text(v: &Value, what: &str) -> Result<String, ProvisionError> {
+fn json_text(v: &Value, what: &str) -> Result<String, DoesNotFit> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
@@ -606,7 +665,7 @@ struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
-    fn text(&self, e: &Expr, what: &str) -> Result<String, ProvisionError> {
+    fn text(&self, e: &Expr, what: &str) -> Result<String, DoesNotFit> {
         match self.eval(e, what)? {
             Evaluated::Text(t) => Ok(t),
             Evaluated::Json(v @ (Value::Number(_) | Value::Bool(_))) => json_text(&v, what),
@@ -614,7 +673,7 @@ impl Evaluator<'_> {
         }
     }
 
-    fn param(&self, name: &str) -> Result<String, ProvisionError> {
+    fn param(&self, name: &str) -> Result<String, DoesNotFit> {
         self.params.get(name).cloned().ok_or_else(|| {
             let hint = if name.starts_with("AWS::IoT::Certificate::") {
                 "the device certificate's subject has no such field"
@@ -625,7 +684,7 @@ impl Evaluator<'_> {
         })
     }
 
-    fn items(&self, e: &Expr, what: &str) -> Result<Vec<String>, ProvisionError> {
+    fn items(&self, e: &Expr, what: &str) -> Result<Vec<String>, DoesNotFit> {
         match self.eval(e, what)? {
             Evaluated::List(l) => Ok(l),
             Evaluated::Json(Value::Array(a)) => a.iter().map(|x| json_text(x, what)).collect(),
@@ -634,20 +693,18 @@ impl Evaluator<'_> {
         }
     }
 
-    fn eval(&self, e: &Expr, what: &str) -> Result<Evaluated, ProvisionError> {
+    fn eval(&self, e: &Expr, what: &str) -> Result<Evaluated, DoesNotFit> {
         Ok(match e {
             Expr::Text(s) => Evaluated::Text(s.clone()),
             Expr::Json(v) => Evaluated::Json(v.clone()),
             Expr::Array(a) => Evaluated::Json(Value::Array(
-                a.iter()
-                    .map(|x| Ok(self.eval(x, what)?.into_json()))
-                    .collect::<Result<_, ProvisionError>>()?,
+                a.iter().map(|x| Ok(self.eval(x, what)?.into_json())).collect::<Result<_, DoesNotFit>>()?,
             )),
             Expr::Object(m) => {
                 Evaluated::Json(Value::Object(
                     m.iter()
                         .map(|(k, x)| Ok((k.clone(), self.eval(x, what)?.into_json())))
-                        .collect::<Result<_, ProvisionError>>()?,
+                        .collect::<Result<_, DoesNotFit>>()?,
                 ))
             }
             Expr::Ref(name) => Evaluated::Text(self.param(name)?),
