@@ -10,7 +10,7 @@
 //! jitter until `AT+DISCONNECT`. Every connected-to-disconnected transition queues `CONLOST`;
 //! every reconnection made on its own queues `CONNECT 0`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,26 +25,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
-use crate::at::{self, AtError, Command, ConnectMode, GetFrom};
+use crate::at::{self, AtError, Command, ConnectMode};
 use crate::bundle::{Bundle, BundleError, Settings, certificates, split_endpoint};
-
-/// Topic indexes `Topic1..Topic16`.
-pub const MAX_TOPICS: u8 = 16;
-/// Messages kept for the host; more queue an OVERRUN event and are dropped.
-const INBOX: usize = 64;
-/// Events kept.
-const EVENTS: usize = 64;
-
-/// Event ids.
-mod event {
-    pub(super) const MSG: u8 = 1;
-    pub(super) const STARTUP: u8 = 2;
-    pub(super) const CONLOST: u8 = 3;
-    pub(super) const OVERRUN: u8 = 4;
-    pub(super) const CONNECT: u8 = 6;
-    pub(super) const SUBACK: u8 = 8;
-    pub(super) const SUBNACK: u8 = 9;
-}
+pub use crate::machine::{Backoff, MAX_TOPICS};
+use crate::machine::{ConfChange, ConfigEffect, Identity, Machine};
 
 /// Why a connection attempt failed: the ExpressLink hint and a detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,34 +37,6 @@ pub struct ConnectFailure {
     pub hint: u8,
     /// What happened.
     pub detail: String,
-}
-
-/// Backoff between connection attempts.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// The first ceiling.
-    pub base: Duration,
-    /// The largest ceiling.
-    pub cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { base: Duration::from_secs(1), cap: Duration::from_secs(120) }
-    }
-}
-
-impl Backoff {
-    /// The wait before attempt `n` (1-based): uniform in [0, min(cap, base * 2^(n-1))].
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.cap);
-        let mut r = [0u8; 8];
-        if getrandom::fill(&mut r).is_err() {
-            return ceiling; // no jitter rather than no wait
-        }
-        let frac = (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
-        ceiling.mul_f64(frac)
-    }
 }
 
 /// The agent's state as others may watch it.
@@ -96,86 +52,51 @@ pub struct Status {
     pub connections: u64,
 }
 
-struct Message {
-    index: u8,
-    topic: String,
-    payload: Bytes,
-}
-
-#[derive(Default)]
-struct Volatile {
-    qos: u8,
-    topics: [Option<String>; MAX_TOPICS as usize + 1],
-    subscribed: [bool; MAX_TOPICS as usize + 1],
-}
-
-struct State {
-    settings: Settings,
-    volatile: Volatile,
-    inbox: VecDeque<Message>,
-    events: VecDeque<(u8, u32, &'static str)>,
-}
-
+/// What the session task and the host's commands share: the bundle, the machine that
+/// decides, and the status others watch.
 struct Core {
     bundle: Bundle,
-    config_topic: String,
-    state: Mutex<State>,
+    machine: Mutex<Machine>,
     status: watch::Sender<Status>,
-    backoff: Backoff,
+}
+
+/// A jitter fraction in [0, 1) from the system's randomness (1.0, no jitter, without one).
+fn jitter() -> f64 {
+    let mut r = [0u8; 8];
+    if getrandom::fill(&mut r).is_err() {
+        return 1.0;
+    }
+    (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Core {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn push_event(&self, id: u8, param: u32, mnemonic: &'static str) {
-        let mut s = self.lock();
-        if s.events.len() >= EVENTS {
-            s.events.pop_front();
-        }
-        s.events.push_back((id, param, mnemonic));
-    }
-
-    fn index_of(&self, topic: &str) -> u8 {
-        let s = self.lock();
-        (1..=MAX_TOPICS)
-            .find(|&i| {
-                s.volatile.topics[i as usize].as_deref().is_some_and(|f| {
-                    f == topic
-                        || claimlink_mqtt::TopicName::new(topic)
-                            .is_ok_and(|t| claimlink_mqtt::TopicFilter::new(f).is_ok_and(|f| f.matches(&t)))
-                })
-            })
-            .unwrap_or(0)
-    }
-
-    fn deliver(&self, topic: String, payload: Bytes) {
-        let index = self.index_of(&topic);
-        let overrun = {
-            let mut s = self.lock();
-            if s.inbox.len() >= INBOX {
-                true
-            } else {
-                s.inbox.push_back(Message { index, topic, payload });
-                false
-            }
+    /// Publishes the machine's view to watchers.
+    fn publish_status(&self) {
+        let m = self.lock();
+        let (connected, endpoint) = match m.connected_to() {
+            Some(e) => (true, e.to_owned()),
+            None => (false, m.settings().endpoint.clone()),
         };
-        if overrun {
-            self.push_event(event::OVERRUN, u32::from(index), "OVERRUN");
-        } else {
-            self.push_event(event::MSG, u32::from(index), "MSG");
-        }
+        let onboarded = m.is_customer(&endpoint);
+        let connections = m.connections();
+        drop(m);
+        self.status.send_modify(|s| {
+            s.connected = connected;
+            s.endpoint = endpoint;
+            s.onboarded = onboarded;
+            s.connections = connections;
+        });
     }
 
-    fn set_status(&self, connected: bool, endpoint: &str) {
-        let onboarded = endpoint != self.bundle.staging_endpoint;
-        self.status.send_modify(|s| {
-            s.connections += u64::from(connected && !s.connected);
-            s.connected = connected;
-            s.endpoint = endpoint.to_owned();
-            s.onboarded = onboarded;
-        });
+    /// Writes settings the machine asked for, then commits them to it.
+    fn persist(&self, settings: Settings) -> Result<(), BundleError> {
+        settings.save(&self.bundle.dir)?;
+        self.lock().commit(settings);
+        Ok(())
     }
 }
 
@@ -249,20 +170,17 @@ impl Link {
         let tcp = tcp.ok_or_else(|| fail(3, format!("cannot reach {endpoint}: {last}")))?;
         let _ = tcp.set_nodelay(true);
         let (root_pem, keep_alive, will, ticket) = {
-            let s = core.lock();
-            let root = if s.settings.root_ca.is_empty() {
-                core.bundle.root_ca_pem.clone()
-            } else {
-                s.settings.root_ca.clone()
-            };
-            let will = (!s.settings.lwt_topic.is_empty()).then(|| Will {
-                topic: s.settings.lwt_topic.clone(),
-                payload: Bytes::from(s.settings.lwt_message.clone()),
+            let m = core.lock();
+            let s = m.settings();
+            let root = if s.root_ca.is_empty() { core.bundle.root_ca_pem.clone() } else { s.root_ca.clone() };
+            let will = (!s.lwt_topic.is_empty()).then(|| Will {
+                topic: s.lwt_topic.clone(),
+                payload: Bytes::from(s.lwt_message.clone()),
                 qos: QoS::AtMostOnce,
                 retain: false,
                 properties: Default::default(),
             });
-            (root, s.settings.keep_alive, will, s.settings.claim_ticket.clone())
+            (root, s.keep_alive, will, s.claim_ticket.clone())
         };
         let mut roots = rustls::RootCertStore::empty();
         for c in certificates(&root_pem).map_err(|e| fail(4, format!("RootCA: {e}")))? {
@@ -323,17 +241,7 @@ impl Link {
             .await
             .map_err(|_| fail(5, "no CONNACK in time".into()))??;
         // The configuration topic in both states, and what the host subscribed to.
-        let mut filters = vec![core.config_topic.clone()];
-        {
-            let s = core.lock();
-            for i in 1..=MAX_TOPICS as usize {
-                if s.volatile.subscribed[i] {
-                    if let Some(t) = &s.volatile.topics[i] {
-                        filters.push(t.clone());
-                    }
-                }
-            }
-        }
+        let filters = core.lock().subscriptions();
         let now = Instant::now().into_std();
         for f in &filters {
             let _ = link.client.subscribe(now, &[(f.as_str(), SubscriptionOptions::qos(QoS::AtLeastOnce))]);
@@ -379,7 +287,7 @@ impl Link {
                         let now = Instant::now().into_std();
                         match self.client.subscribe(now, &[(filter.as_str(), SubscriptionOptions::qos(QoS::AtLeastOnce))]) {
                             Ok(id) => { subscribes.insert(id, index); }
-                            Err(_) => core.push_event(event::SUBNACK, u32::from(index), "SUBNACK"),
+                            Err(_) => core.lock().subscribed(index, false),
                         }
                     }
                     Some(Ctl::Unsubscribe { filter }) => {
@@ -392,10 +300,21 @@ impl Link {
             while let Some(e) = self.client.poll_event() {
                 match e {
                     ClientEvent::Message(p) => {
-                        if p.topic == core.config_topic {
-                            moved |= take_config(core, &p.payload);
+                        let effect = core.lock().message(p.topic, p.payload);
+                        if let ConfigEffect::Persist { settings, moving } = effect {
+                            // Persist, then acknowledge, then move.
+                            let endpoint = settings.endpoint.clone();
+                            match core.persist(settings) {
+                                Ok(()) if moving => {
+                                    tracing::info!(endpoint, "claimed: moving to a new endpoint");
+                                    moved = true;
+                                }
+                                Ok(()) => {}
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot persist the new endpoint; staying")
+                                }
+                            }
                         }
-                        core.deliver(p.topic, p.payload);
                     }
                     ClientEvent::Published { packet_id, reason } => {
                         if let Some(reply) = publishes.remove(&packet_id) {
@@ -408,11 +327,7 @@ impl Link {
                     }
                     ClientEvent::Subscribed { packet_id, reasons } => {
                         if let Some(index) = subscribes.remove(&packet_id) {
-                            if reasons.iter().all(|r| !r.is_error()) {
-                                core.push_event(event::SUBACK, u32::from(index), "SUBACK");
-                            } else {
-                                core.push_event(event::SUBNACK, u32::from(index), "SUBNACK");
-                            }
+                            core.lock().subscribed(index, reasons.iter().all(|r| !r.is_error()));
                         }
                     }
                     ClientEvent::Disconnected(_) | ClientEvent::Refused(_) => {
@@ -444,76 +359,40 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// The MQTT user name that says the password is a claim ticket.
 pub const TICKET_USERNAME: &str = "claimlink-claim-ticket";
 
-/// A configuration message: persist a new `Endpoint`. Returns whether the device must move.
-fn take_config(core: &Core, payload: &[u8]) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return false };
-    let Some(endpoint) = v.get("Endpoint").and_then(|e| e.as_str()) else { return false };
-    if split_endpoint(endpoint).is_none() {
-        tracing::warn!("ignoring a configuration message with an invalid Endpoint");
-        return false;
-    }
-    // The claim ticket travels with the endpoint (bounded: a ticket is small).
-    let ticket = v.get("ClaimTicket").and_then(|t| t.as_str()).filter(|t| t.len() <= 4096).unwrap_or("");
-    let mut s = core.lock();
-    if s.settings.endpoint == endpoint && s.settings.claim_ticket == ticket {
-        return false; // a repeated delivery
-    }
-    let moving = s.settings.endpoint != endpoint;
-    let mut next = s.settings.clone();
-    next.endpoint = endpoint.to_owned();
-    next.claim_ticket = ticket.to_owned();
-    if let Err(e) = next.save(&core.bundle.dir) {
-        tracing::error!(error = %e, "cannot persist the new endpoint; staying");
-        return false;
-    }
-    s.settings = next;
-    if moving {
-        tracing::info!(endpoint, "claimed: moving to a new endpoint");
-    }
-    moving
-}
-
 async fn session(
     core: Arc<Core>,
     mut ctl: mpsc::Receiver<Ctl>,
     mut first: Option<oneshot::Sender<Result<(), ConnectFailure>>>,
 ) {
-    let mut attempt = 0u32;
-    let mut report_connect = false;
     loop {
-        let endpoint = core.lock().settings.endpoint.clone();
-        match Link::open(&core, &endpoint).await {
+        let endpoint = core.lock().settings().endpoint.clone();
+        let wait = match Link::open(&core, &endpoint).await {
             Err(failure) => {
                 tracing::debug!(hint = failure.hint, detail = %failure.detail, "connection attempt failed");
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Err(failure));
                     return;
                 }
-                attempt += 1;
+                core.lock().attempt_failed(jitter())
             }
             Ok(link) => {
-                attempt = 0;
-                core.set_status(true, &endpoint);
-                match first.take() {
-                    Some(tx) => {
-                        let _ = tx.send(Ok(()));
-                    }
-                    None if report_connect => core.push_event(event::CONNECT, 0, "CONNECT"),
-                    None => {}
+                core.lock().connection_up(&endpoint, first.is_some());
+                core.publish_status();
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Ok(()));
                 }
-                report_connect = true;
                 let end = link.run(&core, &mut ctl).await;
-                core.set_status(false, &endpoint);
-                core.push_event(event::CONLOST, 0, "CONLOST");
+                let wait = core.lock().connection_down(matches!(end, End::Moved), jitter());
+                core.publish_status();
                 match end {
                     End::Stopped => return,
                     End::Moved => continue,
-                    End::Lost => attempt = 1,
+                    End::Lost => wait,
                 }
             }
-        }
+        };
         // Wait out the backoff, still answering the host.
-        let wait = tokio::time::sleep(core.backoff.delay(attempt));
+        let wait = tokio::time::sleep(wait);
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -547,19 +426,14 @@ impl Agent {
             onboarded: settings.endpoint != bundle.staging_endpoint,
             ..Status::default()
         };
-        let core = Arc::new(Core {
-            config_topic: format!("{}/expresslink_config", bundle.thing_name),
-            bundle,
-            state: Mutex::new(State {
-                settings,
-                volatile: Volatile::default(),
-                inbox: VecDeque::new(),
-                events: VecDeque::new(),
-            }),
-            status: watch::Sender::new(status),
-            backoff: options.backoff,
-        });
-        core.push_event(event::STARTUP, 0, "STARTUP");
+        let id = Identity {
+            thing_name: bundle.thing_name.clone(),
+            staging_endpoint: bundle.staging_endpoint.clone(),
+            certificate_pem: bundle.certificate_pem.clone(),
+            root_ca_pem: bundle.root_ca_pem.clone(),
+        };
+        let machine = Mutex::new(Machine::new(id, settings, options.backoff));
+        let core = Arc::new(Core { bundle, machine, status: watch::Sender::new(status) });
         Ok(Self { core, session: None })
     }
 
@@ -646,30 +520,11 @@ impl Agent {
         }
     }
 
-    /// Runs one parsed command.
+    /// Runs one parsed command: the machine decides, this does the I/O it asks for.
     pub async fn execute(&mut self, cmd: Command) -> Result<String, AtError> {
         match cmd {
             Command::Attention => Ok(at::ok(None, None)),
-            Command::Connect(ConnectMode::Query) => {
-                let st = self.core.status.borrow().clone();
-                // Connected: where the connection is (a claim just persisted does not count
-                // until the device is there); else where it will connect.
-                let onboarded = if st.connected {
-                    st.onboarded
-                } else {
-                    self.core.lock().settings.endpoint != self.core.bundle.staging_endpoint
-                };
-                Ok(at::ok(
-                    None,
-                    Some(&format!(
-                        "{} {} {} {}",
-                        u8::from(st.connected),
-                        u8::from(onboarded),
-                        if st.connected { "CONNECTED" } else { "DISCONNECTED" },
-                        if onboarded { "CUSTOMER" } else { "STAGING" }
-                    )),
-                ))
-            }
+            Command::Connect(ConnectMode::Query) => Ok(self.core.lock().connect_query()),
             Command::Connect(ConnectMode::Blocking)
                 if self.running() && !self.core.status.borrow().connected =>
             {
@@ -695,7 +550,7 @@ impl Agent {
                         Ok(Err(f)) => u32::from(f.hint),
                         Err(_) => 2,
                     };
-                    core.push_event(event::CONNECT, hint, "CONNECT");
+                    core.lock().connect_reported(hint);
                 });
                 Ok(at::ok(None, None))
             }
@@ -704,183 +559,51 @@ impl Agent {
                 Ok(at::ok(None, Some("0 DISCONNECTED")))
             }
             Command::Send { topic, message } => {
-                let (name, qos) = {
-                    let s = self.core.lock();
-                    (s.volatile.topics[usize::from(topic)].clone(), s.volatile.qos)
-                };
-                let name = name.ok_or(AtError::ParameterUndefined)?;
-                let qos = if qos == 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+                let (name, qos) = self.core.lock().send_target(topic)?;
                 self.publish(&name, Bytes::from(message), qos).await?;
                 Ok(at::ok(None, None))
             }
-            Command::Get(from) => Ok(self.get(from)),
+            Command::Get(from) => Ok(self.core.lock().get(from)),
             Command::Subscribe(index) => {
-                let filter = self.topic(index)?;
                 let s = self
                     .session
                     .as_ref()
                     .filter(|_| self.core.status.borrow().connected)
                     .ok_or(AtError::NoConnection)?;
-                self.core.lock().volatile.subscribed[usize::from(index)] = true;
+                let filter = self.core.lock().subscribe(index)?;
                 let _ = s.send(Ctl::Subscribe { index, filter }).await;
                 Ok(at::ok(None, None))
             }
             Command::Unsubscribe(index) => {
-                let filter = self.topic(index)?;
-                self.core.lock().volatile.subscribed[usize::from(index)] = false;
+                let filter = self.core.lock().unsubscribe(index)?;
                 if let Some(s) = &self.session {
                     let _ = s.send(Ctl::Unsubscribe { filter }).await;
                 }
                 Ok(at::ok(None, None))
             }
-            Command::ConfSet { key, value } => self.conf_set(&key, value),
-            Command::ConfGet { key, argument } => self.conf_get(&key, argument.as_deref()),
-            Command::Event => {
-                let e = self.core.lock().events.pop_front();
-                Ok(match e {
-                    Some((id, param, m)) => at::ok(None, Some(&format!("{id} {param} {m}"))),
-                    None => at::ok(None, None),
-                })
+            Command::ConfSet { key, value } => {
+                let change = self.core.lock().conf_set(&key, value)?;
+                if let ConfChange::Persist(settings) = change {
+                    self.core.persist(settings).map_err(|_| AtError::NotAllowed)?;
+                }
+                Ok(at::ok(None, None))
             }
+            Command::ConfGet { key, argument } => self.core.lock().conf_get(&key, argument.as_deref()),
+            Command::Event => Ok(self.core.lock().next_event()),
             Command::Reset => {
                 self.disconnect().await;
-                let mut s = self.core.lock();
-                s.volatile = Volatile::default();
-                s.inbox.clear();
+                self.core.lock().reset();
                 Ok(at::ok(None, None))
             }
             Command::FactoryReset => {
                 self.disconnect().await;
                 let factory = Settings::factory(&self.core.bundle);
                 factory.save(&self.core.bundle.dir).map_err(|_| AtError::NotAllowed)?;
-                let mut s = self.core.lock();
-                s.settings = factory;
-                s.volatile = Volatile::default();
-                s.inbox.clear();
-                s.events.clear();
-                drop(s);
-                self.core.set_status(false, &self.core.bundle.staging_endpoint);
+                self.core.lock().factory_reset(factory);
+                self.core.publish_status();
                 Ok(at::ok(None, None))
             }
         }
-    }
-
-    fn topic(&self, index: u8) -> Result<String, AtError> {
-        self.core.lock().volatile.topics[usize::from(index)].clone().ok_or(AtError::ParameterUndefined)
-    }
-
-    fn get(&self, from: GetFrom) -> String {
-        let mut s = self.core.lock();
-        let pos = s.inbox.iter().position(|m| match from {
-            GetFrom::Any => true,
-            GetFrom::Unassigned => m.index == 0,
-            GetFrom::Topic(i) => m.index == i,
-        });
-        let Some(m) = pos.and_then(|p| s.inbox.remove(p)) else { return at::ok(None, None) };
-        match from {
-            GetFrom::Topic(i) => at::ok(Some(i), Some(&at::escape(&m.payload))),
-            _ => format!("OK {}\r\n{}\r\n", m.topic, at::escape(&m.payload)),
-        }
-    }
-
-    fn conf_set(&mut self, key: &str, value: Vec<u8>) -> Result<String, AtError> {
-        let text = String::from_utf8(value).map_err(|_| AtError::Parameter)?;
-        let lower = key.to_ascii_lowercase();
-        if let Some(n) = lower.strip_prefix("topic") {
-            let i: u8 = n.parse().map_err(|_| AtError::UnknownKey)?;
-            if !(1..=MAX_TOPICS).contains(&i) {
-                return Err(AtError::OutOfRange);
-            }
-            if !text.is_empty() && claimlink_mqtt::TopicFilter::new(&text).is_err() {
-                return Err(AtError::Parameter);
-            }
-            self.core.lock().volatile.topics[usize::from(i)] = (!text.is_empty()).then_some(text);
-            return Ok(at::ok(None, None));
-        }
-        let mut s = self.core.lock();
-        let mut next = s.settings.clone();
-        match lower.as_str() {
-            "thingname" | "certificate" => return Err(AtError::KeyReadonly),
-            "qos" => {
-                s.volatile.qos = match text.as_str() {
-                    "0" => 0,
-                    "1" => 1,
-                    _ => return Err(AtError::OutOfRange),
-                };
-                return Ok(at::ok(None, None));
-            }
-            "endpoint" => {
-                if split_endpoint(&text).is_none() {
-                    return Err(AtError::Parameter);
-                }
-                next.endpoint = text;
-            }
-            "customname" => {
-                if text.len() > 128 {
-                    return Err(AtError::OutOfRange);
-                }
-                next.custom_name = text;
-            }
-            "keepalive" => {
-                next.keep_alive = match text.parse::<u16>() {
-                    Ok(k) if (30..=1200).contains(&k) => k,
-                    Ok(_) => return Err(AtError::OutOfRange),
-                    Err(_) => return Err(AtError::Parameter),
-                };
-            }
-            "rootca" => {
-                certificates(&text).map_err(|_| AtError::InvalidCertificate)?;
-                next.root_ca = text;
-            }
-            "lwtconfig" => {
-                if !text.is_empty() && claimlink_mqtt::TopicName::new(&text).is_err() {
-                    return Err(AtError::Parameter);
-                }
-                next.lwt_topic = text;
-            }
-            "lwtmessage" => next.lwt_message = text,
-            _ => return Err(AtError::UnknownKey),
-        }
-        next.save(&self.core.bundle.dir).map_err(|_| AtError::NotAllowed)?;
-        s.settings = next;
-        Ok(at::ok(None, None))
-    }
-
-    fn conf_get(&self, key: &str, argument: Option<&str>) -> Result<String, AtError> {
-        let lower = key.to_ascii_lowercase();
-        let s = self.core.lock();
-        if let Some(n) = lower.strip_prefix("topic") {
-            let i: u8 = n.parse().map_err(|_| AtError::UnknownKey)?;
-            if !(1..=MAX_TOPICS).contains(&i) {
-                return Err(AtError::OutOfRange);
-            }
-            let t = s.volatile.topics[usize::from(i)].clone().unwrap_or_default();
-            return Ok(at::ok(None, Some(&at::escape(t.as_bytes()))));
-        }
-        let value = match lower.as_str() {
-            "thingname" => self.core.bundle.thing_name.clone(),
-            "certificate" => {
-                if argument.is_some_and(|a| !a.eq_ignore_ascii_case("pem")) {
-                    return Err(AtError::Parameter);
-                }
-                self.core.bundle.certificate_pem.clone()
-            }
-            "endpoint" => s.settings.endpoint.clone(),
-            "customname" => s.settings.custom_name.clone(),
-            "keepalive" => s.settings.keep_alive.to_string(),
-            "qos" => s.volatile.qos.to_string(),
-            "rootca" => {
-                if s.settings.root_ca.is_empty() {
-                    self.core.bundle.root_ca_pem.clone()
-                } else {
-                    s.settings.root_ca.clone()
-                }
-            }
-            "lwtconfig" => s.settings.lwt_topic.clone(),
-            "lwtmessage" => s.settings.lwt_message.clone(),
-            _ => return Err(AtError::UnknownKey),
-        };
-        Ok(at::ok(None, Some(&at::escape(value.as_bytes()))))
     }
 }
 

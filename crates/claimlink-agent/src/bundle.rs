@@ -131,7 +131,7 @@ impl Bundle {
 }
 
 /// The persistent settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Where to connect (`host[:port]`, port 8883 by default).
@@ -154,6 +154,18 @@ pub struct Settings {
     /// connecting there; empty: none). A secret of sorts: kept with the settings (0600).
     #[serde(default)]
     pub claim_ticket: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoint", &self.endpoint)
+            .field("custom_name", &self.custom_name)
+            .field("keep_alive", &self.keep_alive)
+            .field("lwt_topic", &self.lwt_topic)
+            .field("claim_ticket", &(!self.claim_ticket.is_empty()).then_some(".."))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {

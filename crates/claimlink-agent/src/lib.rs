@@ -8,5 +8,6 @@
 pub mod agent;
 pub mod at;
 pub mod bundle;
+pub mod machine;
 
 pub use agent::{Agent, AgentOptions, Backoff, ConnectFailure, Status};
