@@ -84,7 +84,8 @@ pub enum Action {
 }
 
 impl Action {
-    const ALL: [Action; 5] =
+    /// Every action, in index order.
+    pub const ALL: [Action; 5] =
         [Self::Connect, Self::Publish, Self::Subscribe, Self::Receive, Self::RetainPublish];
 
     fn index(self) -> usize {
