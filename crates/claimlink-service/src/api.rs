@@ -6,11 +6,33 @@
 use std::collections::BTreeMap;
 
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use claimlink_registry::{AuditRecord, RegistryError, Store, Tx};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+/// A JSON request body read into `T` - a `deny_unknown_fields` struct, so a misspelt field is
+/// refused rather than ignored. An empty body is `{}`. Refusals are 400
+/// `InvalidRequestException` with serde's reason (which names the field, never echoes values
+/// beyond their type); a body over the route's limit is 413 `PayloadTooLarge`.
+#[derive(Debug, Clone)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+        serde_json::from_slice(bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad(format!("the request body: {e}")).into_response())
+    }
+}
 
 /// One operation of an API: how it is reached, what it is called (the AWS CLI verb), and the
 /// handler that serves it. The router and `/openapi.json` are both made from a table of these,
@@ -165,7 +187,8 @@ pub fn object(required: &[&str], mut properties: Value) -> Value {
             }
         }
     }
-    json!({ "type": "object", "required": required, "properties": properties })
+    // Bodies are read into structs that refuse unknown fields; the document says so.
+    json!({ "type": "object", "required": required, "properties": properties, "additionalProperties": false })
 }
 
 /// A list's response: `{field: [...], "nextToken"?}`, with the paging parameters.

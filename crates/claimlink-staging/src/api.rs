@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use crate::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
 use crate::store::OemStatus;
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -26,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::server::{StagingServer, claim_result};
 use claimlink_service::api::{
-    ApiError, Audited, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
+    ApiError, Audited, Body, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
 };
 
 type ApiResult = Result<Response, ApiError>;
@@ -258,17 +257,49 @@ impl<S: Send + Sync> FromRequestParts<S> for ClaimThing {
     }
 }
 
-fn body(bytes: &Bytes) -> Result<Value, ApiError> {
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("the body is not JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(ApiError::bad("the body must be a JSON object"));
-    }
-    Ok(v)
+/// `create-oem`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateOem {
+    name: String,
+    #[serde(default)]
+    endpoints: Vec<String>,
 }
 
-fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str, ApiError> {
-    v.get(name).and_then(Value::as_str).ok_or_else(|| ApiError::bad(format!("{name} (a string) is required")))
+/// `set-claim-certificate`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ClaimCertificate {
+    certificate_pem: String,
+}
+
+/// `add-oem-endpoint`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AddEndpoint {
+    endpoint: String,
+}
+
+/// `set-oem-status`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SetStatus {
+    status: String,
+}
+
+/// `claim`: the claim API's body (the MQTT claim message's fields, in the API's spelling).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ClaimBody {
+    thing_name: String,
+    endpoint: String,
+    claim_code: Option<String>,
+}
+
+impl std::fmt::Debug for ClaimBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimBody").field("thing_name", &self.thing_name).finish_non_exhaustive()
+    }
 }
 
 fn oem_json(o: &crate::store::Oem) -> Value {
@@ -276,19 +307,9 @@ fn oem_json(o: &crate::store::Oem) -> Value {
         "claimCertificateId": o.claim_certificate_id, "created": o.created})
 }
 
-async fn create_oem(State(s): St, Admin(who): Admin, bytes: Bytes) -> ApiResult {
-    let v = body(&bytes)?;
-    let name = field(&v, "name")?;
-    let endpoints: Vec<String> = match v.get("endpoints") {
-        None => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|e| e.as_str().map(str::to_owned).ok_or_else(|| ApiError::bad("endpoints must be strings")))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad("endpoints must be an array of host[:port]")),
-    };
+async fn create_oem(State(s): St, Admin(who): Admin, Body(b): Body<CreateOem>) -> ApiResult {
     let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
-    let oem = tx.create_oem(name, &endpoints).await?;
+    let oem = tx.create_oem(&b.name, &b.endpoints).await?;
     tx.commit("CreateOem", &oem.id).await?;
     ok(oem_json(&oem))
 }
@@ -307,10 +328,9 @@ async fn upload_claim_certificate(
     State(s): St,
     Admin(who): Admin,
     Path(id): Path<String>,
-    bytes: Bytes,
+    Body(b): Body<ClaimCertificate>,
 ) -> ApiResult {
-    let v = body(&bytes)?;
-    let pem = field(&v, "certificatePem")?;
+    let pem = &b.certificate_pem;
     if pem.contains("PRIVATE KEY") {
         return Err(ApiError::bad(
             "the upload holds a private key: send only the claim-thing's certificate; the key never leaves the OEM",
@@ -334,9 +354,13 @@ async fn upload_claim_certificate(
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
 }
 
-async fn add_endpoint(State(s): St, Admin(who): Admin, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
-    let v = body(&bytes)?;
-    let endpoint = field(&v, "endpoint")?;
+async fn add_endpoint(
+    State(s): St,
+    Admin(who): Admin,
+    Path(id): Path<String>,
+    Body(b): Body<AddEndpoint>,
+) -> ApiResult {
+    let endpoint = &b.endpoint;
     let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     tx.oem(&id).await?;
     tx.add_oem_endpoint(&id, endpoint).await?;
@@ -345,9 +369,13 @@ async fn add_endpoint(State(s): St, Admin(who): Admin, Path(id): Path<String>, b
     ok(oem_json(&oem))
 }
 
-async fn set_status(State(s): St, Admin(who): Admin, Path(id): Path<String>, bytes: Bytes) -> ApiResult {
-    let v = body(&bytes)?;
-    let status = OemStatus::parse(field(&v, "status")?)?;
+async fn set_status(
+    State(s): St,
+    Admin(who): Admin,
+    Path(id): Path<String>,
+    Body(b): Body<SetStatus>,
+) -> ApiResult {
+    let status = OemStatus::parse(&b.status)?;
     let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     tx.set_oem_status(&id, status).await?;
     let oem = tx.oem(&id).await?;
@@ -448,11 +476,9 @@ async fn my_refusals(State(s): St, ClaimThing(oem): ClaimThing, Query(q): Query<
     refusals_page(&q, refusals)
 }
 
-async fn claim(State(s): St, ClaimThing(oem): ClaimThing, bytes: Bytes) -> ApiResult {
-    let v = body(&bytes)?;
-    let thing = field(&v, "thingName")?;
-    let endpoint = field(&v, "endpoint")?;
-    let code = v.get("claimCode").and_then(Value::as_str);
+async fn claim(State(s): St, ClaimThing(oem): ClaimThing, Body(b): Body<ClaimBody>) -> ApiResult {
+    let (thing, endpoint) = (b.thing_name.as_str(), b.endpoint.as_str());
+    let code = b.claim_code.as_deref();
     let request = ClaimRequest {
         oem_id: &oem,
         claimer: crate::claims::Claimer::ClaimThing,
