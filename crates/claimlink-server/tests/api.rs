@@ -55,6 +55,9 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
         ("POST", "/things/ok".into(), r#"{"thingTypeName": "nope"}"#.into(), 404, "ResourceNotFoundException"),
         // A misspelt field is refused, not ignored (typed bodies deny unknown fields).
         ("POST", "/things/ok".into(), r#"{"thingTypeNmae": "t"}"#.into(), 400, "InvalidRequestException"),
+        // serde would read a struct from an array, field by position: refused, nested too.
+        ("POST", "/things/ok".into(), "[null, null]".into(), 400, "InvalidRequestException"),
+        ("POST", "/thing-types/tt".into(), r#"{"thingTypeProperties": [null, null]}"#.into(), 400, "InvalidRequestException"),
         ("POST", "/policies/p".into(), r#"{"policyDocument": "{}", "extra": 1}"#.into(), 400, "InvalidRequestException"),
         ("POST", "/policies/p".into(), r#"{"policyDocument": "{\"Statement\": 5}"}"#.into(), 400, "MalformedPolicy"),
         ("POST", "/policies/p".into(), json!({"policyDocument": r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"iot:Fly","Resource":"*"}}"#}).to_string(), 400, "UnknownAction"),

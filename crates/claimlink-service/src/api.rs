@@ -28,9 +28,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let bytes = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
         let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
-        serde_json::from_slice(bytes)
-            .map(Body)
-            .map_err(|e| ApiError::bad(format!("the request body: {e}")).into_response())
+        let refuse = |e: String| ApiError::bad(format!("the request body: {e}")).into_response();
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| refuse(e.to_string()))?;
+        object_into(value).map(Body).map_err(refuse)
+    }
+}
+
+/// `value` as `T` when it is a JSON object (serde would also build a struct from an array,
+/// field by position; a body or a nested object given as an array is refused).
+fn object_into<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    if !value.is_object() {
+        return Err("expected a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// A nested object of a request body (`registrationConfig`, `attributePayload`, ...): only a
+/// JSON object, never an array read field by position.
+#[derive(Debug, Clone, Default)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: DeserializeOwned> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        object_into(value).map(Object).map_err(serde::de::Error::custom)
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use claimlink_registry::{Account, CaMode, CaStatus, CertificateStatus, NewCa};
-use claimlink_service::api::{ApiError, Audited, Body, Page};
+use claimlink_service::api::{ApiError, Audited, Body, Object, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -34,7 +34,7 @@ pub(super) struct RegisterCa {
     set_as_active: Option<bool>,
     allow_auto_registration: Option<bool>,
     require_claim: Option<bool>,
-    registration_config: Option<RegistrationConfig>,
+    registration_config: Option<Object<RegistrationConfig>>,
     verification_certificate: Option<String>,
 }
 
@@ -54,7 +54,7 @@ pub(super) async fn register_ca(
         Some(mode) => CaMode::parse(mode)?,
         None => CaMode::Default,
     };
-    let template = b.registration_config.and_then(|rc| rc.template_name);
+    let template = b.registration_config.and_then(|rc| rc.0.template_name);
     let new = NewCa {
         pem: &b.ca_certificate,
         mode,
@@ -105,7 +105,7 @@ pub(super) struct UpdateCa {
     new_status: Option<String>,
     new_auto_registration_status: Option<String>,
     require_claim: Option<bool>,
-    registration_config: Option<RegistrationConfig>,
+    registration_config: Option<Object<RegistrationConfig>>,
 }
 
 pub(super) async fn update_ca(
@@ -134,7 +134,7 @@ pub(super) async fn update_ca(
         None => None,
     };
     // A registrationConfig replaces the template (without templateName: removes it).
-    let template = b.registration_config.map(|rc| rc.template_name);
+    let template = b.registration_config.map(|rc| rc.0.template_name);
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.update_ca(&a.id, &id, status, auto, template.as_ref().map(|t| t.as_deref())).await?;
     if let Some(r) = b.require_claim {

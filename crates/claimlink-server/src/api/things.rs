@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use claimlink_registry::{Account, PolicyTarget};
-use claimlink_service::api::{ApiError, Audited, Body, Page};
+use claimlink_service::api::{ApiError, Audited, Body, Object, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -37,8 +37,8 @@ pub(super) struct AttributePayload {
 }
 
 impl AttributePayload {
-    fn into_map(this: Option<Self>) -> BTreeMap<String, String> {
-        this.and_then(|p| p.attributes).unwrap_or_default()
+    fn into_map(this: Option<Object<Self>>) -> BTreeMap<String, String> {
+        this.and_then(|p| p.0.attributes).unwrap_or_default()
     }
 }
 
@@ -47,7 +47,7 @@ impl AttributePayload {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateThing {
     thing_type_name: Option<String>,
-    attribute_payload: Option<AttributePayload>,
+    attribute_payload: Option<Object<AttributePayload>>,
 }
 
 pub(super) async fn create_thing(
@@ -98,7 +98,7 @@ pub(super) async fn list_things(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateThingType {
-    thing_type_properties: Option<ThingTypeProperties>,
+    thing_type_properties: Option<Object<ThingTypeProperties>>,
 }
 
 /// A thing type's properties.
@@ -115,7 +115,7 @@ pub(super) async fn create_thing_type(
     Path(name): Path<String>,
     Body(b): Body<CreateThingType>,
 ) -> ApiResult {
-    let p = b.thing_type_properties.unwrap_or_default();
+    let p = b.thing_type_properties.unwrap_or_default().0;
     let (description, searchable) = (p.thing_type_description, p.searchable_attributes.unwrap_or_default());
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.create_thing_type(&a.id, &name, description.as_deref(), &searchable).await?;
@@ -128,14 +128,14 @@ pub(super) async fn create_thing_type(
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateThingGroup {
     parent_group_name: Option<String>,
-    thing_group_properties: Option<ThingGroupProperties>,
+    thing_group_properties: Option<Object<ThingGroupProperties>>,
 }
 
 /// A thing group's properties.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct ThingGroupProperties {
-    attribute_payload: Option<AttributePayload>,
+    attribute_payload: Option<Object<AttributePayload>>,
 }
 
 pub(super) async fn create_thing_group(
@@ -144,7 +144,7 @@ pub(super) async fn create_thing_group(
     Path(name): Path<String>,
     Body(b): Body<CreateThingGroup>,
 ) -> ApiResult {
-    let attributes = AttributePayload::into_map(b.thing_group_properties.and_then(|p| p.attribute_payload));
+    let attributes = AttributePayload::into_map(b.thing_group_properties.and_then(|p| p.0.attribute_payload));
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.create_thing_group(&a.id, &name, b.parent_group_name.as_deref(), &attributes).await?;
     tx.commit("CreateThingGroup", &name).await?;
