@@ -10,7 +10,7 @@ use rustls::pki_types::CertificateDer;
 /// What a listener's [`crate::TlsSelector::admit`] decided about a client after its handshake
 /// (the account and CA a certificate chains to, for example), carried with the connection to
 /// the role's hooks, which know its type ([`PeerIdentity::admitted`]).
-pub type Admission = Arc<dyn Any + Send + Sync>;
+pub type PeerAdmission = Arc<dyn Any + Send + Sync>;
 
 /// Who is on the other end of a connection, as the transport saw it.
 #[derive(Clone)]
@@ -22,7 +22,7 @@ pub struct PeerIdentity {
     /// The client's certificate chain, leaf first (empty without TLS client authentication).
     pub certificates: Vec<CertificateDer<'static>>,
     /// The listener's admission of the client, made once after the handshake.
-    pub admission: Option<Admission>,
+    pub admission: Option<PeerAdmission>,
 }
 
 impl PeerIdentity {

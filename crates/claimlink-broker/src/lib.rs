@@ -16,5 +16,5 @@ pub mod router;
 pub mod serve;
 pub mod tls;
 
-pub use hooks::{Admission, AllowAll, ConnectRequest, Hooks, Inbound, Origin, PeerIdentity, Verdict};
+pub use hooks::{AllowAll, ConnectRequest, Hooks, Inbound, Origin, PeerAdmission, PeerIdentity, Verdict};
 pub use listener::{Broker, Handshaken, Limits, TlsSelector, WeakBroker, handshake};

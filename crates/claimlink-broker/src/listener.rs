@@ -103,7 +103,7 @@ pub trait TlsSelector: Send + Sync + 'static {
         &self,
         _sni: Option<&str>,
         _certificates: &[rustls::pki_types::CertificateDer<'static>],
-    ) -> Result<Option<crate::hooks::Admission>, String> {
+    ) -> Result<Option<crate::hooks::PeerAdmission>, String> {
         Ok(None)
     }
 }

@@ -59,7 +59,7 @@ pub struct Accepted {
     /// The client's certificate chain, leaf first (TLS client authentication).
     pub certificates: Vec<CertificateDer<'static>>,
     /// What the listener's [`crate::TlsSelector::admit`] made of the client.
-    pub admission: Option<crate::hooks::Admission>,
+    pub admission: Option<crate::hooks::PeerAdmission>,
     /// Held for the connection's life: its place under the listener's limits.
     pub permit: Permit,
 }

@@ -129,13 +129,34 @@ pub async fn jitp_with(
     stored: &claimlink_registry::Template,
     cert: &Certificate,
 ) -> Result<Provisioned, ProvisionError> {
+    match Template::parse(&stored.body) {
+        Ok(template) => jitp_compiled(store, account, ca_id, stored, &template, cert).await,
+        Err(e) => {
+            let e = ProvisionError::from(e);
+            let certificate_id = cert.id().to_string();
+            record_failure(store, account, &certificate_id, Some(ca_id), Some(&stored.name), &e.to_string())
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// [`jitp_with`] with the stored template already compiled (the account endpoint keeps
+/// compiled templates, so a device's provisioning parses nothing).
+pub async fn jitp_compiled(
+    store: &Store,
+    account: &Account,
+    ca_id: &str,
+    stored: &claimlink_registry::Template,
+    template: &Template,
+    cert: &Certificate,
+) -> Result<Provisioned, ProvisionError> {
     let certificate_id = cert.id().to_string();
     let template_name = stored.name.as_str();
     let result = async {
         if !stored.enabled {
             return Err(fit(&format!("template {template_name} is disabled")));
         }
-        let template = Template::parse(&stored.body)?;
         let params = template.parameters_for(cert, &certificate_id);
         let plan = template.plan(&params, template_name)?;
         // Lost in a machine crash, it is redone by the device's next connection.

@@ -232,7 +232,15 @@ impl AccountHooks {
             }
             return Err(ReasonCode::NotAuthorized);
         };
-        match claimlink_provision::jitp_with(store, &self.account, &ca.id, template, leaf).await {
+        let provisioned = match self.server.compiled_template(&self.account.id, template) {
+            Some(compiled) => {
+                claimlink_provision::jitp_compiled(store, &self.account, &ca.id, template, &compiled, leaf)
+                    .await
+            }
+            // It no longer compiles: provisioning fails and records why.
+            None => claimlink_provision::jitp_with(store, &self.account, &ca.id, template, leaf).await,
+        };
+        match provisioned {
             Ok(_) => Ok(()),
             Err(e) if e.is_transient() => {
                 // Another connection of the same device provisioned it a moment ago.

@@ -148,6 +148,9 @@ impl tls::Admission for AccountAdmission {
     }
 }
 
+/// A template's body and what it compiled to.
+type CompiledTemplate = (String, Arc<claimlink_provision::Template>);
+
 /// Everything the account endpoint shares between connections, the API and the accept loop.
 pub(crate) struct Shared {
     pub(crate) store: Store,
@@ -157,6 +160,8 @@ pub(crate) struct Shared {
     pub(crate) server_chain: Vec<CertificateDer<'static>>,
     pub(crate) server_key: PrivateKeyDer<'static>,
     policies: Mutex<HashMap<(String, String, i64), Arc<claimlink_policy::Policy>>>,
+    /// Compiled provisioning templates by (account, name), with the body they were compiled from.
+    templates: Mutex<HashMap<(String, String), CompiledTemplate>>,
     /// Live connections per account: client id -> what its rights were bound from.
     live: Mutex<HashMap<String, HashMap<String, LiveSession>>>,
     next_serial: AtomicU64,
@@ -195,6 +200,7 @@ impl AccountServer {
             server_chain,
             server_key,
             policies: Mutex::new(HashMap::new()),
+            templates: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             last_reload: std::sync::atomic::AtomicI64::new(0),
@@ -355,6 +361,28 @@ impl AccountServer {
         }
         cache.insert(key, parsed.clone());
         Ok(parsed)
+    }
+
+    /// A stored template compiled, cached by (account, name) while its body is the same: JITP
+    /// compiles a template once, not per device. `None` when it does not compile (any more).
+    pub(crate) fn compiled_template(
+        &self,
+        account_id: &str,
+        stored: &claimlink_registry::Template,
+    ) -> Option<Arc<claimlink_provision::Template>> {
+        let key = (account_id.to_owned(), stored.name.clone());
+        if let Some((body, t)) = lock(&self.shared.templates).get(&key) {
+            if *body == stored.body {
+                return Some(t.clone());
+            }
+        }
+        let compiled = Arc::new(claimlink_provision::Template::parse(&stored.body).ok()?);
+        let mut cache = lock(&self.shared.templates);
+        if cache.len() >= MAX_CACHED_POLICIES {
+            cache.clear();
+        }
+        cache.insert(key, (stored.body.clone(), compiled.clone()));
+        Some(compiled)
     }
 
     pub(crate) fn next_serial(&self) -> u64 {

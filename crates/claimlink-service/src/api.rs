@@ -93,6 +93,16 @@ pub fn router<S: Clone + Send + Sync + 'static>(routes: &[Route<S>]) -> Router<S
 }
 
 /// An API error: status and stable code.
+///
+/// The vocabulary, one for every API of ours (README, "API errors"): AWS IoT's exception
+/// names where AWS has the case - `InvalidRequestException` (400), `UnauthorizedException`
+/// (401), `ResourceNotFoundException` (404), `ResourceAlreadyExistsException`,
+/// `CertificateStateException`, `DeleteConflictException` (409), `LimitExceededException`
+/// (400), `InternalFailureException` (500), `ServiceUnavailableException` (503) -; the policy
+/// language's validation codes (`MalformedPolicy`, `UnknownAction`, ...); HTTP's own
+/// (`PayloadTooLarge`, `MethodNotAllowed`, `UnsupportedMediaType`); and the claim decision's
+/// (`ClaimCodeWrong`, `AlreadyOwned`, `LockedOut`, `NotOwner`, ...). Registry errors map to
+/// these in one place (`From<RegistryError>`).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,

@@ -96,8 +96,8 @@ impl<A: Admission> claimlink_broker::TlsSelector for Listener<A> {
         &self,
         sni: Option<&str>,
         certificates: &[CertificateDer<'static>],
-    ) -> Result<Option<claimlink_broker::Admission>, String> {
-        Ok(self.admit_chain(sni, certificates)?.map(|a| Arc::new(a) as claimlink_broker::Admission))
+    ) -> Result<Option<claimlink_broker::PeerAdmission>, String> {
+        Ok(self.admit_chain(sni, certificates)?.map(|a| Arc::new(a) as claimlink_broker::PeerAdmission))
     }
 }
 

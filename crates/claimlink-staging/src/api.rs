@@ -226,7 +226,7 @@ impl FromRequestParts<Arc<StagingServer>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, server: &Arc<StagingServer>) -> Result<Self, ApiError> {
-        let refused = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", why);
+        let refused = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, "UnauthorizedException", why);
         let token = parts
             .headers
             .get("authorization")
@@ -250,7 +250,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClaimThing {
         peer.map(ClaimThing).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "Unauthorized",
+                "UnauthorizedException",
                 "the claim API needs the OEM's claim-thing certificate (TLS client authentication)",
             )
         })
@@ -348,9 +348,14 @@ async fn upload_claim_certificate(
     let mut tx = Audited::begin(s.store(), None, &format!("staging-admin:{who}")).await?;
     tx.set_claim_certificate(&id, &cert_id, &cert.to_pem()).await?;
     tx.commit("SetClaimCertificate", &id).await?;
-    s.reload()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", e.to_string()))?;
+    s.reload().await.map_err(|e| {
+        tracing::error!(error = %e, "staging could not reload the claim-thing certificates");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailureException",
+            "the request failed; try again",
+        )
+    })?;
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
 }
 

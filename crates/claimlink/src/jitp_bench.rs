@@ -32,6 +32,10 @@ pub(crate) struct JitpArgs {
     /// Devices connecting at the same time.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Devices send no server name (SNI): the CA is registered in DEFAULT mode and the account
+    /// is found from it after the handshake.
+    #[arg(long)]
+    no_sni: bool,
 }
 
 fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
@@ -117,7 +121,12 @@ async fn visit(addr: std::net::SocketAddr, host: &str, device: &Device) -> Resul
     let start = Instant::now();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+    // An IP address as the server name: rustls sends no SNI.
+    let name = if host == "127.0.0.1" {
+        rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
+    } else {
+        rustls::pki_types::ServerName::try_from(host.to_owned())?
+    };
     let mut tls = tokio_rustls::TlsConnector::from(device.config.clone()).connect(name, tcp).await?;
     let mut conn = ClientConnection::new(ClientOptions::new(device.name.clone()), Instant::now());
     drive(&mut tls, &mut conn, |e| matches!(e, ClientEvent::Connected { .. })).await?;
@@ -197,7 +206,7 @@ pub(crate) fn run(args: &JitpArgs) -> Result<()> {
     let server_ca = self_signed_ca("Bench Endpoint CA")?;
     let (server_cert, server_key) = leaf(
         &server_ca,
-        &Profile::TlsServer { dns: vec![host.clone()], ips: Vec::new() },
+        &Profile::TlsServer { dns: vec![host.clone()], ips: vec![std::net::Ipv4Addr::LOCALHOST.into()] },
         &format!("CN={host}"),
     )?;
     let maker = self_signed_ca("Bench Module Maker CA")?;
@@ -239,9 +248,14 @@ pub(crate) fn run(args: &JitpArgs) -> Result<()> {
         tx.create_policy(&account.id, "BenchPolicy", POLICY).await?;
         tx.create_template(&account.id, "bench", TemplateKind::Jitp, TEMPLATE, true, None).await?;
         let pem = maker.0.to_pem();
-        let mut ca = NewCa::new(&pem, CaMode::SniOnly);
+        let verification = leaf(&maker, &Profile::DeviceBirth, &format!("CN={}", account.registration_code))?.0;
+        let verification_pem = verification.to_pem();
+        let mut ca = NewCa::new(&pem, if args.no_sni { CaMode::Default } else { CaMode::SniOnly });
         ca.auto_registration = true;
         ca.template_name = Some("bench");
+        if args.no_sni {
+            ca.verification_pem = Some(&verification_pem);
+        }
         tx.register_ca(&account, &ca).await?;
         tx.commit().await?;
         let identity = ServerIdentity {
@@ -252,9 +266,15 @@ pub(crate) fn run(args: &JitpArgs) -> Result<()> {
         let limits = Limits { max_connections: args.devices + 1000, ..Limits::default() };
         let server = AccountServer::new(store, &identity, limits, shutdown).await?;
         let (mqtt, _) = server.start("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?).await?;
-        let backend = if url.starts_with("postgres") { "PostgreSQL" } else { "SQLite" };
+        let backend = match (url.starts_with("postgres"), args.no_sni) {
+            (true, false) => "PostgreSQL",
+            (true, true) => "PostgreSQL, no SNI",
+            (false, false) => "SQLite",
+            (false, true) => "SQLite, no SNI",
+        };
         for (label, what) in [("never-seen devices (JITP)", "onboarded"), ("provisioned devices", "connected")] {
-            let (elapsed, latencies, failures) = wave(mqtt, &host, &devices, args.concurrency).await?;
+            let server_name = if args.no_sni { "127.0.0.1" } else { host.as_str() };
+            let (elapsed, latencies, failures) = wave(mqtt, server_name, &devices, args.concurrency).await?;
             let ok = latencies.len();
             println!(
                 "{backend}: {label}: {ok} {what} in {:.2} s = {:.0}/s (concurrency {}, failures {failures}); per device p50 {:.1} ms, p99 {:.1} ms",
