@@ -213,7 +213,12 @@ impl<H: Hooks> Task<H> {
             password: c.password.as_deref(),
             peer: &self.peer,
         };
-        let context = match self.shared.hooks.on_connect(&request).await {
+        let decided = self.shared.hooks.on_connect(&request).await;
+        // The admission served its purpose: a live connection does not keep it (nor the
+        // certificate chain) for its whole life.
+        self.peer.admission = None;
+        self.peer.certificates = Vec::new();
+        let context = match decided {
             Ok(ctx) => Arc::new(ctx),
             Err(reason) => return self.conn.reject(reason),
         };
