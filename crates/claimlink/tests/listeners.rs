@@ -263,7 +263,16 @@ fn expensive_portal_work_is_bounded_while_a_real_user_signs_in() {
         started.elapsed()
     );
     assert!(grown_mib < 600, "the process grew by {grown_mib} MiB under the flood");
-    assert!(statuses[..16].contains(&503), "QR uploads beyond the pool are refused: {statuses:?}");
+    // At most the pool's places (1 decoding, 2 waiting) are worked on; the rest are refused with
+    // 503 before their bodies are read - which a client still writing its 8 MiB body may see as
+    // a reset connection (0) instead of the answer.
+    let uploads = &statuses[..16];
+    let processed = uploads.iter().filter(|s| !matches!(s, 503 | 0)).count();
+    assert!(processed <= 3, "QR uploads beyond the pool are refused: {statuses:?}");
+    assert!(
+        uploads.iter().any(|s| matches!(s, 503 | 0)),
+        "QR uploads beyond the pool are refused: {statuses:?}"
+    );
     // The locked-out source is refused; the real user's source is not.
     let (status, _, _) =
         http(attacker, port, "POST", "/signin", &[FORM], form("mallory%40example.com").as_bytes());
