@@ -77,9 +77,14 @@ impl<S> std::fmt::Debug for Route<S> {
     }
 }
 
-/// The router serving every route of `routes`.
-pub fn router<S: Clone + Send + Sync + 'static>(routes: &[Route<S>]) -> Router<S> {
-    routes.iter().fold(Router::new(), |router, route| {
+/// The router of an API: every route of `routes`, `/openapi.json` served by `openapi`, JSON
+/// errors for everything refused (an unknown path included), bodies of at most `max_body`.
+pub fn router<S: Clone + Send + Sync + 'static>(
+    routes: &[Route<S>],
+    openapi: MethodRouter<S>,
+    max_body: usize,
+) -> Router<S> {
+    let routed = routes.iter().fold(Router::new(), |router, route| {
         let filter = match route.method {
             "get" => MethodFilter::GET,
             "post" => MethodFilter::POST,
@@ -89,7 +94,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(routes: &[Route<S>]) -> Router<S
             other => unreachable!("route table method {other}"),
         };
         router.route(route.path, (route.handler)(filter))
-    })
+    });
+    routed
+        .route("/openapi.json", openapi)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response(json_errors))
 }
 
 /// An API error: status and stable code.

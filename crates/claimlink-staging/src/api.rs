@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::claims::{ClaimOutcome, ClaimRequest, ReleaseError, Via};
 use crate::store::OemStatus;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::server::{StagingServer, claim_result};
 use claimlink_service::api::{
-    ApiError, Audited, Body, Operation, Page, Route, bearer, json_errors, list, object, openapi_document,
+    ApiError, Audited, Body, Operation, Page, Route, bearer, list, object, openapi_document,
 };
 
 type ApiResult = Result<Response, ApiError>;
@@ -206,14 +206,7 @@ async fn openapi() -> axum::Json<Value> {
 /// The staging API's routes.
 pub fn router(server: StagingServer) -> Router {
     let max_body = server.shared.http.max_body;
-    claimlink_service::api::router(ROUTES)
-        .route("/openapi.json", get(openapi))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
-        })
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::map_response(json_errors))
-        .with_state(Arc::new(server))
+    claimlink_service::api::router(ROUTES, get(openapi), max_body).with_state(Arc::new(server))
 }
 
 type St = State<Arc<StagingServer>>;

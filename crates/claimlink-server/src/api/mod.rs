@@ -11,13 +11,13 @@ mod templates;
 mod things;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::routing::{get, on};
 use claimlink_registry::Account;
 use claimlink_service::HttpLimits;
-use claimlink_service::api::{ApiError, Route, bearer, json_errors, openapi_document};
+use claimlink_service::api::{ApiError, Route, bearer, openapi_document};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -274,14 +274,7 @@ pub fn router(server: AccountServer) -> Router {
 
 /// The API's routes, taking request bodies of at most `max_body` bytes.
 pub fn router_with(server: AccountServer, max_body: usize) -> Router {
-    claimlink_service::api::router(ROUTES)
-        .route("/openapi.json", get(openapi))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", "no such API path")
-        })
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::map_response(json_errors))
-        .with_state(server)
+    claimlink_service::api::router(ROUTES, get(openapi), max_body).with_state(server)
 }
 
 async fn openapi() -> axum::Json<Value> {
