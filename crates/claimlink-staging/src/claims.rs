@@ -421,15 +421,16 @@ fn audit(req: &ClaimRequest<'_>, result: &str, detail: serde_json::Value, now: i
 }
 
 /// Records refusals decided before the registry was consulted (a rate limit, a malformed
-/// request): `n` of them, in aggregate.
+/// request): `n` of them, in aggregate, in `policy`'s refusal windows.
 pub async fn record_rejection(
     store: &Store,
+    policy: &ClaimPolicy,
     req: &ClaimRequest<'_>,
     reason: Rejection,
     n: i64,
 ) -> Result<(), RegistryError> {
     let mut tx = store.begin().await?;
-    count_refusals(&mut tx, &ClaimPolicy::default(), req, reason, false, n).await?;
+    count_refusals(&mut tx, policy, req, reason, false, n).await?;
     tx.commit().await
 }
 

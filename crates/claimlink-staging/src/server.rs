@@ -382,12 +382,19 @@ impl StagingServer {
             })
         });
         let Some(n) = due else { return };
-        let store = self.shared.store.clone();
+        let shared = self.shared.clone();
         let (oem, claimer, via) = (request.oem_id.to_owned(), request.claimer, request.via);
         tokio::spawn(async move {
             let request =
                 ClaimRequest { oem_id: &oem, claimer, thing_name: "", endpoint: "", claim_code: None, via };
-            if let Err(e) = claims::record_rejection(&store, &request, Rejection::RateLimited, n).await {
+            let recorded = claims::record_rejection(
+                &shared.store,
+                &shared.claim_policy,
+                &request,
+                Rejection::RateLimited,
+                n,
+            );
+            if let Err(e) = recorded.await {
                 tracing::error!(error = %e, "recording rate-limited claims failed");
             }
         });
@@ -577,9 +584,14 @@ impl StagingHooks {
                 via: Via::Mqtt,
             };
             let outcome = if endpoint.is_empty() {
-                let _ =
-                    claims::record_rejection(&server.shared.store, &request, Rejection::InvalidRequest, 1)
-                        .await;
+                let _ = claims::record_rejection(
+                    &server.shared.store,
+                    &server.shared.claim_policy,
+                    &request,
+                    Rejection::InvalidRequest,
+                    1,
+                )
+                .await;
                 Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None })
             } else {
                 server.claim(&request).await
