@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod registration;
+
 pub use claimlink_template::{
     CERTIFICATE_ID_PARAMETER, CERTIFICATE_PARAMETERS, DoesNotFit, Expr, MAX_TEMPLATE_BYTES, Override,
     Parameters, Plan, SubPart, Template, TemplateError, ThingPlan,
@@ -23,7 +25,9 @@ use std::collections::BTreeMap;
 use claimlink_pki::Certificate;
 use claimlink_pki::name::attribute;
 use claimlink_registry::{
-    Account, AuditRecord, CertificateRecord, CertificateStatus, ProvisioningFailure, RegistryError, Store, Tx,
+    Account, AccountId, AuditRecord, CaId, CertificateId, CertificateRecord, CertificateStatus, Coded,
+    Invalid, PolicyName, ProvisioningFailure, RegistryError, Store, TemplateName, ThingGroupName, ThingName,
+    ThingTypeName, Tx,
 };
 use serde_json::Value;
 
@@ -51,6 +55,31 @@ pub enum ProvisionError {
 impl From<DoesNotFit> for ProvisionError {
     fn from(e: DoesNotFit) -> Self {
         Self::DoesNotFit(e.0)
+    }
+}
+
+impl From<Invalid> for ProvisionError {
+    fn from(e: Invalid) -> Self {
+        Self::DoesNotFit(format!("the template makes an invalid name: {e}"))
+    }
+}
+
+impl From<registration::CreatePolicyError> for ProvisionError {
+    fn from(e: registration::CreatePolicyError) -> Self {
+        match e {
+            registration::CreatePolicyError::Document(e) => Self::DoesNotFit(format!("{}: {e}", e.code())),
+            registration::CreatePolicyError::Registry(e) => Self::Registry(e),
+        }
+    }
+}
+
+impl Coded for ProvisionError {
+    fn code(&self) -> &'static str {
+        match self {
+            Self::DoesNotFit(_) => "InvalidRequestException",
+            Self::Template(e) => e.code(),
+            Self::Registry(e) => e.code(),
+        }
     }
 }
 
@@ -88,9 +117,9 @@ pub struct Provisioned {
     /// The certificate as registered.
     pub certificate: CertificateRecord,
     /// The thing it is attached to.
-    pub thing_name: Option<String>,
+    pub thing_name: Option<ThingName>,
     /// Policies attached to the certificate.
-    pub policies: Vec<String>,
+    pub policies: Vec<PolicyName>,
 }
 
 /// Runs JITP for `cert` (issued by the registered CA `ca_id`) with the stored template
@@ -99,8 +128,8 @@ pub struct Provisioned {
 pub async fn jitp(
     store: &Store,
     account: &Account,
-    ca_id: &str,
-    template_name: &str,
+    ca_id: &CaId,
+    template_name: &TemplateName,
     cert: &Certificate,
 ) -> Result<Provisioned, ProvisionError> {
     // Everything that only reads happens before the write transaction, which SQLite
@@ -113,7 +142,7 @@ pub async fn jitp(
         Ok(stored) => jitp_with(store, account, ca_id, &stored, cert).await,
         Err(e) => {
             let e = ProvisionError::from(e);
-            let id = cert.id().to_string();
+            let id = CertificateId::of(cert);
             record_failure(store, account, &id, Some(ca_id), Some(template_name), &e.to_string()).await;
             Err(e)
         }
@@ -125,7 +154,7 @@ pub async fn jitp(
 pub async fn jitp_with(
     store: &Store,
     account: &Account,
-    ca_id: &str,
+    ca_id: &CaId,
     stored: &claimlink_registry::Template,
     cert: &Certificate,
 ) -> Result<Provisioned, ProvisionError> {
@@ -133,7 +162,7 @@ pub async fn jitp_with(
         Ok(template) => jitp_compiled(store, account, ca_id, stored, &template, cert).await,
         Err(e) => {
             let e = ProvisionError::from(e);
-            let certificate_id = cert.id().to_string();
+            let certificate_id = CertificateId::of(cert);
             record_failure(store, account, &certificate_id, Some(ca_id), Some(&stored.name), &e.to_string())
                 .await;
             Err(e)
@@ -146,18 +175,18 @@ pub async fn jitp_with(
 pub async fn jitp_compiled(
     store: &Store,
     account: &Account,
-    ca_id: &str,
+    ca_id: &CaId,
     stored: &claimlink_registry::Template,
     template: &Template,
     cert: &Certificate,
 ) -> Result<Provisioned, ProvisionError> {
-    let certificate_id = cert.id().to_string();
-    let template_name = stored.name.as_str();
+    let certificate_id = CertificateId::of(cert);
+    let template_name = &stored.name;
     let result = async {
         if !stored.enabled {
             return Err(fit(&format!("template {template_name} is disabled")));
         }
-        let params = template.parameters_for(cert, &certificate_id);
+        let params = template.parameters_for(cert, certificate_id.as_str());
         let plan = template.plan(&params, template_name)?;
         // Lost in a machine crash, it is redone by the device's next connection.
         let mut tx = store.begin_relaxed().await?;
@@ -182,15 +211,15 @@ pub async fn jitp_compiled(
 pub async fn record_failure(
     store: &Store,
     account: &Account,
-    certificate_id: &str,
-    ca_id: Option<&str>,
-    template: Option<&str>,
+    certificate_id: &CertificateId,
+    ca_id: Option<&CaId>,
+    template: Option<&TemplateName>,
     reason: &str,
 ) {
     let failure = ProvisioningFailure {
-        certificate_id: certificate_id.to_owned(),
-        ca_id: ca_id.map(str::to_owned),
-        template_name: template.map(str::to_owned),
+        certificate_id: certificate_id.to_string(),
+        ca_id: ca_id.map(CaId::to_string),
+        template_name: template.map(TemplateName::to_string),
         reason: reason.to_owned(),
         at: claimlink_registry::now(),
     };
@@ -219,36 +248,43 @@ fn audit_row(action: &str, target: &str, result: &str, detail: Option<&str>) -> 
 async fn apply(
     tx: &mut Tx,
     account: &Account,
-    ca_id: &str,
+    ca_id: &CaId,
     cert: &Certificate,
     plan: &Plan,
 ) -> Result<Provisioned, ProvisionError> {
     let a = &account.id;
     // The chain was verified by the TLS handshake that brought the device here.
-    let mut record = tx.insert_verified_certificate(a, cert, Some(ca_id)).await?;
+    let mut record =
+        tx.insert_certificate(a, cert, Some(ca_id), CertificateStatus::PendingActivation).await?;
     let mut thing_name = None;
     if let Some(t) = &plan.thing {
-        match tx.thing(a, &t.name).await? {
-            None => tx
-                .insert_new_thing(a, &t.name, t.thing_type.as_deref(), &t.attributes, &t.groups)
-                .await
-                .map_err(group_error)?,
+        let name = ThingName::new(&t.name)?;
+        match tx.thing(a, &name).await? {
+            None => {
+                let thing_type = t.thing_type.as_deref().map(ThingTypeName::new).transpose()?;
+                let groups =
+                    t.groups.iter().map(|g| ThingGroupName::new(g)).collect::<Result<Vec<_>, _>>()?;
+                tx.insert_new_thing(a, &name, thing_type.as_ref(), &t.attributes, &groups)
+                    .await
+                    .map_err(group_error)?
+            }
             Some(existing) => update_thing(tx, a, &existing, t).await?,
         }
-        thing_name = Some(t.name.clone());
+        thing_name = Some(name);
     }
     let mut policies = Vec::new();
     for (name, doc) in &plan.policies {
+        let name = PolicyName::new(name)?;
         if let Some(doc) = doc {
-            match tx.get_policy(a, name).await {
+            match tx.get_policy(a, &name).await {
                 Ok(_) => {}
                 Err(RegistryError::NotFound { .. }) => {
-                    tx.create_policy(a, name, doc).await?;
+                    registration::create_policy(tx, a, &name, doc).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        policies.push(name.clone());
+        policies.push(name);
     }
     tx.attach_policies_to_new_certificate(a, &record.id, &policies).await.map_err(|e| match e {
         RegistryError::NotFound { kind: "policy", name } => {
@@ -260,7 +296,7 @@ async fn apply(
         tx.link_thing_principal(a, thing, &record.id).await?;
     }
     let status = match plan.certificate_status {
-        Some(s) => CertificateStatus::parse(s).map_err(|e| fit(&e.to_string()))?,
+        Some(s) => CertificateStatus::parse(s)?,
         None => CertificateStatus::Active,
     };
     tx.set_new_certificate_status(a, &mut record, status).await?;
@@ -280,10 +316,12 @@ fn group_error(e: RegistryError) -> ProvisionError {
 /// Applies the template to a thing that exists, as its override settings say.
 async fn update_thing(
     tx: &mut Tx,
-    a: &str,
+    a: &AccountId,
     existing: &claimlink_registry::Thing,
     t: &ThingPlan,
 ) -> Result<(), ProvisionError> {
+    let plan_type = t.thing_type.as_deref().map(ThingTypeName::new).transpose()?;
+    let plan_groups = t.groups.iter().map(|g| ThingGroupName::new(g)).collect::<Result<Vec<_>, _>>()?;
     let [attr_o, type_o, groups_o] = t.overrides;
     let refuse =
         |what: &str| fit(&format!("thing {} exists with other {what} and the template says FAIL", t.name));
@@ -297,16 +335,16 @@ async fn update_thing(
     }
     let mut thing_type = existing.thing_type.clone();
     match type_o {
-        Override::Replace | Override::Merge => thing_type.clone_from(&t.thing_type),
-        Override::Fail if existing.thing_type != t.thing_type => return Err(refuse("thing type")),
+        Override::Replace | Override::Merge => thing_type.clone_from(&plan_type),
+        Override::Fail if existing.thing_type != plan_type => return Err(refuse("thing type")),
         Override::Fail | Override::DoNothing => {}
     }
     if attributes != existing.attributes || thing_type != existing.thing_type {
-        tx.update_thing(a, &t.name, thing_type.as_deref(), &attributes).await?;
+        tx.update_thing(a, &existing.name, thing_type.as_ref(), &attributes).await?;
     }
-    let current = tx.groups_of_thing(a, &t.name).await?;
-    let missing: Vec<&String> = t.groups.iter().filter(|g| !current.contains(g)).collect();
-    let extra: Vec<&String> = current.iter().filter(|g| !t.groups.contains(g)).collect();
+    let current = tx.groups_of_thing(a, &existing.name).await?;
+    let missing: Vec<&ThingGroupName> = plan_groups.iter().filter(|g| !current.contains(g)).collect();
+    let extra: Vec<&ThingGroupName> = current.iter().filter(|g| !plan_groups.contains(g)).collect();
     match groups_o {
         Override::DoNothing => {}
         Override::Fail if !missing.is_empty() || !extra.is_empty() => return Err(refuse("thing groups")),
@@ -314,11 +352,11 @@ async fn update_thing(
         Override::Merge | Override::Replace => {
             if groups_o == Override::Replace {
                 for g in &extra {
-                    tx.remove_thing_from_group(a, g, &t.name).await?;
+                    tx.remove_thing_from_group(a, g, &existing.name).await?;
                 }
             }
             for g in missing {
-                tx.add_thing_to_group(a, g, &t.name).await.map_err(group_error)?;
+                tx.add_thing_to_group(a, g, &existing.name).await.map_err(group_error)?;
             }
         }
     }
@@ -331,13 +369,13 @@ async fn update_thing(
 pub async fn jitr(
     store: &Store,
     account: &Account,
-    ca_id: &str,
+    ca_id: &CaId,
     cert: &Certificate,
 ) -> Result<(CertificateRecord, Value), ProvisionError> {
     let mut tx = store.begin().await?;
-    let record = tx
-        .register_certificate(&account.id, &cert.to_pem(), Some(ca_id), CertificateStatus::PendingActivation)
-        .await?;
+    // The chain was verified by the TLS handshake that brought the device here.
+    let record =
+        tx.insert_certificate(&account.id, cert, Some(ca_id), CertificateStatus::PendingActivation).await?;
     tx.audit(Some(&account.id), &audit_row("JITR", &record.id, "ok", None)).await?;
     tx.commit().await?;
     let event = serde_json::json!({

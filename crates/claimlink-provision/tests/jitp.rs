@@ -5,8 +5,17 @@
 use std::collections::BTreeMap;
 
 use claimlink_pki::KeyAlgorithm;
+use claimlink_provision::registration::{self, CaApplication};
 use claimlink_provision::{ProvisionError, Template, jitp, jitr};
 use claimlink_registry::*;
+
+/// A typed name or id from a literal of the test.
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().unwrap()
+}
 use claimlink_testkit::postgres;
 use claimlink_testpki::TestCa;
 
@@ -34,7 +43,7 @@ struct Setup {
     store: Store,
     account: Account,
     maker: TestCa,
-    ca_id: String,
+    ca_id: CaId,
 }
 
 async fn setups(test: &str) -> (Vec<Setup>, tempfile::TempDir, Option<claimlink_testkit::PostgresDatabase>) {
@@ -50,19 +59,20 @@ async fn setups(test: &str) -> (Vec<Setup>, tempfile::TempDir, Option<claimlink_
         let maker = TestCa::issuing(KeyAlgorithm::Sm2, "CN=Module Maker,O=Maker,C=CN");
         let mut tx = store.begin().await.unwrap();
         let account = tx.create_account("acme", "acme.iot.example.com", "cn-north-1").await.unwrap();
-        tx.create_template(&account.id, "lights", TemplateKind::Jitp, AWS_TEMPLATE, true, None)
+        tx.create_template(&account.id, &id("lights"), TemplateKind::Jitp, AWS_TEMPLATE, true, None)
             .await
             .unwrap();
         let pem = maker.certificate.to_pem();
-        let mut new = NewCa::new(&pem, CaMode::SniOnly);
+        let lights = id("lights");
+        let mut new = CaApplication::new(&pem, CaMode::SniOnly);
         new.auto_registration = true;
-        new.template_name = Some("lights");
-        let ca = tx.register_ca(&account, &new).await.unwrap();
-        tx.create_thing_type(&account.id, "lightBulb-versionA", None, &[]).await.unwrap();
+        new.template_name = Some(&lights);
+        let ca = registration::register_ca(&mut tx, &account, &new).await.unwrap();
+        tx.create_thing_type(&account.id, &id("lightBulb-versionA"), None, &[]).await.unwrap();
         for g in ["v1-lightbulbs", "CN"] {
-            tx.create_thing_group(&account.id, g, None, &BTreeMap::new()).await.unwrap();
+            tx.create_thing_group(&account.id, &id(g), None, &BTreeMap::new()).await.unwrap();
         }
-        tx.create_policy(&account.id, "DevicePolicy", POLICY).await.unwrap();
+        registration::create_policy(&mut tx, &account.id, &id("DevicePolicy"), POLICY).await.unwrap();
         tx.commit().await.unwrap();
         out.push(Setup { store, account, maker, ca_id: ca.id });
     }
@@ -74,23 +84,23 @@ async fn the_aws_template_provisions_a_device_in_one_go() {
     let (setups, _dir, _pg) = setups("jitp_aws_template").await;
     for s in setups {
         let device = s.maker.device("CN=lamp-1,serialNumber=SN0001,O=Acme");
-        let done = jitp(&s.store, &s.account, &s.ca_id, "lights", &device.certificate).await.unwrap();
+        let done = jitp(&s.store, &s.account, &s.ca_id, &id("lights"), &device.certificate).await.unwrap();
         assert_eq!(done.certificate.status, CertificateStatus::Active);
         assert_eq!(done.thing_name.as_deref(), Some("lamp-1"));
         assert_eq!(done.policies, ["DevicePolicy"]);
         let mut tx = s.store.read().await.unwrap();
-        let thing = tx.describe_thing(&s.account.id, "lamp-1").await.unwrap();
+        let thing = tx.describe_thing(&s.account.id, &id("lamp-1")).await.unwrap();
         assert_eq!(thing.thing_type.as_deref(), Some("lightBulb-versionA"));
         assert_eq!(thing.attributes["serialNumber"], "SN0001");
         assert_eq!(thing.attributes["version"], "v1");
         assert_eq!(
-            tx.groups_of_thing(&s.account.id, "lamp-1").await.unwrap(),
+            tx.groups_of_thing(&s.account.id, &id("lamp-1")).await.unwrap(),
             ["CN", "v1-lightbulbs"],
             "Country came from the Default"
         );
         assert_eq!(tx.things_of_certificate(&s.account.id, &done.certificate.id).await.unwrap(), ["lamp-1"]);
         let policies =
-            tx.effective_policies(&s.account.id, &done.certificate.id, Some("lamp-1")).await.unwrap();
+            tx.effective_policies(&s.account.id, &done.certificate.id, Some(&id("lamp-1"))).await.unwrap();
         assert_eq!(policies[0].name, "DevicePolicy");
         let audit = tx.audit_records(&s.account.id, 5).await.unwrap();
         assert!(
@@ -98,13 +108,14 @@ async fn the_aws_template_provisions_a_device_in_one_go() {
         );
         drop(tx);
         // Running again for the same certificate: it exists; nothing changes, no failure kept.
-        let again = jitp(&s.store, &s.account, &s.ca_id, "lights", &device.certificate).await.unwrap_err();
+        let again =
+            jitp(&s.store, &s.account, &s.ca_id, &id("lights"), &device.certificate).await.unwrap_err();
         assert!(again.is_transient(), "{again}");
         // A second device with an existing thing name merges attributes (MERGE).
         let twin = s.maker.device("CN=lamp-1,serialNumber=SN0002");
-        jitp(&s.store, &s.account, &s.ca_id, "lights", &twin.certificate).await.unwrap();
+        jitp(&s.store, &s.account, &s.ca_id, &id("lights"), &twin.certificate).await.unwrap();
         let mut tx = s.store.read().await.unwrap();
-        let thing = tx.describe_thing(&s.account.id, "lamp-1").await.unwrap();
+        let thing = tx.describe_thing(&s.account.id, &id("lamp-1")).await.unwrap();
         assert_eq!((thing.attributes["serialNumber"].as_str(), thing.version), ("SN0002", 2));
     }
 }
@@ -115,10 +126,10 @@ async fn a_template_that_does_not_fit_says_why_and_leaves_nothing() {
     for s in setups {
         // No serialNumber in the subject and no Default.
         let device = s.maker.device("CN=lamp-2");
-        let e = jitp(&s.store, &s.account, &s.ca_id, "lights", &device.certificate).await.unwrap_err();
+        let e = jitp(&s.store, &s.account, &s.ca_id, &id("lights"), &device.certificate).await.unwrap_err();
         assert!(matches!(e, ProvisionError::DoesNotFit(_)), "{e:?}");
         assert!(e.to_string().contains("AWS::IoT::Certificate::SerialNumber"), "{e}");
-        let id = device.certificate.id().to_string();
+        let id = CertificateId::of(&device.certificate);
         let mut tx = s.store.read().await.unwrap();
         assert!(
             tx.certificate(&s.account.id, &id).await.unwrap().is_none(),
@@ -139,14 +150,18 @@ async fn a_failure_midway_rolls_everything_back() {
         // The thing and certificate steps succeed, then a group the template names is missing.
         let body = AWS_TEMPLATE.replace("\"v1-lightbulbs\"", "\"no-such-group\"");
         let mut tx = s.store.begin().await.unwrap();
-        tx.create_template(&s.account.id, "broken", TemplateKind::Jitp, &body, true, None).await.unwrap();
+        tx.create_template(&s.account.id, &id("broken"), TemplateKind::Jitp, &body, true, None)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         let device = s.maker.device("CN=lamp-3,serialNumber=SN3");
-        let e = jitp(&s.store, &s.account, &s.ca_id, "broken", &device.certificate).await.unwrap_err();
+        let e = jitp(&s.store, &s.account, &s.ca_id, &id("broken"), &device.certificate).await.unwrap_err();
         assert!(e.to_string().contains("no-such-group"), "{e}");
         let mut tx = s.store.read().await.unwrap();
-        assert!(tx.thing(&s.account.id, "lamp-3").await.unwrap().is_none(), "no half-provisioned thing");
-        assert!(tx.certificate(&s.account.id, &device.certificate.id().to_string()).await.unwrap().is_none());
+        assert!(tx.thing(&s.account.id, &id("lamp-3")).await.unwrap().is_none(), "no half-provisioned thing");
+        assert!(
+            tx.certificate(&s.account.id, &CertificateId::of(&device.certificate)).await.unwrap().is_none()
+        );
     }
 }
 
@@ -179,25 +194,25 @@ async fn intrinsic_functions_mappings_and_inline_policies() {
     Template::parse(&body).unwrap();
     for s in setups {
         let mut tx = s.store.begin().await.unwrap();
-        tx.create_template(&s.account.id, "fancy", TemplateKind::Jitp, &body, true, None).await.unwrap();
+        tx.create_template(&s.account.id, &id("fancy"), TemplateKind::Jitp, &body, true, None).await.unwrap();
         tx.commit().await.unwrap();
         let a = s.maker.device("CN=lamp.0042.x,O=Acme");
-        let done = jitp(&s.store, &s.account, &s.ca_id, "fancy", &a.certificate).await.unwrap();
+        let done = jitp(&s.store, &s.account, &s.ca_id, &id("fancy"), &a.certificate).await.unwrap();
         assert_eq!(done.thing_name.as_deref(), Some("dev-0042"));
         let mut tx = s.store.read().await.unwrap();
-        let thing = tx.describe_thing(&s.account.id, "dev-0042").await.unwrap();
+        let thing = tx.describe_thing(&s.account.id, &id("dev-0042")).await.unwrap();
         assert_eq!(thing.attributes["site"], "hz-01");
         assert_eq!(thing.attributes["label"], "Acme ${literal}");
         assert_eq!(thing.attributes["label2"], "from-var");
         drop(tx);
         // The inline policy was created once and is reused by the next device.
         let b = s.maker.device("CN=lamp.0043.x,O=Acme");
-        let done_b = jitp(&s.store, &s.account, &s.ca_id, "fancy", &b.certificate).await.unwrap();
+        let done_b = jitp(&s.store, &s.account, &s.ca_id, &id("fancy"), &b.certificate).await.unwrap();
         assert_eq!(done.policies, done_b.policies);
         assert!(done.policies[0].starts_with("fancy-policy-"));
         // An organisation with no mapping: the template does not fit, and says so.
         let c = s.maker.device("CN=lamp.0044.x,O=Other");
-        let e = jitp(&s.store, &s.account, &s.ca_id, "fancy", &c.certificate).await.unwrap_err();
+        let e = jitp(&s.store, &s.account, &s.ca_id, &id("fancy"), &c.certificate).await.unwrap_err();
         assert!(e.to_string().contains("Sites/Other/site"), "{e}");
     }
 }

@@ -8,16 +8,25 @@ columns!(Account { id, name, endpoint, region, registration_code, created });
 impl Tx {
     /// Creates an account.
     pub async fn create_account(&mut self, name: &str, endpoint: &str, region: &str) -> Result<Account> {
-        validate_thing_name("account name", name)?;
+        const NAME_RULE: &str = "1-128 characters of a-z A-Z 0-9 : _ -";
+        let name_ok = |s: &str| {
+            (1..=128).contains(&s.len())
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+        };
+        if !name_ok(name) {
+            return Err(RegistryError::invalid("account name", name, NAME_RULE));
+        }
         let host_ok = !endpoint.is_empty()
             && endpoint.len() <= 253
             && endpoint.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
         if !host_ok {
-            return Err(RegistryError::invalid(format!("endpoint {endpoint:?} is not a host name")));
+            return Err(RegistryError::invalid("endpoint", endpoint, "a host name"));
         }
-        validate_thing_name("region", region)?;
+        if !name_ok(region) {
+            return Err(RegistryError::invalid("region", region, NAME_RULE));
+        }
         let account = Account {
-            id: random_digits(12)?,
+            id: AccountId::new(&random_digits(12)?)?,
             name: name.to_owned(),
             endpoint: endpoint.to_ascii_lowercase(),
             region: region.to_owned(),
@@ -30,7 +39,7 @@ impl Tx {
     }
 
     /// An account by id.
-    pub async fn account(&mut self, id: &str) -> Result<Account> {
+    pub async fn account(&mut self, id: &AccountId) -> Result<Account> {
         self.optional::<Account>("SELECT * FROM accounts WHERE id = $1", args![id])
             .await?
             .ok_or_else(|| RegistryError::not_found("account", id))
@@ -56,7 +65,7 @@ impl Tx {
     }
 
     /// Creates an API token for an account. The token is returned once; only its hash is kept.
-    pub async fn create_api_token(&mut self, account_id: &str, name: &str) -> Result<String> {
+    pub async fn create_api_token(&mut self, account_id: &AccountId, name: &str) -> Result<String> {
         self.account(account_id).await?;
         let token = format!("clk_{}", random_hex(32)?);
         self.run(
@@ -70,7 +79,7 @@ impl Tx {
     /// The account and token name an API token belongs to.
     pub async fn account_for_token(&mut self, token: &str) -> Result<Option<(Account, String)>> {
         let Some((account_id, token_name)) = self
-            .optional::<(String, String)>(
+            .optional::<(AccountId, String)>(
                 "SELECT account_id, name FROM api_tokens WHERE token_hash = $1",
                 args![token_hash(token)],
             )

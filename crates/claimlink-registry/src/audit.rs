@@ -20,7 +20,7 @@ impl Tx {
     /// Records why provisioning a certificate failed.
     pub async fn record_provisioning_failure(
         &mut self,
-        account_id: &str,
+        account_id: &AccountId,
         failure: &ProvisioningFailure,
     ) -> Result<()> {
         self.run("INSERT INTO provisioning_failures (account_id, certificate_id, ca_id, template_name, reason, at) \
@@ -31,8 +31,8 @@ impl Tx {
     /// Provisioning failures of an account, newest first, optionally for one certificate.
     pub async fn provisioning_failures(
         &mut self,
-        account_id: &str,
-        certificate_id: Option<&str>,
+        account_id: &AccountId,
+        certificate_id: Option<&CertificateId>,
     ) -> Result<Vec<ProvisioningFailure>> {
         Ok(self
             .provisioning_failures_page(account_id, certificate_id, None, i64::MAX)
@@ -46,13 +46,13 @@ impl Tx {
     /// each with its id (a page of a list).
     pub async fn provisioning_failures_page(
         &mut self,
-        account_id: &str,
-        certificate_id: Option<&str>,
+        account_id: &AccountId,
+        certificate_id: Option<&CertificateId>,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<(i64, ProvisioningFailure)>> {
         let rows: Vec<FailureRow> = self.all("SELECT * FROM provisioning_failures WHERE account_id = $1 AND ($2 = '' OR certificate_id = $2) \
-             AND id < $3 ORDER BY id DESC LIMIT $4", args![account_id, certificate_id.unwrap_or(""), before.unwrap_or(i64::MAX), limit]).await?;
+             AND id < $3 ORDER BY id DESC LIMIT $4", args![account_id, certificate_id.map_or("", |c| c.as_str()), before.unwrap_or(i64::MAX), limit]).await?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -69,13 +69,13 @@ impl Tx {
     }
 
     /// Appends an audit record.
-    pub async fn audit(&mut self, account_id: Option<&str>, record: &AuditRecord) -> Result<()> {
+    pub async fn audit(&mut self, account_id: Option<&AccountId>, record: &AuditRecord) -> Result<()> {
         self.run("INSERT INTO audit (account_id, actor, action, target, result, detail, at) VALUES ($1, $2, $3, $4, $5, $6, $7)", args![account_id, &record.actor, &record.action, &record.target, &record.result, &record.detail, record.at]).await?;
         Ok(())
     }
 
     /// An account's audit records, newest first.
-    pub async fn audit_records(&mut self, account_id: &str, limit: i64) -> Result<Vec<AuditRecord>> {
+    pub async fn audit_records(&mut self, account_id: &AccountId, limit: i64) -> Result<Vec<AuditRecord>> {
         self.all(
             "SELECT * FROM audit WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
             args![account_id, limit],

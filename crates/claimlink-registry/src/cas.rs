@@ -3,35 +3,24 @@
 use crate::db::*;
 use crate::*;
 
-/// A CA certificate to register.
+use claimlink_pki::Certificate;
+
+/// A CA certificate to store, already judged fit (`claimlink-provision`'s `registration`
+/// checks that it is a CA and, in DEFAULT mode, the proof of possession).
 #[derive(Debug, Clone, Copy)]
 pub struct NewCa<'a> {
-    /// The CA certificate, PEM.
-    pub pem: &'a str,
+    /// The CA certificate.
+    pub certificate: &'a Certificate,
     /// DEFAULT or SNI_ONLY.
     pub mode: CaMode,
     /// Initial status.
     pub status: CaStatus,
     /// Register unknown certificates it issued when they first connect.
     pub auto_registration: bool,
-    /// The JITP template for them.
-    pub template_name: Option<&'a str>,
-    /// DEFAULT mode: a certificate from this CA whose CN is the registration code.
-    pub verification_pem: Option<&'a str>,
-}
-
-impl<'a> NewCa<'a> {
-    /// An ACTIVE CA in `mode` without auto-registration, template or verification.
-    pub fn new(pem: &'a str, mode: CaMode) -> Self {
-        Self {
-            pem,
-            mode,
-            status: CaStatus::Active,
-            auto_registration: false,
-            template_name: None,
-            verification_pem: None,
-        }
-    }
+    /// The JITP template for them (it must exist).
+    pub template_name: Option<&'a TemplateName>,
+    /// Admit its certificates only with a claim ticket.
+    pub require_claim: bool,
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for CaCertificate {
@@ -52,58 +41,25 @@ impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for CaCertificate {
 }
 
 impl Tx {
-    /// Registers a CA certificate. DEFAULT mode needs `verification_pem`: a certificate
-    /// issued by this CA whose CN is the account's registration code (proof of possession);
-    /// and a CA in DEFAULT mode may belong to only one account per region.
-    pub async fn register_ca(&mut self, account: &Account, new: &NewCa<'_>) -> Result<CaCertificate> {
-        let NewCa { pem, mode, status, auto_registration, template_name, verification_pem } = *new;
-        let ca = parse_certificate_pem(pem)?;
-        if !ca.is_ca() {
-            return Err(RegistryError::invalid(
-                "the certificate is not a CA (basicConstraints cA is not set)",
-            ));
-        }
-        if mode == CaMode::Default {
-            let Some(v) = verification_pem else {
-                return Err(RegistryError::invalid(
-                    "DEFAULT mode needs a verification certificate whose CN is the registration code",
-                ));
-            };
-            let v = parse_certificate_pem(v)?;
-            if v.common_name().as_deref() != Some(account.registration_code.as_str()) {
-                return Err(RegistryError::invalid(
-                    "the verification certificate's CN is not this account's registration code",
-                ));
-            }
-            if !signed_by(&v, &ca) {
-                return Err(RegistryError::invalid("the verification certificate was not signed by this CA"));
-            }
-        }
+    /// Stores a CA certificate. `None` when it is there already: in this account, or (DEFAULT
+    /// mode, one account per region) in another account of the region.
+    pub async fn insert_ca(&mut self, account: &Account, new: &NewCa<'_>) -> Result<Option<CaCertificate>> {
+        let NewCa { certificate, mode, status, auto_registration, template_name, require_claim } = *new;
         if let Some(t) = template_name {
             self.template(&account.id, t).await?;
         }
-        let id = ca.id().to_string();
+        let id = CaId::of(certificate);
         let now = now_ms();
-        let n = self.run("INSERT INTO ca_certificates (account_id, id, region, pem, mode, status, auto_registration, template_name, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT DO NOTHING", args![&account.id, &id, &account.region, ca.to_pem(), mode.as_str(), status.as_str(), i64::from(auto_registration), template_name, now]).await?;
+        let n = self.run("INSERT INTO ca_certificates (account_id, id, region, pem, mode, status, auto_registration, template_name, require_claim, created, updated) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT DO NOTHING", args![&account.id, &id, &account.region, certificate.to_pem(), mode.as_str(), status.as_str(), i64::from(auto_registration), template_name, i64::from(require_claim), now]).await?;
         if n == 0 {
-            // Either this account has it already, or (DEFAULT) another account in the region.
-            let mine = self.describe_ca(&account.id, &id).await.is_ok();
-            return Err(if mine || mode != CaMode::Default {
-                RegistryError::AlreadyExists { kind: "CA certificate", name: id }
-            } else {
-                RegistryError::State(format!(
-                    "CA certificate {id} is registered in DEFAULT mode by another account in {}; \
-                     register it with --certificate-mode SNI_ONLY",
-                    account.region
-                ))
-            });
+            return Ok(None);
         }
-        self.describe_ca(&account.id, &id).await
+        self.describe_ca(&account.id, &id).await.map(Some)
     }
 
     /// A CA certificate of an account.
-    pub async fn describe_ca(&mut self, account_id: &str, id: &str) -> Result<CaCertificate> {
+    pub async fn describe_ca(&mut self, account_id: &AccountId, id: &CaId) -> Result<CaCertificate> {
         self.optional::<CaCertificate>(
             "SELECT * FROM ca_certificates WHERE account_id = $1 AND id = $2",
             args![account_id, id],
@@ -113,7 +69,7 @@ impl Tx {
     }
 
     /// An account's CA certificates.
-    pub async fn list_cas(&mut self, account_id: &str) -> Result<Vec<CaCertificate>> {
+    pub async fn list_cas(&mut self, account_id: &AccountId) -> Result<Vec<CaCertificate>> {
         self.all::<CaCertificate>(
             "SELECT * FROM ca_certificates WHERE account_id = $1 ORDER BY created, id",
             args![account_id],
@@ -124,11 +80,11 @@ impl Tx {
     /// Changes a CA's status, auto-registration or template (`Some(None)` removes it).
     pub async fn update_ca(
         &mut self,
-        account_id: &str,
-        id: &str,
+        account_id: &AccountId,
+        id: &CaId,
         status: Option<CaStatus>,
         auto_registration: Option<bool>,
-        template_name: Option<Option<&str>>,
+        template_name: Option<Option<&TemplateName>>,
     ) -> Result<CaCertificate> {
         let mut ca = self.describe_ca(account_id, id).await?;
         if let Some(s) = status {
@@ -141,7 +97,7 @@ impl Tx {
             if let Some(t) = t {
                 self.template(account_id, t).await?;
             }
-            ca.template_name = t.map(str::to_owned);
+            ca.template_name = t.cloned();
         }
         self.run("UPDATE ca_certificates SET status = $1, auto_registration = $2, template_name = $3, updated = $4 \
              WHERE account_id = $5 AND id = $6", args![ca.status.as_str(), i64::from(ca.auto_registration), &ca.template_name, now_ms(), account_id, id]).await?;
@@ -149,7 +105,12 @@ impl Tx {
     }
 
     /// Whether the CA admits its certificates only with a claim ticket.
-    pub async fn set_ca_require_claim(&mut self, account_id: &str, id: &str, require: bool) -> Result<()> {
+    pub async fn set_ca_require_claim(
+        &mut self,
+        account_id: &AccountId,
+        id: &CaId,
+        require: bool,
+    ) -> Result<()> {
         let rows = self.run("UPDATE ca_certificates SET require_claim = $1, updated = $2 WHERE account_id = $3 AND id = $4", args![i64::from(require), now_ms(), account_id, id]).await?;
         if rows == 0 {
             return Err(RegistryError::not_found("CA certificate", id));

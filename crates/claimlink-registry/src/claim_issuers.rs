@@ -8,7 +8,7 @@ impl Tx {
     /// second call with the same name replaces the key.
     pub async fn put_claim_issuer(
         &mut self,
-        account_id: &str,
+        account_id: &AccountId,
         name: &str,
         public_key_pem: &str,
     ) -> Result<()> {
@@ -16,10 +16,10 @@ impl Tx {
             || name.len() > 128
             || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            return Err(RegistryError::invalid("a claim issuer name has 1 to 128 of A-Z a-z 0-9 - _ ."));
+            return Err(RegistryError::invalid("claim issuer name", name, "1 to 128 of A-Z a-z 0-9 - _ ."));
         }
         if public_key_pem.len() > 16 * 1024 {
-            return Err(RegistryError::limit("a claim issuer key is at most 16 KiB of PEM"));
+            return Err(RegistryError::limit("bytes of a claim issuer key's PEM", 16 * 1024));
         }
         self.run(
             "INSERT INTO claim_issuers (account_id, name, public_key_pem, created) VALUES ($1, $2, $3, $4) \
@@ -31,7 +31,7 @@ impl Tx {
     }
 
     /// The claim issuers an account trusts: (name, public key PEM).
-    pub async fn claim_issuers(&mut self, account_id: &str) -> Result<Vec<(String, String)>> {
+    pub async fn claim_issuers(&mut self, account_id: &AccountId) -> Result<Vec<(String, String)>> {
         self.all(
             "SELECT name, public_key_pem FROM claim_issuers WHERE account_id = $1 ORDER BY name",
             args![account_id],
@@ -42,15 +42,20 @@ impl Tx {
     /// The claim a certificate was last admitted under, and when that claim ended.
     pub async fn claim_admission(
         &mut self,
-        account_id: &str,
-        certificate_id: &str,
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
     ) -> Result<Option<(i64, Option<i64>)>> {
         self.optional("SELECT claim_id, released_at FROM claim_admissions WHERE account_id = $1 AND certificate_id = $2", args![account_id, certificate_id]).await
     }
 
     /// Admits a certificate under claim `claim_id` (a newer claim than any before: the caller
     /// checks), replacing an older admission.
-    pub async fn admit_claim(&mut self, account_id: &str, certificate_id: &str, claim_id: i64) -> Result<()> {
+    pub async fn admit_claim(
+        &mut self,
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
+        claim_id: i64,
+    ) -> Result<()> {
         self.run("INSERT INTO claim_admissions (account_id, certificate_id, claim_id, admitted_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (account_id, certificate_id) DO UPDATE SET claim_id = $3, admitted_at = $4, released_at = NULL \
              WHERE claim_admissions.claim_id < $3", args![account_id, certificate_id, claim_id, now_ms()]).await?;
@@ -61,8 +66,8 @@ impl Tx {
     /// or any older one, admit it no more. Returns whether anything changed.
     pub async fn release_claim(
         &mut self,
-        account_id: &str,
-        certificate_id: &str,
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
         claim_id: i64,
     ) -> Result<bool> {
         let now = now_ms();

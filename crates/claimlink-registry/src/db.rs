@@ -75,7 +75,7 @@ impl Store {
             let pool = AnyPoolOptions::new().max_connections(16).connect_with(any_options(url)?).await?;
             Store { backend: Backend::Postgres, writer: pool.clone(), reader: pool }
         } else {
-            return Err(RegistryError::invalid("the database URL must start with sqlite:// or postgres://"));
+            return Err(RegistryError::DatabaseUrl);
         };
         store.migrate("registry", MIGRATIONS).await?;
         Ok(store)
@@ -162,7 +162,7 @@ fn sqlite_pragmas(conn: &mut sqlx::AnyConnection) -> BoxFuture<'_, Result<(), sq
 }
 
 fn any_options(url: &str) -> Result<AnyConnectOptions> {
-    url.parse::<AnyConnectOptions>().map_err(|_| RegistryError::invalid("the database URL is not valid"))
+    url.parse::<AnyConnectOptions>().map_err(|_| RegistryError::DatabaseUrl)
 }
 
 /// A transaction: every registry operation. Dropped without [`Tx::commit`], it rolls back.
@@ -212,15 +212,18 @@ impl Tx {
     }
 
     /// The first value of every row (a list of ids or names).
-    pub async fn column<'q>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = self.all(sql, args).await?;
+    pub async fn column<'q, T>(&mut self, sql: &'q str, args: AnyArguments<'q>) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> + Send + Unpin,
+    {
+        let rows: Vec<(T,)> = self.all(sql, args).await?;
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 }
 
 /// A stored value that does not decode (a column holding text no variant spells): a database
 /// error, never a request error.
-pub(crate) fn undecodable(e: RegistryError) -> sqlx::Error {
+pub(crate) fn undecodable(e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(e))
 }
 

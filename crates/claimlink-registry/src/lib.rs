@@ -6,7 +6,12 @@
 //! read-only ones) and PostgreSQL (a pool), through sqlx's `Any` driver: the SQL is written once
 //! in the dialect both accept, and only the DDL differs (the auto-increment key). Every
 //! operation runs in a [`Tx`], so that several of them (a just-in-time provisioning) commit or
-//! vanish together. Values are checked against the registry's limits before any SQL runs.
+//! vanish together. Values are checked against the registry's limits before any SQL runs; names
+//! and ids are typed ([`ThingName`], [`CertificateId`], ...) and checked when they are made.
+//!
+//! The registry stores; it does not judge. Whether a PEM is a certificate, a CA proved
+//! possession, a policy document is valid or a status may change is decided above it
+//! (`claimlink-provision`'s `registration`), which then asks the registry to store the result.
 
 #![forbid(unsafe_code)]
 
@@ -45,6 +50,7 @@ mod certificates;
 mod claim_issuers;
 mod db;
 mod error;
+mod ids;
 pub mod model;
 mod policies;
 mod provisioning;
@@ -52,9 +58,11 @@ mod templates;
 mod things;
 
 pub use cas::NewCa;
-pub use certificates::{parse_certificate_pem, signed_by};
 pub use db::{Backend, Migration, Store, Tx, created, random_bytes, random_hex, token_hash};
-pub use error::{RegistryError, Result};
+pub use error::{Coded, Invalid, RegistryError, Result};
+pub use ids::{
+    AccountId, CaId, CertificateId, PolicyName, TemplateName, ThingGroupName, ThingName, ThingTypeName,
+};
 pub use model::*;
 pub use policies::PolicyTarget;
 

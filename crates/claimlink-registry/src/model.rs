@@ -6,13 +6,14 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::RegistryError;
+use crate::ids::*;
 
 /// An OEM account: its own endpoint (the TLS server name devices use), region and things.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
     /// Twelve digits, like an AWS account id.
-    pub id: String,
+    pub id: AccountId,
     /// Unique display name.
     pub name: String,
     /// Host name devices connect to (SNI), unique.
@@ -40,14 +41,14 @@ macro_rules! string_enum {
             }
 
             /// Parses the AWS spelling.
-            pub fn parse(s: &str) -> Result<Self, RegistryError> {
+            pub fn parse(s: &str) -> Result<Self, crate::Invalid> {
                 match s {
                     $($text => Ok(Self::$variant),)+
-                    other => Err(RegistryError::invalid(format!(
-                        "{} must be one of {}, not {other:?}",
+                    other => Err(crate::Invalid::new(
                         stringify!($name),
-                        [$($text),+].join(", ")
-                    ))),
+                        other,
+                        concat!("one of" $(, " ", $text)+),
+                    )),
                 }
             }
         }
@@ -111,7 +112,7 @@ string_enum! {
 #[serde(rename_all = "camelCase")]
 pub struct CaCertificate {
     /// Hex SHA-256 of the DER.
-    pub id: String,
+    pub id: CaId,
     /// PEM.
     pub pem: String,
     /// Registration mode.
@@ -121,7 +122,7 @@ pub struct CaCertificate {
     /// Whether unknown certificates it issued are registered on first connection.
     pub auto_registration: bool,
     /// Template run for them (JITP); without one, they wait in PENDING_ACTIVATION (JITR).
-    pub template_name: Option<String>,
+    pub template_name: Option<TemplateName>,
     /// Its certificates are admitted only with a claim ticket from a trusted claim issuer.
     pub require_claim: bool,
     /// Unix milliseconds.
@@ -135,13 +136,13 @@ pub struct CaCertificate {
 #[serde(rename_all = "camelCase")]
 pub struct CertificateRecord {
     /// Hex SHA-256 of the DER.
-    pub id: String,
+    pub id: CertificateId,
     /// PEM.
     pub pem: String,
     /// Status.
     pub status: CertificateStatus,
     /// The registered CA that issued it, if any.
-    pub ca_id: Option<String>,
+    pub ca_id: Option<CaId>,
     /// Unix milliseconds.
     pub created: i64,
     /// Unix milliseconds.
@@ -153,9 +154,9 @@ pub struct CertificateRecord {
 #[serde(rename_all = "camelCase")]
 pub struct Thing {
     /// Name.
-    pub name: String,
+    pub name: ThingName,
     /// Thing type.
-    pub thing_type: Option<String>,
+    pub thing_type: Option<ThingTypeName>,
     /// Attributes.
     pub attributes: BTreeMap<String, String>,
     /// Incremented on every change.
@@ -171,7 +172,7 @@ pub struct Thing {
 #[serde(rename_all = "camelCase")]
 pub struct Template {
     /// Name.
-    pub name: String,
+    pub name: TemplateName,
     /// Kind.
     pub kind: TemplateKind,
     /// The template document (JSON).
@@ -191,7 +192,7 @@ pub struct Template {
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRecord {
     /// Name.
-    pub name: String,
+    pub name: PolicyName,
     /// The default version's document.
     pub document: String,
     /// The default version.
@@ -245,80 +246,56 @@ pub const MAX_POLICIES_PER_CERTIFICATE: usize = 10;
 /// Largest template body, bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 10 * 1024;
 
-fn check(ok: bool, what: &str, value: &str, rule: &str) -> Result<(), RegistryError> {
-    if ok {
-        Ok(())
-    } else {
-        let shown: String = value.chars().take(64).collect();
-        Err(RegistryError::invalid(format!("{what} {shown:?} is invalid: {rule}")))
-    }
-}
-
-/// Thing, thing type and thing group names: 1-128 of `[a-zA-Z0-9:_-]`.
-pub fn validate_thing_name(what: &str, name: &str) -> Result<(), RegistryError> {
-    let ok = (1..=128).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'));
-    check(ok, what, name, "1-128 characters of a-z A-Z 0-9 : _ -")
-}
-
 /// Attributes: at most 50, keys 1-128 and values up to 800 characters without control
 /// characters.
 pub fn validate_attributes(attributes: &BTreeMap<String, String>) -> Result<(), RegistryError> {
     if attributes.len() > MAX_THING_ATTRIBUTES {
-        return Err(RegistryError::limit(format!("at most {MAX_THING_ATTRIBUTES} attributes per thing")));
+        return Err(RegistryError::limit("attributes per thing", MAX_THING_ATTRIBUTES));
     }
     for (k, v) in attributes {
-        let key_ok = (1..=128).contains(&k.len())
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b));
-        check(key_ok, "attribute name", k, "1-128 characters of a-z A-Z 0-9 _ . , @ / : # -")?;
-        check(
-            v.chars().count() <= 800 && !v.chars().any(char::is_control),
-            "attribute value",
-            v,
-            "at most 800 characters",
-        )?;
+        if !attribute_name_ok(k) {
+            return Err(RegistryError::invalid(
+                "attribute name",
+                k,
+                "1-128 characters of a-z A-Z 0-9 _ . , @ / : # -",
+            ));
+        }
+        if v.chars().count() > 800 || v.chars().any(char::is_control) {
+            return Err(RegistryError::invalid(
+                "attribute value",
+                v,
+                "at most 800 characters, no control characters",
+            ));
+        }
     }
     Ok(())
 }
 
-/// Template names: 1-36 of `[0-9A-Za-z_-]`.
-pub fn validate_template_name(name: &str) -> Result<(), RegistryError> {
-    let ok = (1..=36).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    check(ok, "template name", name, "1-36 characters of 0-9 A-Z a-z _ -")
-}
-
-/// Policy names: 1-128 of `[\w+=,.@-]`.
-pub fn validate_policy_name(name: &str) -> Result<(), RegistryError> {
-    let ok = (1..=128).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
-    check(ok, "policy name", name, "1-128 characters of a-z A-Z 0-9 _ + = , . @ -")
+/// An attribute name (of a thing, or searchable in a thing type): 1-128 of
+/// `[a-zA-Z0-9_.,@/:#-]`.
+pub fn attribute_name_ok(k: &str) -> bool {
+    (1..=128).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Coded;
 
     #[test]
-    fn names_follow_the_registry_rules() {
-        assert!(validate_thing_name("thing name", "lamp-7:a_b").is_ok());
-        for bad in ["", "has space", "ünï", &"x".repeat(129)] {
-            let e = validate_thing_name("thing name", bad).unwrap_err();
-            assert_eq!(e.code(), "InvalidRequestException");
-        }
-        assert!(validate_template_name(&"t".repeat(36)).is_ok());
-        assert!(validate_template_name(&"t".repeat(37)).is_err());
-        assert!(validate_template_name("bad.name").is_err());
-        assert!(validate_policy_name("Device.Policy@v1").is_ok());
-        assert!(validate_policy_name("no/slash").is_err());
+    fn attributes_and_statuses_follow_the_registry_rules() {
         let mut attrs = BTreeMap::new();
         attrs.insert("serialNumber".to_owned(), "v".repeat(800));
         assert!(validate_attributes(&attrs).is_ok());
         attrs.insert("k".to_owned(), "v".repeat(801));
         assert!(validate_attributes(&attrs).is_err());
+        attrs.clear();
+        attrs.insert("bad key".to_owned(), String::new());
+        assert_eq!(validate_attributes(&attrs).unwrap_err().code(), "InvalidRequestException");
         let many: BTreeMap<String, String> = (0..51).map(|i| (format!("k{i}"), String::new())).collect();
         assert_eq!(validate_attributes(&many).unwrap_err().code(), "LimitExceededException");
         assert_eq!(CertificateStatus::parse("REVOKED").unwrap(), CertificateStatus::Revoked);
-        assert!(CertificateStatus::parse("revoked").is_err());
+        let e = CertificateStatus::parse("revoked").unwrap_err();
+        assert!(e.to_string().contains("one of ACTIVE INACTIVE REVOKED"), "{e}");
     }
 }

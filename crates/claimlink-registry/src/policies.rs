@@ -7,16 +7,16 @@ use crate::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyTarget {
     /// A certificate, by id.
-    Certificate(String),
+    Certificate(CertificateId),
     /// A thing group, by name.
-    ThingGroup(String),
+    ThingGroup(ThingGroupName),
 }
 
 impl PolicyTarget {
     fn parts(&self) -> (&'static str, &str) {
         match self {
-            Self::Certificate(id) => ("cert", id),
-            Self::ThingGroup(name) => ("thinggroup", name),
+            Self::Certificate(id) => ("cert", id.as_str()),
+            Self::ThingGroup(name) => ("thinggroup", name.as_str()),
         }
     }
 }
@@ -24,26 +24,23 @@ impl PolicyTarget {
 columns!(PolicyRecord { name, document, default_version, created, updated });
 
 impl Tx {
-    /// Creates a policy after validating its document. Returns it with the validator's
-    /// warnings.
-    pub async fn create_policy(
+    /// Stores a policy whose document the caller has validated (`claimlink-provision`'s
+    /// `registration::create_policy`), as its version 1.
+    pub async fn insert_policy(
         &mut self,
-        account_id: &str,
-        name: &str,
+        account_id: &AccountId,
+        name: &PolicyName,
         document: &str,
-    ) -> Result<(PolicyRecord, Vec<String>)> {
-        validate_policy_name(name)?;
-        let policy = claimlink_policy::Policy::parse(document)
-            .map_err(|e| RegistryError::invalid(format!("{}: {e}", e.code())))?;
+    ) -> Result<PolicyRecord> {
         let now = now_ms();
         let n = self.run("INSERT INTO policies (account_id, name, default_version, created, updated) VALUES ($1, $2, 1, $3, $3) ON CONFLICT DO NOTHING", args![account_id, name, now]).await?;
         created(n, "policy", name)?;
         self.run("INSERT INTO policy_versions (account_id, policy_name, version, document, created) VALUES ($1, $2, 1, $3, $4)", args![account_id, name, document, now]).await?;
-        Ok((self.get_policy(account_id, name).await?, policy.warnings().to_vec()))
+        self.get_policy(account_id, name).await
     }
 
     /// A policy with its default version's document.
-    pub async fn get_policy(&mut self, account_id: &str, name: &str) -> Result<PolicyRecord> {
+    pub async fn get_policy(&mut self, account_id: &AccountId, name: &PolicyName) -> Result<PolicyRecord> {
         self.optional::<PolicyRecord>("SELECT p.name, p.default_version, p.created, p.updated, v.document FROM policies p \
              JOIN policy_versions v ON v.account_id = p.account_id AND v.policy_name = p.name AND v.version = p.default_version \
              WHERE p.account_id = $1 AND p.name = $2", args![account_id, name]).await?
@@ -51,7 +48,7 @@ impl Tx {
     }
 
     /// An account's policies.
-    pub async fn list_policies(&mut self, account_id: &str) -> Result<Vec<PolicyRecord>> {
+    pub async fn list_policies(&mut self, account_id: &AccountId) -> Result<Vec<PolicyRecord>> {
         self.all::<PolicyRecord>("SELECT p.name, p.default_version, p.created, p.updated, v.document FROM policies p \
              JOIN policy_versions v ON v.account_id = p.account_id AND v.policy_name = p.name AND v.version = p.default_version \
              WHERE p.account_id = $1 ORDER BY p.name", args![account_id]).await
@@ -61,8 +58,8 @@ impl Tx {
     /// Attaching it twice is not an error.
     pub async fn attach_policy(
         &mut self,
-        account_id: &str,
-        policy: &str,
+        account_id: &AccountId,
+        policy: &PolicyName,
         target: &PolicyTarget,
     ) -> Result<()> {
         self.get_policy(account_id, policy).await?;
@@ -82,9 +79,7 @@ impl Tx {
             return Ok(());
         }
         if matches!(target, PolicyTarget::Certificate(_)) && attached.len() >= MAX_POLICIES_PER_CERTIFICATE {
-            return Err(RegistryError::limit(format!(
-                "at most {MAX_POLICIES_PER_CERTIFICATE} policies per certificate"
-            )));
+            return Err(RegistryError::limit("policies per certificate", MAX_POLICIES_PER_CERTIFICATE));
         }
         self.run("INSERT INTO policy_attachments (account_id, policy_name, target_type, target) VALUES ($1, $2, $3, $4)", args![account_id, policy, kind, name]).await?;
         Ok(())
@@ -93,8 +88,8 @@ impl Tx {
     /// Detaches a policy.
     pub async fn detach_policy(
         &mut self,
-        account_id: &str,
-        policy: &str,
+        account_id: &AccountId,
+        policy: &PolicyName,
         target: &PolicyTarget,
     ) -> Result<()> {
         let (kind, name) = target.parts();
@@ -108,9 +103,9 @@ impl Tx {
     /// Names of the policies attached to a target.
     pub async fn attached_policy_names(
         &mut self,
-        account_id: &str,
+        account_id: &AccountId,
         target: &PolicyTarget,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<PolicyName>> {
         let (kind, name) = target.parts();
         self.column("SELECT policy_name FROM policy_attachments WHERE account_id = $1 AND target_type = $2 AND target = $3 ORDER BY policy_name", args![account_id, kind, name]).await
     }
@@ -119,9 +114,9 @@ impl Tx {
     /// attached to the certificate, and those attached to the thing's groups.
     pub async fn effective_policies(
         &mut self,
-        account_id: &str,
-        certificate_id: &str,
-        thing: Option<&str>,
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
+        thing: Option<&ThingName>,
     ) -> Result<Vec<PolicyRecord>> {
         // One round trip: this runs on every CONNECT. Two index searches (the certificate's
         // attachments; the thing's groups' attachments), never a scan of the fleet.
@@ -135,16 +130,16 @@ impl Tx {
              ) x \
              JOIN policies p ON p.account_id = $1 AND p.name = x.policy_name \
              JOIN policy_versions v ON v.account_id = p.account_id AND v.policy_name = p.name AND v.version = p.default_version \
-             ORDER BY p.name", args![account_id, certificate_id, thing.unwrap_or("")]).await
+             ORDER BY p.name", args![account_id, certificate_id, thing.map_or("", |t| t.as_str())]).await
     }
 
     /// The thing named `name` if it is attached to the certificate (the thing a connection
     /// with client id `name` speaks for): one round trip.
     pub async fn attached_thing(
         &mut self,
-        account_id: &str,
-        certificate_id: &str,
-        name: &str,
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
+        name: &ThingName,
     ) -> Result<Option<Thing>> {
         self.optional::<Thing>(
             "SELECT t.* FROM things t JOIN thing_principals p \

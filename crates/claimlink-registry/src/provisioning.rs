@@ -5,51 +5,20 @@ use crate::*;
 
 use std::collections::BTreeMap;
 
-use claimlink_pki::Certificate;
-
 impl Tx {
-    /// Registers a certificate whose chain the caller has verified (the TLS handshake did), as
-    /// PENDING_ACTIVATION, without re-reading anything: one INSERT.
-    pub async fn insert_verified_certificate(
-        &mut self,
-        account_id: &str,
-        cert: &Certificate,
-        ca_id: Option<&str>,
-    ) -> Result<CertificateRecord> {
-        let now = now_ms();
-        let record = CertificateRecord {
-            id: cert.id().to_string(),
-            pem: cert.to_pem(),
-            status: CertificateStatus::PendingActivation,
-            ca_id: ca_id.map(str::to_owned),
-            created: now,
-            updated: now,
-        };
-        let n = self
-            .run(
-                "INSERT INTO certificates (account_id, id, pem, status, ca_id, created, updated) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
-                args![account_id, &record.id, &record.pem, record.status.as_str(), ca_id, now],
-            )
-            .await?;
-        created(n, "certificate", &record.id)?;
-        Ok(record)
-    }
-
     /// Creates a thing known not to exist (checked in this transaction), in `groups` (at most
     /// 10, each must exist): one INSERT per row.
     pub async fn insert_new_thing(
         &mut self,
-        account_id: &str,
-        name: &str,
-        thing_type: Option<&str>,
+        account_id: &AccountId,
+        name: &ThingName,
+        thing_type: Option<&ThingTypeName>,
         attributes: &BTreeMap<String, String>,
-        groups: &[String],
+        groups: &[ThingGroupName],
     ) -> Result<()> {
-        validate_thing_name("thing name", name)?;
         validate_attributes(attributes)?;
         if groups.len() > MAX_GROUPS_PER_THING {
-            return Err(RegistryError::limit(format!("a thing is in at most {MAX_GROUPS_PER_THING} groups")));
+            return Err(RegistryError::limit("groups per thing", MAX_GROUPS_PER_THING));
         }
         if let Some(t) = thing_type {
             self.require_thing_type(account_id, t).await?;
@@ -84,14 +53,12 @@ impl Tx {
     /// yet): one INSERT per policy, refused if the policy does not exist.
     pub async fn attach_policies_to_new_certificate(
         &mut self,
-        account_id: &str,
-        certificate_id: &str,
-        policies: &[String],
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
+        policies: &[PolicyName],
     ) -> Result<()> {
         if policies.len() > MAX_POLICIES_PER_CERTIFICATE {
-            return Err(RegistryError::limit(format!(
-                "at most {MAX_POLICIES_PER_CERTIFICATE} policies per certificate"
-            )));
+            return Err(RegistryError::limit("policies per certificate", MAX_POLICIES_PER_CERTIFICATE));
         }
         for p in policies {
             let n = self.run("INSERT INTO policy_attachments (account_id, policy_name, target_type, target) \
@@ -107,9 +74,9 @@ impl Tx {
     /// Links a certificate and a thing that both exist in this transaction: one INSERT.
     pub async fn link_thing_principal(
         &mut self,
-        account_id: &str,
-        thing: &str,
-        certificate_id: &str,
+        account_id: &AccountId,
+        thing: &ThingName,
+        certificate_id: &CertificateId,
     ) -> Result<()> {
         self.run("INSERT INTO thing_principals (account_id, thing_name, certificate_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING", args![account_id, thing, certificate_id]).await?;
         Ok(())
@@ -118,7 +85,7 @@ impl Tx {
     /// Sets the status of a certificate made in this transaction: one UPDATE.
     pub async fn set_new_certificate_status(
         &mut self,
-        account_id: &str,
+        account_id: &AccountId,
         record: &mut CertificateRecord,
         status: CertificateStatus,
     ) -> Result<()> {

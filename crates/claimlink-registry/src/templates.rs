@@ -22,18 +22,15 @@ impl Tx {
     /// Stores a template (its body is validated by the provisioning engine before this).
     pub async fn create_template(
         &mut self,
-        account_id: &str,
-        name: &str,
+        account_id: &AccountId,
+        name: &TemplateName,
         kind: TemplateKind,
         body: &str,
         enabled: bool,
         description: Option<&str>,
     ) -> Result<Template> {
-        validate_template_name(name)?;
         if body.len() > MAX_TEMPLATE_BYTES {
-            return Err(RegistryError::limit(format!(
-                "a template body is at most {MAX_TEMPLATE_BYTES} bytes"
-            )));
+            return Err(RegistryError::limit("bytes of a template body", MAX_TEMPLATE_BYTES));
         }
         let now = now_ms();
         let n = self.run("INSERT INTO provisioning_templates (account_id, name, kind, body, enabled, description, created, updated) \
@@ -43,7 +40,7 @@ impl Tx {
     }
 
     /// A template.
-    pub async fn template(&mut self, account_id: &str, name: &str) -> Result<Template> {
+    pub async fn template(&mut self, account_id: &AccountId, name: &TemplateName) -> Result<Template> {
         self.optional::<Template>(
             "SELECT * FROM provisioning_templates WHERE account_id = $1 AND name = $2",
             args![account_id, name],
@@ -53,7 +50,7 @@ impl Tx {
     }
 
     /// An account's templates.
-    pub async fn list_templates(&mut self, account_id: &str) -> Result<Vec<Template>> {
+    pub async fn list_templates(&mut self, account_id: &AccountId) -> Result<Vec<Template>> {
         self.all::<Template>(
             "SELECT * FROM provisioning_templates WHERE account_id = $1 ORDER BY name",
             args![account_id],
@@ -64,8 +61,8 @@ impl Tx {
     /// Changes a template's body, enabled flag or description.
     pub async fn update_template(
         &mut self,
-        account_id: &str,
-        name: &str,
+        account_id: &AccountId,
+        name: &TemplateName,
         body: Option<&str>,
         enabled: Option<bool>,
         description: Option<&str>,
@@ -73,9 +70,7 @@ impl Tx {
         let mut t = self.template(account_id, name).await?;
         if let Some(b) = body {
             if b.len() > MAX_TEMPLATE_BYTES {
-                return Err(RegistryError::limit(format!(
-                    "a template body is at most {MAX_TEMPLATE_BYTES} bytes"
-                )));
+                return Err(RegistryError::limit("bytes of a template body", MAX_TEMPLATE_BYTES));
             }
             t.body = b.to_owned();
         }
@@ -95,7 +90,7 @@ impl Tx {
     }
 
     /// Deletes a template. A CA that names it must be changed first.
-    pub async fn delete_template(&mut self, account_id: &str, name: &str) -> Result<()> {
+    pub async fn delete_template(&mut self, account_id: &AccountId, name: &TemplateName) -> Result<()> {
         let used: Option<(String,)> = self
             .optional(
                 "SELECT id FROM ca_certificates WHERE account_id = $1 AND template_name = $2",
@@ -105,7 +100,7 @@ impl Tx {
         if let Some((ca,)) = used {
             return Err(RegistryError::InUse {
                 kind: "template",
-                name: name.to_owned(),
+                name: name.to_string(),
                 user: format!("CA certificate {ca}"),
             });
         }

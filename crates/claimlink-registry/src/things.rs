@@ -24,12 +24,11 @@ impl Tx {
     /// Creates a thing.
     pub async fn create_thing(
         &mut self,
-        account_id: &str,
-        name: &str,
-        thing_type: Option<&str>,
+        account_id: &AccountId,
+        name: &ThingName,
+        thing_type: Option<&ThingTypeName>,
         attributes: &BTreeMap<String, String>,
     ) -> Result<Thing> {
-        validate_thing_name("thing name", name)?;
         validate_attributes(attributes)?;
         if let Some(t) = thing_type {
             self.require_thing_type(account_id, t).await?;
@@ -41,7 +40,7 @@ impl Tx {
     }
 
     /// A thing, if it exists.
-    pub async fn thing(&mut self, account_id: &str, name: &str) -> Result<Option<Thing>> {
+    pub async fn thing(&mut self, account_id: &AccountId, name: &ThingName) -> Result<Option<Thing>> {
         self.optional::<Thing>(
             "SELECT * FROM things WHERE account_id = $1 AND name = $2",
             args![account_id, name],
@@ -50,19 +49,19 @@ impl Tx {
     }
 
     /// A thing.
-    pub async fn describe_thing(&mut self, account_id: &str, name: &str) -> Result<Thing> {
+    pub async fn describe_thing(&mut self, account_id: &AccountId, name: &ThingName) -> Result<Thing> {
         self.thing(account_id, name).await?.ok_or_else(|| RegistryError::not_found("thing", name))
     }
 
     /// An account's things, by name.
-    pub async fn list_things(&mut self, account_id: &str) -> Result<Vec<Thing>> {
+    pub async fn list_things(&mut self, account_id: &AccountId) -> Result<Vec<Thing>> {
         self.things_page(account_id, None, i64::MAX).await
     }
 
     /// Up to `limit` things named after `after`, by name (a page of a list).
     pub async fn things_page(
         &mut self,
-        account_id: &str,
+        account_id: &AccountId,
         after: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Thing>> {
@@ -76,9 +75,9 @@ impl Tx {
     /// Replaces a thing's type and attributes (one version up).
     pub async fn update_thing(
         &mut self,
-        account_id: &str,
-        name: &str,
-        thing_type: Option<&str>,
+        account_id: &AccountId,
+        name: &ThingName,
+        thing_type: Option<&ThingTypeName>,
         attributes: &BTreeMap<String, String>,
     ) -> Result<Thing> {
         validate_attributes(attributes)?;
@@ -105,17 +104,19 @@ impl Tx {
     }
 
     /// Deletes a thing. Its certificates must be detached first.
-    pub async fn delete_thing(&mut self, account_id: &str, name: &str) -> Result<()> {
+    pub async fn delete_thing(&mut self, account_id: &AccountId, name: &ThingName) -> Result<()> {
         let attached: Option<(String,)> = self
             .optional(
                 "SELECT certificate_id FROM thing_principals WHERE account_id = $1 AND thing_name = $2",
                 args![account_id, name],
             )
             .await?;
-        if attached.is_some() {
-            return Err(RegistryError::invalid(format!(
-                "thing {name:?} has certificates attached; detach them first"
-            )));
+        if let Some((certificate,)) = attached {
+            return Err(RegistryError::InUse {
+                kind: "thing",
+                name: name.to_string(),
+                user: format!("certificate {certificate} (detach it first)"),
+            });
         }
         let n = self
             .run("DELETE FROM things WHERE account_id = $1 AND name = $2", args![account_id, name])
@@ -134,26 +135,23 @@ impl Tx {
     /// Creates a thing type.
     pub async fn create_thing_type(
         &mut self,
-        account_id: &str,
-        name: &str,
+        account_id: &AccountId,
+        name: &ThingTypeName,
         description: Option<&str>,
         searchable_attributes: &[String],
     ) -> Result<()> {
-        validate_thing_name("thing type name", name)?;
         if searchable_attributes.len() > 3 {
-            return Err(RegistryError::limit("at most 3 searchable attributes per thing type"));
+            return Err(RegistryError::limit("searchable attributes per thing type", 3));
         }
-        for a in searchable_attributes {
-            let ok = (1..=128).contains(&a.len())
-                && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b));
-            if !ok {
-                return Err(RegistryError::invalid(
-                    "a searchable attribute is 1-128 characters of a-z A-Z 0-9 _ . , @ / : # -",
-                ));
-            }
+        if let Some(a) = searchable_attributes.iter().find(|a| !attribute_name_ok(a)) {
+            return Err(RegistryError::invalid(
+                "searchable attribute",
+                a,
+                "1-128 characters of a-z A-Z 0-9 _ . , @ / : # -",
+            ));
         }
         if description.is_some_and(|d| d.chars().count() > 2028) {
-            return Err(RegistryError::limit("a thing type description has at most 2,028 characters"));
+            return Err(RegistryError::limit("characters of a thing type description", 2028));
         }
         let n = self.run("INSERT INTO thing_types (account_id, name, description, searchable_attributes, created) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", args![account_id, name, description, serde_json::to_string(searchable_attributes).unwrap_or_default(), now_ms()]).await?;
         created(n, "thing type", name)?;
@@ -161,7 +159,7 @@ impl Tx {
     }
 
     /// Whether a thing type exists.
-    pub async fn thing_type_exists(&mut self, account_id: &str, name: &str) -> Result<bool> {
+    pub async fn thing_type_exists(&mut self, account_id: &AccountId, name: &ThingTypeName) -> Result<bool> {
         Ok(self
             .optional::<(String,)>(
                 "SELECT name FROM thing_types WHERE account_id = $1 AND name = $2",
@@ -171,7 +169,11 @@ impl Tx {
             .is_some())
     }
 
-    pub(crate) async fn require_thing_type(&mut self, account_id: &str, name: &str) -> Result<()> {
+    pub(crate) async fn require_thing_type(
+        &mut self,
+        account_id: &AccountId,
+        name: &ThingTypeName,
+    ) -> Result<()> {
         if self.thing_type_exists(account_id, name).await? {
             Ok(())
         } else {
@@ -182,12 +184,11 @@ impl Tx {
     /// Creates a thing group.
     pub async fn create_thing_group(
         &mut self,
-        account_id: &str,
-        name: &str,
-        parent: Option<&str>,
+        account_id: &AccountId,
+        name: &ThingGroupName,
+        parent: Option<&ThingGroupName>,
         attributes: &BTreeMap<String, String>,
     ) -> Result<()> {
-        validate_thing_name("thing group name", name)?;
         validate_attributes(attributes)?;
         if let Some(p) = parent {
             if !self.thing_group_exists(account_id, p).await? {
@@ -200,7 +201,11 @@ impl Tx {
     }
 
     /// Whether a thing group exists.
-    pub async fn thing_group_exists(&mut self, account_id: &str, name: &str) -> Result<bool> {
+    pub async fn thing_group_exists(
+        &mut self,
+        account_id: &AccountId,
+        name: &ThingGroupName,
+    ) -> Result<bool> {
         Ok(self
             .optional::<(String,)>(
                 "SELECT name FROM thing_groups WHERE account_id = $1 AND name = $2",
@@ -211,7 +216,12 @@ impl Tx {
     }
 
     /// Adds a thing to a group (a thing is in at most 10). Adding it twice is not an error.
-    pub async fn add_thing_to_group(&mut self, account_id: &str, group: &str, thing: &str) -> Result<()> {
+    pub async fn add_thing_to_group(
+        &mut self,
+        account_id: &AccountId,
+        group: &ThingGroupName,
+        thing: &ThingName,
+    ) -> Result<()> {
         if !self.thing_group_exists(account_id, group).await? {
             return Err(RegistryError::not_found("thing group", group));
         }
@@ -221,7 +231,7 @@ impl Tx {
             return Ok(());
         }
         if groups.len() >= MAX_GROUPS_PER_THING {
-            return Err(RegistryError::limit(format!("a thing is in at most {MAX_GROUPS_PER_THING} groups")));
+            return Err(RegistryError::limit("groups per thing", MAX_GROUPS_PER_THING));
         }
         self.run(
             "INSERT INTO thing_group_members (account_id, group_name, thing_name) VALUES ($1, $2, $3)",
@@ -234,9 +244,9 @@ impl Tx {
     /// Removes a thing from a group (absent: nothing to do).
     pub async fn remove_thing_from_group(
         &mut self,
-        account_id: &str,
-        group: &str,
-        thing: &str,
+        account_id: &AccountId,
+        group: &ThingGroupName,
+        thing: &ThingName,
     ) -> Result<()> {
         self.run(
             "DELETE FROM thing_group_members WHERE account_id = $1 AND group_name = $2 AND thing_name = $3",
@@ -247,21 +257,29 @@ impl Tx {
     }
 
     /// The things in a group.
-    pub async fn things_in_group(&mut self, account_id: &str, group: &str) -> Result<Vec<String>> {
+    pub async fn things_in_group(
+        &mut self,
+        account_id: &AccountId,
+        group: &ThingGroupName,
+    ) -> Result<Vec<ThingName>> {
         self.column("SELECT thing_name FROM thing_group_members WHERE account_id = $1 AND group_name = $2 ORDER BY thing_name", args![account_id, group]).await
     }
 
     /// The groups a thing is in.
-    pub async fn groups_of_thing(&mut self, account_id: &str, thing: &str) -> Result<Vec<String>> {
+    pub async fn groups_of_thing(
+        &mut self,
+        account_id: &AccountId,
+        thing: &ThingName,
+    ) -> Result<Vec<ThingGroupName>> {
         self.column("SELECT group_name FROM thing_group_members WHERE account_id = $1 AND thing_name = $2 ORDER BY group_name", args![account_id, thing]).await
     }
 
     /// Attaches a certificate to a thing. Attaching it twice is not an error.
     pub async fn attach_thing_principal(
         &mut self,
-        account_id: &str,
-        thing: &str,
-        certificate_id: &str,
+        account_id: &AccountId,
+        thing: &ThingName,
+        certificate_id: &CertificateId,
     ) -> Result<()> {
         self.describe_thing(account_id, thing).await?;
         self.describe_certificate(account_id, certificate_id).await?;
@@ -279,9 +297,9 @@ impl Tx {
     /// Detaches a certificate from a thing.
     pub async fn detach_thing_principal(
         &mut self,
-        account_id: &str,
-        thing: &str,
-        certificate_id: &str,
+        account_id: &AccountId,
+        thing: &ThingName,
+        certificate_id: &CertificateId,
     ) -> Result<()> {
         self.run(
             "DELETE FROM thing_principals WHERE account_id = $1 AND thing_name = $2 AND certificate_id = $3",
@@ -294,9 +312,9 @@ impl Tx {
     /// The things a certificate is attached to.
     pub async fn things_of_certificate(
         &mut self,
-        account_id: &str,
-        certificate_id: &str,
-    ) -> Result<Vec<String>> {
+        account_id: &AccountId,
+        certificate_id: &CertificateId,
+    ) -> Result<Vec<ThingName>> {
         self.column("SELECT thing_name FROM thing_principals WHERE account_id = $1 AND certificate_id = $2 ORDER BY thing_name", args![account_id, certificate_id]).await
     }
 }

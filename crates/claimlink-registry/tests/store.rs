@@ -11,6 +11,30 @@ use claimlink_registry::*;
 use claimlink_testkit::postgres;
 use claimlink_testpki::TestCa;
 
+/// A typed name or id from a literal of the test.
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().unwrap()
+}
+
+/// A CA to store (the registry does not judge it: `claimlink-provision` does).
+fn new_ca<'a>(
+    certificate: &'a claimlink_pki::Certificate,
+    mode: CaMode,
+    template: Option<&'a TemplateName>,
+) -> NewCa<'a> {
+    NewCa {
+        certificate,
+        mode,
+        status: CaStatus::Active,
+        auto_registration: true,
+        template_name: template,
+        require_claim: false,
+    }
+}
+
 /// A store on each backend; keeps the SQLite directory and the PostgreSQL database alive.
 struct Backends {
     stores: Vec<Store>,
@@ -60,29 +84,29 @@ async fn things_types_groups_and_limits() {
     for store in backends("things").await.stores {
         let a = account(&store, "acme").await;
         let mut tx = store.begin().await.unwrap();
-        tx.create_thing_type(&a.id, "lamp", Some("a lamp"), &["color".into()]).await.unwrap();
+        tx.create_thing_type(&a.id, &id("lamp"), Some("a lamp"), &["color".into()]).await.unwrap();
         let attrs = BTreeMap::from([("color".to_owned(), "red".to_owned())]);
-        let t = tx.create_thing(&a.id, "lamp-1", Some("lamp"), &attrs).await.unwrap();
+        let t = tx.create_thing(&a.id, &id("lamp-1"), Some(&id("lamp")), &attrs).await.unwrap();
         assert_eq!((t.version, t.thing_type.as_deref()), (1, Some("lamp")));
-        let e = tx.create_thing(&a.id, "lamp-1", None, &BTreeMap::new()).await.unwrap_err();
+        let e = tx.create_thing(&a.id, &id("lamp-1"), None, &BTreeMap::new()).await.unwrap_err();
         assert_eq!(e.code(), "ResourceAlreadyExistsException");
-        let e = tx.create_thing(&a.id, "lamp 2", None, &BTreeMap::new()).await.unwrap_err();
-        assert_eq!(e.code(), "InvalidRequestException");
-        let e = tx.create_thing(&a.id, "lamp-2", Some("kettle"), &BTreeMap::new()).await.unwrap_err();
+        assert_eq!(ThingName::new("lamp 2").unwrap_err().code(), "InvalidRequestException");
+        let e =
+            tx.create_thing(&a.id, &id("lamp-2"), Some(&id("kettle")), &BTreeMap::new()).await.unwrap_err();
         assert_eq!(e.code(), "ResourceNotFoundException");
         let attrs2 = BTreeMap::from([("color".to_owned(), "blue".to_owned())]);
-        let t = tx.update_thing(&a.id, "lamp-1", Some("lamp"), &attrs2).await.unwrap();
+        let t = tx.update_thing(&a.id, &id("lamp-1"), Some(&id("lamp")), &attrs2).await.unwrap();
         assert_eq!((t.version, t.attributes["color"].as_str()), (2, "blue"));
         for g in 0..11 {
-            tx.create_thing_group(&a.id, &format!("g{g}"), None, &BTreeMap::new()).await.unwrap();
+            tx.create_thing_group(&a.id, &id(&format!("g{g}")), None, &BTreeMap::new()).await.unwrap();
         }
         for g in 0..10 {
-            tx.add_thing_to_group(&a.id, &format!("g{g}"), "lamp-1").await.unwrap();
+            tx.add_thing_to_group(&a.id, &id(&format!("g{g}")), &id("lamp-1")).await.unwrap();
         }
-        tx.add_thing_to_group(&a.id, "g0", "lamp-1").await.unwrap(); // again: fine
-        let e = tx.add_thing_to_group(&a.id, "g10", "lamp-1").await.unwrap_err();
+        tx.add_thing_to_group(&a.id, &id("g0"), &id("lamp-1")).await.unwrap(); // again: fine
+        let e = tx.add_thing_to_group(&a.id, &id("g10"), &id("lamp-1")).await.unwrap_err();
         assert_eq!(e.code(), "LimitExceededException");
-        assert_eq!(tx.groups_of_thing(&a.id, "lamp-1").await.unwrap().len(), 10);
+        assert_eq!(tx.groups_of_thing(&a.id, &id("lamp-1")).await.unwrap().len(), 10);
         tx.commit().await.unwrap();
 
         // Another account sees none of it.
@@ -99,165 +123,49 @@ async fn a_rolled_back_transaction_leaves_nothing() {
         let a = account(&store, "acme").await;
         {
             let mut tx = store.begin().await.unwrap();
-            tx.create_thing(&a.id, "half", None, &BTreeMap::new()).await.unwrap();
+            tx.create_thing(&a.id, &id("half"), None, &BTreeMap::new()).await.unwrap();
             // Dropped without commit: a crash in the middle.
         }
         let mut tx = store.read().await.unwrap();
-        assert!(tx.thing(&a.id, "half").await.unwrap().is_none());
+        assert!(tx.thing(&a.id, &id("half")).await.unwrap().is_none());
     }
 }
 
 #[tokio::test]
-async fn ca_registration_default_vs_sni_only() {
+async fn cas_one_default_owner_per_region() {
     for store in backends("ca_modes").await.stores {
         let maker = TestCa::issuing(KeyAlgorithm::Sm2, "CN=Module Maker CA,O=Maker");
         let a = account(&store, "acme").await;
         let b = account(&store, "globex").await;
-        let pem = maker.certificate.to_pem();
         let mut tx = store.begin().await.unwrap();
-        // DEFAULT without proof of possession: refused.
-        let e = tx
-            .register_ca(
-                &a,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::Default,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: None,
-                },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), "InvalidRequestException");
-        // With a verification certificate for another account's code: refused.
-        let wrong = maker.device(&format!("CN={}", b.registration_code));
-        let e = tx
-            .register_ca(
-                &a,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::Default,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: Some(&wrong.certificate.to_pem()),
-                },
-            )
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("registration code"), "{e}");
-        // Signed by another CA: refused.
-        let other = TestCa::issuing(KeyAlgorithm::Sm2, "CN=Other");
-        let forged = other.device(&format!("CN={}", a.registration_code));
-        assert!(
-            tx.register_ca(
-                &a,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::Default,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: Some(&forged.certificate.to_pem())
-                }
-            )
-            .await
-            .is_err()
+        let ca = tx.insert_ca(&a, &new_ca(&maker.certificate, CaMode::Default, None)).await.unwrap().unwrap();
+        assert_eq!(
+            (ca.id.clone(), ca.mode, ca.auto_registration),
+            (CaId::of(&maker.certificate), CaMode::Default, true)
         );
-        let proof = maker.device(&format!("CN={}", a.registration_code));
-        let ca = tx
-            .register_ca(
-                &a,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::Default,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: Some(&proof.certificate.to_pem()),
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(ca.id, maker.certificate.id().to_string());
-        tx.commit().await.unwrap();
-
-        // DEFAULT is exclusive per region: the second account cannot, even with its own proof.
-        let mut tx = store.begin().await.unwrap();
-        let proof_b = maker.device(&format!("CN={}", b.registration_code));
-        let e = tx
-            .register_ca(
-                &b,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::Default,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: Some(&proof_b.certificate.to_pem()),
-                },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(e.code(), "CertificateStateException", "{e}");
-        drop(tx);
-        // SNI_ONLY needs no proof and is not exclusive.
-        let mut tx = store.begin().await.unwrap();
-        let ca_b = tx
-            .register_ca(
-                &b,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::SniOnly,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: None,
-                },
-            )
-            .await
-            .unwrap();
+        // Again, or DEFAULT in another account of the region: nothing stored.
+        assert!(
+            tx.insert_ca(&a, &new_ca(&maker.certificate, CaMode::SniOnly, None)).await.unwrap().is_none()
+        );
+        assert!(
+            tx.insert_ca(&b, &new_ca(&maker.certificate, CaMode::Default, None)).await.unwrap().is_none()
+        );
+        // SNI_ONLY is not exclusive.
+        let ca_b =
+            tx.insert_ca(&b, &new_ca(&maker.certificate, CaMode::SniOnly, None)).await.unwrap().unwrap();
         assert_eq!(ca_b.mode, CaMode::SniOnly);
+        // A template must exist.
+        let other = TestCa::issuing(KeyAlgorithm::P256, "CN=Other");
         let e = tx
-            .register_ca(
-                &b,
-                &NewCa {
-                    pem: &pem,
-                    mode: CaMode::SniOnly,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: None,
-                },
-            )
+            .insert_ca(&b, &new_ca(&other.certificate, CaMode::SniOnly, Some(&id("nope"))))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), "ResourceAlreadyExistsException");
-        // Not a CA, or a PEM with a key: refused.
-        let leaf = maker.device("CN=x");
-        let e = tx
-            .register_ca(
-                &b,
-                &NewCa {
-                    pem: &leaf.certificate.to_pem(),
-                    mode: CaMode::SniOnly,
-                    status: CaStatus::Active,
-                    auto_registration: false,
-                    template_name: None,
-                    verification_pem: None,
-                },
-            )
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("not a CA"), "{e}");
-        let with_key = format!("{}{}", leaf.certificate.to_pem(), leaf.key_pem());
-        let e = tx.register_certificate(&b.id, &with_key, None, CertificateStatus::Active).await.unwrap_err();
-        assert!(e.to_string().contains("private key") && !e.to_string().contains("BEGIN"), "{e}");
+        assert_eq!(e.code(), "ResourceNotFoundException");
         let updated =
             tx.update_ca(&b.id, &ca_b.id, Some(CaStatus::Inactive), Some(false), None).await.unwrap();
         assert_eq!((updated.status, updated.auto_registration), (CaStatus::Inactive, false));
+        tx.set_ca_require_claim(&b.id, &ca_b.id, true).await.unwrap();
+        assert!(tx.describe_ca(&b.id, &ca_b.id).await.unwrap().require_claim);
         tx.commit().await.unwrap();
     }
 }
@@ -268,62 +176,47 @@ async fn certificates_statuses_and_principals() {
         let maker = TestCa::issuing(KeyAlgorithm::P256, "CN=Maker");
         let a = account(&store, "acme").await;
         let mut tx = store.begin().await.unwrap();
-        let ca = tx
-            .register_ca(
-                &a,
-                &NewCa {
-                    pem: &maker.certificate.to_pem(),
-                    mode: CaMode::SniOnly,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: None,
-                    verification_pem: None,
-                },
-            )
-            .await
-            .unwrap();
+        let ca = tx.insert_ca(&a, &new_ca(&maker.certificate, CaMode::SniOnly, None)).await.unwrap().unwrap();
         let dev = maker.device("CN=lamp-1");
         let c = tx
-            .register_certificate(
-                &a.id,
-                &dev.certificate.to_pem(),
-                Some(&ca.id),
-                CertificateStatus::PendingActivation,
-            )
+            .insert_certificate(&a.id, &dev.certificate, Some(&ca.id), CertificateStatus::PendingActivation)
             .await
             .unwrap();
-        assert_eq!(c.id.len(), 64);
-        let stranger = TestCa::issuing(KeyAlgorithm::P256, "CN=Stranger").device("CN=x");
+        assert_eq!(tx.describe_certificate(&a.id, &c.id).await.unwrap(), c);
         let e = tx
-            .register_certificate(
-                &a.id,
-                &stranger.certificate.to_pem(),
-                Some(&ca.id),
-                CertificateStatus::Active,
-            )
+            .insert_certificate(&a.id, &dev.certificate, None, CertificateStatus::Active)
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("not issued by"), "{e}");
-        let e = tx
-            .register_certificate(
+        assert_eq!(e.code(), "ResourceAlreadyExistsException");
+        // Status changes are compare-and-set: from what was read, or not at all.
+        assert!(
+            tx.set_certificate_status(
                 &a.id,
-                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-                None,
-                CertificateStatus::Active,
+                &c.id,
+                CertificateStatus::PendingActivation,
+                CertificateStatus::Active
             )
             .await
-            .unwrap_err();
-        assert_eq!(e.code(), "InvalidRequestException");
-        tx.update_certificate_status(&a.id, &c.id, CertificateStatus::Active).await.unwrap();
-        tx.create_thing(&a.id, "lamp-1", None, &BTreeMap::new()).await.unwrap();
-        tx.attach_thing_principal(&a.id, "lamp-1", &c.id).await.unwrap();
-        tx.attach_thing_principal(&a.id, "lamp-1", &c.id).await.unwrap();
+            .unwrap()
+        );
+        assert!(
+            !tx.set_certificate_status(
+                &a.id,
+                &c.id,
+                CertificateStatus::PendingActivation,
+                CertificateStatus::Inactive
+            )
+            .await
+            .unwrap()
+        );
+        assert_eq!(tx.describe_certificate(&a.id, &c.id).await.unwrap().status, CertificateStatus::Active);
+        tx.create_thing(&a.id, &id("lamp-1"), None, &BTreeMap::new()).await.unwrap();
+        tx.attach_thing_principal(&a.id, &id("lamp-1"), &c.id).await.unwrap();
+        tx.attach_thing_principal(&a.id, &id("lamp-1"), &c.id).await.unwrap();
         assert_eq!(tx.things_of_certificate(&a.id, &c.id).await.unwrap(), ["lamp-1"]);
-        let e = tx.delete_thing(&a.id, "lamp-1").await.unwrap_err();
+        let e = tx.delete_thing(&a.id, &id("lamp-1")).await.unwrap_err();
+        assert_eq!(e.code(), "DeleteConflictException");
         assert!(e.to_string().contains("detach"), "{e}");
-        tx.update_certificate_status(&a.id, &c.id, CertificateStatus::Revoked).await.unwrap();
-        let e = tx.update_certificate_status(&a.id, &c.id, CertificateStatus::Active).await.unwrap_err();
-        assert_eq!(e.code(), "CertificateStateException");
         tx.commit().await.unwrap();
     }
 }
@@ -335,40 +228,35 @@ async fn policies_attachments_and_effective_policies() {
         let a = account(&store, "acme").await;
         let mut tx = store.begin().await.unwrap();
         let doc = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#;
-        let (p, warnings) = tx.create_policy(&a.id, "Open", doc).await.unwrap();
+        let p = tx.insert_policy(&a.id, &id("Open"), doc).await.unwrap();
         assert_eq!((p.default_version, p.document.as_str()), (1, doc));
-        assert!(!warnings.is_empty(), "connect-as-anyone is warned about");
-        let e = tx.create_policy(&a.id, "Bad", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Nope","Resource":"*"}]}"#).await.unwrap_err();
-        assert!(e.to_string().contains("UnknownAction"), "{e}");
         let dev = maker.device("CN=lamp-1");
-        let c = tx
-            .register_certificate(&a.id, &dev.certificate.to_pem(), None, CertificateStatus::Active)
-            .await
-            .unwrap();
+        let c =
+            tx.insert_certificate(&a.id, &dev.certificate, None, CertificateStatus::Active).await.unwrap();
         let target = PolicyTarget::Certificate(c.id.clone());
-        tx.attach_policy(&a.id, "Open", &target).await.unwrap();
-        tx.attach_policy(&a.id, "Open", &target).await.unwrap();
+        tx.attach_policy(&a.id, &id("Open"), &target).await.unwrap();
+        tx.attach_policy(&a.id, &id("Open"), &target).await.unwrap();
         for i in 0..9 {
-            tx.create_policy(&a.id, &format!("P{i}"), doc).await.unwrap();
-            tx.attach_policy(&a.id, &format!("P{i}"), &target).await.unwrap();
+            tx.insert_policy(&a.id, &id(&format!("P{i}")), doc).await.unwrap();
+            tx.attach_policy(&a.id, &id(&format!("P{i}")), &target).await.unwrap();
         }
-        tx.create_policy(&a.id, "P9", doc).await.unwrap();
-        let e = tx.attach_policy(&a.id, "P9", &target).await.unwrap_err();
+        tx.insert_policy(&a.id, &id("P9"), doc).await.unwrap();
+        let e = tx.attach_policy(&a.id, &id("P9"), &target).await.unwrap_err();
         assert_eq!(e.code(), "LimitExceededException");
         // Group policies apply to things in the group.
-        tx.create_thing(&a.id, "lamp-1", None, &BTreeMap::new()).await.unwrap();
-        tx.create_thing_group(&a.id, "lamps", None, &BTreeMap::new()).await.unwrap();
-        tx.add_thing_to_group(&a.id, "lamps", "lamp-1").await.unwrap();
-        tx.attach_policy(&a.id, "P9", &PolicyTarget::ThingGroup("lamps".into())).await.unwrap();
+        tx.create_thing(&a.id, &id("lamp-1"), None, &BTreeMap::new()).await.unwrap();
+        tx.create_thing_group(&a.id, &id("lamps"), None, &BTreeMap::new()).await.unwrap();
+        tx.add_thing_to_group(&a.id, &id("lamps"), &id("lamp-1")).await.unwrap();
+        tx.attach_policy(&a.id, &id("P9"), &PolicyTarget::ThingGroup(id("lamps"))).await.unwrap();
         let names = |v: Vec<PolicyRecord>| v.into_iter().map(|p| p.name).collect::<Vec<_>>();
         assert_eq!(names(tx.effective_policies(&a.id, &c.id, None).await.unwrap()).len(), 10);
         assert!(
-            names(tx.effective_policies(&a.id, &c.id, Some("lamp-1")).await.unwrap())
-                .contains(&"P9".to_owned())
+            names(tx.effective_policies(&a.id, &c.id, Some(&id("lamp-1"))).await.unwrap())
+                .contains(&id("P9"))
         );
-        tx.detach_policy(&a.id, "P0", &target).await.unwrap();
+        tx.detach_policy(&a.id, &id("P0"), &target).await.unwrap();
         assert_eq!(
-            tx.detach_policy(&a.id, "P0", &target).await.unwrap_err().code(),
+            tx.detach_policy(&a.id, &id("P0"), &target).await.unwrap_err().code(),
             "ResourceNotFoundException"
         );
         tx.commit().await.unwrap();
@@ -381,52 +269,42 @@ async fn templates_failures_and_audit() {
         let a = account(&store, "acme").await;
         let mut tx = store.begin().await.unwrap();
         let t = tx
-            .create_template(&a.id, "jitp-lamps", TemplateKind::Jitp, "{}", true, Some("lamps"))
+            .create_template(&a.id, &id("jitp-lamps"), TemplateKind::Jitp, "{}", true, Some("lamps"))
             .await
             .unwrap();
         assert!(t.enabled);
-        let e =
-            tx.create_template(&a.id, "bad name!", TemplateKind::Jitp, "{}", true, None).await.unwrap_err();
-        assert_eq!(e.code(), "InvalidRequestException");
+        assert_eq!(TemplateName::new("bad name!").unwrap_err().code(), "InvalidRequestException");
         let e = tx
-            .create_template(&a.id, "big", TemplateKind::Jitp, &" ".repeat(10 * 1024 + 1), true, None)
+            .create_template(&a.id, &id("big"), TemplateKind::Jitp, &" ".repeat(10 * 1024 + 1), true, None)
             .await
             .unwrap_err();
         assert_eq!(e.code(), "LimitExceededException");
-        let t = tx.update_template(&a.id, "jitp-lamps", None, Some(false), None).await.unwrap();
+        let t = tx.update_template(&a.id, &id("jitp-lamps"), None, Some(false), None).await.unwrap();
         assert!(!t.enabled);
         let maker = TestCa::issuing(KeyAlgorithm::P256, "CN=Maker");
+        let lamps = id("jitp-lamps");
         let ca = tx
-            .register_ca(
-                &a,
-                &NewCa {
-                    pem: &maker.certificate.to_pem(),
-                    mode: CaMode::SniOnly,
-                    status: CaStatus::Active,
-                    auto_registration: true,
-                    template_name: Some("jitp-lamps"),
-                    verification_pem: None,
-                },
-            )
+            .insert_ca(&a, &new_ca(&maker.certificate, CaMode::SniOnly, Some(&lamps)))
             .await
+            .unwrap()
             .unwrap();
         assert_eq!(ca.template_name.as_deref(), Some("jitp-lamps"));
-        assert!(tx.delete_template(&a.id, "jitp-lamps").await.is_err(), "in use by the CA");
+        assert!(tx.delete_template(&a.id, &id("jitp-lamps")).await.is_err(), "in use by the CA");
         tx.update_ca(&a.id, &ca.id, None, None, Some(None)).await.unwrap();
-        tx.delete_template(&a.id, "jitp-lamps").await.unwrap();
+        tx.delete_template(&a.id, &id("jitp-lamps")).await.unwrap();
         let failure = ProvisioningFailure {
             certificate_id: "ab".repeat(32),
-            ca_id: Some(ca.id.clone()),
+            ca_id: Some(ca.id.to_string()),
             template_name: Some("jitp-lamps".into()),
             reason: "parameter AWS::IoT::Certificate::Country missing".into(),
             at: now(),
         };
         tx.record_provisioning_failure(&a.id, &failure).await.unwrap();
         assert_eq!(
-            tx.provisioning_failures(&a.id, Some(&failure.certificate_id)).await.unwrap(),
+            tx.provisioning_failures(&a.id, Some(&id(&failure.certificate_id))).await.unwrap(),
             std::slice::from_ref(&failure)
         );
-        assert!(tx.provisioning_failures(&a.id, Some("other")).await.unwrap().is_empty());
+        assert!(tx.provisioning_failures(&a.id, Some(&id(&"cd".repeat(32)))).await.unwrap().is_empty());
         let record = AuditRecord {
             actor: "ci".into(),
             action: "CreateThing".into(),

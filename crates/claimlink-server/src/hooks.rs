@@ -12,7 +12,7 @@ use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{Properties, QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
 use claimlink_policy::{Action, Bound, Variables};
-use claimlink_registry::{Account, CertificateStatus};
+use claimlink_registry::{Account, CertificateId, CertificateStatus, ThingName};
 
 use crate::AccountServer;
 
@@ -20,9 +20,9 @@ use crate::AccountServer;
 #[derive(Debug)]
 pub struct Connection {
     /// The certificate it authenticated with (registry id).
-    pub certificate_id: String,
+    pub certificate_id: CertificateId,
     /// The thing named by the client id and attached to the certificate, if any.
-    pub thing_name: Option<String>,
+    pub thing_name: Option<ThingName>,
     /// Its policies, bound to its variables.
     bound: Bound,
     /// What the rights were bound from (certificate, CA, thing, policy names).
@@ -76,7 +76,7 @@ impl AccountHooks {
             return Err(ReasonCode::NotAuthorized);
         }
         let (leaf, ca_id) = (&admitted.certificate, admitted.ca_id.clone());
-        let certificate_id = leaf.id().to_string();
+        let certificate_id = CertificateId::of(leaf);
         let store = &self.server.shared.store;
         let unavailable = |e: claimlink_registry::RegistryError| {
             tracing::warn!(error = %e, "registry unavailable during CONNECT");
@@ -84,9 +84,9 @@ impl AccountHooks {
         };
         // A CA that requires a claim admits its devices only with staging's ticket, before
         // anything is provisioned for them.
-        if let Some(ca) = ca_id.as_deref() {
+        if let Some(ca) = &ca_id {
             let entry = self.server.entry(&self.account.id).ok_or(ReasonCode::ServerUnavailable)?;
-            if entry.cas.iter().any(|c| c.id == ca && c.require_claim) {
+            if entry.cas.iter().any(|c| c.id == *ca && c.require_claim) {
                 self.check_claim(request, &entry, &certificate_id).await?;
             }
         }
@@ -112,11 +112,16 @@ impl AccountHooks {
                 tx = store.read().await.map_err(unavailable)?;
             }
         }
-        // The thing: the one named by the client id, if it is attached to this certificate.
-        let thing =
-            tx.attached_thing(&self.account.id, &certificate_id, client_id).await.map_err(unavailable)?;
+        // The thing: the one named by the client id, if it is attached to this certificate (a
+        // client id that is no thing name names no thing).
+        let thing = match ThingName::new(client_id) {
+            Ok(name) => {
+                tx.attached_thing(&self.account.id, &certificate_id, &name).await.map_err(unavailable)?
+            }
+            Err(_) => None,
+        };
         let records = tx
-            .effective_policies(&self.account.id, &certificate_id, thing.as_ref().map(|t| t.name.as_str()))
+            .effective_policies(&self.account.id, &certificate_id, thing.as_ref().map(|t| &t.name))
             .await
             .map_err(unavailable)?;
         drop(tx);
@@ -134,8 +139,8 @@ impl AccountHooks {
         }
         let vars = Variables {
             client_id: client_id.to_owned(),
-            thing_name: thing.as_ref().map(|t| t.name.clone()),
-            thing_type_name: thing.as_ref().and_then(|t| t.thing_type.clone()),
+            thing_name: thing.as_ref().map(|t| t.name.to_string()),
+            thing_type_name: thing.as_ref().and_then(|t| t.thing_type.as_ref().map(|t| t.to_string())),
             thing_attributes: thing.as_ref().map(|t| t.attributes.clone()).unwrap_or_default(),
             subject: claimlink_provision::subject_fields(leaf),
             issuer: claimlink_provision::name_fields(leaf.issuer()),
@@ -166,11 +171,11 @@ impl AccountHooks {
         &self,
         request: &ConnectRequest<'_>,
         entry: &crate::AccountEntry,
-        certificate_id: &str,
+        certificate_id: &CertificateId,
     ) -> Result<(), ReasonCode> {
         use claimlink_claim::ticket;
         let refuse = |why: &dyn std::fmt::Display| {
-            tracing::info!(client_id = request.client_id, certificate = certificate_id, reason = %why,
+            tracing::info!(client_id = request.client_id, certificate = %certificate_id, reason = %why,
                 "no valid claim for this device; refused");
             ReasonCode::NotAuthorized
         };
@@ -219,7 +224,7 @@ impl AccountHooks {
         leaf: &Certificate,
         ca: &claimlink_registry::CaCertificate,
         template: Option<&claimlink_registry::Template>,
-        certificate_id: &str,
+        certificate_id: &CertificateId,
     ) -> Result<(), ReasonCode> {
         let store = &self.server.shared.store;
         if !ca.auto_registration {

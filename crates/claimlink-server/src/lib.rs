@@ -25,7 +25,9 @@ use std::time::Duration;
 use claimlink_broker::{Broker, Limits};
 use claimlink_mqtt::ReasonCode;
 use claimlink_pki::Certificate;
-use claimlink_registry::{Account, CaMode, CaStatus, Store};
+use claimlink_registry::{
+    Account, AccountId, CaId, CaMode, CaStatus, CertificateId, PolicyName, Store, ThingName,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,13 +44,13 @@ pub struct LiveSession {
     /// Tells this connection from a later one with the same client id.
     pub serial: u64,
     /// The certificate it authenticated with.
-    pub certificate_id: String,
+    pub certificate_id: CertificateId,
     /// The CA that admitted it (`None`: registered without a CA).
-    pub ca_id: Option<String>,
+    pub ca_id: Option<CaId>,
     /// The thing it speaks for.
-    pub thing_name: Option<String>,
+    pub thing_name: Option<ThingName>,
     /// The policies bound to it.
-    pub policies: Vec<String>,
+    pub policies: Vec<PolicyName>,
 }
 
 /// Parsed policies kept at once (the cache starts over beyond this).
@@ -62,7 +64,7 @@ pub(crate) struct AccountEntry {
     /// ACTIVE CA certificates.
     pub(crate) cas: Vec<ActiveCa>,
     /// Ids of certificates registered without a CA (and not revoked).
-    pub(crate) registered: HashSet<String>,
+    pub(crate) registered: HashSet<CertificateId>,
     /// The registry's marker of this view when it was read.
     pub(crate) marker: [i64; 6],
     /// The claim issuers it trusts (staging's keys) for CAs that require a claim.
@@ -72,7 +74,7 @@ pub(crate) struct AccountEntry {
 /// An ACTIVE CA certificate of an account, as the handshake needs it.
 #[derive(Debug)]
 pub(crate) struct ActiveCa {
-    pub(crate) id: String,
+    pub(crate) id: CaId,
     pub(crate) certificate: Certificate,
     pub(crate) mode: CaMode,
     /// Admits its certificates only with a claim ticket.
@@ -86,14 +88,14 @@ impl AccountEntry {
         &self,
         leaf: &Certificate,
         intermediates: &[Certificate],
-    ) -> Result<Option<String>, String> {
-        if self.registered.contains(&leaf.id().to_string()) {
+    ) -> Result<Option<CaId>, String> {
+        if self.registered.contains(&CertificateId::of(leaf)) {
             return Ok(None);
         }
         let anchors = self.cas.iter().map(|ca| ca.certificate.clone()).collect();
         let path = client_chain(leaf, intermediates, anchors)?;
-        let anchor = path.last().map(|c| c.id().to_string()).unwrap_or_default();
-        Ok(self.cas.iter().find(|ca| ca.id == anchor).map(|ca| ca.id.clone()))
+        let anchor = path.last().ok_or("empty path")?;
+        Ok(self.cas.iter().find(|ca| ca.certificate == *anchor).map(|ca| ca.id.clone()))
     }
 }
 
@@ -102,9 +104,9 @@ impl AccountEntry {
 /// registered without a CA). Made once per connection, read by the CONNECT hook.
 #[derive(Debug)]
 pub(crate) struct Admitted {
-    pub(crate) account_id: String,
+    pub(crate) account_id: AccountId,
     pub(crate) certificate: Certificate,
-    pub(crate) ca_id: Option<String>,
+    pub(crate) ca_id: Option<CaId>,
 }
 
 /// The account endpoint's admission: certificates that chain to the account's ACTIVE CAs or
@@ -154,16 +156,16 @@ type CompiledTemplate = (String, Arc<claimlink_provision::Template>);
 /// Everything the account endpoint shares between connections, the API and the accept loop.
 pub(crate) struct Shared {
     pub(crate) store: Store,
-    accounts: RwLock<HashMap<String, Arc<AccountEntry>>>,
-    hosts: RwLock<HashMap<String, String>>,
-    brokers: Mutex<HashMap<String, Broker<AccountHooks>>>,
+    accounts: RwLock<HashMap<AccountId, Arc<AccountEntry>>>,
+    hosts: RwLock<HashMap<String, AccountId>>,
+    brokers: Mutex<HashMap<AccountId, Broker<AccountHooks>>>,
     pub(crate) server_chain: Vec<CertificateDer<'static>>,
     pub(crate) server_key: PrivateKeyDer<'static>,
-    policies: Mutex<HashMap<(String, String, i64), Arc<claimlink_policy::Policy>>>,
+    policies: Mutex<HashMap<(AccountId, PolicyName, i64), Arc<claimlink_policy::Policy>>>,
     /// Compiled provisioning templates by (account, name), with the body they were compiled from.
-    templates: Mutex<HashMap<(String, String), CompiledTemplate>>,
+    templates: Mutex<HashMap<(AccountId, claimlink_registry::TemplateName), CompiledTemplate>>,
     /// Live connections per account: client id -> what its rights were bound from.
-    live: Mutex<HashMap<String, HashMap<String, LiveSession>>>,
+    live: Mutex<HashMap<AccountId, HashMap<String, LiveSession>>>,
     next_serial: AtomicU64,
     /// When an unknown server name last made us reload the accounts (Unix ms).
     last_reload: std::sync::atomic::AtomicI64,
@@ -234,7 +236,7 @@ impl AccountServer {
 
     /// Re-reads one account's view: its ACTIVE CAs (with their certificates) and the ids of
     /// its certificates registered without a CA (ids only).
-    pub async fn reload(&self, account_id: &str) -> Result<(), ServerError> {
+    pub async fn reload(&self, account_id: &AccountId) -> Result<(), ServerError> {
         let mut tx = self.shared.store.read().await?;
         let account = tx.account(account_id).await?;
         let marker = tx.view_marker(account_id).await?;
@@ -273,7 +275,7 @@ impl AccountServer {
         Ok(())
     }
 
-    pub(crate) fn entry(&self, account_id: &str) -> Option<Arc<AccountEntry>> {
+    pub(crate) fn entry(&self, account_id: &AccountId) -> Option<Arc<AccountEntry>> {
         read(&self.shared.accounts).get(account_id).cloned()
     }
 
@@ -315,7 +317,7 @@ impl AccountServer {
 
     /// The ACTIVE DEFAULT-mode CAs of every account (account id, CA id, certificate): they
     /// serve devices that send no server name.
-    pub(crate) fn default_mode_cas(&self) -> Vec<(String, String, Certificate)> {
+    pub(crate) fn default_mode_cas(&self) -> Vec<(AccountId, CaId, Certificate)> {
         let accounts = read(&self.shared.accounts);
         let mut out = Vec::new();
         for entry in accounts.values() {
@@ -327,7 +329,7 @@ impl AccountServer {
     }
 
     /// The broker of an account (made on first use).
-    pub fn broker(&self, account_id: &str) -> Option<Broker<AccountHooks>> {
+    pub fn broker(&self, account_id: &AccountId) -> Option<Broker<AccountHooks>> {
         let mut brokers = lock(&self.shared.brokers);
         if let Some(b) = brokers.get(account_id) {
             return Some(b.clone());
@@ -336,7 +338,7 @@ impl AccountServer {
         let hooks = AccountHooks::new(self.clone(), entry.account.clone());
         let broker = Broker::new(hooks, self.shared.limits.clone());
         broker.hooks().set_broker(broker.downgrade());
-        brokers.insert(account_id.to_owned(), broker.clone());
+        brokers.insert(account_id.clone(), broker.clone());
         Some(broker)
     }
 
@@ -345,12 +347,12 @@ impl AccountServer {
     /// denies, so the caller refuses the connection.
     pub(crate) fn policy(
         &self,
-        account_id: &str,
-        name: &str,
+        account_id: &AccountId,
+        name: &PolicyName,
         version: i64,
         document: &str,
     ) -> Result<Arc<claimlink_policy::Policy>, claimlink_policy::PolicyError> {
-        let key = (account_id.to_owned(), name.to_owned(), version);
+        let key = (account_id.clone(), name.clone(), version);
         if let Some(p) = lock(&self.shared.policies).get(&key) {
             return Ok(p.clone());
         }
@@ -367,10 +369,10 @@ impl AccountServer {
     /// compiles a template once, not per device. `None` when it does not compile (any more).
     pub(crate) fn compiled_template(
         &self,
-        account_id: &str,
+        account_id: &AccountId,
         stored: &claimlink_registry::Template,
     ) -> Option<Arc<claimlink_provision::Template>> {
-        let key = (account_id.to_owned(), stored.name.clone());
+        let key = (account_id.clone(), stored.name.clone());
         if let Some((body, t)) = lock(&self.shared.templates).get(&key) {
             if *body == stored.body {
                 return Some(t.clone());
@@ -391,10 +393,10 @@ impl AccountServer {
 
     /// Records a connection going up or down (the serial tells a newer connection with the
     /// same client id from the one that ends).
-    pub(crate) fn track(&self, account: &str, client_id: &str, session: LiveSession, up: bool) {
+    pub(crate) fn track(&self, account: &AccountId, client_id: &str, session: LiveSession, up: bool) {
         let mut live = lock(&self.shared.live);
         if up {
-            live.entry(account.to_owned()).or_default().insert(client_id.to_owned(), session);
+            live.entry(account.clone()).or_default().insert(client_id.to_owned(), session);
         } else if let Some(clients) = live.get_mut(account) {
             if clients.get(client_id).is_some_and(|s| s.serial == session.serial) {
                 clients.remove(client_id);
@@ -406,7 +408,7 @@ impl AccountServer {
     }
 
     /// Whether `client_id` is connected to the account now (one lookup).
-    pub fn online(&self, account_id: &str, client_id: &str) -> bool {
+    pub fn online(&self, account_id: &AccountId, client_id: &str) -> bool {
         lock(&self.shared.live).get(account_id).is_some_and(|c| c.contains_key(client_id))
     }
 
@@ -418,9 +420,13 @@ impl AccountServer {
         ticket: &claimlink_claim::ticket::ClaimTicket,
     ) -> Result<bool, ServerError> {
         let Some(entry) = self.entry_for_host(&ticket.aud) else { return Ok(false) };
+        let Ok(certificate_id) = CertificateId::new(&ticket.cert) else {
+            tracing::warn!(thing = %ticket.thing, "a release notice names no certificate id; ignored");
+            return Ok(false);
+        };
         let account = &entry.account;
         let mut tx = self.shared.store.begin().await?;
-        let changed = tx.release_claim(&account.id, &ticket.cert, ticket.claim).await?;
+        let changed = tx.release_claim(&account.id, &certificate_id, ticket.claim).await?;
         if changed {
             tx.audit(
                 Some(&account.id),
@@ -438,21 +444,21 @@ impl AccountServer {
             .await?;
         }
         tx.commit().await?;
-        let dropped = self.drop_sessions(&account.id, &ticket.cert);
+        let dropped = self.drop_sessions(&account.id, &certificate_id);
         tracing::info!(thing = %ticket.thing, claim = ticket.claim, dropped, "claim released");
         Ok(true)
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved
     /// out of ACTIVE, its policies or things changed). Returns how many.
-    pub fn drop_sessions(&self, account_id: &str, certificate_id: &str) -> usize {
-        self.drop_where(account_id, |s| s.certificate_id == certificate_id)
+    pub fn drop_sessions(&self, account_id: &AccountId, certificate_id: &CertificateId) -> usize {
+        self.drop_where(account_id, |s| s.certificate_id == *certificate_id)
     }
 
     /// Drops the live sessions of an account whose rights `affected` says were bound from
     /// something that changed; they reconnect and are bound again from the registry. MQTT 5
     /// clients get DISCONNECT "not authorized". Returns how many.
-    pub fn drop_where(&self, account_id: &str, affected: impl Fn(&LiveSession) -> bool) -> usize {
+    pub fn drop_where(&self, account_id: &AccountId, affected: impl Fn(&LiveSession) -> bool) -> usize {
         let clients: Vec<String> = lock(&self.shared.live)
             .get(account_id)
             .map(|c| c.iter().filter(|(_, s)| affected(s)).map(|(id, _)| id.clone()).collect())

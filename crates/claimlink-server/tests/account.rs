@@ -148,7 +148,7 @@ async fn start(store: Store, dir: &Path) -> (Env, Vec<(String, String, String)>)
     for name in ["acme", "globex"] {
         let a = tx.create_account(name, &format!("{name}.iot.test"), "cn-north-1").await.unwrap();
         let token = tx.create_api_token(&a.id, "test").await.unwrap();
-        accounts.push((a.id, token, a.registration_code));
+        accounts.push((a.id.to_string(), token, a.registration_code));
     }
     tx.commit().await.unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);

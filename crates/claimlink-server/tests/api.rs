@@ -69,7 +69,10 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
         ("POST", "/cacertificate".into(), json!({"caCertificate": device.certificate.to_pem(), "certificateMode": "SNI_ONLY"}).to_string(), 400, "InvalidRequestException"),
         ("POST", "/cacertificate".into(), json!({"caCertificate": maker.certificate.to_pem(), "certificateMode": "WHATEVER"}).to_string(), 400, "InvalidRequestException"),
         ("POST", "/cacertificate".into(), json!({"caCertificate": maker.certificate.to_pem()}).to_string(), 400, "InvalidRequestException"),
-        ("PUT", "/certificates/ffff".into(), json!({"newStatus": "ACTIVE"}).to_string(), 404, "ResourceNotFoundException"),
+        // An id that is no certificate id is refused as such; a well-formed one that is not
+        // registered is not found.
+        ("PUT", "/certificates/ffff".into(), json!({"newStatus": "ACTIVE"}).to_string(), 400, "InvalidRequestException"),
+        ("PUT", format!("/certificates/{}", "f".repeat(64)), json!({"newStatus": "ACTIVE"}).to_string(), 404, "ResourceNotFoundException"),
         ("PUT", "/target-policies/p".into(), json!({"target": "arn:aws:s3:::bucket"}).to_string(), 400, "InvalidRequestException"),
         ("GET", "/no/such/path".into(), String::new(), 404, "ResourceNotFoundException"),
         ("POST", "/things/big".into(), format!("{{\"x\": \"{}\"}}", "a".repeat(70 * 1024)), 413, "PayloadTooLarge"),

@@ -11,7 +11,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
-use claimlink_registry::{AuditRecord, RegistryError, Store, Tx};
+use claimlink_registry::{AccountId, AuditRecord, Coded, Store, Tx};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -114,7 +114,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
 /// language's validation codes (`MalformedPolicy`, `UnknownAction`, ...); HTTP's own
 /// (`PayloadTooLarge`, `MethodNotAllowed`, `UnsupportedMediaType`); and the claim decision's
 /// (`ClaimCodeWrong`, `AlreadyOwned`, `LockedOut`, `NotOwner`, ...). Registry errors map to
-/// these in one place (`From<RegistryError>`).
+/// these in one place: [`status_of`], through `From<E: Coded>`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -128,29 +128,49 @@ impl ApiError {
         Self { status, code, message: message.into() }
     }
 
+    /// An error with a `code` of the vocabulary, its status from [`status_of`] (for the codes of
+    /// crates below the registry: the template engine's, the policy language's).
+    pub fn coded(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(status_of(code), code, message)
+    }
+
     /// A request that breaks a rule (400 `InvalidRequestException`).
     pub fn bad(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
     }
 }
 
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        let status = match &e {
-            RegistryError::NotFound { .. } => StatusCode::NOT_FOUND,
-            RegistryError::AlreadyExists { .. } | RegistryError::State(_) | RegistryError::InUse { .. } => {
-                StatusCode::CONFLICT
-            }
-            RegistryError::Invalid(_) | RegistryError::LimitExceeded(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+/// The HTTP status of every code of the vocabulary: the one place a code gets its status. A
+/// code not listed is a validation code of a language of ours (the policy language's
+/// `MalformedPolicy`, `UnknownAction`, ...; the template engine's): 400.
+pub fn status_of(code: &str) -> StatusCode {
+    match code {
+        "UnauthorizedException" => StatusCode::UNAUTHORIZED,
+        "ResourceNotFoundException" => StatusCode::NOT_FOUND,
+        "ResourceAlreadyExistsException"
+        | "CertificateStateException"
+        | "DeleteConflictException"
+        | "ConflictingResourceUpdateException" => StatusCode::CONFLICT,
+        "InternalFailureException" => StatusCode::INTERNAL_SERVER_ERROR,
+        "ServiceUnavailableException" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Any error with a code of the vocabulary (the registry's, the registration rules', the
+/// provisioning engine's, an id that does not check) answers with that code and its status. An
+/// internal failure is logged here and its detail never sent.
+impl<E: Coded> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        let code = e.code();
+        let status = status_of(code);
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "registry failure in the API");
+            tracing::error!(error = %e, "internal failure in the API");
             "internal failure".to_owned()
         } else {
             e.to_string()
         };
-        Self { status, code: e.code(), message }
+        Self { status, code, message }
     }
 }
 
@@ -398,18 +418,14 @@ pub fn bearer(value: &str) -> Option<&str> {
 /// a change is never made without its record.
 pub struct Audited {
     tx: Tx,
-    account_id: Option<String>,
+    account_id: Option<AccountId>,
     actor: String,
 }
 
 impl Audited {
     /// Begins a write transaction for `actor` acting on `account_id` (`None`: staging).
-    pub async fn begin(store: &Store, account_id: Option<&str>, actor: &str) -> Result<Self, ApiError> {
-        Ok(Self {
-            tx: store.begin().await?,
-            account_id: account_id.map(str::to_owned),
-            actor: actor.to_owned(),
-        })
+    pub async fn begin(store: &Store, account_id: Option<&AccountId>, actor: &str) -> Result<Self, ApiError> {
+        Ok(Self { tx: store.begin().await?, account_id: account_id.cloned(), actor: actor.to_owned() })
     }
 
     /// Writes the audit row (`action` on `target`, result ok) and commits.
@@ -422,7 +438,7 @@ impl Audited {
             detail: None,
             at: claimlink_registry::now(),
         };
-        self.tx.audit(self.account_id.as_deref(), &record).await?;
+        self.tx.audit(self.account_id.as_ref(), &record).await?;
         self.tx.commit().await?;
         Ok(())
     }

@@ -413,7 +413,7 @@ impl ClaimQuery {
 /// A `thingName` filter: a ThingName or a 400.
 fn thing_filter(name: Option<&String>) -> Result<Option<&str>, ApiError> {
     match name {
-        Some(n) if claimlink_registry::validate_thing_name("thingName", n).is_err() => {
+        Some(n) if claimlink_registry::ThingName::new(n).is_err() => {
             Err(ApiError::bad("thingName is 1-128 characters of a-z A-Z 0-9 : _ -"))
         }
         other => Ok(other.map(String::as_str)),

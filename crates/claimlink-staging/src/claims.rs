@@ -501,9 +501,7 @@ pub async fn decide<S: ClaimStore>(
     req: &ClaimRequest<'_>,
     now: i64,
 ) -> Result<(ClaimOutcome, bool), RegistryError> {
-    if claimlink_registry::validate_thing_name("thing name", req.thing_name).is_err()
-        || check_endpoint(req.endpoint).is_err()
-    {
+    if claimlink_registry::ThingName::new(req.thing_name).is_err() || check_endpoint(req.endpoint).is_err() {
         return Ok((rejected(Rejection::InvalidRequest), false));
     }
     let endpoint = req.endpoint.to_ascii_lowercase();
@@ -532,7 +530,7 @@ pub async fn decide<S: ClaimStore>(
     let device = tx
         .device(req.thing_name)
         .await?
-        .ok_or_else(|| RegistryError::State(format!("device {} vanished during a claim", req.thing_name)))?;
+        .ok_or_else(|| RegistryError::Changed { kind: "device", name: req.thing_name.to_owned() })?;
     if device.locked_until > now {
         return Ok((
             ClaimOutcome::Rejected { reason: Rejection::LockedOut, retry_at: Some(device.locked_until) },
@@ -577,10 +575,7 @@ pub async fn decide<S: ClaimStore>(
                 .await?;
             if !tx.set_owner(req.thing_name, &oem.id, &endpoint, claim_id).await? {
                 // Cannot happen under the row lock; if it did, nothing of this claim is kept.
-                return Err(RegistryError::State(format!(
-                    "device {} changed owner during a claim",
-                    req.thing_name
-                )));
+                return Err(RegistryError::Changed { kind: "device", name: req.thing_name.to_owned() });
             }
             ClaimOutcome::Accepted {
                 claim_id,
@@ -592,10 +587,7 @@ pub async fn decide<S: ClaimStore>(
     };
     if let Claimer::PortalUser { user_id, .. } = req.claimer {
         if !tx.add_portal_device(user_id, req.thing_name, now).await? {
-            return Err(RegistryError::State(format!(
-                "device {} is held by another portal user",
-                req.thing_name
-            )));
+            return Err(RegistryError::Changed { kind: "device", name: req.thing_name.to_owned() });
         }
     }
     Ok((outcome, true))

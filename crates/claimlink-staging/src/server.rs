@@ -261,9 +261,7 @@ impl StagingServer {
     /// [`claims::claim`]) and, when accepted and not yet acknowledged, delivers it to the
     /// device if it is online.
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
-        if claimlink_registry::validate_thing_name("thing name", request.thing_name).is_err()
-            || request.oem_id.len() > 64
-        {
+        if claimlink_registry::ThingName::new(request.thing_name).is_err() || request.oem_id.len() > 64 {
             // Refused before anything is stored under its (peer-chosen) names.
             return Ok(ClaimOutcome::Rejected { reason: Rejection::InvalidRequest, retry_at: None });
         }
@@ -509,7 +507,7 @@ impl StagingHooks {
 
     async fn connect_device(&self, leaf: &Certificate, client_id: &str) -> Result<StagingPeer, ReasonCode> {
         let thing = leaf.common_name().ok_or(ReasonCode::NotAuthorized)?;
-        if client_id != thing || claimlink_registry::validate_thing_name("thing name", &thing).is_err() {
+        if client_id != thing || claimlink_registry::ThingName::new(&thing).is_err() {
             tracing::debug!(client_id, "staging: client id is not the certificate's ThingName");
             return Err(ReasonCode::NotAuthorized);
         }

@@ -53,7 +53,7 @@ impl OemStatus {
         match s {
             "ACTIVE" => Ok(Self::Active),
             "SUSPENDED" => Ok(Self::Suspended),
-            _ => Err(RegistryError::invalid("OEM status must be ACTIVE or SUSPENDED")),
+            _ => Err(RegistryError::invalid("OEM status", s, "ACTIVE or SUSPENDED")),
         }
     }
 }
@@ -210,11 +210,7 @@ pub fn check_endpoint(endpoint: &str) -> Result<()> {
             !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
-    if host_ok && port_ok {
-        Ok(())
-    } else {
-        Err(RegistryError::invalid(format!("endpoint {endpoint:?} is not host[:port]")))
-    }
+    if host_ok && port_ok { Ok(()) } else { Err(RegistryError::invalid("endpoint", endpoint, "host[:port]")) }
 }
 
 columns!(StagingDevice {
@@ -500,7 +496,7 @@ impl Records for Tx {
     /// Registers an OEM (ACTIVE) with the endpoints it may send devices to.
     async fn create_oem(&mut self, name: &str, endpoints: &[String]) -> Result<Oem> {
         if name.trim().is_empty() || name.len() > 128 {
-            return Err(RegistryError::invalid("OEM name must be 1-128 characters"));
+            return Err(RegistryError::invalid("OEM name", name, "1-128 characters"));
         }
         for e in endpoints {
             check_endpoint(e)?;
@@ -601,7 +597,7 @@ impl Records for Tx {
         certificate_id: Option<&str>,
         verifier: Option<&str>,
     ) -> Result<bool> {
-        claimlink_registry::validate_thing_name("thing name", thing_name)?;
+        claimlink_registry::ThingName::new(thing_name)?;
         let new = self.run("INSERT INTO staging_devices (thing_name, certificate_id, claim_code_verifier) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING", args![thing_name, certificate_id, verifier]).await?
             == 1;

@@ -16,7 +16,8 @@ use claimlink_mqtt::QoS;
 use claimlink_mqtt::client::{ClientConnection, ClientEvent, ClientOptions};
 use claimlink_pki::profile::YEAR;
 use claimlink_pki::{Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name};
-use claimlink_registry::{CaMode, NewCa, Store, TemplateKind};
+use claimlink_provision::registration::{self, CaApplication};
+use claimlink_registry::{CaMode, PolicyName, Store, TemplateKind, TemplateName};
 use claimlink_server::{AccountServer, ServerIdentity};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -245,18 +246,19 @@ pub(crate) fn run(args: &JitpArgs) -> Result<()> {
         let store = Store::open(&url).await?;
         let mut tx = store.begin().await?;
         let account = tx.create_account(&format!("bench-{tag}"), &host, "cn-north-1").await?;
-        tx.create_policy(&account.id, "BenchPolicy", POLICY).await?;
-        tx.create_template(&account.id, "bench", TemplateKind::Jitp, TEMPLATE, true, None).await?;
+        registration::create_policy(&mut tx, &account.id, &PolicyName::new("BenchPolicy")?, POLICY).await?;
+        let template = TemplateName::new("bench")?;
+        tx.create_template(&account.id, &template, TemplateKind::Jitp, TEMPLATE, true, None).await?;
         let pem = maker.0.to_pem();
         let verification = leaf(&maker, &Profile::DeviceBirth, &format!("CN={}", account.registration_code))?.0;
         let verification_pem = verification.to_pem();
-        let mut ca = NewCa::new(&pem, if args.no_sni { CaMode::Default } else { CaMode::SniOnly });
+        let mut ca = CaApplication::new(&pem, if args.no_sni { CaMode::Default } else { CaMode::SniOnly });
         ca.auto_registration = true;
-        ca.template_name = Some("bench");
+        ca.template_name = Some(&template);
         if args.no_sni {
             ca.verification_pem = Some(&verification_pem);
         }
-        tx.register_ca(&account, &ca).await?;
+        registration::register_ca(&mut tx, &account, &ca).await?;
         tx.commit().await?;
         let identity = ServerIdentity {
             chain_pem: server_cert.to_pem(),

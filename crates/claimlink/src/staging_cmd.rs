@@ -54,7 +54,7 @@ pub(crate) async fn import(store: &Store, path: &Path) -> Result<Imported> {
         }
         let e: ManifestEntry = serde_json::from_str(&line)
             .with_context(|| format!("{}:{}: not a manifest line", path.display(), n + 1))?;
-        claimlink_registry::validate_thing_name("thing name", &e.thing_name)
+        claimlink_registry::ThingName::new(&e.thing_name)
             .with_context(|| format!("{}:{}", path.display(), n + 1))?;
         if e.certificate_id.len() != 64 || !e.certificate_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("{}:{}: certificate_id is not a SHA-256 in hex", path.display(), n + 1);

@@ -18,7 +18,8 @@ use claimlink_pki::profile::YEAR;
 use claimlink_pki::{
     Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name, pem,
 };
-use claimlink_registry::{CaMode, NewCa, Store, TemplateKind};
+use claimlink_provision::registration::{self, CaApplication};
+use claimlink_registry::{AccountId, CaMode, PolicyName, Store, TemplateKind, TemplateName};
 use claimlink_server::{AccountServer, ServerIdentity};
 use claimlink_staging::{StagingConfig, StagingServer};
 
@@ -207,7 +208,7 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
 }
 
 /// The registry part of the demo, made once.
-async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result<(String, String)> {
+async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result<(String, AccountId)> {
     let oem_endpoint = format!("{OEM_HOST}:{}", args.account_mqtt.port());
     let mut tx = store.begin().await?;
     let oem = match tx.oem_by_name(OEM_NAME).await? {
@@ -229,10 +230,11 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
             let token = tx.create_api_token(&a.id, "owner").await?;
             write_new(&paths.p("account-token"), format!("{token}\n").as_bytes(), 0o600)?;
             claimlink_provision::Template::parse(TEMPLATE_BODY).map_err(|e| anyhow::anyhow!("{e}"))?;
-            tx.create_policy(&a.id, POLICY, POLICY_DOC).await?;
+            registration::create_policy(&mut tx, &a.id, &PolicyName::new(POLICY)?, POLICY_DOC).await?;
+            let template = TemplateName::new(TEMPLATE)?;
             tx.create_template(
                 &a.id,
-                TEMPLATE,
+                &template,
                 TemplateKind::Jitp,
                 TEMPLATE_BODY,
                 true,
@@ -245,10 +247,10 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
                 .next()
                 .context("no manufacturer issuing CA certificate")?;
             let pem = issuing.to_pem();
-            let mut new = NewCa::new(&pem, CaMode::SniOnly);
+            let mut new = CaApplication::new(&pem, CaMode::SniOnly);
             new.auto_registration = true;
-            new.template_name = Some(TEMPLATE);
-            tx.register_ca(&a, &new).await?;
+            new.template_name = Some(&template);
+            registration::register_ca(&mut tx, &a, &new).await?;
             a
         }
     };
@@ -398,7 +400,7 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
 /// The demo OEM's account, as its portal sees it.
 struct PortalAccount {
     server: claimlink_server::AccountServer,
-    account_id: String,
+    account_id: AccountId,
 }
 
 impl claimlink_staging::portal::OemAccount for PortalAccount {

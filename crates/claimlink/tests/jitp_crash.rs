@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use claimlink_mqtt::client::{ClientConnection, ClientEvent, ClientOptions};
 use claimlink_pki::KeyAlgorithm;
-use claimlink_registry::{CaMode, CertificateStatus, NewCa, PolicyTarget, Store, TemplateKind};
+use claimlink_provision::registration::{self, CaApplication};
+use claimlink_registry::{CaMode, CertificateStatus, PolicyTarget, Store, TemplateKind, TemplateName};
 use claimlink_testpki::TestCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -105,13 +106,14 @@ async fn a_crash_during_jitp_leaves_no_half_provisioned_device() {
     let store = Store::open(&db).await.unwrap();
     let mut tx = store.begin().await.unwrap();
     let account = tx.create_account("crash", "crash.iot.test", "cn-north-1").await.unwrap();
-    tx.create_policy(&account.id, "P", POLICY).await.unwrap();
-    tx.create_template(&account.id, "t", TemplateKind::Jitp, TEMPLATE, true, None).await.unwrap();
+    registration::create_policy(&mut tx, &account.id, &"P".parse().unwrap(), POLICY).await.unwrap();
+    let template: TemplateName = "t".parse().unwrap();
+    tx.create_template(&account.id, &template, TemplateKind::Jitp, TEMPLATE, true, None).await.unwrap();
     let pem = maker.certificate.to_pem();
-    let mut ca = NewCa::new(&pem, CaMode::SniOnly);
+    let mut ca = CaApplication::new(&pem, CaMode::SniOnly);
     ca.auto_registration = true;
-    ca.template_name = Some("t");
-    tx.register_ca(&account, &ca).await.unwrap();
+    ca.template_name = Some(&template);
+    registration::register_ca(&mut tx, &account, &ca).await.unwrap();
     tx.commit().await.unwrap();
     drop(store);
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use claimlink_registry::{Account, CaMode, CaStatus, CertificateStatus, NewCa};
+use claimlink_provision::registration::{self, CaApplication};
+use claimlink_registry::{Account, CaId, CaMode, CaStatus, CertificateId, CertificateStatus, TemplateName};
 use claimlink_service::api::{ApiError, Audited, Body, Object, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -42,7 +43,7 @@ pub(super) struct RegisterCa {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RegistrationConfig {
-    template_name: Option<String>,
+    template_name: Option<TemplateName>,
 }
 
 pub(super) async fn register_ca(
@@ -55,20 +56,17 @@ pub(super) async fn register_ca(
         None => CaMode::Default,
     };
     let template = b.registration_config.and_then(|rc| rc.0.template_name);
-    let new = NewCa {
+    let application = CaApplication {
         pem: &b.ca_certificate,
         mode,
         status: if b.set_as_active.unwrap_or(false) { CaStatus::Active } else { CaStatus::Inactive },
         auto_registration: b.allow_auto_registration.unwrap_or(false),
-        template_name: template.as_deref(),
+        template_name: template.as_ref(),
+        require_claim: b.require_claim.unwrap_or(false),
         verification_pem: b.verification_certificate.as_deref(),
     };
-    let require_claim = b.require_claim.unwrap_or(false);
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    let ca = tx.register_ca(&a, &new).await?;
-    if require_claim {
-        tx.set_ca_require_claim(&a.id, &ca.id, true).await?;
-    }
+    let ca = registration::register_ca(&mut tx, &a, &application).await?;
     tx.commit("RegisterCACertificate", &ca.id).await?;
     let _ = s.reload(&a.id).await;
     Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cacert/{}", ca.id)), "certificateId": ca.id })))
@@ -81,7 +79,7 @@ pub(super) async fn list_cas(
 ) -> ApiResult {
     let page = Page::parse(&q)?;
     let cas = s.store().read().await?.list_cas(&a.id).await?;
-    Ok(axum::Json(page.slice("certificates", cas, |c| c.id.clone(), |c| {
+    Ok(axum::Json(page.slice("certificates", cas, |c| c.id.to_string(), |c| {
         json!({ "certificateArn": arn(&a, &format!("cacert/{}", c.id)), "certificateId": c.id, "status": c.status, "certificateMode": c.mode, "creationDate": c.created as f64 / 1000.0 })
     })))
 }
@@ -89,7 +87,7 @@ pub(super) async fn list_cas(
 pub(super) async fn describe_ca(
     State(s): State<AccountServer>,
     Caller { account: a, .. }: Caller,
-    Path(id): Path<String>,
+    Path(id): Path<CaId>,
 ) -> ApiResult {
     let ca = s.store().read().await?.describe_ca(&a.id, &id).await?;
     Ok(axum::Json(json!({
@@ -111,7 +109,7 @@ pub(super) struct UpdateCa {
 pub(super) async fn update_ca(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(id): Path<String>,
+    Path(id): Path<CaId>,
     Query(q): Query<BTreeMap<String, String>>,
     Body(b): Body<UpdateCa>,
 ) -> ApiResult {
@@ -136,14 +134,14 @@ pub(super) async fn update_ca(
     // A registrationConfig replaces the template (without templateName: removes it).
     let template = b.registration_config.map(|rc| rc.0.template_name);
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    tx.update_ca(&a.id, &id, status, auto, template.as_ref().map(|t| t.as_deref())).await?;
+    tx.update_ca(&a.id, &id, status, auto, template.as_ref().map(|t| t.as_ref())).await?;
     if let Some(r) = b.require_claim {
         tx.set_ca_require_claim(&a.id, &id, r).await?;
     }
     tx.commit("UpdateCACertificate", &id).await?;
     let _ = s.reload(&a.id).await;
     if status.is_some_and(|st| st != CaStatus::Active) {
-        let dropped = s.drop_where(&a.id, |l| l.ca_id.as_deref() == Some(id.as_str()));
+        let dropped = s.drop_where(&a.id, |l| l.ca_id.as_ref() == Some(&id));
         tracing::info!(ca = %id, dropped, "CA left ACTIVE: its devices' sessions ended");
     }
     Ok(axum::Json(json!({})))
@@ -184,14 +182,14 @@ pub(super) async fn register_certificate(
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     let ca_id = match &b.ca_certificate_pem {
         Some(ca_pem) => {
-            let ca = claimlink_registry::parse_certificate_pem(ca_pem)?;
-            let id = ca.id().to_string();
+            let ca = registration::certificate_from_pem(ca_pem)?;
+            let id = CaId::of(&ca);
             tx.describe_ca(&a.id, &id).await?;
             Some(id)
         }
         None => None,
     };
-    let c = tx.register_certificate(&a.id, pem, ca_id.as_deref(), status).await?;
+    let c = registration::register_certificate(&mut tx, &a.id, pem, ca_id.as_ref(), status).await?;
     tx.commit("RegisterCertificate", &c.id).await?;
     let _ = s.reload(&a.id).await;
     Ok(axum::Json(json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id })))
@@ -204,7 +202,7 @@ pub(super) async fn list_certificates(
 ) -> ApiResult {
     let page = Page::parse(&q)?;
     let certs = s.store().read().await?.certificates_page(&a.id, page.after.as_deref(), page.fetch()).await?;
-    Ok(axum::Json(page.respond("certificates", certs, |c| c.id.clone(), |c| {
+    Ok(axum::Json(page.respond("certificates", certs, |c| c.id.to_string(), |c| {
         json!({ "certificateArn": arn(&a, &format!("cert/{}", c.id)), "certificateId": c.id, "status": c.status, "creationDate": c.created as f64 / 1000.0 })
     })))
 }
@@ -212,7 +210,7 @@ pub(super) async fn list_certificates(
 pub(super) async fn describe_certificate(
     State(s): State<AccountServer>,
     Caller { account: a, .. }: Caller,
-    Path(id): Path<String>,
+    Path(id): Path<CertificateId>,
 ) -> ApiResult {
     let c = s.store().read().await?.describe_certificate(&a.id, &id).await?;
     Ok(axum::Json(json!({ "certificateDescription": cert_json(&a, &c) })))
@@ -228,7 +226,7 @@ pub(super) struct UpdateCertificate {
 pub(super) async fn update_certificate(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(id): Path<String>,
+    Path(id): Path<CertificateId>,
     Query(q): Query<BTreeMap<String, String>>,
     Body(b): Body<UpdateCertificate>,
 ) -> ApiResult {
@@ -236,7 +234,7 @@ pub(super) async fn update_certificate(
         q.get("newStatus").or(b.new_status.as_ref()).ok_or_else(|| ApiError::bad("newStatus is required"))?;
     let status = CertificateStatus::parse(status)?;
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    tx.update_certificate_status(&a.id, &id, status).await?;
+    registration::set_certificate_status(&mut tx, &a.id, &id, status).await?;
     tx.commit("UpdateCertificate", &id).await?;
     let _ = s.reload(&a.id).await;
     if status != CertificateStatus::Active {

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use claimlink_registry::{Account, PolicyTarget};
+use claimlink_provision::registration;
+use claimlink_registry::{Account, CertificateId, PolicyName, PolicyTarget, ThingGroupName, ThingName};
 use claimlink_service::api::{ApiError, Audited, Body, Page};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,14 +22,11 @@ pub(super) struct CreatePolicy {
 pub(super) async fn create_policy(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<PolicyName>,
     Body(b): Body<CreatePolicy>,
 ) -> ApiResult {
-    let doc = &b.policy_document;
-    claimlink_policy::Policy::parse(doc)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    let (p, warnings) = tx.create_policy(&a.id, &name, doc).await?;
+    let (p, warnings) = registration::create_policy(&mut tx, &a.id, &name, &b.policy_document).await?;
     tx.commit("CreatePolicy", &name).await?;
     Ok(axum::Json(json!({
         "policyName": p.name,
@@ -43,7 +40,7 @@ pub(super) async fn create_policy(
 pub(super) async fn get_policy(
     State(s): State<AccountServer>,
     Caller { account: a, .. }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<PolicyName>,
 ) -> ApiResult {
     let p = s.store().read().await?.get_policy(&a.id, &name).await?;
     Ok(axum::Json(json!({
@@ -66,7 +63,7 @@ pub(super) async fn list_policies(
     Ok(axum::Json(page.slice(
         "policies",
         ps,
-        |p| p.name.clone(),
+        |p| p.name.to_string(),
         |p| json!({ "policyName": p.name, "policyArn": arn(&a, &format!("policy/{}", p.name)) }),
     )))
 }
@@ -83,11 +80,11 @@ pub(super) fn policy_target(a: &Account, target: &str) -> Result<PolicyTarget, A
     let prefix = arn(a, "");
     let rest = target.strip_prefix(&prefix).unwrap_or(target);
     if let Some(id) = rest.strip_prefix("cert/") {
-        Ok(PolicyTarget::Certificate(id.to_owned()))
+        Ok(PolicyTarget::Certificate(CertificateId::new(id)?))
     } else if let Some(g) = rest.strip_prefix("thinggroup/") {
-        Ok(PolicyTarget::ThingGroup(g.to_owned()))
-    } else if rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(PolicyTarget::Certificate(rest.to_owned()))
+        Ok(PolicyTarget::ThingGroup(ThingGroupName::new(g)?))
+    } else if let Ok(id) = CertificateId::new(rest) {
+        Ok(PolicyTarget::Certificate(id))
     } else {
         Err(ApiError::bad(format!(
             "target {target:?} is not a certificate or thing group ARN of this account ({prefix}...)"
@@ -96,29 +93,39 @@ pub(super) fn policy_target(a: &Account, target: &str) -> Result<PolicyTarget, A
 }
 
 pub(super) async fn attach_policy(
-    State(s): State<AccountServer>,
-    Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
-    Body(b): Body<PolicyTargetBody>,
+    state: State<AccountServer>,
+    caller: Caller,
+    name: Path<PolicyName>,
+    body: Body<PolicyTargetBody>,
 ) -> ApiResult {
-    let target = policy_target(&a, &b.target)?;
-    let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    tx.attach_policy(&a.id, &name, &target).await?;
-    tx.commit("AttachPolicy", &name).await?;
-    rebind(&s, &a, &target).await?;
-    Ok(axum::Json(json!({})))
+    change_attachment(state, caller, name, body, true).await
 }
 
 pub(super) async fn detach_policy(
+    state: State<AccountServer>,
+    caller: Caller,
+    name: Path<PolicyName>,
+    body: Body<PolicyTargetBody>,
+) -> ApiResult {
+    change_attachment(state, caller, name, body, false).await
+}
+
+/// `attach-policy` (`attach`) or `detach-policy`, then the affected sessions bound again.
+async fn change_attachment(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<PolicyName>,
     Body(b): Body<PolicyTargetBody>,
+    attach: bool,
 ) -> ApiResult {
     let target = policy_target(&a, &b.target)?;
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    tx.detach_policy(&a.id, &name, &target).await?;
-    tx.commit("DetachPolicy", &name).await?;
+    if attach {
+        tx.attach_policy(&a.id, &name, &target).await?;
+    } else {
+        tx.detach_policy(&a.id, &name, &target).await?;
+    }
+    tx.commit(if attach { "AttachPolicy" } else { "DetachPolicy" }, &name).await?;
     rebind(&s, &a, &target).await?;
     Ok(axum::Json(json!({})))
 }
@@ -129,7 +136,7 @@ pub(super) async fn rebind(s: &AccountServer, a: &Account, target: &PolicyTarget
     let dropped = match target {
         PolicyTarget::Certificate(id) => s.drop_sessions(&a.id, id),
         PolicyTarget::ThingGroup(group) => {
-            let things: std::collections::HashSet<String> =
+            let things: std::collections::HashSet<ThingName> =
                 s.store().read().await?.things_in_group(&a.id, group).await?.into_iter().collect();
             s.drop_where(&a.id, |l| l.thing_name.as_ref().is_some_and(|t| things.contains(t)))
         }

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use claimlink_registry::{Account, TemplateKind};
+use claimlink_registry::{Account, CertificateId, TemplateKind, TemplateName};
 use claimlink_service::api::{ApiError, Audited, Body, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,7 +29,7 @@ fn template_json(a: &Account, t: &claimlink_registry::Template) -> Value {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateTemplate {
-    template_name: String,
+    template_name: TemplateName,
     template_body: String,
     enabled: Option<bool>,
     description: Option<String>,
@@ -44,8 +43,7 @@ pub(super) async fn create_template(
     Body(b): Body<CreateTemplate>,
 ) -> ApiResult {
     let (name, body_text) = (&b.template_name, &b.template_body);
-    claimlink_provision::Template::parse(body_text)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+    claimlink_provision::Template::parse(body_text).map_err(|e| ApiError::coded(e.code(), e.to_string()))?;
     let kind = match &b.kind {
         Some(k) => TemplateKind::parse(k)?,
         None => TemplateKind::FleetProvisioning,
@@ -70,7 +68,7 @@ pub(super) async fn list_templates(
     Ok(axum::Json(page.slice(
         "templates",
         ts,
-        |t| t.name.clone(),
+        |t| t.name.to_string(),
         |t| {
             let mut v = template_json(&a, t);
             v.as_object_mut().map(|o| o.remove("templateBody"));
@@ -82,7 +80,7 @@ pub(super) async fn list_templates(
 pub(super) async fn describe_template(
     State(s): State<AccountServer>,
     Caller { account: a, .. }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<TemplateName>,
 ) -> ApiResult {
     let t = s.store().read().await?.template(&a.id, &name).await?;
     Ok(axum::Json(template_json(&a, &t)))
@@ -100,13 +98,12 @@ pub(super) struct UpdateTemplate {
 pub(super) async fn update_template(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<TemplateName>,
     Body(b): Body<UpdateTemplate>,
 ) -> ApiResult {
     let new_body = b.template_body.as_deref();
     if let Some(text) = new_body {
-        claimlink_provision::Template::parse(text)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+        claimlink_provision::Template::parse(text).map_err(|e| ApiError::coded(e.code(), e.to_string()))?;
     }
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.update_template(&a.id, &name, new_body, b.enabled, b.description.as_deref()).await?;
@@ -117,7 +114,7 @@ pub(super) async fn update_template(
 pub(super) async fn delete_template(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<TemplateName>,
 ) -> ApiResult {
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.delete_template(&a.id, &name).await?;
@@ -131,11 +128,7 @@ pub(super) async fn provisioning_failures(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
     let page = Page::parse(&q)?;
-    if q.get("certificateId")
-        .is_some_and(|id| id.len() != 64 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-    {
-        return Err(ApiError::bad("certificateId is 64 lowercase hex characters"));
-    }
+    let certificate_id = q.get("certificateId").map(|id| CertificateId::new(id)).transpose()?;
     let before = match &page.after {
         Some(k) => Some(k.parse::<i64>().map_err(|_| ApiError::bad("nextToken is not one this API gave"))?),
         None => None,
@@ -144,7 +137,7 @@ pub(super) async fn provisioning_failures(
         .store()
         .read()
         .await?
-        .provisioning_failures_page(&a.id, q.get("certificateId").map(String::as_str), before, page.fetch())
+        .provisioning_failures_page(&a.id, certificate_id.as_ref(), before, page.fetch())
         .await?;
     Ok(axum::Json(page.respond("failures", failures, |(id, _)| id.to_string(), |(_, f)| json!(f))))
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use claimlink_registry::{Account, PolicyTarget};
+use claimlink_registry::{Account, PolicyTarget, ThingGroupName, ThingName, ThingTypeName};
 use claimlink_service::api::{ApiError, Audited, Body, Object, Page};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -13,9 +13,9 @@ use super::policies::policy_target;
 use super::{ApiResult, Caller, arn};
 use crate::AccountServer;
 
-fn drop_thing_sessions(s: &AccountServer, a: &Account, thing: &str) {
-    let dropped = s.drop_where(&a.id, |l| l.thing_name.as_deref() == Some(thing));
-    tracing::info!(thing, dropped, "thing changed: its sessions ended");
+fn drop_thing_sessions(s: &AccountServer, a: &Account, thing: &ThingName) {
+    let dropped = s.drop_where(&a.id, |l| l.thing_name.as_ref() == Some(thing));
+    tracing::info!(%thing, dropped, "thing changed: its sessions ended");
 }
 
 fn thing_json(a: &Account, t: &claimlink_registry::Thing) -> Value {
@@ -46,19 +46,19 @@ impl AttributePayload {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateThing {
-    thing_type_name: Option<String>,
+    thing_type_name: Option<ThingTypeName>,
     attribute_payload: Option<Object<AttributePayload>>,
 }
 
 pub(super) async fn create_thing(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<ThingName>,
     Body(b): Body<CreateThing>,
 ) -> ApiResult {
     let attributes = AttributePayload::into_map(b.attribute_payload);
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    let t = tx.create_thing(&a.id, &name, b.thing_type_name.as_deref(), &attributes).await?;
+    let t = tx.create_thing(&a.id, &name, b.thing_type_name.as_ref(), &attributes).await?;
     tx.commit("CreateThing", &name).await?;
     Ok(axum::Json(json!({ "thingName": t.name, "thingArn": arn(&a, &format!("thing/{}", t.name)) })))
 }
@@ -66,7 +66,7 @@ pub(super) async fn create_thing(
 pub(super) async fn describe_thing(
     State(s): State<AccountServer>,
     Caller { account: a, .. }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<ThingName>,
 ) -> ApiResult {
     let t = s.store().read().await?.describe_thing(&a.id, &name).await?;
     Ok(axum::Json(thing_json(&a, &t)))
@@ -75,7 +75,7 @@ pub(super) async fn describe_thing(
 pub(super) async fn delete_thing(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<ThingName>,
 ) -> ApiResult {
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.delete_thing(&a.id, &name).await?;
@@ -91,7 +91,7 @@ pub(super) async fn list_things(
 ) -> ApiResult {
     let page = Page::parse(&q)?;
     let things = s.store().read().await?.things_page(&a.id, page.after.as_deref(), page.fetch()).await?;
-    Ok(axum::Json(page.respond("things", things, |t| t.name.clone(), |t| thing_json(&a, t))))
+    Ok(axum::Json(page.respond("things", things, |t| t.name.to_string(), |t| thing_json(&a, t))))
 }
 
 /// `create-thing-type`.
@@ -112,7 +112,7 @@ pub(super) struct ThingTypeProperties {
 pub(super) async fn create_thing_type(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<ThingTypeName>,
     Body(b): Body<CreateThingType>,
 ) -> ApiResult {
     let p = b.thing_type_properties.unwrap_or_default().0;
@@ -127,7 +127,7 @@ pub(super) async fn create_thing_type(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateThingGroup {
-    parent_group_name: Option<String>,
+    parent_group_name: Option<ThingGroupName>,
     thing_group_properties: Option<Object<ThingGroupProperties>>,
 }
 
@@ -141,12 +141,12 @@ pub(super) struct ThingGroupProperties {
 pub(super) async fn create_thing_group(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<ThingGroupName>,
     Body(b): Body<CreateThingGroup>,
 ) -> ApiResult {
     let attributes = AttributePayload::into_map(b.thing_group_properties.and_then(|p| p.0.attribute_payload));
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
-    tx.create_thing_group(&a.id, &name, b.parent_group_name.as_deref(), &attributes).await?;
+    tx.create_thing_group(&a.id, &name, b.parent_group_name.as_ref(), &attributes).await?;
     tx.commit("CreateThingGroup", &name).await?;
     Ok(axum::Json(json!({ "thingGroupName": name, "thingGroupArn": arn(&a, &format!("thinggroup/{name}")) })))
 }
@@ -155,8 +155,8 @@ pub(super) async fn create_thing_group(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct AddThingToGroup {
-    thing_group_name: String,
-    thing_name: String,
+    thing_group_name: ThingGroupName,
+    thing_name: ThingName,
 }
 
 pub(super) async fn add_thing_to_group(
@@ -164,7 +164,7 @@ pub(super) async fn add_thing_to_group(
     Caller { account: a, actor }: Caller,
     Body(b): Body<AddThingToGroup>,
 ) -> ApiResult {
-    let (group, thing) = (b.thing_group_name.as_str(), b.thing_name.as_str());
+    let (group, thing) = (&b.thing_group_name, &b.thing_name);
     let mut tx = Audited::begin(s.store(), Some(&a.id), &actor).await?;
     tx.add_thing_to_group(&a.id, group, thing).await?;
     tx.commit("AddThingToThingGroup", thing).await?;
@@ -182,7 +182,7 @@ pub(super) struct AttachThingPrincipal {
 pub(super) async fn attach_thing_principal(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,
-    Path(name): Path<String>,
+    Path(name): Path<ThingName>,
     h: HeaderMap,
     Body(b): Body<AttachThingPrincipal>,
 ) -> ApiResult {
