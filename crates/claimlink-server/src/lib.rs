@@ -135,13 +135,12 @@ impl tls::Admission for AccountAdmission {
             }
             None => {
                 // One verification against every DEFAULT-mode CA; the anchor names the account.
-                let cas = self.server.default_mode_cas();
-                let anchors = cas.iter().map(|(_, _, c)| c.clone()).collect();
+                let (anchors, owners) = self.server.default_mode_cas();
                 let path = client_chain(&leaf, intermediates, anchors)?;
-                let anchor = path.last().map(|c| c.id()).ok_or("empty path")?;
-                let (account, ca, _) = cas
+                let anchor = CaId::of(path.last().ok_or("empty path")?);
+                let (account, ca) = owners
                     .into_iter()
-                    .find(|(_, _, c)| c.id() == anchor)
+                    .find(|(_, ca)| *ca == anchor)
                     .ok_or("anchor is not a registered CA")?;
                 (account, Some(ca))
             }
@@ -315,17 +314,18 @@ impl AccountServer {
         }
     }
 
-    /// The ACTIVE DEFAULT-mode CAs of every account (account id, CA id, certificate): they
-    /// serve devices that send no server name.
-    pub(crate) fn default_mode_cas(&self) -> Vec<(AccountId, CaId, Certificate)> {
+    /// The ACTIVE DEFAULT-mode CAs of every account: their certificates, and in the same order
+    /// whose they are (account id, CA id). They serve devices that send no server name.
+    pub(crate) fn default_mode_cas(&self) -> (Vec<Certificate>, Vec<(AccountId, CaId)>) {
         let accounts = read(&self.shared.accounts);
-        let mut out = Vec::new();
+        let (mut anchors, mut owners) = (Vec::new(), Vec::new());
         for entry in accounts.values() {
             for ca in entry.cas.iter().filter(|ca| ca.mode == CaMode::Default) {
-                out.push((entry.account.id.clone(), ca.id.clone(), ca.certificate.clone()));
+                anchors.push(ca.certificate.clone());
+                owners.push((entry.account.id.clone(), ca.id.clone()));
             }
         }
-        out
+        (anchors, owners)
     }
 
     /// The broker of an account (made on first use).

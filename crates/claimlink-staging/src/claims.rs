@@ -191,7 +191,7 @@ impl Rejection {
     }
 }
 
-/// What [`claim`] decided.
+/// What [`claim_with`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// The OEM owns the device; deliver `endpoint` to it.
@@ -459,13 +459,8 @@ async fn count_refusals(
     Ok(())
 }
 
-/// Decides a claim and records it (claim row, owner and audit row on acceptance; counters and
-/// the aggregate refusal otherwise), in one transaction.
-pub async fn claim(store: &Store, req: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
-    claim_with(store, &ClaimPolicy::default(), &SystemClock, req).await
-}
-
-/// [`claim`] under `policy`, at `clock`'s time.
+/// Decides a claim under `policy` at `clock`'s time and records it (claim row, owner and audit
+/// row on acceptance; counters and the aggregate refusal otherwise), in one transaction.
 pub async fn claim_with(
     store: &Store,
     policy: &ClaimPolicy,

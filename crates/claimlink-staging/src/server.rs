@@ -258,7 +258,7 @@ impl StagingServer {
     }
 
     /// Decides a claim (shape and rate limits first, before any registry work, then
-    /// [`claims::claim`]) and, when accepted and not yet acknowledged, delivers it to the
+    /// [`claims::claim_with`]) and, when accepted and not yet acknowledged, delivers it to the
     /// device if it is online.
     pub async fn claim(&self, request: &ClaimRequest<'_>) -> Result<ClaimOutcome, RegistryError> {
         if claimlink_registry::ThingName::new(request.thing_name).is_err() || request.oem_id.len() > 64 {

@@ -9,6 +9,14 @@ use claimlink_staging::claims::{
 };
 use claimlink_staging::store::Records as _;
 
+/// A claim under the default policy, now.
+async fn claim(
+    store: &Store,
+    req: &ClaimRequest<'_>,
+) -> Result<ClaimOutcome, claimlink_registry::RegistryError> {
+    claims::claim_with(store, &claims::ClaimPolicy::default(), &claims::SystemClock, req).await
+}
+
 fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
     rand_core::UnwrapErr(getrandom::SysRng)
 }
@@ -59,20 +67,16 @@ async fn scenario(store: Store) {
     let ep = "acme.example.com:8883";
 
     // Without the code, an unknown device and a code-bearing one answer alike.
-    let o = claims::claim(&store, &request(&third.id, "nobody", "third.example.com", None)).await.unwrap();
+    let o = claim(&store, &request(&third.id, "nobody", "third.example.com", None)).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::ClaimCodeRequired));
-    let o = claims::claim(&store, &request(&third.id, "dev-1", "third.example.com", None)).await.unwrap();
+    let o = claim(&store, &request(&third.id, "dev-1", "third.example.com", None)).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::ClaimCodeRequired));
-    let o =
-        claims::claim(&store, &request(&third.id, "nobody", "third.example.com", Some(&good))).await.unwrap();
+    let o = claim(&store, &request(&third.id, "nobody", "third.example.com", Some(&good))).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::ClaimCodeWrong), "an unknown device looks like a wrong code");
-    let o =
-        claims::claim(&store, &request(&acme.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
+    let o = claim(&store, &request(&acme.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::EndpointNotRegistered));
     for n in 1..=2 {
-        let o = claims::claim(&store, &request(&acme.id, "dev-1", ep, Some("0000-0000-0000-0000")))
-            .await
-            .unwrap();
+        let o = claim(&store, &request(&acme.id, "dev-1", ep, Some("0000-0000-0000-0000"))).await.unwrap();
         assert_eq!(o, ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at: None });
         assert_eq!(
             store.read().await.unwrap().staging_device("dev-1").await.unwrap().unwrap().failed_codes,
@@ -80,12 +84,9 @@ async fn scenario(store: Store) {
         );
     }
     // Case and dashes do not matter.
-    let o = claims::claim(
-        &store,
-        &request(&acme.id, "dev-1", "ACME.example.com:8883", Some(&good.to_lowercase())),
-    )
-    .await
-    .unwrap();
+    let o = claim(&store, &request(&acme.id, "dev-1", "ACME.example.com:8883", Some(&good.to_lowercase())))
+        .await
+        .unwrap();
     let ClaimOutcome::Accepted { claim_id, endpoint, delivered: false, certificate_id } = o else {
         panic!("{o:?}")
     };
@@ -98,18 +99,16 @@ async fn scenario(store: Store) {
     );
 
     // The owner again: the code is checked every time; with it, the same claim.
-    let o = claims::claim(&store, &request(&acme.id, "dev-1", ep, None)).await.unwrap();
+    let o = claim(&store, &request(&acme.id, "dev-1", ep, None)).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::ClaimCodeRequired), "the owner's re-claim needs the code");
-    let again = claims::claim(&store, &request(&acme.id, "dev-1", ep, Some(&good))).await.unwrap();
+    let again = claim(&store, &request(&acme.id, "dev-1", ep, Some(&good))).await.unwrap();
     assert!(matches!(again, ClaimOutcome::Accepted { claim_id: c, .. } if c == claim_id));
     // A rival without the code learns nothing; with it, that someone owns the device.
-    let o =
-        claims::claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some("2222-2222-2222-2222")))
-            .await
-            .unwrap();
+    let o = claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some("2222-2222-2222-2222")))
+        .await
+        .unwrap();
     assert_eq!(rejected(&o), Some(Rejection::ClaimCodeWrong));
-    let o =
-        claims::claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
+    let o = claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::AlreadyOwned));
     assert!(matches!(
         claims::release(&store, "dev-1", Releaser::Oem(&rival.id)).await,
@@ -120,12 +119,11 @@ async fn scenario(store: Store) {
     let mut tx = store.begin().await.unwrap();
     tx.mark_delivered("dev-1", claim_id).await.unwrap();
     tx.commit().await.unwrap();
-    let again = claims::claim(&store, &request(&acme.id, "dev-1", ep, Some(&good))).await.unwrap();
+    let again = claim(&store, &request(&acme.id, "dev-1", ep, Some(&good))).await.unwrap();
     assert!(matches!(again, ClaimOutcome::Accepted { delivered: true, .. }));
     let released = claims::release(&store, "dev-1", Releaser::Device).await.unwrap();
     assert_eq!((released.endpoint.as_str(), released.claim_id), (ep, Some(claim_id)));
-    let o =
-        claims::claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
+    let o = claim(&store, &request(&rival.id, "dev-1", "rival.example.com", Some(&good))).await.unwrap();
     assert!(matches!(o, ClaimOutcome::Accepted { .. }), "a released device can be claimed again");
 
     // Wrong codes lock out the claimer, not the device: the owner still claims it.
@@ -135,12 +133,9 @@ async fn scenario(store: Store) {
     tx.commit().await.unwrap();
     let mut last = 0;
     for n in 1..=3 {
-        let o = claims::claim(
-            &store,
-            &request(&third.id, "dev-3", "third.example.com", Some("1111-1111-1111-1111")),
-        )
-        .await
-        .unwrap();
+        let o = claim(&store, &request(&third.id, "dev-3", "third.example.com", Some("1111-1111-1111-1111")))
+            .await
+            .unwrap();
         match (n, o) {
             // Its wrong guess at "nobody" counted already: the lockout starts at the second.
             (1, ClaimOutcome::Rejected { reason: Rejection::ClaimCodeWrong, retry_at: None }) => {}
@@ -153,19 +148,15 @@ async fn scenario(store: Store) {
             (n, o) => panic!("attempt {n}: {o:?}"),
         }
     }
-    let o = claims::claim(
-        &store,
-        &request(&third.id, "dev-3", "third.example.com", Some(code3.expose_canonical())),
-    )
-    .await
-    .unwrap();
+    let o = claim(&store, &request(&third.id, "dev-3", "third.example.com", Some(code3.expose_canonical())))
+        .await
+        .unwrap();
     assert_eq!(rejected(&o), Some(Rejection::LockedOut), "the locked-out claimer stays locked out");
-    let o =
-        claims::claim(&store, &request(&acme.id, "dev-3", ep, Some(code3.expose_canonical()))).await.unwrap();
+    let o = claim(&store, &request(&acme.id, "dev-3", ep, Some(code3.expose_canonical()))).await.unwrap();
     assert!(matches!(o, ClaimOutcome::Accepted { .. }), "the stranger did not lock the owner out: {o:?}");
 
     // A device without a manifest code (seen only) is claimed without one.
-    let o = claims::claim(&store, &request(&acme.id, "dev-2", ep, None)).await.unwrap();
+    let o = claim(&store, &request(&acme.id, "dev-2", ep, None)).await.unwrap();
     assert!(matches!(o, ClaimOutcome::Accepted { .. }));
 
     // Accepted claims are rows; refusals are counted in aggregate, audited once per window.
@@ -202,17 +193,12 @@ async fn scenario(store: Store) {
     let mut tx = store.begin().await.unwrap();
     tx.import_device("dev-4", None, Some(&code4.verifier(&mut rng()))).await.unwrap();
     tx.commit().await.unwrap();
-    let o = claims::claim(&store, &portal(&acme.id, uid, "dev-4", ep, Some(code4.expose_canonical())))
-        .await
-        .unwrap();
+    let o = claim(&store, &portal(&acme.id, uid, "dev-4", ep, Some(code4.expose_canonical()))).await.unwrap();
     assert!(matches!(o, ClaimOutcome::Accepted { .. }), "{o:?}");
-    let o = claims::claim(&store, &portal(&acme.id, other, "dev-4", ep, Some(code4.expose_canonical())))
-        .await
-        .unwrap();
+    let o =
+        claim(&store, &portal(&acme.id, other, "dev-4", ep, Some(code4.expose_canonical()))).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::AlreadyOwned), "another portal user cannot take it");
-    let o = claims::claim(&store, &portal(&acme.id, other, "dev-4", ep, Some("3333-3333-3333-3333")))
-        .await
-        .unwrap();
+    let o = claim(&store, &portal(&acme.id, other, "dev-4", ep, Some("3333-3333-3333-3333"))).await.unwrap();
     assert_eq!(rejected(&o), Some(Rejection::ClaimCodeWrong));
     let mut tx = store.read().await.unwrap();
     assert_eq!(tx.portal_holder("dev-4").await.unwrap(), Some(uid), "nothing changed");
@@ -226,9 +212,8 @@ async fn scenario(store: Store) {
     drop(tx);
     // A release empties the holder's list, and the other user may then add it.
     claims::release(&store, "dev-4", Releaser::Oem(&acme.id)).await.unwrap();
-    let o = claims::claim(&store, &portal(&acme.id, other, "dev-4", ep, Some(code4.expose_canonical())))
-        .await
-        .unwrap();
+    let o =
+        claim(&store, &portal(&acme.id, other, "dev-4", ep, Some(code4.expose_canonical()))).await.unwrap();
     assert!(matches!(o, ClaimOutcome::Accepted { .. }), "{o:?}");
 }
 
@@ -255,7 +240,7 @@ async fn race(store: Store) {
             tasks.spawn(async move {
                 let thing = format!("race-{d}");
                 let endpoint = format!("racer{i}.example.com");
-                let o = claims::claim(&store, &request(&oem, &thing, &endpoint, Some(&code))).await.unwrap();
+                let o = claim(&store, &request(&oem, &thing, &endpoint, Some(&code))).await.unwrap();
                 (thing, oem, matches!(o, ClaimOutcome::Accepted { .. }))
             });
         }
@@ -287,7 +272,7 @@ async fn race(store: Store) {
             let (store, oem) = (store.clone(), oem.clone());
             tasks.spawn(async move {
                 let endpoint = format!("racer{i}.example.com");
-                claims::claim(&store, &request(&oem, "race-wrong", &endpoint, Some("4444-4444-4444-4444")))
+                claim(&store, &request(&oem, "race-wrong", &endpoint, Some("4444-4444-4444-4444")))
                     .await
                     .unwrap()
             });

@@ -95,33 +95,47 @@ fn required() -> String {
     "required".into()
 }
 
-/// Declares a section whose keys all have defaults, read from the runtime defaults, so the two
-/// cannot disagree.
+/// Declares a section whose keys all have defaults (its `Default` reads the runtime defaults, so
+/// the two cannot disagree) with what each bounds, for the commented default file.
 macro_rules! section {
-    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($field:ident: $ty:ty $(=> $note:literal)?),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
         #[serde(default, deny_unknown_fields)]
-        pub(crate) struct $name { $($(#[$fm])* pub(crate) $field: $ty),+ }
+        pub(crate) struct $name { $(pub(crate) $field: $ty),+ }
+
+        impl $name {
+            /// The section's keys as TOML, each with its value and what it bounds (the keys and
+            /// their notes are stated once, here).
+            fn toml(&self) -> String {
+                let mut out = String::new();
+                $(
+                    out.push_str(&format!("{} = {:?}", stringify!($field), self.$field));
+                    $(out.push_str(concat!(" # ", $note));)?
+                    out.push('\n');
+                )+
+                out
+            }
+        }
     };
 }
 
 section!(
     /// `[limits]`: every MQTT listener and broker.
     LimitsSection {
-        max_connections: usize,
-        max_per_source: usize,
-        max_packet_size: u32,
-        receive_maximum: u16,
-        topic_alias_maximum: u16,
-        max_queued: usize,
-        max_topic_len: usize,
+        max_connections: usize => "connections open at once",
+        max_per_source: usize => "connections open at once from one address (IPv6 by /64)",
+        max_packet_size: u32 => "bytes",
+        receive_maximum: u16 => "incoming QoS 1/2 in flight per connection",
+        topic_alias_maximum: u16 => "incoming topic aliases per connection",
+        max_queued: usize => "outgoing messages queued per connection",
+        max_topic_len: usize => "bytes",
         max_topic_levels: usize,
-        max_subscriptions: usize,
-        max_client_id_len: usize,
-        connect_timeout_secs: u64,
-        max_session_expiry_secs: u64,
-        max_offline_messages: usize,
+        max_subscriptions: usize => "per connection",
+        max_client_id_len: usize => "bytes",
+        connect_timeout_secs: u64 => "TLS handshake and CONNECT",
+        max_session_expiry_secs: u64 => "longest a session outlives its connection",
+        max_offline_messages: usize => "kept per offline session",
     }
 );
 
@@ -131,29 +145,29 @@ section!(
         max_connections: usize,
         max_per_source: usize,
         handshake_timeout_secs: u64,
-        header_timeout_secs: u64,
-        idle_timeout_secs: u64,
+        header_timeout_secs: u64 => "to send a request's headers",
+        idle_timeout_secs: u64 => "a connection with nothing read or written is closed",
         max_header_bytes: usize,
-        max_body: usize,
+        max_body: usize => "JSON request bodies of the APIs",
     }
 );
 
 section!(
     /// `[claims]`: rates, queues and the lockout schedule at staging.
     ClaimsSection {
-        per_oem_rate: f64,
+        per_oem_rate: f64 => "claims per second per OEM",
         per_oem_burst: f64,
-        per_device_rate: f64,
+        per_device_rate: f64 => "claims per second per claimer and device",
         per_device_burst: f64,
-        in_flight: usize,
-        max_payload: usize,
-        max_tallies: usize,
-        free_wrong_codes: i64,
-        quiet_secs: i64,
-        device_ceiling: i64,
+        in_flight: usize => "claims waiting for the registry; more are refused RateLimited",
+        max_payload: usize => "bytes of claim JSON over MQTT",
+        max_tallies: usize => "claimers whose rate-limited refusals are counted in memory",
+        free_wrong_codes: i64 => "a claimer's wrong codes before its first lockout",
+        quiet_secs: i64 => "a claimer's wrong codes are forgotten after this long without one",
+        device_ceiling: i64 => "wrong codes per device per window, from everyone, before it is locked",
         device_window_secs: i64,
-        refusal_window_secs: i64,
-        first_lockout_secs: i64,
+        refusal_window_secs: i64 => "refusals are counted in aggregate per window",
+        first_lockout_secs: i64 => "doubling with each further wrong code",
         max_lockout_secs: i64,
     }
 );
@@ -161,16 +175,16 @@ section!(
 section!(
     /// `[portal]`: what the registration portal holds for strangers.
     PortalSection {
-        max_upload: usize,
-        max_form: usize,
-        argon2_running: usize,
+        max_upload: usize => "bytes of label photo",
+        max_form: usize => "bytes of a form",
+        argon2_running: usize => "password hashes at once (19 MiB each)",
         argon2_waiting: usize,
-        qr_running: usize,
+        qr_running: usize => "photos decoded at once (up to 160 MiB of decoder memory each)",
         qr_waiting: usize,
         pool_wait_secs: u64,
-        max_image_side: u32,
+        max_image_side: u32 => "pixels",
         session_secs: u64,
-        signin_free_per_account: i64,
+        signin_free_per_account: i64 => "failed sign-ins before a lockout",
         signin_free_per_source: i64,
         signin_first_lockout_secs: i64,
         signin_max_lockout_secs: i64,
@@ -439,14 +453,27 @@ impl Config {
 
 /// The whole file with every key, its default and what it bounds: `claimlink config default`.
 pub(crate) fn default_file() -> String {
-    let (l, h, c, p) = (
-        LimitsSection::default(),
-        HttpSection::default(),
-        ClaimsSection::default(),
-        PortalSection::default(),
-    );
-    format!(
-        r#"# claimlink configuration: `claimlink server --config`, `claimlink broker --config` and
+    let sections = [
+        (
+            "every MQTT listener and broker (broker, server, staging, up)",
+            "limits",
+            LimitsSection::default().toml(),
+        ),
+        ("every HTTP listener (admin API, staging API, portal)", "http", HttpSection::default().toml()),
+        ("claims at staging (server with [staging], up)", "claims", ClaimsSection::default().toml()),
+        ("the registration portal (up)", "portal", PortalSection::default().toml()),
+    ];
+    let mut out = String::from(HEADER);
+    for (title, name, keys) in sections {
+        let rule = "-".repeat(90usize.saturating_sub(title.len() + 7));
+        out.push_str(&format!("\n# ---- {title} {rule}\n[{name}]\n{keys}"));
+    }
+    out
+}
+
+/// The part of the default file before the sections of limits: what the commands read, their
+/// listeners, TLS (commented out: they have no default).
+const HEADER: &str = r#"# claimlink configuration: `claimlink server --config`, `claimlink broker --config` and
 # `claimlink up --config` read this one schema, each the sections it uses; an unknown key is an
 # error. Check a file with `claimlink config check FILE`. Paths are relative to this file.
 
@@ -477,115 +504,7 @@ pub(crate) fn default_file() -> String {
 # private_key = "server.key"
 # client_ca = "acme-ca/chain.pem"
 # client_auth = "required"         # or "optional", "none"
-
-# ---- every MQTT listener and broker (broker, server, staging, up) -----------------------------
-[limits]
-max_connections = {} # connections open at once
-max_per_source = {} # connections open at once from one address (IPv6 by /64)
-max_packet_size = {} # bytes
-receive_maximum = {} # incoming QoS 1/2 in flight per connection
-topic_alias_maximum = {} # incoming topic aliases per connection
-max_queued = {} # outgoing messages queued per connection
-max_topic_len = {} # bytes
-max_topic_levels = {}
-max_subscriptions = {} # per connection
-max_client_id_len = {} # bytes
-connect_timeout_secs = {} # TLS handshake and CONNECT
-max_session_expiry_secs = {} # longest a session outlives its connection
-max_offline_messages = {} # kept per offline session
-
-# ---- every HTTP listener (admin API, staging API, portal) -------------------------------------
-[http]
-max_connections = {}
-max_per_source = {}
-handshake_timeout_secs = {}
-header_timeout_secs = {} # to send a request's headers
-idle_timeout_secs = {} # a connection with nothing read or written is closed
-max_header_bytes = {}
-max_body = {} # JSON request bodies of the APIs
-
-# ---- claims at staging (server with [staging], up) -------------------------------------------
-[claims]
-per_oem_rate = {:?} # claims per second per OEM
-per_oem_burst = {:?}
-per_device_rate = {:?} # claims per second per claimer and device
-per_device_burst = {:?}
-in_flight = {} # claims waiting for the registry; more are refused RateLimited
-max_payload = {} # bytes of claim JSON over MQTT
-max_tallies = {} # claimers whose rate-limited refusals are counted in memory
-free_wrong_codes = {} # a claimer's wrong codes before its first lockout
-quiet_secs = {} # a claimer's wrong codes are forgotten after this long without one
-device_ceiling = {} # wrong codes per device per window, from everyone, before it is locked
-device_window_secs = {}
-refusal_window_secs = {} # refusals are counted in aggregate per window
-first_lockout_secs = {} # doubling with each further wrong code
-max_lockout_secs = {}
-
-# ---- the registration portal (up) -------------------------------------------------------------
-[portal]
-max_upload = {} # bytes of label photo
-max_form = {} # bytes of a form
-argon2_running = {} # password hashes at once (19 MiB each)
-argon2_waiting = {}
-qr_running = {} # photos decoded at once (up to 160 MiB of decoder memory each)
-qr_waiting = {}
-pool_wait_secs = {}
-max_image_side = {} # pixels
-session_secs = {}
-signin_free_per_account = {} # failed sign-ins before a lockout
-signin_free_per_source = {}
-signin_first_lockout_secs = {}
-signin_max_lockout_secs = {}
-"#,
-        l.max_connections,
-        l.max_per_source,
-        l.max_packet_size,
-        l.receive_maximum,
-        l.topic_alias_maximum,
-        l.max_queued,
-        l.max_topic_len,
-        l.max_topic_levels,
-        l.max_subscriptions,
-        l.max_client_id_len,
-        l.connect_timeout_secs,
-        l.max_session_expiry_secs,
-        l.max_offline_messages,
-        h.max_connections,
-        h.max_per_source,
-        h.handshake_timeout_secs,
-        h.header_timeout_secs,
-        h.idle_timeout_secs,
-        h.max_header_bytes,
-        h.max_body,
-        c.per_oem_rate,
-        c.per_oem_burst,
-        c.per_device_rate,
-        c.per_device_burst,
-        c.in_flight,
-        c.max_payload,
-        c.max_tallies,
-        c.free_wrong_codes,
-        c.quiet_secs,
-        c.device_ceiling,
-        c.device_window_secs,
-        c.refusal_window_secs,
-        c.first_lockout_secs,
-        c.max_lockout_secs,
-        p.max_upload,
-        p.max_form,
-        p.argon2_running,
-        p.argon2_waiting,
-        p.qr_running,
-        p.qr_waiting,
-        p.pool_wait_secs,
-        p.max_image_side,
-        p.session_secs,
-        p.signin_free_per_account,
-        p.signin_free_per_source,
-        p.signin_first_lockout_secs,
-        p.signin_max_lockout_secs,
-    )
-}
+"#;
 
 /// `claimlink config` arguments.
 #[derive(clap::Subcommand)]
