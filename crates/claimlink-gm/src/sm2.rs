@@ -134,6 +134,21 @@ impl Sm2PrivateKey {
         Self { secret, public }
     }
 
+    /// Elliptic-curve Diffie-Hellman with a peer's public point (`curveSM2` of RFC 8998 and
+    /// TLS 1.3: the peer's key share is an uncompressed SEC1 point, 65 bytes): the x coordinate
+    /// of `d * P`. A point off the curve, the identity or another encoding is refused.
+    pub fn diffie_hellman(&self, peer: &[u8]) -> Result<Zeroizing<[u8; 32]>, Sm2Error> {
+        use sm2::elliptic_curve::point::AffineCoordinates;
+        if peer.len() != 65 || peer[0] != 0x04 {
+            return Err(Sm2Error::InvalidPublicKey);
+        }
+        let peer = sm2::PublicKey::from_sec1_bytes(peer).map_err(|_| Sm2Error::InvalidPublicKey)?;
+        let shared = (peer.to_projective() * *self.secret.to_nonzero_scalar()).to_affine();
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(&shared.x());
+        Ok(out)
+    }
+
     /// The key from its 32-byte big-endian scalar.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Sm2Error> {
         sm2::SecretKey::from_slice(bytes).map(Self::from_secret).map_err(|_| Sm2Error::InvalidPrivateKey)

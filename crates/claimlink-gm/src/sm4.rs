@@ -5,7 +5,10 @@
 //! GCM is the generic GCM of the `aes-gcm` crate instantiated over SM4 (RFC 8998 `SM4_GCM`):
 //! 12-byte nonce, 16-byte tag appended to the ciphertext.
 
-use aes_gcm::{AesGcm, aead::Aead, aead::Payload};
+use aes_gcm::{
+    AesGcm,
+    aead::{Aead, AeadInOut, Payload},
+};
 use cbc::cipher::{
     BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit,
     StreamCipher, block_padding::Pkcs7, consts::U12,
@@ -21,6 +24,7 @@ pub const GCM_NONCE_LEN: usize = 12;
 pub const GCM_TAG_LEN: usize = 16;
 
 type Sm4Gcm = AesGcm<Sm4, U12>;
+type Sm4Ccm = ccm::Ccm<Sm4, ccm::consts::U16, U12>;
 
 /// Errors of SM4 operations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -286,5 +290,82 @@ mod tests {
     #[test]
     fn sm4_key_debug_hides_the_key() {
         assert_eq!(format!("{:?}", standard_key()), "Sm4Key(..)");
+    }
+}
+
+/// Which AEAD of RFC 8998 a [`Sm4Aead`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AeadMode {
+    /// SM4-GCM (`TLS_SM4_GCM_SM3`).
+    Gcm,
+    /// SM4-CCM with a 16-byte tag (`TLS_SM4_CCM_SM3`).
+    Ccm,
+}
+
+enum AeadState {
+    Gcm(Box<Sm4Gcm>),
+    Ccm(Box<Sm4Ccm>),
+}
+
+/// SM4-GCM or SM4-CCM with its key schedule made once (a TLS connection's direction keeps one),
+/// sealing and opening in place: 12-byte nonce, 16-byte tag kept apart.
+pub struct Sm4Aead(AeadState);
+
+impl std::fmt::Debug for Sm4Aead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            AeadState::Gcm(_) => "Sm4Aead(GCM, key hidden)",
+            AeadState::Ccm(_) => "Sm4Aead(CCM, key hidden)",
+        })
+    }
+}
+
+impl Sm4Aead {
+    /// The AEAD `mode` under `key`.
+    pub fn new(mode: AeadMode, key: &Sm4Key) -> Self {
+        Self(match mode {
+            AeadMode::Gcm => AeadState::Gcm(Box::new(Sm4Gcm::new(&key.0.into()))),
+            AeadMode::Ccm => AeadState::Ccm(Box::new(Sm4Ccm::new(&key.0.into()))),
+        })
+    }
+
+    /// Encrypts `buffer` in place; returns the tag.
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        buffer: &mut [u8],
+    ) -> Result<[u8; GCM_TAG_LEN], Sm4Error> {
+        let len = buffer.len();
+        let too_long = |_| Sm4Error::BadLength { what: "plaintext", expected: 1 << 24, actual: len };
+        let tag = match &self.0 {
+            AeadState::Gcm(c) => {
+                c.encrypt_inout_detached(&(*nonce).into(), aad, buffer.into()).map_err(too_long)?
+            }
+            AeadState::Ccm(c) => {
+                c.encrypt_inout_detached(&(*nonce).into(), aad, buffer.into()).map_err(too_long)?
+            }
+        };
+        Ok(tag.into())
+    }
+
+    /// Decrypts `buffer` in place if `tag` authenticates it with `aad`; on failure `buffer` is
+    /// left as ciphertext (nothing unauthenticated is released).
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        buffer: &mut [u8],
+        tag: &[u8; GCM_TAG_LEN],
+    ) -> Result<(), Sm4Error> {
+        match &self.0 {
+            AeadState::Gcm(c) => {
+                c.decrypt_inout_detached(&(*nonce).into(), aad, buffer.into(), &(*tag).into())
+            }
+            AeadState::Ccm(c) => {
+                c.decrypt_inout_detached(&(*nonce).into(), aad, buffer.into(), &(*tag).into())
+            }
+        }
+        .map_err(|_| Sm4Error::TagMismatch)
     }
 }

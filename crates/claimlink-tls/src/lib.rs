@@ -1,0 +1,77 @@
+//! TLS 1.3 with China's commercial cryptography (RFC 8998) as a rustls `CryptoProvider`.
+//!
+//! [`provider`] is rustls's own (ring) provider with RFC 8998 added beside the international
+//! algorithms: the cipher suites `TLS_SM4_GCM_SM3` (0x00C6) and `TLS_SM4_CCM_SM3` (0x00C7), the
+//! key exchange group `curveSM2` (0x0029) and the signature scheme `sm2sig_sm3` (0x0708).
+//! [`strict_provider`] has the SM algorithms only, for deployments that must refuse the
+//! international ones.
+//!
+//! Two SM2 distinguishing IDs are in play and never mixed up: a `CertificateVerify` is signed
+//! and verified with `TLSv1.3+GM+Cipher+Suite` (RFC 8998 section 3.2.1), certificate chains with
+//! the GM/T 0009 default `1234567812345678`. The provider's verification algorithms hold one of
+//! each: rustls looks up a handshake signature through the scheme mapping and a certificate's
+//! signature through the algorithm list, so each finds its own.
+//!
+//! A server serving both kinds of client picks its certificate with [`DualCertResolver`]: the SM2
+//! one for a ClientHello offering `sm2sig_sm3`, else the international one.
+//!
+//! No sockets here: the crate is bytes and keys, driven by rustls.
+
+#![forbid(unsafe_code)]
+
+mod aead;
+mod hash;
+mod kx;
+mod resolve;
+mod sign;
+mod verify;
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::{CipherSuite, NamedGroup, SignatureScheme, SupportedCipherSuite};
+
+pub use kx::CURVE_SM2;
+pub use resolve::DualCertResolver;
+pub use sign::{Sm2SigningKey, any_signing_key};
+pub use verify::{SM2_SM3_CERTIFICATE, SM2_SM3_TLS13};
+
+/// `TLS_SM4_GCM_SM3` (RFC 8998).
+pub const TLS_SM4_GCM_SM3: CipherSuite = CipherSuite::Unknown(0x00c6);
+/// `TLS_SM4_CCM_SM3` (RFC 8998).
+pub const TLS_SM4_CCM_SM3: CipherSuite = CipherSuite::Unknown(0x00c7);
+/// `curveSM2` (RFC 8998).
+pub const NAMED_GROUP_CURVE_SM2: NamedGroup = NamedGroup::Unknown(0x0029);
+/// `sm2sig_sm3` (RFC 8998).
+pub const SM2SIG_SM3: SignatureScheme = SignatureScheme::Unknown(0x0708);
+
+/// The SM cipher suites, GCM first.
+pub static SM_CIPHER_SUITES: [SupportedCipherSuite; 2] = [aead::SM4_GCM_SM3, aead::SM4_CCM_SM3];
+
+/// rustls's ring provider with RFC 8998 beside it. The international suites and groups keep
+/// their order and come first, so a client that offers both gets what it prefers and a peer
+/// that knows only one kind finds it.
+pub fn provider() -> CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites.extend(SM_CIPHER_SUITES.iter().copied());
+    p.kx_groups.push(&kx::CURVE_SM2);
+    p.signature_verification_algorithms = verify::all();
+    p.key_provider = &sign::KEY_PROVIDER;
+    p
+}
+
+/// Only RFC 8998: `TLS_SM4_GCM_SM3`, `TLS_SM4_CCM_SM3`, `curveSM2`, `sm2sig_sm3`, SM2
+/// certificates. A peer offering nothing else is refused.
+pub fn strict_provider() -> CryptoProvider {
+    CryptoProvider {
+        cipher_suites: SM_CIPHER_SUITES.to_vec(),
+        kx_groups: vec![&kx::CURVE_SM2],
+        signature_verification_algorithms: verify::SM_ONLY,
+        ..provider()
+    }
+}
+
+/// [`provider`] or, when `strict`, [`strict_provider`], shareable.
+pub fn shared_provider(strict: bool) -> Arc<CryptoProvider> {
+    Arc::new(if strict { strict_provider() } else { provider() })
+}
