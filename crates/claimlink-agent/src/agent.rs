@@ -186,7 +186,7 @@ impl Link {
         for c in certificates(&root_pem).map_err(|e| fail(4, format!("RootCA: {e}")))? {
             roots.add(c).map_err(|e| fail(4, format!("RootCA: {e}")))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(claimlink_tls::provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(4, e.to_string()))?

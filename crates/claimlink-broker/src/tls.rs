@@ -47,7 +47,7 @@ pub fn server_config(
     client_auth: ClientAuth,
 ) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let chain: Vec<CertificateDer<'static>> = chain.into_iter().map(CertificateDer::from).collect();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(claimlink_tls::provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError::Rejected(e.to_string()))?;

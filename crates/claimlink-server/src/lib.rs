@@ -28,7 +28,6 @@ use claimlink_pki::Certificate;
 use claimlink_registry::{
     Account, AccountId, CaId, CaMode, CaStatus, CertificateId, PolicyName, Store, ThingName,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -158,8 +157,8 @@ pub(crate) struct Shared {
     accounts: RwLock<HashMap<AccountId, Arc<AccountEntry>>>,
     hosts: RwLock<HashMap<String, AccountId>>,
     brokers: Mutex<HashMap<AccountId, Broker<AccountHooks>>>,
-    pub(crate) server_chain: Vec<CertificateDer<'static>>,
-    pub(crate) server_key: PrivateKeyDer<'static>,
+    /// The endpoint's TLS identity (one or two certificates; checked at start).
+    pub(crate) identity: ServerIdentity,
     policies: Mutex<HashMap<(AccountId, PolicyName, i64), Arc<claimlink_policy::Policy>>>,
     /// Compiled provisioning templates by (account, name), with the body they were compiled from.
     templates: Mutex<HashMap<(AccountId, claimlink_registry::TemplateName), CompiledTemplate>>,
@@ -192,14 +191,13 @@ impl AccountServer {
         limits: Limits,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ServerError> {
-        let (server_chain, server_key) = identity.to_rustls()?;
+        identity.certified_keys()?;
         let shared = Shared {
             store,
             accounts: RwLock::new(HashMap::new()),
             hosts: RwLock::new(HashMap::new()),
             brokers: Mutex::new(HashMap::new()),
-            server_chain,
-            server_key,
+            identity: identity.clone(),
             policies: Mutex::new(HashMap::new()),
             templates: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
@@ -470,12 +468,7 @@ impl AccountServer {
     /// Serves MQTT over TLS on `listener` until shutdown.
     pub async fn serve_mqtt(&self, listener: TcpListener) -> Result<(), ServerError> {
         let shared = &self.shared;
-        let tls = tls::Listener::new(
-            AccountAdmission { server: self.clone() },
-            &shared.server_chain,
-            &shared.server_key,
-        )
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let tls = tls::Listener::new(AccountAdmission { server: self.clone() }, &shared.identity)?;
         let limits = shared.limits.listener();
         let me = self.clone();
         claimlink_broker::serve::serve(

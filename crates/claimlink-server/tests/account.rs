@@ -136,10 +136,10 @@ fn onboard_account(env: &Env, token: &str, maker: &TestCa, mode: &str, verificat
 async fn start(store: Store, dir: &Path) -> (Env, Vec<(String, String, String)>) {
     let server_ca = TestCa::issuing(KeyAlgorithm::P256, "CN=Endpoint CA,O=claimlink");
     let leaf = server_ca.server(&["acme.iot.test", "globex.iot.test"]);
-    let identity = ServerIdentity {
-        chain_pem: format!("{}{}", leaf.certificate.to_pem(), server_ca.certificate.to_pem()),
-        key_pem: leaf.key_pem().into(),
-    };
+    let identity = ServerIdentity::new(
+        format!("{}{}", leaf.certificate.to_pem(), server_ca.certificate.to_pem()),
+        leaf.key_pem().into(),
+    );
     let server_root = dir.join("server-root.pem");
     std::fs::write(&server_root, server_ca.root.as_ref().unwrap().to_pem()).unwrap();
     // Accounts are made by the operator (claimlink up, or the registry directly).

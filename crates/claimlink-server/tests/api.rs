@@ -24,7 +24,7 @@ async fn bad_input_is_refused_with_a_code_and_changes_nothing() {
     let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
     let server_ca = TestCa::issuing(KeyAlgorithm::P256, "CN=Endpoint CA");
     let leaf = server_ca.server(&["acme.iot.test"]);
-    let identity = ServerIdentity { chain_pem: leaf.certificate.to_pem(), key_pem: leaf.key_pem().into() };
+    let identity = ServerIdentity::new(leaf.certificate.to_pem(), leaf.key_pem().into());
     let mut tx = store.begin().await.unwrap();
     let acme = tx.create_account("acme", "acme.iot.test", "cn-north-1").await.unwrap();
     let token = tx.create_api_token(&acme.id, "admin").await.unwrap();

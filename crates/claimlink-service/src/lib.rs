@@ -161,15 +161,40 @@ pub fn client_chain(
 }
 
 /// Server TLS identity: the chain (leaf first, covering every account endpoint's host name,
-/// for example with a wildcard) and its PKCS#8 key, PEM.
+/// for example with a wildcard) and its PKCS#8 key, PEM; optionally a second chain and key of
+/// the other kind (SM2 beside P-256, or the reverse), so that one listener serves both kinds of
+/// client: a ClientHello offering `sm2sig_sm3` gets the SM2 certificate (RFC 8998), the others
+/// the international one. `strict_sm` refuses every client that does not speak RFC 8998.
+#[derive(Clone, Default)]
 pub struct ServerIdentity {
     /// Certificate chain, PEM.
     pub chain_pem: String,
     /// Private key, PKCS#8 PEM.
     pub key_pem: zeroize::Zeroizing<String>,
+    /// The other kind's identity.
+    pub alternate: Option<Box<ServerIdentity>>,
+    /// Only TLS 1.3 with SM (`claimlink_tls::strict_provider`).
+    pub strict_sm: bool,
 }
 
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity")
+            .field("alternate", &self.alternate.is_some())
+            .field("strict_sm", &self.strict_sm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server certificate chain with its signing key, ready for rustls.
+pub type CertifiedKey = Arc<rustls::sign::CertifiedKey>;
+
 impl ServerIdentity {
+    /// One chain and key.
+    pub fn new(chain_pem: String, key_pem: zeroize::Zeroizing<String>) -> Self {
+        Self { chain_pem, key_pem, alternate: None, strict_sm: false }
+    }
+
     /// The chain as DER and the key as PKCS#8 DER, for rustls.
     pub fn to_rustls(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ServerError> {
         let chain = Certificate::chain_from_pem(self.chain_pem.as_bytes())
@@ -181,5 +206,36 @@ impl ServerIdentity {
             chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect(),
             PrivateKeyDer::Pkcs8(key_der.to_vec().into()),
         ))
+    }
+
+    /// The identities sorted by kind: (SM2, international). Two of one kind is an error, and
+    /// so is a key that does not fit its certificate.
+    pub fn certified_keys(&self) -> Result<(Option<CertifiedKey>, Option<CertifiedKey>), ServerError> {
+        let mut sm2 = None;
+        let mut international = None;
+        for identity in std::iter::once(self).chain(self.alternate.as_deref()) {
+            let (chain, key) = identity.to_rustls()?;
+            let leaf =
+                chain.first().ok_or_else(|| ServerError::Tls("an empty server certificate chain".into()))?;
+            let bad = |e: &dyn std::fmt::Display| ServerError::Tls(format!("server certificate: {e}"));
+            let leaf = Certificate::from_der(leaf.as_ref()).map_err(|e| bad(&e))?;
+            let is_sm2 = matches!(leaf.public_key().map_err(|e| bad(&e))?, claimlink_pki::PublicKey::Sm2(_));
+            let signer = claimlink_tls::any_signing_key(key).map_err(|e| ServerError::Tls(e.to_string()))?;
+            let certified = rustls::sign::CertifiedKey::new(chain, signer);
+            certified
+                .keys_match()
+                .map_err(|e| ServerError::Tls(format!("the server key does not fit its certificate: {e}")))?;
+            let slot = if is_sm2 { &mut sm2 } else { &mut international };
+            if slot.replace(Arc::new(certified)).is_some() {
+                return Err(ServerError::Tls(format!(
+                    "two {} server identities; give one SM2 and one international",
+                    if is_sm2 { "SM2" } else { "international" }
+                )));
+            }
+        }
+        if self.strict_sm && sm2.is_none() {
+            return Err(ServerError::Tls("strict SM mode needs an SM2 server certificate".into()));
+        }
+        Ok((sm2, international))
     }
 }

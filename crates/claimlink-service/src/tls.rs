@@ -10,7 +10,7 @@ use std::sync::Arc;
 use claimlink_pki::Certificate;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
@@ -47,21 +47,25 @@ pub struct Listener<A> {
 }
 
 impl<A: Admission> Listener<A> {
-    /// The listener serving `chain`/`key` whose clients `admission` decides.
-    pub fn new(
-        admission: A,
-        chain: &[CertificateDer<'static>],
-        key: &PrivateKeyDer<'static>,
-    ) -> Result<Self, rustls::Error> {
-        let provider = rustls::crypto::ring::default_provider();
+    /// The listener serving `identity` (one or two certificates, strict or not) whose clients
+    /// `admission` decides.
+    pub fn new(admission: A, identity: &crate::ServerIdentity) -> Result<Self, crate::ServerError> {
+        let (sm2, international) = identity.certified_keys()?;
+        let provider = claimlink_tls::shared_provider(identity.strict_sm);
         let verifier = Arc::new(ProofOfPossession {
             mandatory: admission.mandatory(),
             algorithms: provider.signature_verification_algorithms,
         });
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()?
+        let tls = |e: rustls::Error| crate::ServerError::Tls(e.to_string());
+        let builder = rustls::ServerConfig::builder_with_provider(provider);
+        let builder = if identity.strict_sm {
+            builder.with_protocol_versions(&[&rustls::version::TLS13]).map_err(tls)?
+        } else {
+            builder.with_safe_default_protocol_versions().map_err(tls)?
+        };
+        let config = builder
             .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.to_vec(), key.clone_key())?;
+            .with_cert_resolver(Arc::new(claimlink_tls::DualCertResolver::new(sm2, international)));
         Ok(Self { config: Arc::new(config), admission })
     }
 

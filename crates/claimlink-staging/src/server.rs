@@ -27,7 +27,6 @@ use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
 use claimlink_registry::{RegistryError, Store};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -128,8 +127,8 @@ pub(crate) struct StagingShared {
     claim_policy: crate::claims::ClaimPolicy,
     pub(crate) config_limits: Limits,
     pub(crate) http: claimlink_service::HttpLimits,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: PrivateKeyDer<'static>,
+    /// Staging's TLS identity (one or two certificates; checked at start).
+    identity: ServerIdentity,
     ticket_signer: Option<Arc<dyn claimlink_pki::Signer>>,
     release_sink: OnceLock<ReleaseSink>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -201,7 +200,7 @@ impl StagingServer {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, ServerError> {
         crate::store::migrate(&store).await?;
-        let (server_chain, server_key) = identity.to_rustls()?;
+        identity.certified_keys()?;
         if config.manufacturer_cas.is_empty() {
             return Err(ServerError::Tls("staging needs at least one trusted manufacturer CA".into()));
         }
@@ -221,8 +220,7 @@ impl StagingServer {
             claim_policy: config.claim_policy,
             config_limits: config.limits.clone(),
             http: config.http,
-            server_chain,
-            server_key,
+            identity: identity.clone(),
             ticket_signer: config.ticket_signer,
             release_sink: OnceLock::new(),
             shutdown,
@@ -443,8 +441,7 @@ impl StagingServer {
         mandatory: bool,
     ) -> Result<claimlink_service::tls::Listener<StagingAdmission>, ServerError> {
         let admission = StagingAdmission { shared: self.shared.clone(), mandatory };
-        claimlink_service::tls::Listener::new(admission, &self.shared.server_chain, &self.shared.server_key)
-            .map_err(|e| ServerError::Tls(e.to_string()))
+        claimlink_service::tls::Listener::new(admission, &self.shared.identity)
     }
 }
 

@@ -201,7 +201,7 @@ pub fn https_json(
     for c in CertificateDer::pem_slice_iter(tls.root_pem.as_bytes()) {
         roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(claimlink_tls::provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -131,7 +131,7 @@ fn target(args: &BenchMqttArgs) -> Result<Target> {
     {
         roots.add(rustls::pki_types::CertificateDer::from(c.der().to_vec()))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(claimlink_tls::provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);

@@ -79,11 +79,10 @@ fn client_config(
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(root.der().to_vec()))?;
     let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.to_pkcs8_der()?.to_vec());
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(vec![cert.der().to_vec().into()], der.into())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(claimlink_tls::provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert.der().to_vec().into()], der.into())?;
     Ok(Arc::new(config))
 }
 
@@ -260,10 +259,7 @@ pub(crate) fn run(args: &JitpArgs) -> Result<()> {
         }
         registration::register_ca(&mut tx, &account, &ca).await?;
         tx.commit().await?;
-        let identity = ServerIdentity {
-            chain_pem: server_cert.to_pem(),
-            key_pem: claimlink_pki::pem::private_key_to_pem(&server_key)?.to_string().into(),
-        };
+        let identity = ServerIdentity::new(server_cert.to_pem(), claimlink_pki::pem::private_key_to_pem(&server_key)?.to_string().into());
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let limits = Limits { max_connections: args.devices + 1000, ..Limits::default() };
         let server = AccountServer::new(store, &identity, limits, shutdown).await?;

@@ -35,10 +35,10 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
     };
     let base = args.config.parent().unwrap_or(Path::new("."));
     let path = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
-    let identity = ServerIdentity {
-        chain_pem: String::from_utf8(read_bounded(&path(&tls.certificate), 1 << 20)?)?,
-        key_pem: String::from_utf8(read_bounded(&path(&tls.private_key), 1 << 20)?)?.into(),
-    };
+    let identity = ServerIdentity::new(
+        String::from_utf8(read_bounded(&path(&tls.certificate), 1 << 20)?)?,
+        String::from_utf8(read_bounded(&path(&tls.private_key), 1 << 20)?)?.into(),
+    );
     let url = database_url(file.database.as_deref())?;
     let limits = file.broker_limits();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

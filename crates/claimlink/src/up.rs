@@ -281,10 +281,10 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
     let manufacturer_root = Certificate::from_pem(
         &std::fs::read(paths.p("factory/root-ca.pem")).context("factory/root-ca.pem")?,
     )?;
-    let identity = ServerIdentity {
-        chain_pem: std::fs::read_to_string(paths.p("tls/server.pem"))?,
-        key_pem: std::fs::read_to_string(paths.p("tls/server.key"))?.into(),
-    };
+    let identity = ServerIdentity::new(
+        std::fs::read_to_string(paths.p("tls/server.pem"))?,
+        std::fs::read_to_string(paths.p("tls/server.key"))?.into(),
+    );
     let ticket_signer = pem::private_key_from_pem(&std::fs::read(paths.p("staging/ticket.key"))?, None)
         .context("staging/ticket.key")?;
     let db = paths.p("claimlink.db");

@@ -126,14 +126,12 @@ async fn a_crash_during_jitp_leaves_no_half_provisioned_device() {
             let name = format!("dev-{i:04}");
             let d = maker.device(&format!("CN={name}"));
             let key = rustls::pki_types::PrivatePkcs8KeyDer::from(d.key.to_pkcs8_der().unwrap().to_vec());
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_client_auth_cert(vec![d.certificate.der().to_vec().into()], key.into())
-            .unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(claimlink_tls::provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(vec![d.certificate.der().to_vec().into()], key.into())
+                .unwrap();
             (name, Arc::new(config))
         })
         .collect();
