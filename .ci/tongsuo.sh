@@ -24,8 +24,8 @@ src="$(ls -d "$registry"/*/tongsuo-src-"$version"/tongsuo | head -n 1)"
 [ -d "$src" ] || { echo "tongsuo-src $version not found under $registry" >&2; exit 1; }
 cp -r "$src" "$work/tongsuo"
 cd "$work/tongsuo"
-# The CLI only: no shared libraries, no tests, no docs. enable-ntls is TLCP.
-./config --prefix="$prefix" --libdir=lib no-shared no-tests no-docs enable-ntls >/dev/null
+# The CLI only: no shared libraries, no tests. enable-ntls is TLCP.
+./config --prefix="$prefix" --libdir=lib no-shared no-tests enable-ntls >/dev/null
 make -j"$(nproc)" >/dev/null 2>&1 || make >/dev/null
 make install_sw >/dev/null
 "$prefix/bin/tongsuo" version >&2

@@ -47,6 +47,36 @@ pub fn tool(test: &str, name: &str, probe: &str, package: &str) -> Option<PathBu
     }
 }
 
+/// Tongsuo's CLI (the reference GM TLS stack): `$CLAIMLINK_TONGSUO`, then the build that
+/// `.ci/tongsuo.sh` keeps in `$CLAIMLINK_CACHE` (default `~/.cache/claimlink`), then `tongsuo`
+/// on the PATH.
+pub fn tongsuo(test: &str) -> Option<PathBuf> {
+    let cache = std::env::var_os("CLAIMLINK_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/claimlink")));
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("CLAIMLINK_TONGSUO").map(PathBuf::from).into_iter().collect();
+    if let Some(cache) = cache {
+        if let Ok(dirs) = std::fs::read_dir(&cache) {
+            let mut found: Vec<PathBuf> = dirs
+                .filter_map(Result::ok)
+                .map(|d| d.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tongsuo-")))
+                .map(|p| p.join("bin/tongsuo"))
+                .collect();
+            found.sort();
+            candidates.extend(found.into_iter().rev());
+        }
+    }
+    candidates.push(PathBuf::from("tongsuo"));
+    for c in candidates {
+        if runs(Command::new(&c).arg("version")) {
+            return Some(c);
+        }
+    }
+    missing(test, "tongsuo", "bash .ci/tongsuo.sh (builds it from the tongsuo-src crate)")
+}
+
 /// The workspace root (two levels above a crate's manifest directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
