@@ -28,6 +28,7 @@ struct Files {
     server_key: PathBuf,
     device_chain: PathBuf,
     device_key: PathBuf,
+    issuing: PathBuf,
 }
 
 struct Pki {
@@ -59,6 +60,7 @@ fn pki() -> Pki {
             format!("{}{}", device.certificate.to_pem(), ca.certificate.to_pem()),
         ),
         device_key: write("device.key", device.key_pem()),
+        issuing: write("issuing.pem", ca.certificate.to_pem()),
         _dir: dir,
     };
     Pki { ca, server, device, files }
@@ -113,6 +115,8 @@ fn s_client(tongsuo: &Path, port: u16, suite: &str, pki: &Pki) -> (String, Strin
         .arg(&pki.files.device_chain)
         .arg("-key")
         .arg(&pki.files.device_key)
+        .arg("-cert_chain")
+        .arg(&pki.files.issuing)
         .args(["-verify_return_error", "-quiet"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -181,6 +185,8 @@ fn our_client_against_tongsuo_s_server_with_verify() {
             .arg(&pki.files.server_chain)
             .arg("-key")
             .arg(&pki.files.server_key)
+            .arg("-cert_chain")
+            .arg(&pki.files.issuing)
             .arg("-CAfile")
             .arg(&pki.files.root)
             .stdout(Stdio::piped())
