@@ -186,7 +186,15 @@ impl Link {
         for c in certificates(&root_pem).map_err(|e| fail(4, format!("RootCA: {e}")))? {
             roots.add(c).map_err(|e| fail(4, format!("RootCA: {e}")))?;
         }
-        let provider = Arc::new(claimlink_tls::provider());
+        // A device with an SM2 key offers TLS 1.3 with SM first (RFC 8998), the international
+        // suites after; a P-256 device the other way round.
+        let sm2_key = matches!(&core.bundle.key, rustls::pki_types::PrivateKeyDer::Pkcs8(k)
+            if claimlink_gm::Sm2PrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).is_ok());
+        let provider = Arc::new(if sm2_key {
+            claimlink_tls::provider_preferring_sm()
+        } else {
+            claimlink_tls::provider()
+        });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(4, e.to_string()))?

@@ -60,6 +60,16 @@ pub fn provider() -> CryptoProvider {
     p
 }
 
+/// [`provider`] with the SM algorithms first: what a client with an SM2 key offers, so that a
+/// server honouring the client's order (ours do) picks `TLS_SM4_GCM_SM3` and `curveSM2` while
+/// the international ones stay as a fallback.
+pub fn provider_preferring_sm() -> CryptoProvider {
+    let mut p = provider();
+    p.cipher_suites.sort_by_key(|s| !SM_CIPHER_SUITES.iter().any(|sm| sm.suite() == s.suite()));
+    p.kx_groups.sort_by_key(|g| g.name() != NAMED_GROUP_CURVE_SM2);
+    p
+}
+
 /// Only RFC 8998: `TLS_SM4_GCM_SM3`, `TLS_SM4_CCM_SM3`, `curveSM2`, `sm2sig_sm3`, SM2
 /// certificates. A peer offering nothing else is refused.
 pub fn strict_provider() -> CryptoProvider {

@@ -288,3 +288,28 @@ fn a_handshake_signed_with_the_wrong_sm2_id_is_refused_both_ways() {
     .unwrap_err();
     assert!(e.starts_with("server:") && e.contains("ignature"), "{e}");
 }
+
+#[test]
+fn a_client_preferring_sm_gets_sm_from_a_server_offering_both() {
+    let sm = pki(KeyAlgorithm::Sm2, "SM2");
+    let intl = pki(KeyAlgorithm::P256, "P256");
+    let first = claimlink_tls::provider_preferring_sm();
+    assert_eq!(first.cipher_suites[0].suite(), TLS_SM4_GCM_SM3);
+    assert_eq!(first.kx_groups[0].name(), claimlink_tls::NAMED_GROUP_CURVE_SM2);
+    assert!(first.cipher_suites.len() > 2, "the international suites stay as a fallback");
+    let (c, s) = connect(
+        client_config(first, &[&sm.ca, &intl.ca], Some(certified(&sm.device, &sm.ca))),
+        server_config(
+            claimlink_tls::provider(),
+            DualCertResolver::new(
+                Some(certified(&sm.server, &sm.ca)),
+                Some(certified(&intl.server, &intl.ca)),
+            ),
+            &[&sm.ca, &intl.ca],
+        ),
+    )
+    .unwrap();
+    assert_eq!(c.negotiated_cipher_suite().unwrap().suite(), TLS_SM4_GCM_SM3);
+    assert_eq!(s.negotiated_key_exchange_group().unwrap().name(), claimlink_tls::NAMED_GROUP_CURVE_SM2);
+    assert_eq!(c.peer_certificates().unwrap()[0].as_ref(), sm.server.certificate.der());
+}

@@ -56,8 +56,9 @@ pub(crate) struct IssueArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
-    /// The root CA the endpoints' TLS server certificates chain to, written into every bundle
-    /// as the device's `RootCA` (default: the manufacturer root).
+    /// The root CAs the endpoints' TLS server certificates chain to (a PEM bundle: an SM2 and a
+    /// P-256 root when the endpoints serve both), written into every bundle as the device's
+    /// `RootCA` (default: the manufacturer root).
     #[arg(long, value_name = "PEM")]
     pub(crate) endpoint_root_ca: Option<PathBuf>,
 }
@@ -131,10 +132,10 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
     let ca = ca::load(&args.ca, &args.passphrase)?;
     let endpoint_root = match &args.endpoint_root_ca {
         Some(p) => Some(
-            claimlink_pki::Certificate::from_pem(
+            claimlink_pki::Certificate::chain_from_pem(
                 &fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
             )
-            .with_context(|| format!("{} is not a PEM certificate", p.display()))?,
+            .with_context(|| format!("{} is not a PEM certificate bundle", p.display()))?,
         ),
         None => None,
     };
@@ -147,11 +148,13 @@ pub(crate) fn run(args: &IssueArgs) -> Result<()> {
         staging_endpoint: args.staging_endpoint.clone(),
         claim_codes: !args.no_claim_code,
         validity_years: args.validity_years,
-        endpoint_root_ca_id: endpoint_root.as_ref().map(|c| c.id().to_string()),
+        endpoint_root_ca_id: endpoint_root
+            .as_ref()
+            .map(|roots| roots.iter().map(|c| c.id().to_string()).collect::<Vec<_>>().join(",")),
     };
     fs::create_dir_all(&batch.out).with_context(|| format!("cannot create {}", batch.out.display()))?;
     let _lock = lock(&batch)?;
-    prepare(&batch, &info, &ca, endpoint_root.as_ref())?;
+    prepare(&batch, &info, &ca, endpoint_root.as_deref())?;
     let done = recover(&batch)?;
     if done > args.count {
         bail!("{} already holds {done} devices, more than --count {}", batch.out.display(), args.count);
@@ -194,7 +197,7 @@ fn prepare(
     batch: &Batch,
     info: &BatchInfo,
     ca: &LoadedCa,
-    endpoint_root: Option<&claimlink_pki::Certificate>,
+    endpoint_root: Option<&[claimlink_pki::Certificate]>,
 ) -> Result<()> {
     for dir in [&batch.out, &batch.devices, &batch.labels, &batch.staging] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -225,8 +228,11 @@ fn prepare(
     let chain = format!("{}{}", ca.issuing.to_pem(), ca.root.to_pem());
     write_atomic(&batch.out.join("chain.pem"), chain.as_bytes(), 0o644)?;
     write_atomic(&batch.out.join("root-ca.pem"), ca.root.to_pem().as_bytes(), 0o644)?;
-    let endpoint_root = endpoint_root.unwrap_or(&ca.root);
-    write_atomic(&batch.out.join("endpoint-ca.pem"), endpoint_root.to_pem().as_bytes(), 0o644)?;
+    let endpoint_roots = match endpoint_root {
+        Some(roots) => roots.iter().map(|c| c.to_pem()).collect::<String>(),
+        None => ca.root.to_pem(),
+    };
+    write_atomic(&batch.out.join("endpoint-ca.pem"), endpoint_roots.as_bytes(), 0o644)?;
     Ok(())
 }
 
@@ -446,7 +452,16 @@ fn make_device<R: rand_core::CryptoRng + ?Sized>(
     write("key.pem", pem::private_key_to_pem(&key)?.as_bytes(), 0o600)?;
     write("cert.pem", cert.to_pem().as_bytes(), 0o644)?;
     write("device.toml", device_toml(t, &args.staging_endpoint, ca).as_bytes(), 0o644)?;
-    write("label.svg", label::svg(t, code.as_ref())?.as_bytes(), 0o644)?;
+    write(
+        "label.svg",
+        label::svg(
+            t,
+            code.as_ref(),
+            if ca.algorithm == claimlink_pki::KeyAlgorithm::Sm2 { "SM2" } else { "P-256" },
+        )?
+        .as_bytes(),
+        0o644,
+    )?;
     for shared in ["chain.pem", "root-ca.pem", "endpoint-ca.pem"] {
         let target = dir.join(shared);
         fs::hard_link(batch.out.join(shared), &target)

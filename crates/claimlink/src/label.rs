@@ -157,7 +157,7 @@ pub(crate) fn claim_code_of(svg: &str) -> Option<String> {
 }
 
 /// A 62 mm x 29 mm label as SVG.
-pub(crate) fn svg(thing: &str, code: Option<&ClaimCode>) -> Result<String> {
+pub(crate) fn svg(thing: &str, code: Option<&ClaimCode>, algorithm: &str) -> Result<String> {
     let inner = qr_svg(&encode(qr_payload(thing, code).as_bytes())?, 4, 4, 104);
     let code_line = code
         .map(|c| {
@@ -175,6 +175,7 @@ pub(crate) fn svg(thing: &str, code: Option<&ClaimCode>) -> Result<String> {
 <rect width="234" height="112" fill="white"/>
 {inner}
 <text x="114" y="22" font-size="11">Device ID</text>
+<text x="230" y="22" font-size="9" text-anchor="end">{algorithm}</text>
 <text x="114" y="36" font-size="8.2">{}</text>
 <text x="114" y="48" font-size="8.2">{}</text>
 {code_line}
@@ -222,8 +223,11 @@ mod tests {
     fn the_printed_claim_code_reads_back_from_the_label() {
         let code = ClaimCode::parse("7KQ2-M9XD-4HPT-ZC3W").unwrap();
         let thing = "0123456789abcdef0123456789abcdef";
-        assert_eq!(claim_code_of(&svg(thing, Some(&code)).unwrap()).as_deref(), Some("7KQ2M9XD4HPTZC3W"));
-        assert_eq!(claim_code_of(&svg(thing, None).unwrap()), None);
+        assert_eq!(
+            claim_code_of(&svg(thing, Some(&code), "SM2").unwrap()).as_deref(),
+            Some("7KQ2M9XD4HPTZC3W")
+        );
+        assert_eq!(claim_code_of(&svg(thing, None, "P-256").unwrap()), None);
     }
 
     #[test]
@@ -256,7 +260,7 @@ mod tests {
         let covered: usize =
             svg.split('h').skip(1).filter_map(|s| s.split('v').next()?.parse::<usize>().ok()).sum();
         assert_eq!(covered, dark);
-        let label = super::svg(thing, Some(&code)).unwrap();
+        let label = super::svg(thing, Some(&code), "SM2").unwrap();
         assert!(
             label.contains(">7KQ2-M9XD<")
                 && label.contains(">4HPT-ZC3W<")

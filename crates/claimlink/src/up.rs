@@ -93,7 +93,7 @@ impl Paths {
 /// Issues an end-entity certificate and key from a loaded CA.
 fn leaf(ca: &crate::ca::LoadedCa, profile: &Profile, dn: &str) -> Result<(Certificate, PrivateKey)> {
     let mut rng = crate::ca::rng();
-    let key = PrivateKey::generate(KeyAlgorithm::P256, &mut rng)?;
+    let key = PrivateKey::generate(ca.algorithm, &mut rng)?;
     let subject = Subject::new(name::parse(dn)?, key.public_key(), SystemTime::now(), YEAR * 5);
     let cert = issue(
         &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
@@ -119,10 +119,10 @@ fn write_leaf(dir: &Path, stem: &str, cert: &Certificate, chain: &str, key: &Pri
     Ok(())
 }
 
-fn ensure_ca(dir: &Path, subject: &str, passphrase: &PassphraseArg) -> Result<()> {
+fn ensure_ca(dir: &Path, algorithm: KeyAlgorithm, subject: &str, passphrase: &PassphraseArg) -> Result<()> {
     if !dir.join("ca.toml").exists() {
         crate::ca::init(&crate::ca::InitArgs {
-            algorithm: KeyAlgorithm::P256,
+            algorithm,
             subject: subject.into(),
             out: dir.to_owned(),
             passphrase: passphrase.clone(),
@@ -146,41 +146,57 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
         write_new(&pass_file, format!("{}\n", hex::encode(bytes)).as_bytes(), 0o600)?;
     }
     let passphrase = PassphraseArg { passphrase_file: Some(pass_file) };
-    // Data made by claimlink before staging existed: an SM2 demo CA, which devices cannot use
-    // for TLS yet.
+    // Data made by an earlier claimlink: an SM2 demo CA in the P-256 place (before staging),
+    // or a factory without the SM2 endpoint root (before TLS with SM).
     if let Ok(info) = std::fs::read_to_string(paths.p("manufacturer-ca/ca.toml")) {
         if info.contains("algorithm = \"sm2\"")
-            || !paths.p("endpoint-ca.pem").exists() && paths.p("factory").exists()
+            || paths.p("factory").exists() && !paths.p("endpoint-ca-sm2/ca.toml").exists()
         {
             anyhow::bail!(
-                "{} was made by an earlier claimlink (an SM2 demo CA without staging); move it away \
-                 (or use --data DIR) and run `claimlink up` again",
+                "{} was made by an earlier claimlink (before staging, or before SM2 devices and \
+                 TLS 1.3 with SM); move it away (or use --data DIR) and run `claimlink up` again",
                 paths.data.display()
             );
         }
     }
-    ensure_ca(
-        &paths.p("manufacturer-ca"),
-        "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN",
-        &passphrase,
-    )?;
-    ensure_ca(&paths.p("endpoint-ca"), "CN=claimlink Demo Endpoint Root,O=claimlink demo,C=CN", &passphrase)?;
+    // Two module makers (P-256 and SM2 birth certificates) and two endpoint roots: every
+    // endpoint serves an SM2 certificate to clients offering sm2sig_sm3 (RFC 8998) and a P-256
+    // one to the others.
+    for (algorithm, dir, subject) in [
+        (KeyAlgorithm::P256, "manufacturer-ca", "CN=claimlink Demo Module Maker,O=claimlink demo,C=CN"),
+        (
+            KeyAlgorithm::Sm2,
+            "manufacturer-ca-sm2",
+            "CN=claimlink Demo SM2 Module Maker,O=claimlink demo,C=CN",
+        ),
+        (KeyAlgorithm::P256, "endpoint-ca", "CN=claimlink Demo Endpoint Root,O=claimlink demo,C=CN"),
+        (KeyAlgorithm::Sm2, "endpoint-ca-sm2", "CN=claimlink Demo SM2 Endpoint Root,O=claimlink demo,C=CN"),
+    ] {
+        ensure_ca(&paths.p(dir), algorithm, subject, &passphrase)?;
+    }
     let endpoint_ca = crate::ca::load(&paths.p("endpoint-ca"), &passphrase)?;
+    let endpoint_ca_sm2 = crate::ca::load(&paths.p("endpoint-ca-sm2"), &passphrase)?;
     let tls = paths.p("tls");
-    if !tls.join("server.pem").exists() {
-        let profile = Profile::TlsServer {
-            dns: vec![STAGING_HOST.into(), OEM_HOST.into(), "localhost".into()],
-            ips: vec!["127.0.0.1".parse()?],
-        };
-        let (cert, key) = leaf(&endpoint_ca, &profile, "CN=claimlink demo endpoints,O=claimlink demo")?;
-        write_leaf(&tls, "server", &cert, &endpoint_ca.issuing.to_pem(), &key)?;
+    for (ca, stem) in [(&endpoint_ca, "server"), (&endpoint_ca_sm2, "server-sm2")] {
+        if !tls.join(format!("{stem}.pem")).exists() {
+            let profile = Profile::TlsServer {
+                dns: vec![STAGING_HOST.into(), OEM_HOST.into(), "localhost".into()],
+                ips: vec!["127.0.0.1".parse()?],
+            };
+            let (cert, key) = leaf(ca, &profile, "CN=claimlink demo endpoints,O=claimlink demo")?;
+            write_leaf(&tls, stem, &cert, &ca.issuing.to_pem(), &key)?;
+        }
     }
     let oem = paths.p("oem");
     if !oem.join("claim-thing.pem").exists() {
         let (cert, key) = leaf(&endpoint_ca, &Profile::ClaimThing, "CN=Demo OEM claim-thing,O=Demo OEM")?;
         write_leaf(&oem, "claim-thing", &cert, "", &key)?;
     }
-    crate::files::write_atomic(&paths.p("endpoint-ca.pem"), endpoint_ca.root.to_pem().as_bytes(), 0o644)?;
+    crate::files::write_atomic(
+        &paths.p("endpoint-ca.pem"),
+        format!("{}{}", endpoint_ca.root.to_pem(), endpoint_ca_sm2.root.to_pem()).as_bytes(),
+        0o644,
+    )?;
     // Staging's claim-ticket key: it signs the tickets and release notices the account trusts.
     let ticket_key = paths.p("staging/ticket.key");
     if !ticket_key.exists() {
@@ -193,17 +209,19 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
             0o644,
         )?;
     }
-    crate::issue::run(&crate::issue::IssueArgs {
-        ca: paths.p("manufacturer-ca"),
-        passphrase: passphrase.clone(),
-        count: args.devices,
-        out: paths.p("factory"),
-        staging_endpoint: format!("{STAGING_HOST}:{}", args.staging_mqtt.port()),
-        no_claim_code: false,
-        validity_years: 20,
-        threads: None,
-        endpoint_root_ca: Some(paths.p("endpoint-ca.pem")),
-    })?;
+    for (ca, out) in [("manufacturer-ca", "factory"), ("manufacturer-ca-sm2", "factory-sm2")] {
+        crate::issue::run(&crate::issue::IssueArgs {
+            ca: paths.p(ca),
+            passphrase: passphrase.clone(),
+            count: args.devices,
+            out: paths.p(out),
+            staging_endpoint: format!("{STAGING_HOST}:{}", args.staging_mqtt.port()),
+            no_claim_code: false,
+            validity_years: 20,
+            threads: None,
+            endpoint_root_ca: Some(paths.p("endpoint-ca.pem")),
+        })?;
+    }
     Ok(passphrase)
 }
 
@@ -241,16 +259,18 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
                 Some("claimlink up demo"),
             )
             .await?;
-            let ca_pem = std::fs::read_to_string(paths.p("manufacturer-ca/chain.pem"))?;
-            let issuing = Certificate::chain_from_pem(ca_pem.as_bytes())?
-                .into_iter()
-                .next()
-                .context("no manufacturer issuing CA certificate")?;
-            let pem = issuing.to_pem();
-            let mut new = CaApplication::new(&pem, CaMode::SniOnly);
-            new.auto_registration = true;
-            new.template_name = Some(&template);
-            registration::register_ca(&mut tx, &a, &new).await?;
+            for maker in ["manufacturer-ca", "manufacturer-ca-sm2"] {
+                let ca_pem = std::fs::read_to_string(paths.p(&format!("{maker}/chain.pem")))?;
+                let issuing = Certificate::chain_from_pem(ca_pem.as_bytes())?
+                    .into_iter()
+                    .next()
+                    .context("no manufacturer issuing CA certificate")?;
+                let pem = issuing.to_pem();
+                let mut new = CaApplication::new(&pem, CaMode::SniOnly);
+                new.auto_registration = true;
+                new.template_name = Some(&template);
+                registration::register_ca(&mut tx, &a, &new).await?;
+            }
             a
         }
     };
@@ -263,9 +283,12 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
         tx.set_ca_require_claim(&account.id, &ca.id, !args.no_require_claim).await?;
     }
     tx.commit().await?;
-    let imported = crate::staging_cmd::import(store, &paths.p("factory/manifest.jsonl")).await?;
-    if imported.added > 0 {
-        tracing::info!(added = imported.added, "factory manifest imported into staging");
+    for factory in ["factory", "factory-sm2"] {
+        let imported =
+            crate::staging_cmd::import(store, &paths.p(&format!("{factory}/manifest.jsonl"))).await?;
+        if imported.added > 0 {
+            tracing::info!(added = imported.added, factory, "factory manifest imported into staging");
+        }
     }
     Ok((oem.id, account.id))
 }
@@ -278,13 +301,19 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
     };
     let paths = Paths { data: args.data.clone() };
     let _passphrase = prepare_files(args, &paths)?;
-    let manufacturer_root = Certificate::from_pem(
-        &std::fs::read(paths.p("factory/root-ca.pem")).context("factory/root-ca.pem")?,
-    )?;
-    let identity = ServerIdentity::new(
+    let mut manufacturer_roots = Vec::new();
+    for factory in ["factory", "factory-sm2"] {
+        let path = format!("{factory}/root-ca.pem");
+        manufacturer_roots.push(Certificate::from_pem(&std::fs::read(paths.p(&path)).context(path)?)?);
+    }
+    let mut identity = ServerIdentity::new(
         std::fs::read_to_string(paths.p("tls/server.pem"))?,
         std::fs::read_to_string(paths.p("tls/server.key"))?.into(),
     );
+    identity.alternate = Some(Box::new(ServerIdentity::new(
+        std::fs::read_to_string(paths.p("tls/server-sm2.pem"))?,
+        std::fs::read_to_string(paths.p("tls/server-sm2.key"))?.into(),
+    )));
     let ticket_signer = pem::private_key_from_pem(&std::fs::read(paths.p("staging/ticket.key"))?, None)
         .context("staging/ticket.key")?;
     let db = paths.p("claimlink.db");
@@ -296,7 +325,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let (claim_limits, claim_policy) = settings.claims();
         let config = StagingConfig {
-            manufacturer_cas: vec![manufacturer_root],
+            manufacturer_cas: manufacturer_roots,
             claim_limits,
             claim_policy,
             limits: settings.broker_limits(),
@@ -362,12 +391,15 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
 
 fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketAddr) -> Result<()> {
     use std::io::Write;
-    let devices = paths.p("factory/devices");
-    let mut names: Vec<String> = std::fs::read_dir(&devices)?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    names.sort();
-    let first = names.first().cloned().unwrap_or_default();
+    let first_of = |factory: &str| -> Result<PathBuf> {
+        let devices = paths.p(&format!("{factory}/devices"));
+        let mut names: Vec<String> = std::fs::read_dir(&devices)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(devices.join(names.first().cloned().unwrap_or_default()))
+    };
+    let (p256, sm2) = (first_of("factory")?, first_of("factory-sm2")?);
     let exe = std::env::args().next().unwrap_or_else(|| "claimlink".into());
     let exe = if exe.contains("target/") { "cargo run --release --".to_owned() } else { exe };
     let mut out = std::io::stdout();
@@ -379,9 +411,11 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
          \n  staging API           https://{STAGING_HOST}:{aport}/\
          \n  demo OEM endpoint     mqtts://{OEM_HOST}:{mport}\
          \n  account admin API     http://{api}  (token in {data}/account-token)\
-         \n  device labels         {labels}\
-         \n\nStart a simulated device (it connects to staging and waits to be claimed):\
-         \n\n  {exe} device --bundle {devices}/{first}\
+         \n  device labels         {labels} (P-256), {labels_sm2} (SM2)\
+         \n  TLS                   1.3 with SM (RFC 8998: TLS_SM4_GCM_SM3, SM2 certificates) or the international suites, on every port\
+         \n\nStart a simulated device (it connects to staging and waits to be claimed), P-256 or SM2:\
+         \n\n  {exe} device --bundle {p256}\
+         \n  {exe} device --bundle {sm2}\
          \n\nThen open the portal, sign up, and add the device with the ID and claim code on its label.\
          \nStop with Ctrl-C; running `up` again reuses everything.",
         data = paths.data.display(),
@@ -391,7 +425,9 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
         aport = args.staging_api.port(),
         mport = mqtt.port(),
         labels = paths.p("factory/labels.html").display(),
-        devices = devices.display(),
+        labels_sm2 = paths.p("factory-sm2/labels.html").display(),
+        p256 = p256.display(),
+        sm2 = sm2.display(),
     );
     let _ = out.flush();
     Ok(())

@@ -754,3 +754,144 @@ fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release(
     assert_ne!(fresh, ticket);
     assert_eq!(paho(&mut py, account("a4", a, &cert_a, &key_a, Some(&fresh)))["rc"], 0);
 }
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 60 s) for `client_id`, with a user name and
+/// password when given.
+fn mqtt_connect(client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    let field = |s: &str| [&(s.len() as u16).to_be_bytes()[..], s.as_bytes()].concat();
+    let flags = if login.is_some() { 0xc2 } else { 0x02 };
+    let mut body = [&field("MQTT")[..], &[0x04, flags, 0x00, 0x3c]].concat();
+    body.extend(field(client_id));
+    if let Some((user, password)) = login {
+        body.extend(field(user));
+        body.extend(field(password));
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend(body);
+    packet
+}
+
+/// Tongsuo's `s_client` in TLS 1.3 with SM only, with a device's SM2 certificate, carrying
+/// `packet` to `port` (server name `sni`); returns the first bytes that come back.
+fn tongsuo_mqtt(
+    tongsuo: &std::path::Path,
+    p: &Platform,
+    thing: &str,
+    port: u16,
+    sni: &str,
+    packet: &[u8],
+) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let b = p.bundle(thing);
+    let mut child = std::process::Command::new(tongsuo)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", sni, "-tls1_3"])
+        .args([
+            "-ciphersuites",
+            "TLS_SM4_GCM_SM3:TLS_SM4_CCM_SM3",
+            "-sigalgs",
+            "sm2sig_sm3",
+            "-groups",
+            "curveSM2",
+        ])
+        .args(["-CAfile", &p.endpoint_ca()])
+        .arg("-cert")
+        .arg(b.join("cert.pem"))
+        .arg("-cert_chain")
+        .arg(b.join("chain.pem"))
+        .arg("-key")
+        .arg(b.join("key.pem"))
+        .args(["-verify_return_error", "-quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(packet).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4];
+        let n = stdout.read(&mut buf).unwrap_or(0);
+        let _ = tx.send(buf[..n].to_vec());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(!got.is_empty(), "nothing came back over Tongsuo: {}", String::from_utf8_lossy(&out.stderr));
+    got
+}
+
+#[test]
+fn an_sm2_device_onboards_by_claim_and_tongsuo_speaks_tls13_with_sm_to_both_endpoints() {
+    let p = Platform::up("sm2_journey");
+    let things = p.sm2_devices();
+    let thing = things[0].clone();
+    // The label says which kind of device it is; the birth certificate is SM2.
+    assert!(p.read(&format!("factory-sm2/labels/{thing}.svg")).contains(">SM2</text>"));
+    assert!(p.read(&format!("factory/labels/{}.svg", p.devices()[0])).contains(">P-256</text>"));
+    let cert = claimlink_pki::Certificate::from_pem(
+        p.read(&format!("factory-sm2/devices/{thing}/cert.pem")).as_bytes(),
+    )
+    .unwrap();
+    assert!(matches!(cert.public_key().unwrap(), claimlink_pki::PublicKey::Sm2(_)));
+
+    // Tongsuo, the reference GM stack, in strict RFC 8998 with the SM2 birth certificate: staging
+    // accepts its MQTT CONNECT.
+    let tongsuo = claimlink_testkit::tongsuo("sm2_journey");
+    if let Some(t) = &tongsuo {
+        let connack = tongsuo_mqtt(
+            t,
+            &p,
+            &things[1],
+            p.staging_port(),
+            "staging.localhost",
+            &mqtt_connect(&things[1], None),
+        );
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "staging accepted the CONNECT over Tongsuo");
+    }
+
+    // The agent (SM first, as an SM2 device) is claimed and moves to the OEM's account, where it
+    // is provisioned just in time and its policy holds.
+    let mut d = AtDevice::start(&p, &thing);
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    let code = p.claim_code(&thing);
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": thing, "endpoint": p.oem_endpoint(), "claimCode": code}),
+    );
+    assert_eq!((status, body["result"].as_str()), (200, Some("ACCEPTED")), "{body}");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+    let delivered: Value = serde_json::from_str(&d.at_lines("AT+GET0", 2)[1]).unwrap();
+    assert_eq!(d.at(&format!("AT+CONF Topic1={thing}/telemetry")), "OK");
+    assert_eq!(d.at("AT+SEND1 {\"t\":21.5}"), "OK");
+    assert_eq!(d.at("AT+CONF Topic2=elsewhere/x"), "OK");
+    assert_eq!(d.at("AT+CONF QoS=1"), "OK");
+    assert_eq!(d.at("AT+SEND2 nope"), "ERR25 NOT ALLOWED");
+    let registered = p.admin_api("GET", &format!("/certificates/{}", cert.id()));
+    assert_eq!(registered["certificateDescription"]["status"], "ACTIVE", "{registered}");
+    assert_eq!(p.admin_api("GET", &format!("/things/{thing}"))["thingName"], thing.as_str());
+
+    // Tongsuo with the same SM2 certificate and the device's claim ticket at the account
+    // endpoint (SNI picks the account): CONNECT accepted.
+    if let Some(t) = &tongsuo {
+        let ticket = delivered["ClaimTicket"].as_str().unwrap();
+        let port: u16 = p.oem_endpoint().rsplit_once(':').unwrap().1.parse().unwrap();
+        let packet = mqtt_connect(&thing, Some(("claimlink-claim-ticket", ticket)));
+        let connack = tongsuo_mqtt(t, &p, &thing, port, "demo-oem.localhost", &packet);
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "the account accepted the CONNECT over Tongsuo");
+        // Without the ticket it is refused (the CA admits claimed devices only).
+        let refused = tongsuo_mqtt(t, &p, &thing, port, "demo-oem.localhost", &mqtt_connect(&thing, None));
+        assert_eq!(refused[..2], [0x20, 0x02]);
+        assert_ne!(refused[3], 0x00, "refused without a claim ticket");
+    }
+}

@@ -156,13 +156,17 @@ impl Platform {
         self.data("endpoint-ca.pem")
     }
 
-    pub fn bundle(&self, thing: &str) -> PathBuf {
-        self.data.join("factory/devices").join(thing)
+    /// The batch a device is in: `factory` (P-256) or `factory-sm2`.
+    pub fn factory_of(&self, thing: &str) -> &'static str {
+        if self.data.join("factory-sm2/devices").join(thing).exists() { "factory-sm2" } else { "factory" }
     }
 
-    /// ThingNames of the demo batch, sorted.
-    pub fn devices(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.data.join("factory/devices"))
+    pub fn bundle(&self, thing: &str) -> PathBuf {
+        self.data.join(self.factory_of(thing)).join("devices").join(thing)
+    }
+
+    fn batch(&self, factory: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data.join(factory).join("devices"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -170,9 +174,20 @@ impl Platform {
         v
     }
 
+    /// ThingNames of the demo's P-256 batch, sorted.
+    pub fn devices(&self) -> Vec<String> {
+        self.batch("factory")
+    }
+
+    /// ThingNames of the demo's SM2 batch, sorted.
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn sm2_devices(&self) -> Vec<String> {
+        self.batch("factory-sm2")
+    }
+
     /// The claim code printed on a device's label.
     pub fn claim_code(&self, thing: &str) -> String {
-        let svg = self.read(&format!("factory/labels/{thing}.svg"));
+        let svg = self.read(&format!("{}/labels/{thing}.svg", self.factory_of(thing)));
         let after = svg.split_once(">Claim code</text>").unwrap().1;
         let parts: Vec<&str> = after
             .split("font-weight=\"bold\">")
