@@ -55,6 +55,14 @@ pub(crate) struct Config {
 pub(crate) struct TlsFiles {
     pub(crate) certificate: PathBuf,
     pub(crate) private_key: PathBuf,
+    /// A second identity of the other kind (SM2 beside P-256): RFC 8998 clients get it.
+    #[serde(default)]
+    pub(crate) sm2_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) sm2_private_key: Option<PathBuf>,
+    /// Refuse every client that does not speak TLS 1.3 with SM.
+    #[serde(default)]
+    pub(crate) strict_sm: bool,
 }
 
 /// `[staging]`.
@@ -486,6 +494,9 @@ const HEADER: &str = r#"# claimlink configuration: `claimlink server --config`, 
 # [tls]
 # certificate = "server-chain.pem" # leaf first; its names cover every account endpoint
 # private_key = "server.key"       # PKCS#8 PEM
+# sm2_certificate = "server-sm2-chain.pem" # SM2, for clients offering sm2sig_sm3 (RFC 8998)
+# sm2_private_key = "server-sm2.key"
+# strict_sm = false                # true: TLS 1.3 with SM only, every other client refused
 
 # ---- staging in the same process (server) --------------------------------------------------
 # [staging]

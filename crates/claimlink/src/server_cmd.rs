@@ -35,10 +35,18 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
     };
     let base = args.config.parent().unwrap_or(Path::new("."));
     let path = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
-    let identity = ServerIdentity::new(
-        String::from_utf8(read_bounded(&path(&tls.certificate), 1 << 20)?)?,
-        String::from_utf8(read_bounded(&path(&tls.private_key), 1 << 20)?)?.into(),
-    );
+    let read = |p: &PathBuf| -> Result<String> { Ok(String::from_utf8(read_bounded(&path(p), 1 << 20)?)?) };
+    let mut identity = ServerIdentity::new(read(&tls.certificate)?, read(&tls.private_key)?.into());
+    match (&tls.sm2_certificate, &tls.sm2_private_key) {
+        (Some(c), Some(k)) => {
+            identity.alternate = Some(Box::new(ServerIdentity::new(read(c)?, read(k)?.into())))
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("[tls]: sm2_certificate and sm2_private_key go together"),
+    }
+    identity.strict_sm = tls.strict_sm;
+    // Refuse a mismatched pair now, not at the first connection.
+    identity.certified_keys()?;
     let url = database_url(file.database.as_deref())?;
     let limits = file.broker_limits();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
