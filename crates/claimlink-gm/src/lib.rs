@@ -19,6 +19,7 @@
 pub mod sm2;
 pub mod sm3;
 pub mod sm4;
+pub mod sm4_ct;
 
 pub use sm2::{
     DistId, DistIdError, Sm2CiphertextFormat, Sm2Error, Sm2PrivateKey, Sm2PublicKey, Sm2Signature,

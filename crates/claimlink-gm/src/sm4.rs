@@ -3,8 +3,10 @@
 //! ECB and CBC pad with PKCS#7 so that any message length round-trips; [`Sm4Key::encrypt_block`]
 //! gives the raw block function for test vectors and constructions such as GM/T 0021 OTP.
 //! GCM is the generic GCM of the `aes-gcm` crate instantiated over SM4 (RFC 8998 `SM4_GCM`):
-//! 12-byte nonce, 16-byte tag appended to the ciphertext.
+//! 12-byte nonce, 16-byte tag appended to the ciphertext. Every mode runs on the constant-time
+//! block cipher of [`crate::sm4_ct`] (no table lookups), 16 blocks per pass where the mode allows.
 
+use crate::sm4_ct::Sm4Ct as Sm4;
 use aes_gcm::{
     AesGcm,
     aead::{Aead, AeadInOut, Payload},
@@ -13,7 +15,6 @@ use cbc::cipher::{
     BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit,
     StreamCipher, block_padding::Pkcs7, consts::U12,
 };
-use sm4::Sm4;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// SM4 block and key size in bytes.
