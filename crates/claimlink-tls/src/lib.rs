@@ -85,3 +85,21 @@ pub fn strict_provider() -> CryptoProvider {
 pub fn shared_provider(strict: bool) -> Arc<CryptoProvider> {
     Arc::new(if strict { strict_provider() } else { provider() })
 }
+
+/// The provider's parsing entry points for peer input, for the fuzz target: a peer's key share
+/// (curveSM2), a handshake or certificate signature (public key, message, DER signature) under
+/// both SM2 IDs, and a TLS 1.3 record opened with each SM suite. Each must refuse garbage
+/// without panicking; the return says what was accepted.
+#[doc(hidden)]
+pub fn fuzz_peer_input(data: &[u8]) -> (bool, bool, bool) {
+    use rustls::crypto::SupportedKxGroup;
+    use rustls::pki_types::SignatureVerificationAlgorithm;
+    let kx = CURVE_SM2.start().is_ok_and(|k| k.complete(data).is_ok());
+    let split = data.len() / 3;
+    let (key, rest) = data.split_at(split);
+    let (msg, sig) = rest.split_at(rest.len() / 2);
+    let verified = SM2_SM3_TLS13.verify_signature(key, msg, sig).is_ok()
+        | SM2_SM3_CERTIFICATE.verify_signature(key, msg, sig).is_ok();
+    let opened = aead::open_fuzz(data);
+    (kx, verified, opened)
+}

@@ -235,3 +235,25 @@ fn our_client_against_tongsuo_s_server_with_verify() {
         assert!(page.contains("sm2-device-1"), "s_server saw our client certificate:\n{page}");
     }
 }
+
+#[test]
+fn a_strict_server_refuses_tongsuo_offering_only_international_algorithms() {
+    let Some(tongsuo) = claimlink_testkit::tongsuo("strict_refuses_international") else { return };
+    let pki = pki();
+    let signer = claimlink_tls::any_signing_key(key(&pki.server)).unwrap();
+    let (port, server) = serve_once(server_config(&pki, signer));
+    let out = Command::new(&tongsuo)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-tls1_3"])
+        .args(["-ciphersuites", "TLS_AES_128_GCM_SHA256", "-groups", "P-256", "-CAfile"])
+        .arg(&pki.files.root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let ours = server.join().unwrap();
+    assert!(ours.is_err(), "the strict server took an international handshake: {ours:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("alert") || stderr.contains("handshake failure"),
+        "Tongsuo saw an alert: {stderr}"
+    );
+}
