@@ -184,8 +184,26 @@ fn l_prime(b: u32) -> u32 {
     b ^ b.rotate_left(13) ^ b.rotate_left(23)
 }
 
-/// 32 rounds over up to 16 blocks (as big-endian words), round keys in the order given.
+/// 32 rounds over up to 16 blocks (as big-endian words), round keys in the order given: four
+/// at a time with AES-NI where the CPU has it, else on bit planes.
 fn rounds(rk: &[u32; 32], blocks: &mut [[u32; 4]], reverse: bool) {
+    if crate::sm4_ni::available() && !FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        for chunk in blocks.chunks_mut(4) {
+            let mut four = [[0u32; 4]; 4];
+            four[..chunk.len()].copy_from_slice(chunk);
+            crate::sm4_ni::rounds4(rk, &mut four, reverse);
+            chunk.copy_from_slice(&four[..chunk.len()]);
+        }
+        return;
+    }
+    rounds_portable(rk, blocks, reverse)
+}
+
+/// Tests (and benchmarks) of the portable kernel on a machine with AES-NI set this.
+#[doc(hidden)]
+pub static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn rounds_portable(rk: &[u32; 32], blocks: &mut [[u32; 4]], reverse: bool) {
     let n = blocks.len();
     debug_assert!(n <= PARALLEL_BLOCKS);
     let mut t = [0u32; PARALLEL_BLOCKS];
@@ -393,6 +411,29 @@ mod tests {
             for (k, plane) in p.iter().enumerate() {
                 assert_eq!((plane >> j) & 1, u64::from((byte >> k) & 1));
             }
+        }
+    }
+
+    #[test]
+    fn the_aes_ni_kernel_is_the_portable_kernel() {
+        use rand_core::Rng as _;
+        if !crate::sm4_ni::available() {
+            eprintln!("SKIPPED the_aes_ni_kernel_is_the_portable_kernel: no AES-NI on this CPU");
+            return;
+        }
+        let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+        for _ in 0..200 {
+            let mut rk = [0u32; 32];
+            rk.iter_mut().for_each(|k| *k = rng.next_u32());
+            let mut a = [[0u32; 4]; 4];
+            a.iter_mut().flatten().for_each(|w| *w = rng.next_u32());
+            let mut b = a;
+            crate::sm4_ni::rounds4(&rk, &mut a, false);
+            rounds_portable(&rk, &mut b, false);
+            assert_eq!(a, b);
+            crate::sm4_ni::rounds4(&rk, &mut a, true);
+            rounds_portable(&rk, &mut b, true);
+            assert_eq!(a, b);
         }
     }
 

@@ -2,6 +2,8 @@
 //! installs the tracing subscriber and dispatches; the work lives in the library crates and in
 //! the command modules beside this file.
 
+#![forbid(unsafe_code)]
+
 mod bench_cmd;
 mod broker_cmd;
 mod ca;
