@@ -47,8 +47,32 @@ fn mbs(ops: f64) -> f64 {
 }
 
 fn openssl_speed(args: &[&str]) -> Option<String> {
-    let out = Command::new("openssl").arg("speed").args(["-seconds", "3"]).args(args).output().ok()?;
+    speed_of("openssl", args)
+}
+
+fn speed_of(exe: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(exe).arg("speed").args(["-seconds", "3"]).args(args).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Tongsuo's CLI: `$CLAIMLINK_TONGSUO`, or the one `.ci/tongsuo.sh` builds.
+fn tongsuo() -> Option<String> {
+    std::env::var("CLAIMLINK_TONGSUO").ok().or_else(|| {
+        let home = std::env::var("HOME").ok()?;
+        let dir = std::fs::read_dir(format!("{home}/.cache/claimlink")).ok()?;
+        dir.filter_map(Result::ok)
+            .map(|d| d.path().join("bin/tongsuo"))
+            .find(|p| p.exists())
+            .map(|p| p.to_string_lossy().into_owned())
+    })
+}
+
+/// `tongsuo speed -evp ALG -bytes 16384`: MB/s.
+fn tongsuo_bulk(alg: &str) -> Option<f64> {
+    let text = speed_of(&tongsuo()?, &["-bytes", &BUF.to_string(), "-evp", alg])?;
+    let line = text.lines().last()?;
+    let k = line.split_whitespace().last()?.trim_end_matches('k').parse::<f64>().ok()?;
+    Some(k * 1000.0 / 1e6)
 }
 
 /// `openssl speed -evp ALG -bytes 16384`: MB/s.
@@ -150,6 +174,32 @@ fn main() {
         black_box(key.gcm_seal(&[1; 12], b"", black_box(&buf)).unwrap());
     }));
     row("SM4-GCM seal", "MB/s", ours, python_sm4_gcm(), "Python cryptography (OpenSSL 4)");
+    row("SM4-GCM seal", "MB/s", ours, tongsuo_bulk("sm4-gcm"), "tongsuo speed -evp sm4-gcm");
+    // The same seal on the `sm4` crate's table S-box (not constant-time), through the same GCM.
+    let table =
+        <aes_gcm::AesGcm<sm4::Sm4, aes_gcm::aead::consts::U12> as aes_gcm::KeyInit>::new(&[7u8; 16].into());
+    let table_rate = mbs(rate(|| {
+        black_box(aes_gcm::aead::Aead::encrypt(&table, &[1u8; 12].into(), black_box(&buf[..])).unwrap());
+    }));
+    row("SM4-GCM seal", "MB/s", ours, Some(table_rate), "the sm4 crate's table S-box, same GCM");
+    claimlink_gm::sm4_ct::FORCE_PORTABLE.store(true, std::sync::atomic::Ordering::Relaxed);
+    let portable = mbs(rate(|| {
+        black_box(key.gcm_seal(&[1; 12], b"", black_box(&buf)).unwrap());
+    }));
+    claimlink_gm::sm4_ct::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::Relaxed);
+    row(
+        "SM4-GCM seal, portable kernel (no AES-NI)",
+        "MB/s",
+        portable,
+        Some(table_rate),
+        "the sm4 crate's table S-box",
+    );
+    let ccm = claimlink_gm::sm4::Sm4Aead::new(claimlink_gm::sm4::AeadMode::Ccm, &key);
+    let mut work = buf.clone();
+    let ours = mbs(rate(|| {
+        black_box(ccm.seal_in_place(&[1; 12], b"", black_box(&mut work)).unwrap());
+    }));
+    row("SM4-CCM seal", "MB/s", ours, tongsuo_bulk("sm4-ccm"), "tongsuo speed -evp sm4-ccm");
 
     let sm2 = Sm2PrivateKey::generate(&mut rng());
     let signer = sm2.signing_key(&DistId::GMT_0009_DEFAULT);
@@ -157,13 +207,28 @@ fn main() {
     let msg = [0x42u8; 32];
     let sig = signer.sign(&msg).unwrap();
     let (peer_sign, peer_verify) = openssl_sig("sm2").unzip();
-    row("SM2 sign", "ops/s", rate(|| drop(black_box(signer.sign(&msg)))), peer_sign, "openssl speed sm2");
+    let sign_rate = rate(|| drop(black_box(signer.sign(&msg))));
+    row("SM2 sign", "ops/s", sign_rate, peer_sign, "openssl speed sm2");
+    let tongsuo_sm2 = tongsuo().and_then(|t| {
+        let text = speed_of(&t, &["sm2"])?;
+        let f: Vec<f64> =
+            text.lines().last()?.split_whitespace().rev().take(2).filter_map(|v| v.parse().ok()).collect();
+        (f.len() == 2).then(|| (f[1], f[0]))
+    });
+    row("SM2 sign", "ops/s", sign_rate, tongsuo_sm2.map(|v| v.0), "tongsuo speed sm2");
     row(
         "SM2 verify",
         "ops/s",
         rate(|| drop(black_box(verifier.verify(&msg, &sig)))),
         peer_verify,
         "openssl speed sm2",
+    );
+    row(
+        "SM2 verify",
+        "ops/s",
+        rate(|| drop(black_box(verifier.verify(&msg, &sig)))),
+        tongsuo_sm2.map(|v| v.1),
+        "tongsuo speed sm2",
     );
 
     let p256 = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
