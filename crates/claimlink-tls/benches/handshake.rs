@@ -1,0 +1,224 @@
+//! Mutual-TLS 1.3 handshakes per second over loopback: our rustls client (two threads, one
+//! handshake after the other, each a fresh TCP connection with a client certificate) against
+//! our server (rustls on claimlink-tls) and against Tongsuo's `s_server`, with SM2 certificates
+//! and TLS_SM4_GCM_SM3/curveSM2, and against our server with P-256 certificates and the
+//! international suites. Same client load for every server; all on one machine.
+//!
+//!     cargo bench -p claimlink-tls --bench handshake
+//!
+//! Prints a Markdown table; a row whose peer is missing says so.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use claimlink_pki::KeyAlgorithm;
+use claimlink_testpki::{TestCa, TestLeaf};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+
+const SECONDS: u64 = 5;
+const CLIENTS: usize = 2;
+
+struct Pki {
+    ca: TestCa,
+    server: TestLeaf,
+    device: TestLeaf,
+}
+
+fn chain(leaf: &TestLeaf, ca: &TestCa) -> Vec<CertificateDer<'static>> {
+    vec![
+        CertificateDer::from(leaf.certificate.der().to_vec()),
+        CertificateDer::from(ca.certificate.der().to_vec()),
+    ]
+}
+
+fn key(leaf: &TestLeaf) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(leaf.key_pem().as_bytes()).unwrap()
+}
+
+fn roots(ca: &TestCa) -> rustls::RootCertStore {
+    let mut r = rustls::RootCertStore::empty();
+    r.add(CertificateDer::from(ca.root.as_ref().unwrap().der().to_vec())).unwrap();
+    r
+}
+
+fn provider(sm: bool) -> Arc<rustls::crypto::CryptoProvider> {
+    if sm { claimlink_tls::shared_provider(true) } else { Arc::new(rustls::crypto::ring::default_provider()) }
+}
+
+/// Our server: a thread per connection, handshake then close.
+fn our_server(pki: &Pki, sm: bool) -> (u16, Arc<AtomicBool>) {
+    let p = provider(sm);
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca)), p.clone()).build().unwrap();
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(
+        chain(&pki.server, &pki.ca),
+        claimlink_tls::any_signing_key(key(&pki.server)).unwrap(),
+    ));
+    let (sm2, intl) = if sm { (Some(certified), None) } else { (None, Some(certified)) };
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(p)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(claimlink_tls::DualCertResolver::new(sm2, intl))),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            if s.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(mut tcp) = tcp else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let mut conn = rustls::ServerConnection::new(config).unwrap();
+                while conn.is_handshaking() {
+                    if conn.complete_io(&mut tcp).is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.complete_io(&mut tcp);
+            });
+        }
+    });
+    (port, stop)
+}
+
+fn write(dir: &Path, name: &str, text: String) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tongsuo_server(tongsuo: &str, pki: &Pki, dir: &Path) -> (u16, Child) {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(tongsuo)
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &port.to_string(),
+            "-tls1_3",
+            "-ciphersuites",
+            "TLS_SM4_GCM_SM3",
+        ])
+        .args(["-sigalgs", "sm2sig_sm3", "-groups", "curveSM2", "-Verify", "2"])
+        .arg("-cert")
+        .arg(write(dir, "server.pem", pki.server.certificate.to_pem()))
+        .arg("-cert_chain")
+        .arg(write(dir, "issuing.pem", pki.ca.certificate.to_pem()))
+        .arg("-key")
+        .arg(write(dir, "server.key", pki.server.key_pem()))
+        .arg("-CAfile")
+        .arg(write(dir, "root.pem", pki.ca.root.as_ref().unwrap().to_pem()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (port, child)
+}
+
+/// Handshakes per second of the client load against `port`.
+fn load(pki: &Pki, sm: bool, port: u16) -> f64 {
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider(sm))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots(&pki.ca))
+            .with_client_auth_cert(chain(&pki.device, &pki.ca), key(&pki.device))
+            .unwrap(),
+    );
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(SECONDS);
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS {
+            let (config, done) = (config.clone(), done.clone());
+            s.spawn(move || {
+                while Instant::now() < deadline {
+                    let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)) else { continue };
+                    let mut conn = rustls::ClientConnection::new(
+                        config.clone(),
+                        ServerName::try_from("endpoint.test").unwrap(),
+                    )
+                    .unwrap();
+                    let mut ok = true;
+                    while conn.is_handshaking() {
+                        if conn.complete_io(&mut tcp).is_err() {
+                            ok = false;
+                            break;
+                        }
+                    }
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    conn.send_close_notify();
+                    let _ = conn.complete_io(&mut tcp);
+                }
+            });
+        }
+    });
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn pki(alg: KeyAlgorithm) -> Pki {
+    let ca = TestCa::issuing(alg, "CN=Bench CA,O=claimlink");
+    Pki { server: ca.server(&["endpoint.test"]), device: ca.device("CN=bench-device"), ca }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sm = pki(KeyAlgorithm::Sm2);
+    let p256 = pki(KeyAlgorithm::P256);
+    println!("| server | certificates, suite | handshakes/s ({CLIENTS} client threads, {SECONDS} s) |");
+    println!("|---|---|---:|");
+    let (port, stop) = our_server(&sm, true);
+    println!("| claimlink-tls (rustls) | SM2, TLS_SM4_GCM_SM3, curveSM2 | {:.0} |", load(&sm, true, port));
+    stop.store(true, Ordering::Relaxed);
+    let tongsuo = std::env::var("CLAIMLINK_TONGSUO").ok().or_else(|| {
+        let home = std::env::var("HOME").ok()?;
+        std::fs::read_dir(format!("{home}/.cache/claimlink"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|d| d.path().join("bin/tongsuo"))
+            .find(|p| p.exists())
+            .map(|p| p.to_string_lossy().into_owned())
+    });
+    match tongsuo {
+        Some(t) => {
+            let dir = tempfile::tempdir().unwrap();
+            let (port, mut child) = tongsuo_server(&t, &sm, dir.path());
+            println!(
+                "| Tongsuo 8.5 s_server | SM2, TLS_SM4_GCM_SM3, curveSM2 | {:.0} |",
+                load(&sm, true, port)
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None => println!("| Tongsuo s_server | SM2 | n/a (no Tongsuo: bash .ci/tongsuo.sh) |"),
+    }
+    let (port, stop) = our_server(&p256, false);
+    println!(
+        "| claimlink-tls (rustls) | P-256, TLS_AES_256_GCM_SHA384, X25519 | {:.0} |",
+        load(&p256, false, port)
+    );
+    stop.store(true, Ordering::Relaxed);
+}
