@@ -8,6 +8,8 @@
 //!
 //! Prints a Markdown table; a row whose peer is missing says so.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
