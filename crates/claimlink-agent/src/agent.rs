@@ -50,6 +50,9 @@ pub struct Status {
     pub onboarded: bool,
     /// Connections made so far.
     pub connections: u64,
+    /// The TLS cipher suite of the current (or last) connection, as IANA names it
+    /// (`TLS_SM4_GCM_SM3`, `TLS_AES_128_GCM_SHA256`, ...).
+    pub cipher_suite: Option<&'static str>,
 }
 
 /// What the session task and the host's commands share: the bundle, the machine that
@@ -129,7 +132,8 @@ struct Link {
 enum End {
     Moved,
     Lost,
-    Stopped,
+    /// The host asked; it is answered once the machine has recorded the disconnection.
+    Stopped(Option<oneshot::Sender<()>>),
 }
 
 impl Link {
@@ -279,10 +283,10 @@ impl Link {
                         self.client.disconnect(Instant::now().into_std());
                         let _ = self.flush().await;
                         let _ = self.stream.shutdown().await;
-                        if let Some(Ctl::Stop(done)) = c {
-                            let _ = done.send(());
-                        }
-                        return End::Stopped;
+                        return End::Stopped(match c {
+                            Some(Ctl::Stop(done)) => Some(done),
+                            _ => None,
+                        });
                     }
                     Some(Ctl::Publish { topic, payload, qos, reply }) => {
                         match self.client.publish(Instant::now().into_std(), &topic, payload, qos, false) {
@@ -385,6 +389,13 @@ async fn session(
             }
             Ok(link) => {
                 core.lock().connection_up(&endpoint, first.is_some());
+                let suite = link
+                    .stream
+                    .get_ref()
+                    .1
+                    .negotiated_cipher_suite()
+                    .and_then(|s| claimlink_tls::suite_name(s.suite()));
+                core.status.send_modify(|s| s.cipher_suite = suite);
                 core.publish_status();
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
@@ -393,7 +404,13 @@ async fn session(
                 let wait = core.lock().connection_down(matches!(end, End::Moved), jitter());
                 core.publish_status();
                 match end {
-                    End::Stopped => return,
+                    End::Stopped(done) => {
+                        // Answered only now: the host's next query sees the disconnection.
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                        return;
+                    }
                     End::Moved => continue,
                     End::Lost => wait,
                 }

@@ -45,6 +45,17 @@ pub const NAMED_GROUP_CURVE_SM2: NamedGroup = NamedGroup::Unknown(0x0029);
 /// `sm2sig_sm3` (RFC 8998).
 pub const SM2SIG_SM3: SignatureScheme = SignatureScheme::Unknown(0x0708);
 
+/// The IANA name of a cipher suite, RFC 8998's included (rustls has no names for them).
+pub fn suite_name(suite: CipherSuite) -> Option<&'static str> {
+    if suite == TLS_SM4_GCM_SM3 {
+        Some("TLS_SM4_GCM_SM3")
+    } else if suite == TLS_SM4_CCM_SM3 {
+        Some("TLS_SM4_CCM_SM3")
+    } else {
+        suite.as_str()
+    }
+}
+
 /// The SM cipher suites, GCM first.
 pub static SM_CIPHER_SUITES: [SupportedCipherSuite; 2] = [aead::SM4_GCM_SM3, aead::SM4_CCM_SM3];
 

@@ -103,7 +103,7 @@ async fn autonomous(mut agent: Agent) -> Result<()> {
         let s = status.borrow_and_update().clone();
         let state = if s.onboarded { "CUSTOMER" } else { "STAGING" };
         if s.connected {
-            println!("connected to {} ({state})", s.endpoint);
+            println!("connected to {} ({state}) over {}", s.endpoint, s.cipher_suite.unwrap_or("TLS"));
             if s.onboarded && said_hello < s.connections {
                 said_hello = s.connections;
                 let body = serde_json::json!({"hello": thing, "connections": s.connections}).to_string();
