@@ -6,11 +6,20 @@
 # first accepted publish) and prints the total time and the claim-to-online latency p50/p99.
 # Platform and simulator share this machine's cores.
 #
-#   bash bench/fleet.sh [N] [CONCURRENCY]        (default: 10000 256)
+#   bash bench/fleet.sh [N] [CONCURRENCY] [p256|sm2]        (default: 10000 256 p256)
+#
+# With sm2 the devices are SM2 (birth certificates from the SM2 manufacturer CA) and every
+# connection is TLS 1.3 with TLS_SM4_GCM_SM3, SM2 certificates both ways.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-10000}"
 conc="${2:-256}"
+alg="${3:-p256}"
+case "$alg" in
+  p256) ca=claimlink-data/manufacturer-ca ;;
+  sm2) ca=claimlink-data/manufacturer-ca-sm2 ;;
+  *) echo "algorithm: p256 or sm2" >&2; exit 2 ;;
+esac
 cargo build --release -q -p claimlink
 bin="$PWD/target/release/claimlink"
 work="$(mktemp -d "${BENCH_DIR:-/tmp}/claimlink-fleet.XXXXXX")"
@@ -25,11 +34,11 @@ cd "$work"
 up_pid=$!
 for _ in $(seq 1 120); do grep -q "Stop with Ctrl-C" up.log 2>/dev/null && break; sleep 0.5; done
 grep -q "Stop with Ctrl-C" up.log || { cat up.log up.err; exit 1; }
-"$bin" ca issue-devices --ca claimlink-data/manufacturer-ca --passphrase-file claimlink-data/ca-passphrase \
+"$bin" ca issue-devices --ca "$ca" --passphrase-file claimlink-data/ca-passphrase \
   --count "$n" --out fleet --staging-endpoint "staging.localhost:$sm" \
   --endpoint-root-ca claimlink-data/endpoint-ca.pem >issue.log 2>&1
 "$bin" staging import-manifest fleet/manifest.jsonl --database "sqlite://$work/claimlink-data/claimlink.db"
-echo "fleet of $n devices, $conc journeys at once ($(nproc) cores shared with the platform):"
+echo "fleet of $n $alg devices, $conc journeys at once ($(nproc) cores shared with the platform):"
 /usr/bin/time -f 'simulator: %e s wall, %M KiB peak RSS' "$bin" fleet --bundles fleet/devices --count "$n" \
   --concurrency "$conc" --endpoint "demo-oem.localhost:$am"
 echo "platform peak RSS: $(grep VmHWM /proc/$up_pid/status | awk '{print $2, $3}')"

@@ -36,7 +36,6 @@ pub use hooks::{AccountHooks, Connection};
 
 use claimlink_service::{client_chain, lock, read, tls, write};
 
-/// Serves plain HTTP on `listener` until `shutdown` turns true (the admin API, the portal).
 /// What a live session's rights were bound from, to find the sessions a change affects.
 #[derive(Debug, Clone)]
 pub struct LiveSession {
@@ -492,28 +491,35 @@ impl AccountServer {
         Ok(())
     }
 
-    /// Starts the MQTT listener and the admin API; returns their addresses.
+    /// Starts the MQTT listener and the admin API (plain HTTP, default limits: for tests and
+    /// benchmarks on loopback); returns their addresses.
     pub async fn start(
         &self,
         mqtt: SocketAddr,
         api: SocketAddr,
     ) -> Result<(SocketAddr, SocketAddr), ServerError> {
-        self.start_with(mqtt, api, claimlink_service::HttpLimits::default()).await
+        self.start_with(mqtt, api, claimlink_service::HttpLimits::default(), false).await
     }
 
-    /// [`AccountServer::start`] with the admin API under `http`.
+    /// [`AccountServer::start`] with the admin API under `http`, over HTTPS with the
+    /// endpoint's certificates when `https` (as `claimlink server` and `up` serve it).
     pub async fn start_with(
         &self,
         mqtt: SocketAddr,
         api: SocketAddr,
         http: claimlink_service::HttpLimits,
+        https: bool,
     ) -> Result<(SocketAddr, SocketAddr), ServerError> {
+        // A bad identity fails here, not in the spawned task.
+        if https {
+            self.shared.identity.https_config()?;
+        }
         let mqtt_listener = TcpListener::bind(mqtt).await?;
         let api_listener = TcpListener::bind(api).await?;
         let addrs = (mqtt_listener.local_addr()?, api_listener.local_addr()?);
         let me = self.clone();
         spawn_role("account-mqtt", async move { me.serve_mqtt(mqtt_listener).await });
-        spawn_role("admin-api", api::serve(self.clone(), api_listener, http));
+        spawn_role("admin-api", api::serve(self.clone(), api_listener, http, https));
         // Changes made by other processes sharing the database reach this one within a minute.
         let me = self.clone();
         let mut shutdown = self.shared.shutdown.clone();

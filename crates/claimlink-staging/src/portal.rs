@@ -192,12 +192,23 @@ impl Portal {
         Self { inner: Arc::new(Inner { staging, account, config, argon2, qr }) }
     }
 
-    /// Serves on `listener` until the staging service shuts down.
-    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+    /// Serves on `listener` until the staging service shuts down: over HTTPS with `tls` (a
+    /// configuration made once, e.g. [`claimlink_service::ServerIdentity::https_config`]), else
+    /// plain HTTP.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<()> {
         let shutdown = self.inner.staging.shared.shutdown.clone();
         let http = self.inner.config.limits.http;
-        let app = self.router();
-        claimlink_service::serve_http("portal", listener, None, http, shutdown, move |_| app.clone()).await
+        let mut app = self.router();
+        if tls.is_some() {
+            // Over TLS the session cookie never goes back in the clear.
+            app = app.layer(axum::middleware::map_response(secure_cookies));
+        }
+        let tls = tls.map(|c| Arc::new(c) as Arc<dyn claimlink_broker::TlsSelector>);
+        claimlink_service::serve_http("portal", listener, tls, http, shutdown, move |_| app.clone()).await
     }
 
     /// The routes.
@@ -398,6 +409,19 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
             let (k, v) = c.trim().split_once('=')?;
             (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then(|| v.to_owned())
         })
+}
+
+/// Marks every cookie the portal sets `Secure` (served over HTTPS).
+async fn secure_cookies(mut response: Response) -> Response {
+    let cookies: Vec<HeaderValue> = response.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
+    response.headers_mut().remove(header::SET_COOKIE);
+    for cookie in cookies {
+        let secured = cookie.to_str().ok().and_then(|c| HeaderValue::from_str(&format!("{c}; Secure")).ok());
+        if let Some(v) = secured {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    response
 }
 
 fn with_session(token: &str, to: &str, session: Duration) -> Response {

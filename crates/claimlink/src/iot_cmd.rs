@@ -16,9 +16,13 @@ use crate::files::read_bounded;
 /// `iot` arguments.
 #[derive(clap::Args)]
 pub(crate) struct IotArgs {
-    /// The admin API (default $CLAIMLINK_API, else http://127.0.0.1:8443).
+    /// The admin API (default $CLAIMLINK_API, else https://localhost:8081, where `up` serves it).
     #[arg(long, global = true)]
     endpoint_url: Option<String>,
+    /// The CA certificates (PEM) that the admin API's certificate must chain to (default
+    /// $CLAIMLINK_CA_BUNDLE; `up` writes DATA/endpoint-ca.pem). Without one, the system's roots.
+    #[arg(long, global = true)]
+    ca_bundle: Option<std::path::PathBuf>,
     /// Accepted for compatibility with `aws iot` scripts; only JSON is printed.
     #[arg(long, global = true, hide = true)]
     output: Option<String>,
@@ -489,6 +493,29 @@ pub(crate) enum Outcome {
     Refused,
 }
 
+/// The API client: TLS 1.3 with SM offered first (the international suites after it), the
+/// server's certificate checked up to `ca_bundle` (or the system's roots); HTTP errors are
+/// answers, not failures.
+fn http_agent(ca_bundle: Option<&std::path::Path>) -> Result<ureq::Agent> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let mut tls = TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(claimlink_tls::provider_preferring_sm()));
+    if let Some(path) = ca_bundle {
+        let pem = read_bounded(path, 1 << 20)?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            bail!("{}: no certificate in the CA bundle", path.display());
+        }
+        tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
+    }
+    Ok(ureq::Agent::config_builder().http_status_as_error(false).tls_config(tls.build()).build().into())
+}
+
 /// `claimlink iot`.
 pub(crate) fn run(args: &IotArgs) -> Result<Outcome> {
     let (operation, method, path, body) = request(&args.verb)?;
@@ -496,11 +523,13 @@ pub(crate) fn run(args: &IotArgs) -> Result<Outcome> {
         .endpoint_url
         .clone()
         .or_else(|| std::env::var("CLAIMLINK_API").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:8443".into());
+        .unwrap_or_else(|| "https://localhost:8081".into());
     let token =
         std::env::var("CLAIMLINK_TOKEN").context("set $CLAIMLINK_TOKEN to the account's API token")?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let ca_bundle =
+        args.ca_bundle.clone().or_else(|| std::env::var_os("CLAIMLINK_CA_BUNDLE").map(Into::into));
+    let agent = http_agent(ca_bundle.as_deref())?;
     let auth = format!("Bearer {token}");
     let response = match (method, body) {
         ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),

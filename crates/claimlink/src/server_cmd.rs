@@ -54,7 +54,7 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
         let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server = AccountServer::new(store.clone(), &identity, limits.clone(), shutdown.clone()).await?;
-        let (mqtt, api) = server.start_with(mqtt_addr, api_addr, file.http_limits()).await?;
+        let (mqtt, api) = server.start_with(mqtt_addr, api_addr, file.http_limits(), true).await?;
         let staging = match &file.staging {
             Some(st) => {
                 let mut cas = Vec::new();
@@ -101,7 +101,7 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
         use std::io::Write;
         let mut out = std::io::stdout();
         let _ = writeln!(out, "listening on mqtts://{mqtt}");
-        let _ = writeln!(out, "admin API on http://{api}");
+        let _ = writeln!(out, "admin API on https://{api}");
         if let Some((m, a)) = staging {
             let _ = writeln!(out, "staging on mqtts://{m}");
             let _ = writeln!(out, "staging API on https://{a}");

@@ -41,12 +41,17 @@ pub(crate) struct UpArgs {
     /// The demo OEM's account endpoint (MQTT).
     #[arg(long, default_value = "127.0.0.1:8884")]
     account_mqtt: SocketAddr,
-    /// The account admin API (loopback HTTP).
+    /// The account admin API (plain HTTP on loopback, or HTTPS with --https).
     #[arg(long, default_value = "127.0.0.1:8081")]
     admin_api: SocketAddr,
-    /// The registration portal (loopback HTTP).
+    /// The registration portal (plain HTTP on loopback, or HTTPS with --https).
     #[arg(long, default_value = "127.0.0.1:8080")]
     portal: SocketAddr,
+    /// Serve the admin API and the portal over HTTPS with the endpoints' certificates (SM2 and
+    /// P-256, TLS 1.3 with SM or the international suites), as the MQTT listeners and the
+    /// staging API always are. Without it they are plain HTTP and must listen on loopback.
+    #[arg(long)]
+    https: bool,
     /// Devices in the demo batch.
     #[arg(long, default_value_t = 3)]
     devices: u64,
@@ -295,6 +300,13 @@ async fn prepare_registry(args: &UpArgs, paths: &Paths, store: &Store) -> Result
 
 /// `claimlink up`.
 pub(crate) fn run(args: &UpArgs) -> Result<()> {
+    // Bearer tokens, passwords and session cookies travel over these two: in the clear only
+    // where nobody else can listen.
+    for (addr, flag) in [(args.admin_api, "--admin-api"), (args.portal, "--portal")] {
+        if !args.https && !addr.ip().is_loopback() {
+            anyhow::bail!("{flag} {addr} is not a loopback address: add --https to serve it over TLS");
+        }
+    }
     let settings = match &args.config {
         Some(path) => crate::config::Config::load(path)?,
         None => crate::config::Config::default(),
@@ -355,7 +367,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let staging_api = bind(args.staging_api, "--staging-api").await?;
         let portal_listener = bind(args.portal, "--portal").await?;
         let (mqtt, api) = account
-            .start_with(args.account_mqtt, args.admin_api, settings.http_limits())
+            .start_with(args.account_mqtt, args.admin_api, settings.http_limits(), args.https)
             .await
             .with_context(|| {
                 format!(
@@ -380,7 +392,8 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
                 limits: settings.portal_limits(),
             },
         );
-        claimlink_server::spawn_role("portal", portal.serve(portal_listener));
+        let portal_tls = if args.https { Some(identity.https_config()?) } else { None };
+        claimlink_server::spawn_role("portal", portal.serve(portal_listener, portal_tls));
         print_next_steps(args, &paths, mqtt, api)?;
         tokio::signal::ctrl_c().await?;
         let _ = stop.send(true);
@@ -406,20 +419,23 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
     let _ = writeln!(
         out,
         "\nclaimlink is up (data in {data})\n\
-         \n  registration portal   http://{portal}/\
+         \n  registration portal   {scheme}://localhost:{pport}/\
          \n  staging MQTT          mqtts://{STAGING_HOST}:{sport} (listening on {smqtt})\
          \n  staging API           https://{STAGING_HOST}:{aport}/\
          \n  demo OEM endpoint     mqtts://{OEM_HOST}:{mport}\
-         \n  account admin API     http://{api}  (token in {data}/account-token)\
+         \n  account admin API     {scheme}://localhost:{apport}/  (token in {data}/account-token)\
          \n  device labels         {labels} (P-256), {labels_sm2} (SM2)\
          \n  TLS                   1.3 with SM (RFC 8998: TLS_SM4_GCM_SM3, SM2 certificates) or the international suites, on every port\
+         \n  CA of every endpoint  {data}/endpoint-ca.pem\
          \n\nStart a simulated device (it connects to staging and waits to be claimed), P-256 or SM2:\
          \n\n  {exe} device --bundle {p256}\
          \n  {exe} device --bundle {sm2}\
          \n\nThen open the portal, sign up, and add the device with the ID and claim code on its label.\
          \nStop with Ctrl-C; running `up` again reuses everything.",
         data = paths.data.display(),
-        portal = args.portal,
+        pport = args.portal.port(),
+        scheme = if args.https { "https" } else { "http" },
+        apport = api.port(),
         sport = args.staging_mqtt.port(),
         smqtt = args.staging_mqtt,
         aport = args.staging_api.port(),

@@ -25,11 +25,23 @@ impl Drop for Server {
     }
 }
 
-fn iot(api: &str, token: &str, args: &[&str]) -> Output {
-    bin().arg("iot").args(args).args(["--endpoint-url", api]).env("CLAIMLINK_TOKEN", token).output().unwrap()
+/// Where the admin API is and the CA its certificate chains to.
+struct Api {
+    url: String,
+    ca_bundle: String,
 }
 
-fn iot_json(api: &str, token: &str, args: &[&str]) -> Value {
+fn iot(api: &Api, token: &str, args: &[&str]) -> Output {
+    bin()
+        .arg("iot")
+        .args(args)
+        .args(["--endpoint-url", &api.url, "--ca-bundle", &api.ca_bundle])
+        .env("CLAIMLINK_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+fn iot_json(api: &Api, token: &str, args: &[&str]) -> Value {
     let out = iot(api, token, args);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -43,7 +55,7 @@ fn an_oem_sets_up_its_account_with_aws_style_commands() {
     let d = dir.path();
     let p = |name: &str| d.join(name).display().to_string();
     let server_ca = TestCa::issuing(KeyAlgorithm::P256, "CN=Endpoint CA");
-    let leaf = server_ca.server(&["acme.iot.test"]);
+    let leaf = server_ca.server(&["acme.iot.test", "localhost"]);
     std::fs::write(
         p("server.pem"),
         format!("{}{}", leaf.certificate.to_pem(), server_ca.certificate.to_pem()),
@@ -79,7 +91,10 @@ fn an_oem_sets_up_its_account_with_aws_style_commands() {
     let api_line = lines.next().unwrap().unwrap();
     let _server = Server(child);
     let mqtt_port: u16 = mqtt_line.rsplit(':').next().unwrap().parse().unwrap();
-    let api = api_line.trim_start_matches("admin API on ").to_owned();
+    // The admin API is HTTPS with the endpoint's certificate: reached by a name it carries.
+    let api_port = api_line.rsplit(':').next().unwrap();
+    assert!(api_line.starts_with("admin API on https://"), "{api_line}");
+    let api = Api { url: format!("https://localhost:{api_port}"), ca_bundle: p("server-root.pem") };
 
     // The OEM, with files as it would keep them for `aws iot`.
     let maker = TestCa::issuing(KeyAlgorithm::P256, "CN=Module Maker CA,O=Maker");

@@ -458,25 +458,28 @@ fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_release
             return;
         }
     }
-    let p = Platform::up(test);
-    let devices = p.devices();
-    let (running, typed) = (&devices[0], &devices[1]);
+    // Over HTTPS (`up --https`): Chromium takes the portal's P-256 certificate by its key.
+    let p = Platform::up_https(test);
+    let Some(openssl) = claimlink_testkit::openssl(test) else { return };
+    let spki = portal_spki_pin(&openssl, &p);
+    // The device photographed is an SM2 one (its label says so); the one typed in is P-256.
+    let (sm2, p256) = (p.sm2_devices(), p.devices());
+    let (running, typed) = (&sm2[0], &p256[1]);
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("label.png");
+    let label = p.data(&format!("factory-sm2/labels/{running}.svg"));
+    assert!(std::fs::read_to_string(&label).unwrap().contains("SM2"), "the label says SM2");
     claimlink_testkit::run_ok(
-        std::process::Command::new(rsvg)
-            .args(["-w", "700", "-b", "white", "-o"])
-            .arg(&png)
-            .arg(p.data(&format!("factory/labels/{running}.svg"))),
+        std::process::Command::new(rsvg).args(["-w", "700", "-b", "white", "-o"]).arg(&png).arg(&label),
     );
     let device = platform::Device::start(&p, running);
     device.wait_line("waiting to be claimed");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/portal/portal_e2e.py");
     let out = std::process::Command::new(python)
         .arg(script)
-        .arg(format!("http://127.0.0.1:{}", p.portal))
+        .arg(format!("https://localhost:{}", p.portal))
         .arg(&png)
-        .args([running.as_str(), typed.as_str(), &p.claim_code(typed)])
+        .args([running.as_str(), typed.as_str(), &p.claim_code(typed), &spki])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -489,11 +492,105 @@ fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_release
     // The device did the journey and, released, went back to staging.
     device.wait_line("published");
     device.wait_count("connected to staging", 2);
+    // On the wire both ways: TLS 1.3 with SM, at staging and at the OEM's endpoint.
+    device.wait_line(&format!("connected to {} (CUSTOMER) over TLS_SM4_GCM_SM3", p.oem_endpoint()));
+    device.wait_line(&format!("connected to {} (STAGING) over TLS_SM4_GCM_SM3", p.staging_endpoint()));
     let released = p.staging_admin("GET", &format!("/staging/devices/{running}"), None).1;
     assert_eq!(released["owner"], Value::Null);
     let waiting = p.staging_admin("GET", &format!("/staging/devices/{typed}"), None).1;
     assert_eq!(waiting["owner"].as_str(), Some(p.oem_id().as_str()));
     assert_eq!(waiting["delivered"], false);
+    https_listeners_speak_tls13_with_sm(&p);
+}
+
+/// Under `up --https` the admin API and the portal are TLS only: Tongsuo gets them over
+/// TLS_SM4_GCM_SM3 with the SM2 certificate (verified against the endpoint CA), `claimlink iot`
+/// reaches the API with `--ca-bundle`, and a plaintext request gets no answer.
+fn https_listeners_speak_tls13_with_sm(p: &Platform) {
+    let Some(tongsuo) = claimlink_testkit::tongsuo("https_listeners_sm") else { return };
+    let token = p.read("account-token");
+    for (port, request, expect) in [
+        (
+            p.admin_api,
+            format!(
+                "GET /things HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                token.trim()
+            ),
+            "\"things\"",
+        ),
+        (
+            p.portal,
+            "GET /signin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
+            "<form",
+        ),
+    ] {
+        let mut child = std::process::Command::new(&tongsuo)
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "localhost",
+                "-tls1_3",
+            ])
+            .args(["-ciphersuites", "TLS_SM4_GCM_SM3", "-sigalgs", "sm2sig_sm3", "-groups", "curveSM2"])
+            .args(["-verify_return_error", "-ign_eof", "-CAfile", &p.endpoint_ca()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .env("OPENSSL_CONF", "/dev/null")
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), request.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("TLS_SM4_GCM_SM3"), "port {port}: {stdout}");
+        assert!(stdout.contains("Verify return code: 0 (ok)"), "port {port}: {stdout}");
+        assert!(stdout.contains("HTTP/1.1 200") && stdout.contains(expect), "port {port}: {stdout}");
+        // No plaintext fallback on a TLS port.
+        let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        std::io::Write::write_all(&mut plain, b"GET /signin HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+        assert!(!answer.starts_with(b"HTTP/"), "port {port} answered plaintext HTTP");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_claimlink"))
+        .args(["iot", "describe-endpoint", "--endpoint-url", &format!("https://localhost:{}", p.admin_api)])
+        .args(["--ca-bundle", &p.endpoint_ca()])
+        .env("CLAIMLINK_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("endpointAddress"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Base64 of the SHA-256 of the public key the portal presents to a client without SM (what
+/// Chromium's `--ignore-certificate-errors-spki-list` takes), read off the wire by OpenSSL.
+fn portal_spki_pin(openssl: &std::path::Path, p: &Platform) -> String {
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh").args(["-c", script]).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let o = openssl.display();
+    let port = p.portal;
+    let ca = p.endpoint_ca();
+    // The chain verifies against the endpoint CA, then the key is hashed.
+    let verified = sh(&format!(
+        "{o} s_client -connect 127.0.0.1:{port} -servername localhost -CAfile {ca} -verify_return_error </dev/null 2>/dev/null | grep 'Verify return code'"
+    ));
+    assert!(
+        verified.lines().all(|l| l.trim() == "Verify return code: 0 (ok)"),
+        "OpenSSL verifies the portal certificate against the endpoint CA: {verified}"
+    );
+    sh(&format!(
+        "{o} s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null | {o} x509 -pubkey -noout | {o} pkey -pubin -outform der | {o} dgst -sha256 -binary | base64"
+    ))
 }
 
 #[test]
@@ -616,17 +713,7 @@ fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release(
         }
         c
     };
-    let thing_status = |thing: &str| {
-        let token = p.read("account-token");
-        claimlink_testkit::http_json(
-            std::net::SocketAddr::from(([127, 0, 0, 1], p.admin_api)),
-            "GET",
-            &format!("/things/{thing}"),
-            Some(token.trim()),
-            "",
-        )
-        .0
-    };
+    let thing_status = |thing: &str| p.admin_api_call("GET", &format!("/things/{thing}"), "").0;
     // An unclaimed device of the module maker's CA goes straight to the OEM's endpoint: refused
     // and not provisioned (it used to be JIT-provisioned).
     assert_eq!(paho(&mut py, account("b0", b, &cert_b, &key_b, None))["rc"], NOT_AUTHORIZED);
@@ -719,15 +806,8 @@ fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release(
     let notice = body["releaseNotice"].as_str().unwrap_or_default().to_owned();
     assert!(notice.starts_with("clr1."), "{body}");
     // An account run elsewhere takes the notice over its API; a forged one is refused.
-    let token = p.read("account-token");
     let post = |body: &Value| {
-        let (status, text) = claimlink_testkit::http_json(
-            std::net::SocketAddr::from(([127, 0, 0, 1], p.admin_api)),
-            "POST",
-            "/claim-releases",
-            Some(token.trim()),
-            &body.to_string(),
-        );
+        let (status, text) = p.admin_api_call("POST", "/claim-releases", &body.to_string());
         (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
     };
     let (status, v) = post(&json!({"releaseNotice": notice}));

@@ -16,7 +16,14 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn_up(test: &str, cwd: &Path, data: &Path, ports: [u16; 5], nofile: Option<u32>) -> (Child, String) {
+fn spawn_up(
+    test: &str,
+    cwd: &Path,
+    data: &Path,
+    ports: [u16; 5],
+    nofile: Option<u32>,
+    https: bool,
+) -> (Child, String) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         // With a descriptor limit, through a shell that lowers it and then becomes claimlink.
@@ -41,6 +48,7 @@ fn spawn_up(test: &str, cwd: &Path, data: &Path, ports: [u16; 5], nofile: Option
             .args(["--account-mqtt", &format!("127.0.0.1:{}", ports[2])])
             .args(["--admin-api", &format!("127.0.0.1:{}", ports[3])])
             .args(["--portal", &format!("127.0.0.1:{}", ports[4])])
+            .args(https.then_some("--https"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -86,6 +94,8 @@ pub struct Platform {
     pub account_mqtt: u16,
     pub admin_api: u16,
     pub portal: u16,
+    /// The admin API and the portal are HTTPS (`up --https`).
+    pub https: bool,
     pub stdout: String,
 }
 
@@ -99,15 +109,24 @@ impl Drop for Platform {
 impl Platform {
     /// Starts `claimlink up` with 4 devices and waits until it serves.
     pub fn up(test: &str) -> Self {
-        Self::up_with_nofile(test, None)
+        Self::start(test, None, false)
+    }
+
+    /// `up --https`: the admin API and the portal over TLS too.
+    pub fn up_https(test: &str) -> Self {
+        Self::start(test, None, true)
     }
 
     /// `up` with at most `nofile` open descriptors (`ulimit -n`), when given.
     pub fn up_with_nofile(test: &str, nofile: Option<u32>) -> Self {
+        Self::start(test, nofile, false)
+    }
+
+    fn start(test: &str, nofile: Option<u32>, https: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("claimlink-data");
         let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
-        let (child, stdout) = spawn_up(test, dir.path(), &data, ports, nofile);
+        let (child, stdout) = spawn_up(test, dir.path(), &data, ports, nofile, https);
         Platform {
             child,
             _dir: dir,
@@ -117,6 +136,7 @@ impl Platform {
             account_mqtt: ports[2],
             admin_api: ports[3],
             portal: ports[4],
+            https,
             stdout,
         }
     }
@@ -127,7 +147,7 @@ impl Platform {
         let _ = self.child.wait();
         let ports = [self.staging_mqtt, self.staging_api, self.account_mqtt, self.admin_api, self.portal];
         let cwd = self.data.parent().unwrap().to_owned();
-        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports, None);
+        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports, None, self.https);
         self.child = child;
         self.stdout = stdout;
     }
@@ -271,16 +291,22 @@ impl Platform {
         self.child.id()
     }
 
-    /// The account admin API (GET).
-    pub fn admin_api(&self, method: &str, path: &str) -> Value {
+    /// The account admin API with the account's token (over HTTPS under `up --https`, the
+    /// certificate checked against the endpoint CA by the name `localhost`): status and body.
+    pub fn admin_api_call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let token = self.read("account-token");
-        let (status, text) = claimlink_testkit::http_json(
-            SocketAddr::from(([127, 0, 0, 1], self.admin_api)),
-            method,
-            path,
-            Some(token.trim()),
-            "",
-        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.admin_api));
+        if !self.https {
+            return claimlink_testkit::http_json(addr, method, path, Some(token.trim()), body);
+        }
+        let root = self.read("endpoint-ca.pem");
+        let tls = claimlink_testkit::Tls { server_name: "localhost", root_pem: &root, client: None };
+        claimlink_testkit::https_json(addr, &tls, method, path, Some(token.trim()), body).unwrap()
+    }
+
+    /// The account admin API, which must answer 200.
+    pub fn admin_api(&self, method: &str, path: &str) -> Value {
+        let (status, text) = self.admin_api_call(method, path, "");
         assert_eq!(status, 200, "{method} {path}: {text}");
         serde_json::from_str(&text).unwrap()
     }

@@ -1,6 +1,9 @@
 """The registration portal in a real browser (headless Chromium through chromedriver).
 
-Usage: portal_e2e.py PORTAL_URL LABEL_PNG THING_ONLINE THING_TYPED CODE_TYPED
+Usage: portal_e2e.py PORTAL_URL LABEL_PNG THING_ONLINE THING_TYPED CODE_TYPED [SPKI_SHA256]
+With SPKI_SHA256 (base64 of the SHA-256 of the portal certificate's public key) Chromium
+accepts that one key in place of a certificate from its own roots (our endpoint CA is not
+one of them); every other certificate error still stops it.
 Prints one JSON object per step on stdout; exits non-zero on the first failure.
 """
 
@@ -14,6 +17,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 url, label_png, thing_photo, thing_typed, code_typed = sys.argv[1:6]
+spki = sys.argv[6] if len(sys.argv) > 6 else None
 
 
 def step(name, **kw):
@@ -31,6 +35,8 @@ opts = Options()
 opts.binary_location = "/usr/bin/chromium"
 for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]:
     opts.add_argument(a)
+if spki:
+    opts.add_argument(f"--ignore-certificate-errors-spki-list={spki}")
 driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
 driver.set_page_load_timeout(30)
 
@@ -71,6 +77,11 @@ by_id("password").send_keys("correct horse battery")
 by_id("submit").click()
 check(eventually(lambda: driver.current_url.endswith("/devices")), "sign-up lands on my devices")
 check(by_id("empty").is_displayed(), "no devices yet")
+if url.startswith("https:"):
+    check(driver.execute_script("return window.isSecureContext && location.protocol === 'https:'"),
+          "the portal is a secure context")
+    cookie = driver.get_cookie("claimlink_session") or {}
+    check(cookie.get("secure") is True and cookie.get("httpOnly") is True, f"session cookie {cookie}")
 step("signed up")
 
 # A wrong claim code is refused with a reason.
