@@ -89,6 +89,34 @@ for payload in 64 1024; do
 done
 row "mutual-TLS handshakes, 16 concurrent (connections/s)" --mode handshakes --connections 16
 
+# The record cipher alone: claimlink broker, same P-256 certificates, the client offering only
+# TLS_SM4_GCM_SM3 or only TLS_AES_128_GCM_SHA256 (Mosquitto's OpenSSL has no RFC 8998 suites).
+# SUITES=0 skips these rows.
+if [ "${SUITES:-1}" = 1 ]; then
+  echo
+  echo "| claimlink broker | TLS_SM4_GCM_SM3 | TLS_AES_128_GCM_SHA256 | ratio |"
+  echo "|---|---:|---:|---:|"
+  suite_row() {
+    local name="$1"; shift
+    if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
+    local a="" b=""
+    for _ in $(seq 1 "$repeat"); do
+      a="$a $(rate "$ours_port" --cipher-suite TLS_SM4_GCM_SM3 "$@")"
+      b="$b $(rate "$ours_port" --cipher-suite TLS_AES_128_GCM_SHA256 "$@")"
+    done
+    a=$(echo $a | tr ' ' '\n' | median)
+    b=$(echo $b | tr ' ' '\n' | median)
+    echo "| $name | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') |"
+  }
+  for payload in 64 1024; do
+    for qos in 0 1; do
+      suite_row "fan-in QoS $qos, $payload B, 8 pub -> 1 sub (msg/s)" --qos $qos --payload $payload --publishers 8 --subscribers 1
+      suite_row "fan-out QoS $qos, $payload B, 1 pub -> 8 sub (msg/s)" --qos $qos --payload $payload --publishers 1 --subscribers 8
+    done
+  done
+  echo
+fi
+
 # Memory per idle TLS connection: open IDLE (default 10,000) connections, wait until they are all
 # up (or 300 s have passed), then divide the broker's RSS growth by the connections established.
 idle=${IDLE:-10000}

@@ -45,15 +45,19 @@ pub const NAMED_GROUP_CURVE_SM2: NamedGroup = NamedGroup::Unknown(0x0029);
 /// `sm2sig_sm3` (RFC 8998).
 pub const SM2SIG_SM3: SignatureScheme = SignatureScheme::Unknown(0x0708);
 
-/// The IANA name of a cipher suite, RFC 8998's included (rustls has no names for them).
+/// The IANA name of a cipher suite, RFC 8998's included (rustls has no names for them and
+/// calls the other TLS 1.3 suites `TLS13_...`).
 pub fn suite_name(suite: CipherSuite) -> Option<&'static str> {
-    if suite == TLS_SM4_GCM_SM3 {
-        Some("TLS_SM4_GCM_SM3")
-    } else if suite == TLS_SM4_CCM_SM3 {
-        Some("TLS_SM4_CCM_SM3")
-    } else {
-        suite.as_str()
-    }
+    const TLS13: [(CipherSuite, &str); 7] = [
+        (TLS_SM4_GCM_SM3, "TLS_SM4_GCM_SM3"),
+        (TLS_SM4_CCM_SM3, "TLS_SM4_CCM_SM3"),
+        (CipherSuite::TLS13_AES_128_GCM_SHA256, "TLS_AES_128_GCM_SHA256"),
+        (CipherSuite::TLS13_AES_256_GCM_SHA384, "TLS_AES_256_GCM_SHA384"),
+        (CipherSuite::TLS13_CHACHA20_POLY1305_SHA256, "TLS_CHACHA20_POLY1305_SHA256"),
+        (CipherSuite::TLS13_AES_128_CCM_SHA256, "TLS_AES_128_CCM_SHA256"),
+        (CipherSuite::TLS13_AES_128_CCM_8_SHA256, "TLS_AES_128_CCM_8_SHA256"),
+    ];
+    TLS13.iter().find(|(s, _)| *s == suite).map(|(_, name)| *name).or_else(|| suite.as_str())
 }
 
 /// The SM cipher suites, GCM first.
@@ -113,4 +117,18 @@ pub fn fuzz_peer_input(data: &[u8]) -> (bool, bool, bool) {
         | SM2_SM3_CERTIFICATE.verify_signature(key, msg, sig).is_ok();
     let opened = aead::open_fuzz(data);
     (kx, verified, opened)
+}
+
+#[cfg(test)]
+mod names {
+    #[test]
+    fn suites_have_their_iana_names() {
+        use super::*;
+        assert_eq!(suite_name(TLS_SM4_GCM_SM3), Some("TLS_SM4_GCM_SM3"));
+        assert_eq!(suite_name(CipherSuite::TLS13_AES_128_GCM_SHA256), Some("TLS_AES_128_GCM_SHA256"));
+        for s in provider().cipher_suites {
+            let name = suite_name(s.suite()).unwrap_or_default();
+            assert!(name.starts_with("TLS_") && !name.starts_with("TLS13_"), "{name}");
+        }
+    }
 }

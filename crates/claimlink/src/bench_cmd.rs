@@ -58,6 +58,10 @@ pub(crate) struct BenchMqttArgs {
     /// Connections for `idle`, concurrent connectors for `handshakes`.
     #[arg(long, default_value_t = 100)]
     connections: usize,
+    /// Offer only this TLS 1.3 cipher suite (`TLS_SM4_GCM_SM3`, `TLS_AES_128_GCM_SHA256`, ...),
+    /// to compare record ciphers on the same certificates.
+    #[arg(long, value_name = "IANA_NAME")]
+    cipher_suite: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,8 +135,14 @@ fn target(args: &BenchMqttArgs) -> Result<Target> {
     {
         roots.add(rustls::pki_types::CertificateDer::from(c.der().to_vec()))?;
     }
-    let provider = Arc::new(claimlink_tls::provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let mut provider = claimlink_tls::provider();
+    if let Some(only) = &args.cipher_suite {
+        provider.cipher_suites.retain(|s| claimlink_tls::suite_name(s.suite()) == Some(only.as_str()));
+        if provider.cipher_suites.is_empty() {
+            bail!("--cipher-suite {only}: not a cipher suite we speak");
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     let config = match (&args.cert, &args.key) {
