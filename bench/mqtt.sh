@@ -62,9 +62,8 @@ sleep 1
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 bench() { "$bin" bench mqtt --host 127.0.0.1 --port "$1" --ca ca/root-ca.pem --cert client.pem --key client.key "${@:2}"; }
 
-echo "| measurement | claimlink | mosquitto 2.0.11 | ratio |"
-echo "|---|---:|---:|---:|"
-# Each row runs REPEAT times (default 3), alternating the brokers, and reports the medians.
+# Each row runs REPEAT times (default 3), alternating its two sides (the arguments in `left` and
+# `right` before the row's own), and reports the medians.
 repeat=${REPEAT:-3}
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 rate() { bench "$@" | grep -oE '[0-9]+ (msg|connections)/s' | cut -d' ' -f1; }
@@ -74,19 +73,26 @@ row() {
   if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
   local a="" b=""
   for _ in $(seq 1 "$repeat"); do
-    a="$a $(rate "$ours_port" "$@")"
-    b="$b $(rate "$mosq_port" "$@")"
+    a="$a $(rate "${left[@]}" "$@")"
+    b="$b $(rate "${right[@]}" "$@")"
   done
   a=$(echo $a | tr ' ' '\n' | median)
   b=$(echo $b | tr ' ' '\n' | median)
   echo "| $name | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') |"
 }
-for payload in 64 1024; do
-  for qos in 0 1; do
-    row "fan-in QoS $qos, $payload B, 8 pub -> 1 sub (msg/s)" --qos $qos --payload $payload --publishers 8 --subscribers 1
-    row "fan-out QoS $qos, $payload B, 1 pub -> 8 sub (msg/s)" --qos $qos --payload $payload --publishers 1 --subscribers 8
+fan_rows() {
+  for payload in 64 1024; do
+    for qos in 0 1; do
+      row "fan-in QoS $qos, $payload B, 8 pub -> 1 sub (msg/s)" --qos $qos --payload $payload --publishers 8 --subscribers 1
+      row "fan-out QoS $qos, $payload B, 1 pub -> 8 sub (msg/s)" --qos $qos --payload $payload --publishers 1 --subscribers 8
+    done
   done
-done
+}
+
+echo "| measurement | claimlink | mosquitto 2.0.11 | ratio |"
+echo "|---|---:|---:|---:|"
+left=("$ours_port") right=("$mosq_port")
+fan_rows
 row "mutual-TLS handshakes, 16 concurrent (connections/s)" --mode handshakes --connections 16
 
 # The record cipher alone: claimlink broker, same P-256 certificates, the client offering only
@@ -96,24 +102,8 @@ if [ "${SUITES:-1}" = 1 ]; then
   echo
   echo "| claimlink broker | TLS_SM4_GCM_SM3 | TLS_AES_128_GCM_SHA256 | ratio |"
   echo "|---|---:|---:|---:|"
-  suite_row() {
-    local name="$1"; shift
-    if [ -n "${ONLY:-}" ] && ! [[ "$name" =~ $ONLY ]]; then return; fi
-    local a="" b=""
-    for _ in $(seq 1 "$repeat"); do
-      a="$a $(rate "$ours_port" --cipher-suite TLS_SM4_GCM_SM3 "$@")"
-      b="$b $(rate "$ours_port" --cipher-suite TLS_AES_128_GCM_SHA256 "$@")"
-    done
-    a=$(echo $a | tr ' ' '\n' | median)
-    b=$(echo $b | tr ' ' '\n' | median)
-    echo "| $name | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }') |"
-  }
-  for payload in 64 1024; do
-    for qos in 0 1; do
-      suite_row "fan-in QoS $qos, $payload B, 8 pub -> 1 sub (msg/s)" --qos $qos --payload $payload --publishers 8 --subscribers 1
-      suite_row "fan-out QoS $qos, $payload B, 1 pub -> 8 sub (msg/s)" --qos $qos --payload $payload --publishers 1 --subscribers 8
-    done
-  done
+  left=("$ours_port" --cipher-suite TLS_SM4_GCM_SM3) right=("$ours_port" --cipher-suite TLS_AES_128_GCM_SHA256)
+  fan_rows
   echo
 fi
 

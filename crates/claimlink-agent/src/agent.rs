@@ -395,7 +395,11 @@ async fn session(
                     .1
                     .negotiated_cipher_suite()
                     .and_then(|s| claimlink_tls::suite_name(s.suite()));
-                core.status.send_modify(|s| s.cipher_suite = suite);
+                // Recorded without waking watchers: publish_status wakes them once, whole.
+                core.status.send_if_modified(|s| {
+                    s.cipher_suite = suite;
+                    false
+                });
                 core.publish_status();
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));

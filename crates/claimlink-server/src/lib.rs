@@ -498,28 +498,25 @@ impl AccountServer {
         mqtt: SocketAddr,
         api: SocketAddr,
     ) -> Result<(SocketAddr, SocketAddr), ServerError> {
-        self.start_with(mqtt, api, claimlink_service::HttpLimits::default(), false).await
+        self.start_with(mqtt, api, claimlink_service::HttpLimits::default(), None).await
     }
 
-    /// [`AccountServer::start`] with the admin API under `http`, over HTTPS with the
-    /// endpoint's certificates when `https` (as `claimlink server` and `up` serve it).
+    /// [`AccountServer::start`] with the admin API under `http`, over HTTPS with `tls` when
+    /// given (`claimlink server` and `up --https` pass the endpoint's
+    /// [`ServerIdentity::https_config`]).
     pub async fn start_with(
         &self,
         mqtt: SocketAddr,
         api: SocketAddr,
         http: claimlink_service::HttpLimits,
-        https: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<(SocketAddr, SocketAddr), ServerError> {
-        // A bad identity fails here, not in the spawned task.
-        if https {
-            self.shared.identity.https_config()?;
-        }
         let mqtt_listener = TcpListener::bind(mqtt).await?;
         let api_listener = TcpListener::bind(api).await?;
         let addrs = (mqtt_listener.local_addr()?, api_listener.local_addr()?);
         let me = self.clone();
         spawn_role("account-mqtt", async move { me.serve_mqtt(mqtt_listener).await });
-        spawn_role("admin-api", api::serve(self.clone(), api_listener, http, https));
+        spawn_role("admin-api", api::serve(self.clone(), api_listener, http, tls));
         // Changes made by other processes sharing the database reach this one within a minute.
         let me = self.clone();
         let mut shutdown = self.shared.shutdown.clone();

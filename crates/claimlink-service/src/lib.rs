@@ -239,23 +239,37 @@ impl ServerIdentity {
         Ok((sm2, international))
     }
 
-    /// A server configuration for HTTPS without client certificates (the admin API, whose
-    /// callers bring a bearer token, and the portal, whose users sign in): the same
-    /// certificates, suites and strict rule as the MQTT listeners, ALPN `http/1.1`. Built once
-    /// per listener.
-    pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    /// What every server configuration of ours starts from: the certificates (SM2 and/or
+    /// international, picked per ClientHello), the provider, and TLS 1.3 only in strict mode.
+    /// The caller adds the client-certificate rule.
+    pub(crate) fn server_builder(
+        &self,
+    ) -> Result<
+        (
+            rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>,
+            Arc<claimlink_tls::DualCertResolver>,
+        ),
+        ServerError,
+    > {
         let (sm2, international) = self.certified_keys()?;
-        let provider = claimlink_tls::shared_provider(self.strict_sm);
+        let builder =
+            rustls::ServerConfig::builder_with_provider(claimlink_tls::shared_provider(self.strict_sm));
         let tls = |e: rustls::Error| ServerError::Tls(e.to_string());
-        let builder = rustls::ServerConfig::builder_with_provider(provider);
         let builder = if self.strict_sm {
             builder.with_protocol_versions(&[&rustls::version::TLS13]).map_err(tls)?
         } else {
             builder.with_safe_default_protocol_versions().map_err(tls)?
         };
-        let mut config = builder
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(claimlink_tls::DualCertResolver::new(sm2, international)));
+        Ok((builder, Arc::new(claimlink_tls::DualCertResolver::new(sm2, international))))
+    }
+
+    /// A server configuration for HTTPS without client certificates (the admin API, whose
+    /// callers bring a bearer token, and the portal, whose users sign in): the same
+    /// certificates, suites and strict rule as the MQTT listeners, ALPN `http/1.1`. Build it
+    /// once and share it between listeners.
+    pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+        let (builder, resolver) = self.server_builder()?;
+        let mut config = builder.with_no_client_auth().with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }

@@ -50,22 +50,12 @@ impl<A: Admission> Listener<A> {
     /// The listener serving `identity` (one or two certificates, strict or not) whose clients
     /// `admission` decides.
     pub fn new(admission: A, identity: &crate::ServerIdentity) -> Result<Self, crate::ServerError> {
-        let (sm2, international) = identity.certified_keys()?;
-        let provider = claimlink_tls::shared_provider(identity.strict_sm);
+        let (builder, resolver) = identity.server_builder()?;
         let verifier = Arc::new(ProofOfPossession {
             mandatory: admission.mandatory(),
-            algorithms: provider.signature_verification_algorithms,
+            algorithms: builder.crypto_provider().signature_verification_algorithms,
         });
-        let tls = |e: rustls::Error| crate::ServerError::Tls(e.to_string());
-        let builder = rustls::ServerConfig::builder_with_provider(provider);
-        let builder = if identity.strict_sm {
-            builder.with_protocol_versions(&[&rustls::version::TLS13]).map_err(tls)?
-        } else {
-            builder.with_safe_default_protocol_versions().map_err(tls)?
-        };
-        let config = builder
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(claimlink_tls::DualCertResolver::new(sm2, international)));
+        let config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver);
         Ok(Self { config: Arc::new(config), admission })
     }
 

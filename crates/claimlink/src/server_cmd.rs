@@ -54,7 +54,9 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
         let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server = AccountServer::new(store.clone(), &identity, limits.clone(), shutdown.clone()).await?;
-        let (mqtt, api) = server.start_with(mqtt_addr, api_addr, file.http_limits(), true).await?;
+        let (mqtt, api) = server
+            .start_with(mqtt_addr, api_addr, file.http_limits(), Some(identity.https_config()?))
+            .await?;
         let staging = match &file.staging {
             Some(st) => {
                 let mut cas = Vec::new();

@@ -366,8 +366,10 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let staging_mqtt = bind(args.staging_mqtt, "--staging-mqtt").await?;
         let staging_api = bind(args.staging_api, "--staging-api").await?;
         let portal_listener = bind(args.portal, "--portal").await?;
+        // One HTTPS configuration for the admin API and the portal.
+        let https = if args.https { Some(identity.https_config()?) } else { None };
         let (mqtt, api) = account
-            .start_with(args.account_mqtt, args.admin_api, settings.http_limits(), args.https)
+            .start_with(args.account_mqtt, args.admin_api, settings.http_limits(), https.clone())
             .await
             .with_context(|| {
                 format!(
@@ -392,8 +394,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
                 limits: settings.portal_limits(),
             },
         );
-        let portal_tls = if args.https { Some(identity.https_config()?) } else { None };
-        claimlink_server::spawn_role("portal", portal.serve(portal_listener, portal_tls));
+        claimlink_server::spawn_role("portal", portal.serve(portal_listener, https));
         print_next_steps(args, &paths, mqtt, api)?;
         tokio::signal::ctrl_c().await?;
         let _ = stop.send(true);

@@ -260,20 +260,17 @@ pub const ROUTES: &[Route<AccountServer>] = &[
     },
 ];
 
-/// Serves the API on `listener` until shutdown: over HTTPS with the endpoint's certificates
-/// when `https`, else plain HTTP (for a listener only the host can reach).
+/// Serves the API on `listener` until shutdown: over HTTPS with `tls` (made once, e.g.
+/// [`claimlink_service::ServerIdentity::https_config`]), else plain HTTP (for a listener only
+/// the host can reach).
 pub async fn serve(
     server: AccountServer,
     listener: TcpListener,
     http: HttpLimits,
-    https: bool,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     let shutdown = server.shared.shutdown.clone();
-    let tls: Option<std::sync::Arc<dyn claimlink_broker::TlsSelector>> = if https {
-        Some(std::sync::Arc::new(server.shared.identity.https_config().map_err(std::io::Error::other)?))
-    } else {
-        None
-    };
+    let tls = tls.map(|c| std::sync::Arc::new(c) as std::sync::Arc<dyn claimlink_broker::TlsSelector>);
     let app = router_with(server, http.max_body);
     claimlink_service::serve_http("admin-api", listener, tls, http, shutdown, move |_| app.clone()).await
 }
