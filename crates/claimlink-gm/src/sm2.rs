@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use rand_core::CryptoRng;
-use sm2::dsa::signature::{Signer, Verifier};
+use sm2::dsa::signature::Signer;
 use sm2::elliptic_curve::sec1::ToSec1Point;
 use sm2::pkcs8::DecodePrivateKey;
 use sm2::pke::{DecryptingKey, EncryptingKey, Mode};
@@ -119,7 +119,9 @@ pub struct Sm2SigningKey {
 /// A public key bound to a distinguishing ID, ready to verify.
 #[derive(Clone)]
 pub struct Sm2VerifyingKey {
-    inner: sm2::dsa::VerifyingKey,
+    public: sm2::PublicKey,
+    /// `Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA)`, computed once per key.
+    z: [u8; 32],
     id: DistId,
 }
 
@@ -223,9 +225,7 @@ impl Sm2PublicKey {
 
     /// This key bound to `id` for verifying.
     pub fn verifying_key(&self, id: &DistId) -> Sm2VerifyingKey {
-        let inner = sm2::dsa::VerifyingKey::new(id.as_str(), self.0)
-            .unwrap_or_else(|_| unreachable!("DistId length is bounded"));
-        Sm2VerifyingKey { inner, id: id.clone() }
+        Sm2VerifyingKey { public: self.0, z: identity_hash(id, &self.0), id: id.clone() }
     }
 
     /// Verifies `sig` over `msg` with distinguishing ID `id`.
@@ -272,7 +272,7 @@ impl Sm2SigningKey {
 
     /// The matching verifying key, bound to the same ID.
     pub fn verifying_key(&self) -> Sm2VerifyingKey {
-        Sm2VerifyingKey { inner: self.inner.verifying_key().clone(), id: self.id.clone() }
+        Sm2PublicKey(sm2::PublicKey::from(self.inner.verifying_key())).verifying_key(&self.id)
     }
 }
 
@@ -284,14 +284,90 @@ impl fmt::Debug for Sm2SigningKey {
 
 impl Sm2VerifyingKey {
     /// Verifies `sig` over `msg`.
+    ///
+    /// GM/T 0003.2 section 7, steps B1-B7. Everything here is public (key, message, signature),
+    /// so the point arithmetic is variable-time: `[s]G` from the curve's precomputed basepoint
+    /// table and `[t]P` by wNAF. The `sm2` crate's own verifier computes both halves with the
+    /// constant-time generic ladder and no table, which made verification the cost of an SM2
+    /// handshake (BENCHMARKS.md).
     pub fn verify(&self, msg: &[u8], sig: &Sm2Signature) -> Result<(), Sm2Error> {
-        self.inner.verify(msg, &sig.0).map_err(|_| Sm2Error::VerificationFailed)
+        use sm2::elliptic_curve::Group;
+        use sm2::elliptic_curve::ops::{MulByGeneratorVartime, MulVartime, Reduce};
+        use sm2::elliptic_curve::point::AffineCoordinates;
+        use sm3::Digest;
+
+        // B1, B2: r and s in [1, n-1] (checked when the signature was decoded).
+        let (r, s) = (*sig.0.r(), *sig.0.s());
+        // B3, B4: e = SM3(Z || M).
+        let e: sm2::FieldBytes = sm3::Sm3::new_with_prefix(self.z).chain_update(msg).finalize();
+        let e = <sm2::Scalar as Reduce<sm2::FieldBytes>>::reduce(&e);
+        // B5: t = r + s mod n, not zero.
+        let t = r + s;
+        if bool::from(t.is_zero()) {
+            return Err(Sm2Error::VerificationFailed);
+        }
+        // B6: (x1, y1) = [s]G + [t]P, not the point at infinity.
+        let point = sm2::ProjectivePoint::mul_by_generator_vartime(&s)
+            + sm2::ProjectivePoint::from(self.public.as_affine()).mul_vartime(&t);
+        if bool::from(point.is_identity()) {
+            return Err(Sm2Error::VerificationFailed);
+        }
+        // B7: R = e + x1 mod n must equal r (public values: a plain comparison is fine).
+        let x = point.to_affine().x();
+        if r == e + <sm2::Scalar as Reduce<sm2::FieldBytes>>::reduce(&x) {
+            Ok(())
+        } else {
+            Err(Sm2Error::VerificationFailed)
+        }
     }
 
     /// The distinguishing ID this key verifies with.
     pub fn dist_id(&self) -> &DistId {
         &self.id
     }
+}
+
+/// `Z` of GM/T 0003.2 section 5.5 for `key` under `id`.
+fn identity_hash(id: &DistId, key: &sm2::PublicKey) -> [u8; 32] {
+    use sm3::Digest;
+    // sm2p256v1's a, b, xG and yG (GM/T 0003.5).
+    const CURVE: [u8; 128] = hex_bytes(concat!(
+        "FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC",
+        "28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93",
+        "32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7",
+        "BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0",
+    ));
+    // The ID is at most MAX_DIST_ID_LEN bytes, so its bit length fits in 16 bits.
+    let entl = u16::try_from(id.as_str().len() * 8).unwrap_or(u16::MAX);
+    let point = key.as_affine().to_sec1_point(false);
+    sm3::Sm3::new()
+        .chain_update(entl.to_be_bytes())
+        .chain_update(id.as_str())
+        .chain_update(CURVE)
+        .chain_update(&point.as_bytes()[1..])
+        .finalize()
+        .into()
+}
+
+/// Hex text to bytes at compile time (the curve constants above).
+const fn hex_bytes<const N: usize>(hex: &str) -> [u8; N] {
+    const fn nibble(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => panic!("not a hex digit"),
+        }
+    }
+    let h = hex.as_bytes();
+    assert!(h.len() == 2 * N);
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = (nibble(h[2 * i]) << 4) | nibble(h[2 * i + 1]);
+        i += 1;
+    }
+    out
 }
 
 impl fmt::Debug for Sm2VerifyingKey {

@@ -1,6 +1,6 @@
 //! SM2-with-SM3 signature verification for rustls and webpki: one algorithm object per SM2 ID.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use claimlink_gm::{DistId, Sm2PublicKey, Sm2Signature};
 use rustls::SignatureScheme;
@@ -22,13 +22,67 @@ const SM2_WITH_SM3: AlgorithmIdentifier =
 #[derive(Debug)]
 pub struct Sm2Sm3 {
     id: DistId,
+    /// Signatures this object has already verified, for the ones that come back (see
+    /// [`VerifiedSignatures`]); `None` where every signature is new (handshake signatures).
+    verified: Option<&'static VerifiedSignatures>,
 }
 
 /// Certificates, CRLs and OCSP responses: the GM/T 0009 default ID `1234567812345678`.
-pub static SM2_SM3_CERTIFICATE: Sm2Sm3 = Sm2Sm3 { id: DistId::GMT_0009_DEFAULT };
+pub static SM2_SM3_CERTIFICATE: Sm2Sm3 =
+    Sm2Sm3 { id: DistId::GMT_0009_DEFAULT, verified: Some(&CERTIFICATE_SIGNATURES) };
 
 /// TLS 1.3 `CertificateVerify`: `TLSv1.3+GM+Cipher+Suite` (RFC 8998 section 3.2.1).
-pub static SM2_SM3_TLS13: Sm2Sm3 = Sm2Sm3 { id: DistId::TLS13 };
+pub static SM2_SM3_TLS13: Sm2Sm3 = Sm2Sm3 { id: DistId::TLS13, verified: None };
+
+static CERTIFICATE_SIGNATURES: VerifiedSignatures = VerifiedSignatures::new();
+
+/// Slots of [`VerifiedSignatures`]: 4,096 x 32 bytes = 128 KiB per process, fixed.
+const VERIFIED_SLOTS: usize = 4096;
+
+/// A fixed-size, direct-mapped memo of certificate signatures that verified: the SM3 digest of
+/// (ID, public key, signed bytes, signature), each length-prefixed.
+///
+/// Every handshake verifies the same issuing-CA links again (the device's manufacturer CA under
+/// its root, the endpoint's certificate on the device side), and SM2 verification is the cost of
+/// an SM2 handshake. A hit means these exact bytes verified before, which a deterministic check
+/// would repeat, so the answer is the same; only successes are stored, so a forged signature
+/// can never be remembered as good, and finding a different input with the same SM3 digest is
+/// what SM3's collision resistance rules out. Unknown inputs just overwrite a slot: the memo is
+/// bounded whatever a peer sends, and an evicted link is verified again.
+#[derive(Debug)]
+pub(crate) struct VerifiedSignatures {
+    slots: Mutex<[[u8; 32]; VERIFIED_SLOTS]>,
+}
+
+impl VerifiedSignatures {
+    const fn new() -> Self {
+        Self { slots: Mutex::new([[0; 32]; VERIFIED_SLOTS]) }
+    }
+
+    fn key(id: &DistId, public_key: &[u8], message: &[u8], signature: &[u8]) -> [u8; 32] {
+        use claimlink_gm::sm3::Digest;
+        let mut h = claimlink_gm::sm3::Sm3::new();
+        for part in [id.as_str().as_bytes(), public_key, message, signature] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    }
+
+    fn slot(key: &[u8; 32]) -> usize {
+        usize::from(u16::from_be_bytes([key[0], key[1]])) % VERIFIED_SLOTS
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.slots.lock().map(|slots| slots[Self::slot(key)] == *key).unwrap_or(false)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots[Self::slot(&key)] = key;
+        }
+    }
+}
 
 impl SignatureVerificationAlgorithm for Sm2Sm3 {
     fn verify_signature(
@@ -37,9 +91,20 @@ impl SignatureVerificationAlgorithm for Sm2Sm3 {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), InvalidSignature> {
+        let memo =
+            self.verified.map(|v| (v, VerifiedSignatures::key(&self.id, public_key, message, signature)));
+        if let Some((verified, key)) = &memo
+            && verified.contains(key)
+        {
+            return Ok(());
+        }
         let key = Sm2PublicKey::from_sec1_bytes(public_key).map_err(|_| InvalidSignature)?;
         let sig = Sm2Signature::from_der(signature).map_err(|_| InvalidSignature)?;
-        key.verify(&self.id, message, &sig).map_err(|_| InvalidSignature)
+        key.verify(&self.id, message, &sig).map_err(|_| InvalidSignature)?;
+        if let Some((verified, key)) = memo {
+            verified.insert(key);
+        }
+        Ok(())
     }
 
     fn public_key_alg_id(&self) -> AlgorithmIdentifier {
@@ -102,5 +167,41 @@ mod tests {
         assert!(SM2_SM3_TLS13.verify_signature(&public[..64], msg, &tls_sig).is_err());
         assert!(SM2_SM3_TLS13.verify_signature(&public, msg, &tls_sig[..tls_sig.len() - 1]).is_err());
         assert!(SM2_SM3_TLS13.verify_signature(&public, b"other", &tls_sig).is_err());
+    }
+
+    #[test]
+    fn the_memo_answers_only_for_the_exact_bytes_that_verified() {
+        let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+        let key = claimlink_gm::Sm2PrivateKey::generate(&mut rng);
+        let public = key.public_key().to_sec1_uncompressed();
+        let msg = b"a TBSCertificate";
+        let sig = key.sign(&DistId::GMT_0009_DEFAULT, msg).unwrap().to_der();
+        let memo = VerifiedSignatures::new();
+        let alg = Sm2Sm3 { id: DistId::GMT_0009_DEFAULT, verified: Some(Box::leak(Box::new(memo))) };
+        let verified = alg.verified.unwrap();
+        let k = VerifiedSignatures::key(&alg.id, &public, msg, &sig);
+        assert!(!verified.contains(&k));
+        // A failure is not remembered.
+        let mut bad = sig.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(alg.verify_signature(&public, msg, &bad).is_err());
+        assert!(!verified.contains(&VerifiedSignatures::key(&alg.id, &public, msg, &bad)));
+        assert!(alg.verify_signature(&public, msg, &bad).is_err());
+        // A success is, and the next call answers from the memo.
+        assert!(alg.verify_signature(&public, msg, &sig).is_ok());
+        assert!(verified.contains(&k));
+        assert!(alg.verify_signature(&public, msg, &sig).is_ok());
+        // Neighbours of a remembered entry still go through verification and fail.
+        assert!(alg.verify_signature(&public, b"a TBSCertificatf", &sig).is_err());
+        let other = claimlink_gm::Sm2PrivateKey::generate(&mut rng).public_key().to_sec1_uncompressed();
+        assert!(alg.verify_signature(&other, msg, &sig).is_err());
+        // Length prefixes keep (key, message) boundaries apart.
+        assert_ne!(
+            VerifiedSignatures::key(&alg.id, b"ab", b"c", b"s"),
+            VerifiedSignatures::key(&alg.id, b"a", b"bc", b"s")
+        );
+        // Under another ID the same bytes are another entry.
+        assert_ne!(k, VerifiedSignatures::key(&DistId::TLS13, &public, msg, &sig));
     }
 }

@@ -230,6 +230,24 @@ fn main() {
         tongsuo_sm2.map(|v| v.1),
         "tongsuo speed sm2",
     );
+    // The `sm2` crate's own verifier (constant-time ladder, no basepoint table) on the same input.
+    let upstream = {
+        use sm2::dsa::signature::Verifier;
+        let key = sm2::dsa::VerifyingKey::from_sec1_bytes(
+            DistId::GMT_0009_DEFAULT.as_str(),
+            &sm2.public_key().to_sec1_uncompressed(),
+        )
+        .unwrap();
+        let sig = sm2::dsa::Signature::from_slice(&sig.to_bytes()).unwrap();
+        rate(|| drop(black_box(key.verify(&msg, &sig))))
+    };
+    row(
+        "SM2 verify",
+        "ops/s",
+        rate(|| drop(black_box(verifier.verify(&msg, &sig)))),
+        Some(upstream),
+        "the sm2 crate's verifier",
+    );
 
     let p256 = PrivateKey::generate(KeyAlgorithm::P256, &mut rng()).unwrap();
     let psig = p256.sign(&msg).unwrap();

@@ -115,3 +115,30 @@ fn dist_id_length_is_bounded_by_entl() {
     assert_eq!(DistId::new("a".repeat(MAX_DIST_ID_LEN + 1)), Err(DistIdError { len: MAX_DIST_ID_LEN + 1 }));
     assert_eq!(DistId::GMT_0009_DEFAULT.as_str(), "1234567812345678");
 }
+
+#[test]
+fn our_verifier_agrees_with_the_sm2_crates_on_valid_tampered_and_random_signatures() {
+    use rand_core::Rng;
+    use sm2::dsa::signature::Verifier;
+    let mut rng = rng();
+    let ids = [DistId::GMT_0009_DEFAULT, DistId::TLS13, DistId::new("").unwrap()];
+    for round in 0..300 {
+        let key = Sm2PrivateKey::generate(&mut rng);
+        let id = &ids[round % ids.len()];
+        let mut msg = vec![0u8; round % 97];
+        rng.fill_bytes(&mut msg);
+        let mut sig = key.sign(id, &msg).unwrap().to_bytes();
+        match round % 4 {
+            0 => {}
+            1 => sig[round % 64] ^= 1 << (round % 8),
+            2 => msg.push(0),
+            _ => rng.fill_bytes(&mut sig),
+        }
+        let Ok(sig) = Sm2Signature::from_bytes(&sig) else { continue };
+        let upstream = sm2::dsa::VerifyingKey::new(id.as_str(), key.public_key().0).unwrap();
+        let theirs = upstream.verify(&msg, &sig.0).is_ok();
+        let ours = key.public_key().verify(id, &msg, &sig).is_ok();
+        assert_eq!(ours, theirs, "round {round}");
+        assert_eq!(ours, round % 4 == 0, "round {round}");
+    }
+}
