@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -132,6 +133,31 @@ impl Gate {
     }
 }
 
+/// At most one line a second per listener and kind for what strangers can cause at will (failed
+/// handshakes, refused clients); the line says how many were left out since the last one, so a
+/// flood costs the log one line a second and the operator still sees its size.
+#[derive(Debug, Default)]
+struct FailureLog {
+    second: AtomicU64,
+    left_out: AtomicU64,
+}
+
+impl FailureLog {
+    /// `Some(left out since the last line)` when this one may be written.
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.second.load(Ordering::Relaxed);
+        if last != now && self.second.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            Some(self.left_out.swap(0, Ordering::Relaxed))
+        } else {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -151,6 +177,7 @@ pub async fn serve<F, Fut>(
 {
     let gate = Gate::new(limits);
     let handle = Arc::new(handle);
+    let (failed_log, refused_log) = (Arc::new(FailureLog::default()), Arc::new(FailureLog::default()));
     let mut backoff = BACKOFF_MIN;
     let mut refused: u64 = 0;
     loop {
@@ -180,6 +207,7 @@ pub async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let (tls, handle) = (tls.clone(), handle.clone());
+        let (failed_log, refused_log) = (failed_log.clone(), refused_log.clone());
         let timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let accepted = match tls {
@@ -200,13 +228,26 @@ pub async fn serve<F, Fut>(
                             }
                             Err(why) => {
                                 // Nothing of the client's protocol has been read; closing is all.
-                                return tracing::debug!(listener = name, %addr, reason = %why, "client refused");
+                                if let Some(left_out) = refused_log.admit() {
+                                    tracing::info!(listener = name, %addr, reason = %why, left_out, "client refused");
+                                }
+                                return;
                             }
                         },
+                        // rustls has sent the alert; the error says what was wrong (an invalid
+                        // key share, a bad certificate signature, a corrupt record, ...).
                         Ok(Err(e)) => {
-                            return tracing::debug!(listener = name, %addr, error = %e, "TLS handshake failed");
+                            if let Some(left_out) = failed_log.admit() {
+                                tracing::warn!(listener = name, %addr, error = %e, left_out, "TLS handshake failed");
+                            }
+                            return;
                         }
-                        Err(_) => return tracing::debug!(listener = name, %addr, "TLS handshake timed out"),
+                        Err(_) => {
+                            if let Some(left_out) = failed_log.admit() {
+                                tracing::warn!(listener = name, %addr, left_out, "TLS handshake timed out");
+                            }
+                            return;
+                        }
                     }
                 }
             };
@@ -288,6 +329,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_failures_writes_about_one_line_a_second_and_counts_the_rest() {
+        let log = FailureLog::default();
+        assert_eq!(log.admit(), Some(0), "the first failure is always written");
+        let written = (0..10_000).filter(|_| log.admit().is_some()).count();
+        // A second boundary may fall inside the loop; a flood never gets more than that.
+        assert!(written <= 1, "{written} lines for 10,000 failures");
+        let pending = log.left_out.load(Ordering::Relaxed);
+        assert!(pending >= 9_999 - 1, "left out {pending}");
+        // The next line written reports what was left out since the previous one.
+        log.second.store(0, Ordering::Relaxed);
+        assert_eq!(log.admit(), Some(pending));
+    }
 
     #[test]
     fn the_gate_caps_connections_per_source_and_in_total() {

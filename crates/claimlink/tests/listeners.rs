@@ -339,3 +339,102 @@ fn oversized_fields_and_bodies_get_json_errors_and_change_nothing() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!((status, v["code"].as_str()), (405, Some("MethodNotAllowed")), "{v}");
 }
+
+/// `curveSM2` as a client that sends a key share off the curve: the point (1, 1).
+#[derive(Debug)]
+struct OffCurveShare;
+
+impl rustls::crypto::SupportedKxGroup for OffCurveShare {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        let mut point = vec![0u8; 65];
+        point[0] = 4;
+        point[32] = 1;
+        point[64] = 1;
+        Ok(Box::new(OffCurve(point)))
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        claimlink_tls::NAMED_GROUP_CURVE_SM2
+    }
+}
+
+struct OffCurve(Vec<u8>);
+
+impl rustls::crypto::ActiveKeyExchange for OffCurve {
+    fn complete(self: Box<Self>, _: &[u8]) -> Result<rustls::crypto::SharedSecret, rustls::Error> {
+        Err(rustls::Error::General("never reached: the server refuses the share".into()))
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn group(&self) -> rustls::NamedGroup {
+        claimlink_tls::NAMED_GROUP_CURVE_SM2
+    }
+}
+
+static OFF_CURVE_SHARE: OffCurveShare = OffCurveShare;
+
+/// A TLS 1.3 handshake with an SM2 device's certificate to staging MQTT, with `kx` as the only
+/// key exchange group; the handshake's result.
+fn sm2_handshake(p: &Platform, kx: &'static dyn rustls::crypto::SupportedKxGroup) -> Result<(), rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, key) = p.device_files(&p.sm2_devices()[0], dir.path());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(p.endpoint_ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut provider = claimlink_tls::strict_provider();
+    provider.kx_groups = vec![kx];
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            CertificateDer::pem_file_iter(&chain).unwrap().map(Result::unwrap).collect(),
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+    let name = ServerName::try_from("staging.localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", p.staging_mqtt)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| match e.into_inner() {
+            Some(inner) => match inner.downcast::<rustls::Error>() {
+                Ok(tls) => *tls,
+                Err(other) => rustls::Error::General(other.to_string()),
+            },
+            None => rustls::Error::General("I/O error".into()),
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn an_off_curve_key_share_gets_an_alert_and_a_log_line_and_changes_nothing() {
+    let p = Platform::up("off-curve-share");
+    let err = sm2_handshake(&p, &OFF_CURVE_SHARE).unwrap_err();
+    assert_eq!(
+        err,
+        rustls::Error::AlertReceived(rustls::AlertDescription::IllegalParameter),
+        "the server answers an invalid curveSM2 share with illegal_parameter"
+    );
+    let line = p.wait_log(&["TLS handshake failed", "listener=\"staging-mqtt\"", "InvalidKeyShare"]);
+    assert!(line.contains("WARN"), "{line}");
+    // A flood of them costs the log about a line a second, not a line each.
+    for _ in 0..50 {
+        assert!(sm2_handshake(&p, &OFF_CURVE_SHARE).is_err());
+    }
+    // The listener serves on: the same device with a real share completes its handshake.
+    sm2_handshake(&p, &claimlink_tls::CURVE_SM2).unwrap();
+    let lines = p.log_lines(&["TLS handshake failed"]);
+    assert!(lines.len() <= 5, "51 failures in about a second wrote {} lines:\n{lines:#?}", lines.len());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(sm2_handshake(&p, &OFF_CURVE_SHARE).is_err());
+    let last = p.wait_log(&["TLS handshake failed", "left_out="]);
+    assert!(p.log_lines(&["left_out="]).iter().any(|l| !l.contains("left_out=0")), "{last}");
+}

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -23,6 +23,7 @@ fn spawn_up(
     ports: [u16; 5],
     nofile: Option<u32>,
     https: bool,
+    log: &Arc<Mutex<String>>,
 ) -> (Child, String) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -50,9 +51,22 @@ fn spawn_up(
             .args(["--portal", &format!("127.0.0.1:{}", ports[4])])
             .args(https.then_some("--https"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The log (stderr): shown as the test's output and kept for assertions on it.
+        let err = child.stderr.take().unwrap();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut log = log.lock().unwrap();
+                if log.len() < 4 << 20 {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -97,6 +111,8 @@ pub struct Platform {
     /// The admin API and the portal are HTTPS (`up --https`).
     pub https: bool,
     pub stdout: String,
+    /// Everything the process wrote to stderr (its log), up to 4 MiB.
+    log: Arc<Mutex<String>>,
 }
 
 impl Drop for Platform {
@@ -126,7 +142,8 @@ impl Platform {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("claimlink-data");
         let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
-        let (child, stdout) = spawn_up(test, dir.path(), &data, ports, nofile, https);
+        let log = Arc::new(Mutex::new(String::new()));
+        let (child, stdout) = spawn_up(test, dir.path(), &data, ports, nofile, https, &log);
         Platform {
             child,
             _dir: dir,
@@ -138,7 +155,33 @@ impl Platform {
             portal: ports[4],
             https,
             stdout,
+            log,
         }
+    }
+
+    /// Waits up to 10 s for a log line containing every one of `needles`; returns it.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_owned);
+            match found {
+                Some(line) => return line,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                None => panic!("no log line with {needles:?} in:\n{}", self.log.lock().unwrap()),
+            }
+        }
+    }
+
+    /// The log lines so far containing every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
     }
 
     /// Stops the process (SIGKILL) and starts it again on the same data and ports.
@@ -147,7 +190,7 @@ impl Platform {
         let _ = self.child.wait();
         let ports = [self.staging_mqtt, self.staging_api, self.account_mqtt, self.admin_api, self.portal];
         let cwd = self.data.parent().unwrap().to_owned();
-        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports, None, self.https);
+        let (child, stdout) = spawn_up(test, &cwd, &self.data, ports, None, self.https, &self.log);
         self.child = child;
         self.stdout = stdout;
     }
