@@ -14,6 +14,7 @@
 
 pub mod alg;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod key;
 pub mod name;

@@ -378,7 +378,10 @@ static OFF_CURVE_SHARE: OffCurveShare = OffCurveShare;
 
 /// A TLS 1.3 handshake with an SM2 device's certificate to staging MQTT, with `kx` as the only
 /// key exchange group; the handshake's result.
-fn sm2_handshake(p: &Platform, kx: &'static dyn rustls::crypto::SupportedKxGroup) -> Result<(), rustls::Error> {
+fn sm2_handshake(
+    p: &Platform,
+    kx: &'static dyn rustls::crypto::SupportedKxGroup,
+) -> Result<(), rustls::Error> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let dir = tempfile::tempdir().unwrap();
