@@ -75,6 +75,14 @@ pub enum CrlError {
         /// The CRL number it was applied to.
         have: u64,
     },
+    /// A CRL no newer than the last one applied for its CA.
+    #[error("CRL {number} is not newer than CRL {last}, already applied")]
+    Stale {
+        /// Its number.
+        number: u64,
+        /// The number applied before.
+        last: u64,
+    },
     /// Signing failed.
     #[error("signing the CRL failed: {0}")]
     Signing(#[from] KeyError),
@@ -852,6 +860,96 @@ impl RevokedSerials {
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.serials.is_empty()
+    }
+}
+
+/// What is known of one issuer's revocations.
+#[derive(Debug, Clone, Default)]
+struct IssuerRevocations {
+    revoked: RevokedSerials,
+    /// The number of the newest CRL applied (full or delta).
+    last_number: Option<u64>,
+    /// When the newest CRL applied says the next one is due.
+    next_update: Option<SystemTime>,
+}
+
+/// The revocation status of every CA a service trusts, for the handshake: per issuer (by the
+/// key identifier of its public key), the serials its CRLs revoke and the serials revoked
+/// in-process since. Lookups take no I/O and allocate nothing.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationIndex {
+    issuers: std::collections::HashMap<[u8; 20], IssuerRevocations>,
+}
+
+/// What [`RevocationIndex::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The CRL's number.
+    pub number: Option<u64>,
+    /// Whether it was a delta.
+    pub delta: bool,
+    /// How many serials the issuer has revoked now.
+    pub revoked: usize,
+}
+
+impl RevocationIndex {
+    /// Applies a CRL of `ca` after checking that `ca` signed it. A full CRL replaces what was
+    /// known of `ca`, a delta extends it; a CRL no newer than the last applied is refused, so
+    /// that an old CRL cannot bring a revoked certificate back.
+    pub fn apply(&mut self, ca: &Certificate, crl: &Crl) -> Result<Applied, CrlError> {
+        crl.verify_signature(ca)?;
+        let key = ca.public_key().map_err(|_| CrlError::UnsupportedAlgorithm)?.key_identifier();
+        let known = self.issuers.get(&key);
+        if let (Some(last), Some(number)) = (known.and_then(|k| k.last_number), crl.number())
+            && number <= last
+        {
+            return Err(CrlError::Stale { number, last });
+        }
+        let mut state = match crl.delta_base() {
+            None => IssuerRevocations { revoked: RevokedSerials::from_crl(crl)?, ..Default::default() },
+            Some(_) => {
+                let mut state = known.cloned().unwrap_or_default();
+                state.revoked.apply_delta(crl)?;
+                state
+            }
+        };
+        state.last_number = crl.number();
+        state.next_update = crl.next_update();
+        let applied =
+            Applied { number: crl.number(), delta: crl.delta_base().is_some(), revoked: state.revoked.len() };
+        self.issuers.insert(key, state);
+        Ok(applied)
+    }
+
+    /// Records one revocation decided in-process (the CA's own status, before its next CRL).
+    pub fn revoke(&mut self, ca: &Certificate, serial: Serial) {
+        if let Ok(key) = ca.public_key() {
+            let state = self.issuers.entry(key.key_identifier()).or_default();
+            if let Err(i) = state.revoked.serials.binary_search(&serial) {
+                state.revoked.serials.insert(i, serial);
+            }
+        }
+    }
+
+    /// Whether `ca` has revoked `cert`.
+    pub fn is_revoked(&self, ca: &Certificate, cert: &Certificate) -> bool {
+        let (Ok(key), Ok(serial)) = (ca.public_key(), Serial::of(cert)) else {
+            // A serial that is not a valid one cannot be looked up: fail closed.
+            return true;
+        };
+        self.issuers.get(&key.key_identifier()).is_some_and(|s| s.revoked.contains(&serial))
+    }
+
+    /// The first certificate of a validated `path` (leaf first, each issued by the next, the
+    /// anchor last) that its issuer has revoked, by its index.
+    pub fn revoked_in(&self, path: &[Certificate]) -> Option<usize> {
+        path.windows(2).position(|link| self.is_revoked(&link[1], &link[0]))
+    }
+
+    /// The CRL number last applied for `ca` and when its next CRL is due.
+    pub fn status_of(&self, ca: &Certificate) -> Option<(Option<u64>, Option<SystemTime>, usize)> {
+        let key = ca.public_key().ok()?.key_identifier();
+        self.issuers.get(&key).map(|s| (s.last_number, s.next_update, s.revoked.len()))
     }
 }
 

@@ -209,3 +209,69 @@ fn a_hundred_thousand_entries_build_parse_and_answer() {
     assert!(set.contains(&Serial::from_magnitude(&(5000 * 7919u64).to_be_bytes()).unwrap()));
     assert!(!set.contains(&Serial::from_magnitude(&(5000 * 7919u64 + 1).to_be_bytes()).unwrap()));
 }
+
+#[test]
+fn the_index_answers_for_a_whole_path_and_refuses_old_crls() {
+    let (root_key, root) = ca(KeyAlgorithm::Sm2, "Index Root");
+    let ca_key = PrivateKey::generate(KeyAlgorithm::Sm2, &mut rng()).unwrap();
+    let issuing = issue(
+        &Issuer { certificate: Some(&root), signer: &root_key },
+        &Profile::IssuingCa { path_len: Some(0) },
+        &Subject::new(name::parse("CN=Index Issuing").unwrap(), ca_key.public_key(), SystemTime::now(), YEAR),
+        &mut rng(),
+    )
+    .unwrap();
+    let dev_key = PrivateKey::generate(KeyAlgorithm::Sm2, &mut rng()).unwrap();
+    let device = issue(
+        &Issuer { certificate: Some(&issuing), signer: &ca_key },
+        &Profile::DeviceBirth,
+        &Subject::new(
+            name::parse("CN=dev,serialNumber=dev").unwrap(),
+            dev_key.public_key(),
+            SystemTime::now(),
+            YEAR,
+        ),
+        &mut rng(),
+    )
+    .unwrap();
+    let path = [device.clone(), issuing.clone(), root.clone()];
+    let mut index = RevocationIndex::default();
+    assert_eq!(index.revoked_in(&path), None);
+    let revoke = |c: &Certificate| Revocation {
+        serial: Serial::of(c).unwrap(),
+        revoked_at: at(1_790_000_000),
+        reason: Some(Reason::KeyCompromise),
+    };
+    // The device, by its issuing CA's CRL.
+    let crl = Crl::from_der(
+        build(&issuing, &ca_key, &params(10, None), [revoke(&device)]).unwrap(),
+        DEFAULT_MAX_CRL_LEN,
+    )
+    .unwrap();
+    // Signed by the issuing CA: not the root's CRL.
+    assert_eq!(index.apply(&root, &crl).unwrap_err(), CrlError::IssuerMismatch);
+    assert_eq!(index.apply(&issuing, &crl).unwrap(), Applied { number: Some(10), delta: false, revoked: 1 });
+    assert_eq!(index.revoked_in(&path), Some(0));
+    // An older full CRL without the device cannot bring it back; a newer one can lift it.
+    let old =
+        Crl::from_der(build(&issuing, &ca_key, &params(9, None), []).unwrap(), DEFAULT_MAX_CRL_LEN).unwrap();
+    assert_eq!(index.apply(&issuing, &old).unwrap_err(), CrlError::Stale { number: 9, last: 10 });
+    assert_eq!(index.revoked_in(&path), Some(0));
+    let newer =
+        Crl::from_der(build(&issuing, &ca_key, &params(11, None), []).unwrap(), DEFAULT_MAX_CRL_LEN).unwrap();
+    index.apply(&issuing, &newer).unwrap();
+    assert_eq!(index.revoked_in(&path), None);
+    // The issuing CA revoked by the root: every device under it is.
+    let root_crl = Crl::from_der(
+        build(&root, &root_key, &params(1, None), [revoke(&issuing)]).unwrap(),
+        DEFAULT_MAX_CRL_LEN,
+    )
+    .unwrap();
+    index.apply(&root, &root_crl).unwrap();
+    assert_eq!(index.revoked_in(&path), Some(1));
+    // In-process revocation, before any CRL says so.
+    let mut fresh = RevocationIndex::default();
+    fresh.revoke(&issuing, Serial::of(&device).unwrap());
+    assert_eq!(fresh.revoked_in(&path), Some(0));
+    assert_eq!(fresh.status_of(&issuing).map(|s| s.2), Some(1));
+}
