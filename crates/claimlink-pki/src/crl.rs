@@ -881,6 +881,10 @@ pub struct RevocationIndex {
     issuers: std::collections::HashMap<[u8; 20], IssuerRevocations>,
 }
 
+/// One link of a validated path, as the index looks it up: the issuer's key identifier and the
+/// serial it gave the certificate. Kept per live session (40 bytes a link).
+pub type Link = ([u8; 20], Serial);
+
 /// What [`RevocationIndex::apply`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -897,14 +901,8 @@ impl RevocationIndex {
     /// known of `ca`, a delta extends it; a CRL no newer than the last applied is refused, so
     /// that an old CRL cannot bring a revoked certificate back.
     pub fn apply(&mut self, ca: &Certificate, crl: &Crl) -> Result<Applied, CrlError> {
-        crl.verify_signature(ca)?;
-        let key = ca.public_key().map_err(|_| CrlError::UnsupportedAlgorithm)?.key_identifier();
+        let key = self.check(ca, crl)?;
         let known = self.issuers.get(&key);
-        if let (Some(last), Some(number)) = (known.and_then(|k| k.last_number), crl.number())
-            && number <= last
-        {
-            return Err(CrlError::Stale { number, last });
-        }
         let mut state = match crl.delta_base() {
             None => IssuerRevocations { revoked: RevokedSerials::from_crl(crl)?, ..Default::default() },
             Some(_) => {
@@ -919,6 +917,39 @@ impl RevocationIndex {
             Applied { number: crl.number(), delta: crl.delta_base().is_some(), revoked: state.revoked.len() };
         self.issuers.insert(key, state);
         Ok(applied)
+    }
+
+    /// What [`RevocationIndex::apply`] would refuse, without changing anything: a signature
+    /// that is not `ca`'s, a CRL no newer than the last applied, a delta without its base.
+    /// Returns the issuer's key identifier.
+    pub fn check(&self, ca: &Certificate, crl: &Crl) -> Result<[u8; 20], CrlError> {
+        crl.verify_signature(ca)?;
+        let key = ca.public_key().map_err(|_| CrlError::UnsupportedAlgorithm)?.key_identifier();
+        let known = self.issuers.get(&key);
+        if let (Some(last), Some(number)) = (known.and_then(|k| k.last_number), crl.number())
+            && number <= last
+        {
+            return Err(CrlError::Stale { number, last });
+        }
+        if let Some(base) = crl.delta_base() {
+            let have = known.and_then(|k| k.revoked.base);
+            if have.is_none_or(|have| have < base) {
+                return Err(CrlError::DeltaBaseMismatch { base, have: have.unwrap_or(0) });
+            }
+        }
+        Ok(key)
+    }
+
+    /// The links of a validated path (leaf first, the anchor last), for [`Self::link_revoked`].
+    pub fn links(path: &[Certificate]) -> Vec<Link> {
+        path.windows(2)
+            .filter_map(|l| Some((l[1].public_key().ok()?.key_identifier(), Serial::of(&l[0]).ok()?)))
+            .collect()
+    }
+
+    /// Whether the issuer of a link has revoked it.
+    pub fn link_revoked(&self, link: &Link) -> bool {
+        self.issuers.get(&link.0).is_some_and(|s| s.revoked.contains(&link.1))
     }
 
     /// Records one revocation decided in-process (the CA's own status, before its next CRL).
@@ -944,6 +975,11 @@ impl RevocationIndex {
     /// anchor last) that its issuer has revoked, by its index.
     pub fn revoked_in(&self, path: &[Certificate]) -> Option<usize> {
         path.windows(2).position(|link| self.is_revoked(&link[1], &link[0]))
+    }
+
+    /// Every issuer known: (key identifier, CRL number last applied, nextUpdate, revoked).
+    pub fn issuers(&self) -> impl Iterator<Item = ([u8; 20], Option<u64>, Option<SystemTime>, usize)> + '_ {
+        self.issuers.iter().map(|(k, s)| (*k, s.last_number, s.next_update, s.revoked.len()))
     }
 
     /// The CRL number last applied for `ca` and when its next CRL is due.

@@ -89,8 +89,13 @@ pub fn looks_like_pem(bytes: &[u8]) -> bool {
 
 /// Decodes every PEM block in `text` (text between blocks is ignored, as OpenSSL does).
 pub fn decode_all(text: &[u8]) -> Result<Vec<PemBlock>, PemError> {
-    if text.len() > MAX_PEM_LEN {
-        return Err(PemError::TooLarge { len: text.len(), max: MAX_PEM_LEN });
+    decode_all_within(text, MAX_PEM_LEN)
+}
+
+/// [`decode_all`] for text of at most `max_len` bytes (a CRL with its issuer's chain).
+pub fn decode_all_within(text: &[u8], max_len: usize) -> Result<Vec<PemBlock>, PemError> {
+    if text.len() > max_len {
+        return Err(PemError::TooLarge { len: text.len(), max: max_len });
     }
     let text = std::str::from_utf8(text)
         .map_err(|_| PemError::Malformed { index: 0, reason: "not UTF-8 text".into() })?;

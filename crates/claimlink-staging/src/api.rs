@@ -103,6 +103,23 @@ pub const ROUTES: &[Route<Arc<StagingServer>>] = &[
         handler: |m| on(m, set_status),
     },
     Route {
+        method: "put",
+        path: "/staging/crls",
+        operation: "apply-crl",
+        summary: "Apply a manufacturer CA's CRL (DER, or PEM with the issuing CA's chain): the birth \
+                  certificates it revokes are refused at the handshake and their sessions end",
+        handler: |m| {
+            on(m, apply_crl).layer(axum::extract::DefaultBodyLimit::max(crate::server::MAX_CRL_UPLOAD))
+        },
+    },
+    Route {
+        method: "get",
+        path: "/staging/crls",
+        operation: "list-crls",
+        summary: "The CRL applied for each manufacturer CA",
+        handler: |m| on(m, list_crls),
+    },
+    Route {
         method: "get",
         path: "/staging/devices/{thingName}",
         operation: "describe-staging-device",
@@ -350,6 +367,40 @@ async fn upload_claim_certificate(
         )
     })?;
     ok(json!({"oemId": id, "claimCertificateId": cert_id}))
+}
+
+async fn apply_crl(State(s): St, Admin(who): Admin, body: bytes::Bytes) -> ApiResult {
+    let a = s.apply_crl(&body, &who).await.map_err(|e| match e {
+        crate::server::CrlUploadError::Invalid(why) => ApiError::bad(why),
+        crate::server::CrlUploadError::Internal => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailureException",
+            "the CRL could not be stored; nothing changed; try again",
+        ),
+    })?;
+    ok(json!({
+        "issuer": a.issuer,
+        "crlNumber": a.number,
+        "delta": a.delta,
+        "revokedCertificates": a.revoked,
+        "sessionsEnded": a.dropped,
+    }))
+}
+
+async fn list_crls(State(s): St, _: Admin) -> ApiResult {
+    let crls: Vec<Value> = s
+        .crl_status()
+        .into_iter()
+        .map(|(key, number, next, revoked)| {
+            json!({
+                "issuerKeyId": key,
+                "crlNumber": number,
+                "nextUpdate": next.and_then(|t| der::DateTime::from_system_time(t).ok()).map(|t| t.to_string()),
+                "revokedCertificates": revoked,
+            })
+        })
+        .collect();
+    ok(json!({"crls": crls}))
 }
 
 async fn add_endpoint(

@@ -26,6 +26,7 @@ use claimlink_broker::{Broker, ConnectRequest, Hooks, Inbound, Limits, Origin, V
 use claimlink_mqtt::packet::Publish;
 use claimlink_mqtt::{QoS, ReasonCode, TopicFilter, TopicName};
 use claimlink_pki::Certificate;
+use claimlink_pki::crl::{Crl, Link, RevocationIndex};
 use claimlink_registry::{RegistryError, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -132,6 +133,42 @@ pub(crate) struct StagingShared {
     ticket_signer: Option<Arc<dyn claimlink_pki::Signer>>,
     release_sink: OnceLock<ReleaseSink>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// What the manufacturer CAs' CRLs revoke, checked at every device handshake.
+    revocations: RwLock<RevocationIndex>,
+    /// Live device sessions: client id -> (connection number, the links of its chain), so that
+    /// a CRL drops the sessions it revokes. One entry per live session.
+    live: Mutex<HashMap<String, (u64, Vec<Link>)>>,
+    connections: std::sync::atomic::AtomicU64,
+    /// One CRL upload at a time (check, store, apply).
+    crl_uploads: tokio::sync::Mutex<()>,
+}
+
+/// The largest CRL upload (a PEM CRL with its issuer's chain): a million entries with 16-byte
+/// serials take about 51 MB in DER, 69 MB in PEM.
+pub const MAX_CRL_UPLOAD: usize = 96 << 20;
+
+/// Why a CRL upload changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrlUploadError {
+    /// The upload is not a CRL staging can apply; the message says why.
+    Invalid(String),
+    /// It could not be stored (logged); try again.
+    Internal,
+}
+
+/// A CRL staging applied.
+#[derive(Debug, Clone)]
+pub struct CrlApplied {
+    /// The issuing CA's subject.
+    pub issuer: String,
+    /// The CRL's number.
+    pub number: Option<u64>,
+    /// Whether it was a delta CRL.
+    pub delta: bool,
+    /// How many serials that CA has revoked now.
+    pub revoked: usize,
+    /// Live sessions it ended.
+    pub dropped: usize,
 }
 
 /// The staging service.
@@ -162,6 +199,10 @@ pub enum StagingPeer {
         certificate_id: String,
         /// The claim to deliver now (endpoint, claim id), if any.
         pending: Option<(String, i64)>,
+        /// The links of its validated chain (issuer key, serial), for revocation.
+        links: Vec<Link>,
+        /// This connection's number (a later one may take over the client id).
+        seq: u64,
     },
     /// An OEM's claim-thing.
     ClaimThing {
@@ -175,6 +216,25 @@ pub enum StagingPeer {
 /// The broker hooks of staging.
 pub struct StagingHooks {
     shared: Arc<StagingShared>,
+}
+
+/// The CRL of an upload and the certificates given with it: DER is a CRL alone; PEM holds one
+/// `X509 CRL` block and `CERTIFICATE` blocks (the issuer's chain), nothing else.
+fn split_crl_upload(body: &[u8]) -> Result<(Vec<u8>, Vec<Certificate>), String> {
+    if !claimlink_pki::pem::looks_like_pem(body) {
+        return Ok((body.to_vec(), Vec::new()));
+    }
+    let blocks = claimlink_pki::pem::decode_all_within(body, MAX_CRL_UPLOAD).map_err(|e| e.to_string())?;
+    let (mut crl, mut certs) = (None, Vec::new());
+    for b in blocks {
+        match b.label.as_str() {
+            "X509 CRL" if crl.is_none() => crl = Some(b.der),
+            "X509 CRL" => return Err("the upload holds more than one CRL".into()),
+            "CERTIFICATE" => certs.push(Certificate::from_der(&b.der).map_err(|e| e.to_string())?),
+            other => return Err(format!("unexpected PEM block {other:?}: send a CRL and certificates only")),
+        }
+    }
+    Ok((crl.ok_or("the upload holds no X509 CRL block")?, certs))
 }
 
 /// The message that sends a device to `endpoint`: `{"Endpoint": ...}` on its config topic,
@@ -224,12 +284,121 @@ impl StagingServer {
             ticket_signer: config.ticket_signer,
             release_sink: OnceLock::new(),
             shutdown,
+            revocations: RwLock::new(RevocationIndex::default()),
+            live: Mutex::new(HashMap::new()),
+            connections: std::sync::atomic::AtomicU64::new(0),
+            crl_uploads: tokio::sync::Mutex::new(()),
         });
         let broker = Broker::new(StagingHooks { shared: shared.clone() }, config.limits);
         let _ = shared.broker.set(broker.downgrade());
         let server = Self { shared, broker };
         server.reload().await?;
+        server.load_crls().await?;
         Ok(server)
+    }
+
+    /// Applies the CRLs stored before a restart. One that no longer applies stops the start:
+    /// serving without what it revokes would admit revoked devices.
+    async fn load_crls(&self) -> Result<(), ServerError> {
+        let rows = self.shared.store.read().await?.crls().await?;
+        let mut index = RevocationIndex::default();
+        for (issuer_pem, crl_pem) in rows {
+            let bad = |e: String| ServerError::Tls(format!("a stored CRL no longer applies: {e}"));
+            let issuer = Certificate::from_pem(issuer_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let (der, _) = split_crl_upload(crl_pem.as_bytes()).map_err(bad)?;
+            let crl = Crl::from_der(der, claimlink_pki::crl::DEFAULT_MAX_CRL_LEN)
+                .map_err(|e| bad(e.to_string()))?;
+            index.apply(&issuer, &crl).map_err(|e| bad(e.to_string()))?;
+        }
+        *claimlink_service::write(&self.shared.revocations) = index;
+        Ok(())
+    }
+
+    /// Applies a manufacturer CA's CRL: DER signed by a trusted manufacturer CA, or PEM with
+    /// the CRL and the issuing CA's chain up to a trusted one. It is checked (signature, newer
+    /// than the last, delta on its base), stored, applied, and the live sessions of every
+    /// device it revokes end at once. Errors are for the caller and change nothing.
+    pub async fn apply_crl(&self, body: &[u8], who: &str) -> Result<CrlApplied, CrlUploadError> {
+        use CrlUploadError::Invalid;
+        let (der, given) = split_crl_upload(body).map_err(Invalid)?;
+        let crl = Crl::from_der(der, claimlink_pki::crl::DEFAULT_MAX_CRL_LEN)
+            .map_err(|e| Invalid(e.to_string()))?;
+        let anchors = &self.shared.manufacturer_cas;
+        // The issuer: a trusted manufacturer CA, or a CA certificate given with the CRL whose
+        // chain validates to one.
+        let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
+        opts.purpose = claimlink_pki::Purpose::Any;
+        let trusted = claimlink_pki::TrustAnchors::new(anchors.clone());
+        let issuer = anchors
+            .iter()
+            .chain(
+                given
+                    .iter()
+                    .filter(|c| c.is_ca() && claimlink_pki::verify_chain(c, &given, &trusted, &opts).is_ok()),
+            )
+            .find(|c| crl.verify_signature(c).is_ok())
+            .cloned()
+            .ok_or_else(|| {
+                Invalid(
+                    "the CRL is not signed by a trusted manufacturer CA or by a CA certificate given with \
+                     it that chains to one"
+                        .to_owned(),
+                )
+            })?;
+        let _one_at_a_time = self.shared.crl_uploads.lock().await;
+        let key = claimlink_service::read(&self.shared.revocations)
+            .check(&issuer, &crl)
+            .map_err(|e| Invalid(e.to_string()))?;
+        fn fail<E: std::fmt::Debug>(e: E) -> CrlUploadError {
+            tracing::error!(error = ?e, "staging could not store a CRL");
+            CrlUploadError::Internal
+        }
+        let number = crl.number().and_then(|n| i64::try_from(n).ok()).unwrap_or(0);
+        let mut tx =
+            claimlink_service::api::Audited::begin(&self.shared.store, None, &format!("staging-admin:{who}"))
+                .await
+                .map_err(fail)?;
+        tx.save_crl(
+            &hex::encode(key),
+            number,
+            crl.delta_base().is_some(),
+            &issuer.to_pem(),
+            &claimlink_pki::pem::encode("X509 CRL", crl.der()),
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit("ApplyCrl", &issuer.subject().to_string()).await.map_err(fail)?;
+        let applied = claimlink_service::write(&self.shared.revocations)
+            .apply(&issuer, &crl)
+            .map_err(|e| Invalid(e.to_string()))?;
+        let dropped = self.drop_revoked();
+        tracing::info!(issuer = %issuer.subject(), number = ?applied.number, delta = applied.delta, revoked = applied.revoked, dropped, "CRL applied");
+        Ok(CrlApplied {
+            issuer: issuer.subject().to_string(),
+            number: applied.number,
+            delta: applied.delta,
+            revoked: applied.revoked,
+            dropped,
+        })
+    }
+
+    /// Ends the live sessions whose chains the revocation index now refuses. Returns how many.
+    fn drop_revoked(&self) -> usize {
+        let doomed: Vec<String> = {
+            let index = claimlink_service::read(&self.shared.revocations);
+            claimlink_service::lock(&self.shared.live)
+                .iter()
+                .filter(|(_, (_, links))| links.iter().any(|l| index.link_revoked(l)))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        doomed.iter().filter(|id| self.broker.disconnect(id, ReasonCode::NotAuthorized)).count()
+    }
+
+    /// Per CA with a CRL applied: (its key identifier, hex; CRL number; nextUpdate; revoked).
+    pub fn crl_status(&self) -> Vec<(String, Option<u64>, Option<std::time::SystemTime>, usize)> {
+        let index = claimlink_service::read(&self.shared.revocations);
+        index.issuers().map(|(k, n, next, revoked)| (hex::encode(k), n, next, revoked)).collect()
     }
 
     /// The registry.
@@ -463,8 +632,9 @@ pub(crate) enum StagingAdmitted {
         /// The OEM.
         oem: String,
     },
-    /// A device's birth certificate, chaining to a trusted manufacturer CA.
-    Device(Box<Certificate>),
+    /// A device's birth certificate, chaining to a trusted manufacturer CA, and the links of
+    /// that chain.
+    Device(Box<Certificate>, Vec<Link>),
 }
 
 /// Staging's admission: exactly a registered claim-thing certificate (within its validity), or
@@ -491,8 +661,15 @@ impl claimlink_service::tls::Admission for StagingAdmission {
             client_chain(&leaf, &[], vec![pinned])?;
             Ok(StagingAdmitted::ClaimThing { oem })
         } else {
-            client_chain(&leaf, intermediates, self.shared.manufacturer_cas.clone())?;
-            Ok(StagingAdmitted::Device(Box::new(leaf)))
+            let path = client_chain(&leaf, intermediates, self.shared.manufacturer_cas.clone())?;
+            if let Some(i) = claimlink_service::read(&self.shared.revocations).revoked_in(&path) {
+                return Err(if i == 0 {
+                    "birth certificate revoked by its CA".to_owned()
+                } else {
+                    "a CA of the birth certificate's chain is revoked".to_owned()
+                });
+            }
+            Ok(StagingAdmitted::Device(Box::new(leaf), RevocationIndex::links(&path)))
         }
     }
 }
@@ -502,7 +679,12 @@ impl StagingHooks {
         Some(StagingServer { shared: self.shared.clone(), broker: self.shared.broker()? })
     }
 
-    async fn connect_device(&self, leaf: &Certificate, client_id: &str) -> Result<StagingPeer, ReasonCode> {
+    async fn connect_device(
+        &self,
+        leaf: &Certificate,
+        links: &[Link],
+        client_id: &str,
+    ) -> Result<StagingPeer, ReasonCode> {
         let thing = leaf.common_name().ok_or(ReasonCode::NotAuthorized)?;
         if client_id != thing || claimlink_registry::ThingName::new(&thing).is_err() {
             tracing::debug!(client_id, "staging: client id is not the certificate's ThingName");
@@ -546,6 +728,8 @@ impl StagingHooks {
             config_topic: format!("{thing}/{CONFIG_TOPIC}"),
             thing,
             pending,
+            links: links.to_vec(),
+            seq: self.shared.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -682,7 +866,7 @@ impl Hooks for StagingHooks {
             StagingAdmitted::ClaimThing { oem } => {
                 self.connect_claim_thing(oem.clone(), request.client_id).await
             }
-            StagingAdmitted::Device(leaf) => self.connect_device(leaf, request.client_id).await,
+            StagingAdmitted::Device(leaf, links) => self.connect_device(leaf, links, request.client_id).await,
         }
     }
 
@@ -729,10 +913,31 @@ impl Hooks for StagingHooks {
         }
     }
 
-    fn connected(&self, ctx: &StagingPeer, _client_id: &str) {
+    fn connected(&self, ctx: &StagingPeer, client_id: &str) {
+        if let StagingPeer::Device { links, seq, .. } = ctx {
+            claimlink_service::lock(&self.shared.live).insert(client_id.to_owned(), (*seq, links.clone()));
+            // A CRL applied between the handshake and now found no session to drop: look again.
+            let index = claimlink_service::read(&self.shared.revocations);
+            if links.iter().any(|l| index.link_revoked(l)) {
+                drop(index);
+                if let Some(server) = self.server() {
+                    server.broker.disconnect(client_id, ReasonCode::NotAuthorized);
+                }
+                return;
+            }
+        }
         if let StagingPeer::Device { thing, pending: Some((endpoint, claim_id)), certificate_id, .. } = ctx {
             if let Some(server) = self.server() {
                 server.deliver(thing, endpoint, *claim_id, Some(certificate_id));
+            }
+        }
+    }
+
+    fn disconnected(&self, ctx: &StagingPeer, client_id: &str) {
+        if let StagingPeer::Device { seq, .. } = ctx {
+            let mut live = claimlink_service::lock(&self.shared.live);
+            if live.get(client_id).is_some_and(|(s, _)| s == seq) {
+                live.remove(client_id);
             }
         }
     }

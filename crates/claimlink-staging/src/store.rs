@@ -11,6 +11,7 @@ use claimlink_registry::{
 const MIGRATIONS: &[Migration] = &[
     (3, include_str!("../migrations/0003_staging.sql")),
     (4, include_str!("../migrations/0004_claim_lockouts.sql")),
+    (1000, include_str!("../migrations/1000_revocation.sql")),
 ];
 
 /// Opens the database at `url` (`sqlite://PATH` or `postgres://...`) with the registry's and
@@ -281,6 +282,20 @@ pub trait Records {
 
     /// Every claim-thing certificate: (OEM id, PEM).
     fn claim_certificates(&mut self) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+
+    /// Records a CRL staging applied: a full one replaces the issuer's earlier CRLs, a delta
+    /// joins them.
+    fn save_crl(
+        &mut self,
+        issuer_key_id: &str,
+        number: i64,
+        delta: bool,
+        issuer_pem: &str,
+        crl_pem: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every CRL applied, per issuer in CRL-number order: (issuer PEM, CRL PEM).
+    fn crls(&mut self) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
 
     /// Adds an endpoint an OEM may send devices to.
     fn add_oem_endpoint(&mut self, oem_id: &str, endpoint: &str) -> impl Future<Output = Result<()>> + Send;
@@ -567,6 +582,31 @@ impl Records for Tx {
             args![],
         )
         .await
+    }
+
+    async fn save_crl(
+        &mut self,
+        issuer_key_id: &str,
+        number: i64,
+        delta: bool,
+        issuer_pem: &str,
+        crl_pem: &str,
+    ) -> Result<()> {
+        if !delta {
+            self.run("DELETE FROM staging_crls WHERE issuer_key_id = $1", args![issuer_key_id]).await?;
+        }
+        self.run(
+            "INSERT INTO staging_crls (issuer_key_id, crl_number, is_delta, issuer_pem, crl_pem, applied_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            args![issuer_key_id, number, i64::from(delta), issuer_pem, crl_pem, now_ms()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn crls(&mut self) -> Result<Vec<(String, String)>> {
+        self.all("SELECT issuer_pem, crl_pem FROM staging_crls ORDER BY issuer_key_id, crl_number", args![])
+            .await
     }
 
     /// Adds an endpoint an OEM may send devices to.

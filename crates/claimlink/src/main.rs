@@ -15,6 +15,7 @@ mod iot_cmd;
 mod issue;
 mod jitp_bench;
 mod label;
+mod revoke;
 mod secret;
 mod server_cmd;
 mod staging_cmd;
@@ -104,6 +105,10 @@ enum CaCommand {
     SignCsr(ca::SignCsrArgs),
     /// Validate a certificate against a chain file (anchors are its self-signed certificates).
     Verify(ca::VerifyArgs),
+    /// Revoke a certificate this CA issued (recorded; published by `ca crl`).
+    Revoke(revoke::RevokeArgs),
+    /// Sign and write a full or delta CRL of the issuing CA (or the root).
+    Crl(revoke::CrlArgs),
 }
 
 /// Where the passphrase of CA keys comes from: a file, else `CLAIMLINK_CA_PASSPHRASE`.
@@ -154,6 +159,8 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),
         Command::Ca(CaCommand::SignCsr(args)) => ca::sign_csr(&args),
         Command::Ca(CaCommand::Verify(args)) => ca::verify(&args),
+        Command::Ca(CaCommand::Revoke(args)) => revoke::revoke(&args),
+        Command::Ca(CaCommand::Crl(args)) => revoke::crl(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
