@@ -89,11 +89,14 @@ fan_rows() {
   done
 }
 
-echo "| measurement | claimlink | mosquitto 2.0.11 | ratio |"
-echo "|---|---:|---:|---:|"
-left=("$ours_port") right=("$mosq_port")
-fan_rows
-row "mutual-TLS handshakes, 16 concurrent (connections/s)" --mode handshakes --connections 16
+# PEERS=0 skips the rows beside Mosquitto (to take only the suite rows below).
+if [ "${PEERS:-1}" = 1 ]; then
+  echo "| measurement | claimlink | mosquitto 2.0.11 | ratio |"
+  echo "|---|---:|---:|---:|"
+  left=("$ours_port") right=("$mosq_port")
+  fan_rows
+  row "mutual-TLS handshakes, 16 concurrent (connections/s)" --mode handshakes --connections 16
+fi
 
 # The record cipher alone: claimlink broker, same P-256 certificates, the client offering only
 # TLS_SM4_GCM_SM3 or only TLS_AES_128_GCM_SHA256 (Mosquitto's OpenSSL has no RFC 8998 suites).

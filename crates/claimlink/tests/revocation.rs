@@ -146,7 +146,7 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
         closed_in < Duration::from_secs(1),
         "the revoked session lasted {closed_in:?} after the CRL was applied"
     );
-    let refused = connect(&p, &victim).err().expect("a revoked birth certificate is refused");
+    let refused = connect(&p, &victim).expect_err("a revoked birth certificate is refused");
     eprintln!("victim refused: {refused}");
     // The bystander's session is still up and it can connect again.
     other.sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
