@@ -78,3 +78,41 @@ impl Tx {
         Ok(rows > 0)
     }
 }
+
+impl Tx {
+    /// Records a CRL applied for one of an account's CAs: a full CRL replaces that issuer's
+    /// earlier ones, a delta joins them.
+    pub async fn save_ca_crl(
+        &mut self,
+        account_id: &AccountId,
+        issuer_key_id: &str,
+        number: i64,
+        delta: bool,
+        issuer_pem: &str,
+        crl_pem: &str,
+    ) -> Result<()> {
+        if !delta {
+            self.run(
+                "DELETE FROM ca_crls WHERE account_id = $1 AND issuer_key_id = $2",
+                args![account_id, issuer_key_id],
+            )
+            .await?;
+        }
+        self.run(
+            "INSERT INTO ca_crls (account_id, issuer_key_id, crl_number, is_delta, issuer_pem, crl_pem, applied_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            args![account_id, issuer_key_id, number, i64::from(delta), issuer_pem, crl_pem, now_ms()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The CRLs applied for an account, per issuer in CRL-number order: (issuer PEM, CRL PEM).
+    pub async fn ca_crls(&mut self, account_id: &AccountId) -> Result<Vec<(String, String)>> {
+        self.all(
+            "SELECT issuer_pem, crl_pem FROM ca_crls WHERE account_id = $1 ORDER BY issuer_key_id, crl_number",
+            args![account_id],
+        )
+        .await
+    }
+}

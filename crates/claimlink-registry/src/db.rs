@@ -37,6 +37,7 @@ const MIGRATIONS: &[Migration] = &[
     (2, include_str!("../migrations/0002_connect_indexes.sql")),
     (5, include_str!("../migrations/0005_view_index.sql")),
     (6, include_str!("../migrations/0006_claim_bound_admission.sql")),
+    (7, include_str!("../migrations/0007_ca_crls.sql")),
 ];
 
 pub(crate) fn now_ms() -> i64 {

@@ -158,6 +158,7 @@ impl AccountHooks {
             ca_id: ca_id.clone(),
             thing_name: thing_name.clone(),
             policies: records.iter().map(|p| p.name.clone()).collect(),
+            links: admitted.links.clone(),
         };
         Ok(Connection { certificate_id, thing_name, bound, live })
     }

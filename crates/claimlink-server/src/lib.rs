@@ -25,12 +25,14 @@ use std::time::Duration;
 use claimlink_broker::{Broker, Limits};
 use claimlink_mqtt::ReasonCode;
 use claimlink_pki::Certificate;
+use claimlink_pki::crl::{Link, RevocationIndex};
 use claimlink_registry::{
     Account, AccountId, CaId, CaMode, CaStatus, CertificateId, PolicyName, Store, ThingName,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use claimlink_service::revocation::{CrlApplied, CrlUploadError};
 pub use claimlink_service::{ServerError, ServerIdentity, spawn_role};
 pub use hooks::{AccountHooks, Connection};
 
@@ -49,6 +51,8 @@ pub struct LiveSession {
     pub thing_name: Option<ThingName>,
     /// The policies bound to it.
     pub policies: Vec<PolicyName>,
+    /// The links of its chain (issuer key, serial), for revocation.
+    pub links: Vec<Link>,
 }
 
 /// Parsed policies kept at once (the cache starts over beyond this).
@@ -67,6 +71,8 @@ pub(crate) struct AccountEntry {
     pub(crate) marker: [i64; 6],
     /// The claim issuers it trusts (staging's keys) for CAs that require a claim.
     pub(crate) claim_issuers: Vec<claimlink_pki::PublicKey>,
+    /// What the CRLs applied for its CAs revoke, checked at every handshake.
+    pub(crate) revocations: RevocationIndex,
 }
 
 /// An ACTIVE CA certificate of an account, as the handshake needs it.
@@ -86,14 +92,24 @@ impl AccountEntry {
         &self,
         leaf: &Certificate,
         intermediates: &[Certificate],
-    ) -> Result<Option<CaId>, String> {
+    ) -> Result<(Option<CaId>, Vec<Link>), String> {
         if self.registered.contains(&CertificateId::of(leaf)) {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         }
         let anchors = self.cas.iter().map(|ca| ca.certificate.clone()).collect();
         let path = client_chain(leaf, intermediates, anchors)?;
+        let links = self.unrevoked(&path)?;
         let anchor = path.last().ok_or("empty path")?;
-        Ok(self.cas.iter().find(|ca| ca.certificate == *anchor).map(|ca| ca.id.clone()))
+        Ok((self.cas.iter().find(|ca| ca.certificate == *anchor).map(|ca| ca.id.clone()), links))
+    }
+
+    /// The links of a validated path, unless a CRL applied for this account revokes one.
+    pub(crate) fn unrevoked(&self, path: &[Certificate]) -> Result<Vec<Link>, String> {
+        match self.revocations.revoked_in(path) {
+            Some(0) => Err("certificate revoked by its CA".into()),
+            Some(_) => Err("a CA of the certificate's chain is revoked".into()),
+            None => Ok(RevocationIndex::links(path)),
+        }
     }
 }
 
@@ -105,6 +121,8 @@ pub(crate) struct Admitted {
     pub(crate) account_id: AccountId,
     pub(crate) certificate: Certificate,
     pub(crate) ca_id: Option<CaId>,
+    /// The links of its chain (issuer key, serial), for revocation.
+    pub(crate) links: Vec<Link>,
 }
 
 /// The account endpoint's admission: certificates that chain to the account's ACTIVE CAs or
@@ -126,7 +144,7 @@ impl tls::Admission for AccountAdmission {
         leaf: Certificate,
         intermediates: &[Certificate],
     ) -> Result<Admitted, String> {
-        let (account_id, ca_id) = match sni {
+        let (account_id, (ca_id, links)) = match sni {
             Some(host) => {
                 let entry = self.server.entry_for_host(host).ok_or("no account serves this server name")?;
                 (entry.account.id.clone(), entry.admit(&leaf, intermediates)?)
@@ -140,10 +158,12 @@ impl tls::Admission for AccountAdmission {
                     .into_iter()
                     .find(|(_, ca)| *ca == anchor)
                     .ok_or("anchor is not a registered CA")?;
-                (account, Some(ca))
+                let entry = self.server.entry(&account).ok_or("the account is not loaded")?;
+                let links = entry.unrevoked(&path)?;
+                (account, (Some(ca), links))
             }
         };
-        Ok(Admitted { account_id, certificate: leaf, ca_id })
+        Ok(Admitted { account_id, certificate: leaf, ca_id, links })
     }
 }
 
@@ -168,6 +188,8 @@ pub(crate) struct Shared {
     last_reload: std::sync::atomic::AtomicI64,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
+    /// One CRL upload at a time (check, store, apply).
+    crl_uploads: tokio::sync::Mutex<()>,
 }
 
 /// The account endpoint.
@@ -204,6 +226,7 @@ impl AccountServer {
             last_reload: std::sync::atomic::AtomicI64::new(0),
             limits,
             shutdown,
+            crl_uploads: tokio::sync::Mutex::new(()),
         };
         let server = Self { shared: Arc::new(shared) };
         server.reload_all().await?;
@@ -263,12 +286,36 @@ impl AccountServer {
                 }
             }
         }
+        let mut revocations = RevocationIndex::default();
+        for (issuer_pem, crl_pem) in tx.ca_crls(account_id).await? {
+            // Fail closed: serving this account without what a stored CRL revokes would admit
+            // revoked devices.
+            let bad = |e: String| {
+                ServerError::Tls(format!("a stored CRL of account {account_id} no longer applies: {e}"))
+            };
+            let issuer = Certificate::from_pem(issuer_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            let (der, _) = claimlink_service::revocation::split(crl_pem.as_bytes()).map_err(bad)?;
+            let crl = claimlink_pki::crl::Crl::from_der(der, claimlink_pki::crl::DEFAULT_MAX_CRL_LEN)
+                .map_err(|e| bad(e.to_string()))?;
+            revocations.apply(&issuer, &crl).map_err(|e| bad(e.to_string()))?;
+        }
         drop(tx);
-        let entry =
-            Arc::new(AccountEntry { account: account.clone(), cas, registered, marker, claim_issuers });
+        let entry = Arc::new(AccountEntry {
+            account: account.clone(),
+            cas,
+            registered,
+            marker,
+            claim_issuers,
+            revocations,
+        });
         write(&self.shared.hosts).insert(account.endpoint.clone(), account.id.clone());
         write(&self.shared.accounts).insert(account.id.clone(), entry);
         Ok(())
+    }
+
+    /// The accounts this endpoint serves.
+    pub fn account_ids(&self) -> Vec<AccountId> {
+        read(&self.shared.accounts).keys().cloned().collect()
     }
 
     pub(crate) fn entry(&self, account_id: &AccountId) -> Option<Arc<AccountEntry>> {
@@ -444,6 +491,57 @@ impl AccountServer {
         let dropped = self.drop_sessions(&account.id, &certificate_id);
         tracing::info!(thing = %ticket.thing, claim = ticket.claim, dropped, "claim released");
         Ok(true)
+    }
+
+    /// Applies a CRL for one of the account's ACTIVE CAs (signed by a registered CA, or by a CA
+    /// certificate given with it that chains to one): checked, stored, applied, and the live
+    /// sessions it revokes end at once. Errors say what is wrong and change nothing.
+    pub async fn apply_crl(
+        &self,
+        account_id: &AccountId,
+        body: &[u8],
+        actor: &str,
+    ) -> Result<CrlApplied, CrlUploadError> {
+        use CrlUploadError::Invalid;
+        let entry = self.entry(account_id).ok_or(CrlUploadError::Internal)?;
+        let anchors: Vec<Certificate> = entry.cas.iter().map(|c| c.certificate.clone()).collect();
+        let (crl, issuer) =
+            claimlink_service::revocation::read_crl_upload(body, &anchors).map_err(Invalid)?;
+        let _one_at_a_time = self.shared.crl_uploads.lock().await;
+        let entry = self.entry(account_id).ok_or(CrlUploadError::Internal)?;
+        let key = entry.revocations.check(&issuer, &crl).map_err(|e| Invalid(e.to_string()))?;
+        fn fail<E: std::fmt::Debug>(e: E) -> CrlUploadError {
+            tracing::error!(error = ?e, "the account endpoint could not store a CRL");
+            CrlUploadError::Internal
+        }
+        let number = crl.number().and_then(|n| i64::try_from(n).ok()).unwrap_or(0);
+        let mut tx = claimlink_service::api::Audited::begin(&self.shared.store, Some(account_id), actor)
+            .await
+            .map_err(fail)?;
+        tx.save_ca_crl(
+            account_id,
+            &hex::encode(key),
+            number,
+            crl.delta_base().is_some(),
+            &issuer.to_pem(),
+            &claimlink_pki::pem::encode("X509 CRL", crl.der()),
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit("ApplyCrl", &issuer.subject().to_string()).await.map_err(fail)?;
+        self.reload(account_id).await.map_err(fail)?;
+        let entry = self.entry(account_id).ok_or(CrlUploadError::Internal)?;
+        let dropped =
+            self.drop_where(account_id, |s| s.links.iter().any(|l| entry.revocations.link_revoked(l)));
+        let revoked = entry.revocations.status_of(&issuer).map_or(0, |s| s.2);
+        tracing::info!(account = %account_id, issuer = %issuer.subject(), number = ?crl.number(), revoked, dropped, "CRL applied");
+        Ok(CrlApplied {
+            issuer: issuer.subject().to_string(),
+            number: crl.number(),
+            delta: crl.delta_base().is_some(),
+            revoked,
+            dropped,
+        })
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved

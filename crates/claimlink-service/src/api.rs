@@ -240,6 +240,12 @@ pub struct Operation {
     pub response: Value,
 }
 
+/// The body of a CRL upload (`claimlink_service::revocation`): the bytes of a DER CRL or of a
+/// PEM CRL with the signing CA's chain, not JSON (documented as `application/octet-stream`).
+pub fn crl_body() -> Value {
+    json!({ "type": "string", "format": "binary" })
+}
+
 /// An object schema. The API takes `null` for an optional field as its absence, so optional
 /// properties say so.
 pub fn object(required: &[&str], mut properties: Value) -> Value {
@@ -304,10 +310,15 @@ pub fn openapi_document<S>(
             entry["security"] = json!([{ "bearer": [] }]);
         }
         if let Some(body) = details.body {
-            // A body whose every field is optional may be left out.
-            let required = body["required"].as_array().is_some_and(|r| !r.is_empty());
-            entry["requestBody"] =
-                json!({ "required": required, "content": { "application/json": { "schema": body } } });
+            if body == crl_body() {
+                // DER or PEM bytes as they are; any content type is taken.
+                entry["requestBody"] = json!({ "required": true, "content": { "application/octet-stream": { "schema": body } } });
+            } else {
+                // A body whose every field is optional may be left out.
+                let required = body["required"].as_array().is_some_and(|r| !r.is_empty());
+                entry["requestBody"] =
+                    json!({ "required": required, "content": { "application/json": { "schema": body } } });
+            }
         }
         paths.entry(path.to_string()).or_insert_with(|| json!({}))[*method] = entry;
     }

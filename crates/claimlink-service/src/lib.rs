@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod revocation;
 pub mod tls;
 
 use std::future::Future;

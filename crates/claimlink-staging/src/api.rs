@@ -201,6 +201,11 @@ fn staging_operation(op: &str) -> Operation {
         "list-claim-refusals" => list("refusals", vec![("thingName", thing()), ("claimer", s())]),
         "list-my-claim-refusals" => list("refusals", vec![("thingName", thing())]),
         "list-owned-devices" => list("devices", Vec::new()),
+        "apply-crl" => Operation {
+            query: Vec::new(),
+            body: Some(claimlink_service::api::crl_body()),
+            response: json!({ "type": "object" }),
+        },
         _ => Operation { query: Vec::new(), body: None, response: json!({ "type": "object" }) },
     }
 }

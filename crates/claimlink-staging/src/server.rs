@@ -141,35 +141,16 @@ pub(crate) struct StagingShared {
     connections: std::sync::atomic::AtomicU64,
     /// One CRL upload at a time (check, store, apply).
     crl_uploads: tokio::sync::Mutex<()>,
+    /// Told of every CRL applied (the upload as given), for the accounts of this process.
+    crl_sink: OnceLock<CrlSink>,
 }
 
-/// The largest CRL upload (a PEM CRL with its issuer's chain): a million entries with 16-byte
-/// serials take about 51 MB in DER, 69 MB in PEM.
-pub const MAX_CRL_UPLOAD: usize = 96 << 20;
+/// Told of every CRL staging applied, with the upload's bytes.
+pub type CrlSink = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 
-/// Why a CRL upload changed nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CrlUploadError {
-    /// The upload is not a CRL staging can apply; the message says why.
-    Invalid(String),
-    /// It could not be stored (logged); try again.
-    Internal,
-}
+pub use claimlink_service::revocation::MAX_CRL_UPLOAD;
 
-/// A CRL staging applied.
-#[derive(Debug, Clone)]
-pub struct CrlApplied {
-    /// The issuing CA's subject.
-    pub issuer: String,
-    /// The CRL's number.
-    pub number: Option<u64>,
-    /// Whether it was a delta CRL.
-    pub delta: bool,
-    /// How many serials that CA has revoked now.
-    pub revoked: usize,
-    /// Live sessions it ended.
-    pub dropped: usize,
-}
+pub use claimlink_service::revocation::{CrlApplied, CrlUploadError};
 
 /// The staging service.
 #[derive(Clone)]
@@ -216,25 +197,6 @@ pub enum StagingPeer {
 /// The broker hooks of staging.
 pub struct StagingHooks {
     shared: Arc<StagingShared>,
-}
-
-/// The CRL of an upload and the certificates given with it: DER is a CRL alone; PEM holds one
-/// `X509 CRL` block and `CERTIFICATE` blocks (the issuer's chain), nothing else.
-fn split_crl_upload(body: &[u8]) -> Result<(Vec<u8>, Vec<Certificate>), String> {
-    if !claimlink_pki::pem::looks_like_pem(body) {
-        return Ok((body.to_vec(), Vec::new()));
-    }
-    let blocks = claimlink_pki::pem::decode_all_within(body, MAX_CRL_UPLOAD).map_err(|e| e.to_string())?;
-    let (mut crl, mut certs) = (None, Vec::new());
-    for b in blocks {
-        match b.label.as_str() {
-            "X509 CRL" if crl.is_none() => crl = Some(b.der),
-            "X509 CRL" => return Err("the upload holds more than one CRL".into()),
-            "CERTIFICATE" => certs.push(Certificate::from_der(&b.der).map_err(|e| e.to_string())?),
-            other => return Err(format!("unexpected PEM block {other:?}: send a CRL and certificates only")),
-        }
-    }
-    Ok((crl.ok_or("the upload holds no X509 CRL block")?, certs))
 }
 
 /// The message that sends a device to `endpoint`: `{"Endpoint": ...}` on its config topic,
@@ -288,6 +250,7 @@ impl StagingServer {
             live: Mutex::new(HashMap::new()),
             connections: std::sync::atomic::AtomicU64::new(0),
             crl_uploads: tokio::sync::Mutex::new(()),
+            crl_sink: OnceLock::new(),
         });
         let broker = Broker::new(StagingHooks { shared: shared.clone() }, config.limits);
         let _ = shared.broker.set(broker.downgrade());
@@ -305,7 +268,7 @@ impl StagingServer {
         for (issuer_pem, crl_pem) in rows {
             let bad = |e: String| ServerError::Tls(format!("a stored CRL no longer applies: {e}"));
             let issuer = Certificate::from_pem(issuer_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-            let (der, _) = split_crl_upload(crl_pem.as_bytes()).map_err(bad)?;
+            let (der, _) = claimlink_service::revocation::split(crl_pem.as_bytes()).map_err(bad)?;
             let crl = Crl::from_der(der, claimlink_pki::crl::DEFAULT_MAX_CRL_LEN)
                 .map_err(|e| bad(e.to_string()))?;
             index.apply(&issuer, &crl).map_err(|e| bad(e.to_string()))?;
@@ -320,31 +283,9 @@ impl StagingServer {
     /// device it revokes end at once. Errors are for the caller and change nothing.
     pub async fn apply_crl(&self, body: &[u8], who: &str) -> Result<CrlApplied, CrlUploadError> {
         use CrlUploadError::Invalid;
-        let (der, given) = split_crl_upload(body).map_err(Invalid)?;
-        let crl = Crl::from_der(der, claimlink_pki::crl::DEFAULT_MAX_CRL_LEN)
-            .map_err(|e| Invalid(e.to_string()))?;
-        let anchors = &self.shared.manufacturer_cas;
-        // The issuer: a trusted manufacturer CA, or a CA certificate given with the CRL whose
-        // chain validates to one.
-        let mut opts = claimlink_pki::ValidationOptions::at(std::time::SystemTime::now());
-        opts.purpose = claimlink_pki::Purpose::Any;
-        let trusted = claimlink_pki::TrustAnchors::new(anchors.clone());
-        let issuer = anchors
-            .iter()
-            .chain(
-                given
-                    .iter()
-                    .filter(|c| c.is_ca() && claimlink_pki::verify_chain(c, &given, &trusted, &opts).is_ok()),
-            )
-            .find(|c| crl.verify_signature(c).is_ok())
-            .cloned()
-            .ok_or_else(|| {
-                Invalid(
-                    "the CRL is not signed by a trusted manufacturer CA or by a CA certificate given with \
-                     it that chains to one"
-                        .to_owned(),
-                )
-            })?;
+        let (crl, issuer) =
+            claimlink_service::revocation::read_crl_upload(body, &self.shared.manufacturer_cas)
+                .map_err(Invalid)?;
         let _one_at_a_time = self.shared.crl_uploads.lock().await;
         let key = claimlink_service::read(&self.shared.revocations)
             .check(&issuer, &crl)
@@ -372,6 +313,9 @@ impl StagingServer {
             .apply(&issuer, &crl)
             .map_err(|e| Invalid(e.to_string()))?;
         let dropped = self.drop_revoked();
+        if let Some(sink) = self.shared.crl_sink.get() {
+            sink(body.to_vec());
+        }
         tracing::info!(issuer = %issuer.subject(), number = ?applied.number, delta = applied.delta, revoked = applied.revoked, dropped, "CRL applied");
         Ok(CrlApplied {
             issuer: issuer.subject().to_string(),
@@ -455,6 +399,11 @@ impl StagingServer {
             self.deliver(request.thing_name, endpoint, *claim_id, certificate_id.as_deref());
         }
         Ok(outcome)
+    }
+
+    /// Where applied CRLs are reported (`up` hands them to its accounts).
+    pub fn on_crl(&self, sink: CrlSink) {
+        let _ = self.shared.crl_sink.set(sink);
     }
 
     /// Where releases are reported (`up` hands them to the account in the same process).

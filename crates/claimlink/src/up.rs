@@ -358,6 +358,27 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
                 }
             });
         }));
+        // And of every manufacturer CRL staging applies: the accounts that registered that
+        // manufacturer's CA end the sessions it revokes too (an account run elsewhere takes the
+        // CRL through its admin API, `PUT /crls`).
+        let to_account = account.clone();
+        staging.on_crl(std::sync::Arc::new(move |body| {
+            let account = to_account.clone();
+            tokio::spawn(async move {
+                for id in account.account_ids() {
+                    match account.apply_crl(&id, &body, "staging").await {
+                        Ok(a) => tracing::info!(account = %id, dropped = a.dropped, "manufacturer CRL applied at the account"),
+                        // Not a CA this account registered: nothing to do.
+                        Err(claimlink_server::CrlUploadError::Invalid(why)) => {
+                            tracing::debug!(account = %id, %why, "manufacturer CRL not for this account")
+                        }
+                        Err(claimlink_server::CrlUploadError::Internal) => {
+                            tracing::error!(account = %id, "applying a manufacturer CRL at the account failed")
+                        }
+                    }
+                }
+            });
+        }));
         let bind = |addr: SocketAddr, flag: &'static str| async move {
             tokio::net::TcpListener::bind(addr)
                 .await

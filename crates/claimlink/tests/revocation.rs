@@ -118,7 +118,7 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
     let empty = text(crl_of(&p, "manufacturer-ca-sm2", "issuing", &dir.path().join("empty.pem")));
     let (status, body) = upload(&p, &empty);
     assert_eq!(status, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("not signed by a trusted manufacturer CA"), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("not signed by a trusted CA"), "{body}");
 
     // The manufacturer revokes the victim's birth certificate and publishes a CRL.
     let cert = p.bundle(&victim).join("cert.pem");
@@ -195,4 +195,62 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
     assert!(connect(&p, &bystander).is_err(), "a device under a revoked issuing CA is refused");
     // P-256 devices, of another manufacturer CA, are not.
     connect(&p, &p.devices()[0]).unwrap();
+}
+
+#[test]
+fn a_device_online_at_the_account_is_dropped_within_a_second_of_its_revocation() {
+    let p = Platform::up("revocation-account");
+    let thing = p.sm2_devices()[0].clone();
+    let mut d = platform::AtDevice::start(&p, &thing);
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &serde_json::json!({"thingName": thing, "endpoint": p.oem_endpoint(), "claimCode": p.claim_code(&thing)}),
+    );
+    assert_eq!(status, 200, "{body}");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+
+    let ca_dir = p.data("manufacturer-ca-sm2");
+    let cert = p.bundle(&thing).join("cert.pem");
+    claimlink(&[
+        "ca",
+        "revoke",
+        "--ca",
+        &ca_dir,
+        "--cert",
+        &cert.to_string_lossy(),
+        "--reason",
+        "keyCompromise",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let crl = text(crl_of(&p, "manufacturer-ca-sm2", "issuing", &dir.path().join("crl.pem")));
+    let issuing = std::fs::read_to_string(p.data("manufacturer-ca-sm2/issuing-ca.pem")).unwrap();
+    // Applied at staging, which hands it to the account of this process.
+    let (status, body) = upload(&p, &format!("{crl}{issuing}"));
+    assert_eq!(status, 200, "{body}");
+    let applied = Instant::now();
+    loop {
+        let state = d.at("AT+CONNECT?");
+        if state.contains("DISCONNECTED") {
+            break;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(1),
+            "still {state} {:?} after the CRL",
+            applied.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("dropped at the account {:?} after the CRL was applied at staging", applied.elapsed());
+    // It cannot come back: the account refuses it at the handshake.
+    let again = d.at("AT+CONNECT");
+    assert!(again.starts_with("ERR"), "{again}");
+    // The account has the CRL: applying it again through its admin API is refused as not newer,
+    // and junk is refused with a clear error.
+    let (status, text_) = p.admin_api_call("PUT", "/crls", &format!("{crl}{issuing}"));
+    assert_eq!(status, 400, "{text_}");
+    assert!(text_.contains("not newer"), "{text_}");
+    let (status, text_) = p.admin_api_call("PUT", "/crls", "junk");
+    assert_eq!(status, 400, "{text_}");
 }

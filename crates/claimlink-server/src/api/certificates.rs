@@ -46,6 +46,28 @@ pub(super) struct RegistrationConfig {
     template_name: Option<TemplateName>,
 }
 
+pub(super) async fn apply_crl(
+    State(s): State<AccountServer>,
+    Caller { account: a, actor }: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let applied = s.apply_crl(&a.id, &body, &actor).await.map_err(|e| match e {
+        crate::CrlUploadError::Invalid(why) => ApiError::bad(why),
+        crate::CrlUploadError::Internal => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailureException",
+            "the CRL could not be stored; nothing changed; try again",
+        ),
+    })?;
+    Ok(axum::Json(json!({
+        "issuer": applied.issuer,
+        "crlNumber": applied.number,
+        "delta": applied.delta,
+        "revokedCertificates": applied.revoked,
+        "sessionsEnded": applied.dropped,
+    })))
+}
+
 pub(super) async fn register_ca(
     State(s): State<AccountServer>,
     Caller { account: a, actor }: Caller,

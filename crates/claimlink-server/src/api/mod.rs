@@ -56,6 +56,17 @@ pub const ROUTES: &[Route<AccountServer>] = &[
         handler: |m| on(m, register_ca),
     },
     Route {
+        method: "put",
+        path: "/crls",
+        operation: "apply-crl",
+        summary: "Apply a CRL of a registered CA (DER, or PEM with the signing CA's chain): the \
+                  certificates it revokes are refused at the handshake and their sessions end",
+        handler: |m| {
+            on(m, apply_crl)
+                .layer(axum::extract::DefaultBodyLimit::max(claimlink_service::revocation::MAX_CRL_UPLOAD))
+        },
+    },
+    Route {
         method: "get",
         path: "/cacertificates",
         operation: "list-ca-certificates",

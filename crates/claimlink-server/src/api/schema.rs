@@ -96,6 +96,7 @@ pub(super) fn account_operation(op: &str) -> Operation {
         "attach-thing-principal" => plain(Some(object(&["principal"], json!({ "principal": s() })))),
         "put-claim-issuer" => plain(Some(object(&["publicKeyPem"], json!({ "publicKeyPem": s() })))),
         "release-claim" => plain(Some(object(&["releaseNotice"], json!({ "releaseNotice": s() })))),
+        "apply-crl" => plain(Some(claimlink_service::api::crl_body())),
         _ => plain(None),
     }
 }
