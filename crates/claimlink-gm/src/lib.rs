@@ -11,12 +11,13 @@
 //! - secrets are zeroized on drop and never printed by `Debug`.
 //!
 //! What it is not: it does no I/O, reads no clock and has no global random number generator;
-//! callers pass an RNG where one is needed. The SM4 implementation uses a table S-box and is not
-//! constant-time (see `ARCHITECTURE.md`).
+//! callers pass an RNG where one is needed. SM4 runs on constant-time kernels (no table
+//! lookups; `sm4_ct`, and AES-NI where the CPU has it; see `ARCHITECTURE.md`).
 
 // One module may use `unsafe`: the SIMD intrinsics of the AES-NI SM4 kernel (ARCHITECTURE.md).
 #![deny(unsafe_code)]
 
+pub mod envelope;
 pub mod sm2;
 pub mod sm3;
 pub mod sm4;

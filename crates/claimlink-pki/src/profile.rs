@@ -89,6 +89,15 @@ pub enum Profile {
     },
     /// An OEM's claim-thing client certificate: CA:FALSE, digitalSignature, clientAuth.
     ClaimThing,
+    /// The encryption certificate of a dual pair (GM/T 0015; TLCP's second server or client
+    /// certificate): CA:FALSE, keyEncipherment + dataEncipherment + keyAgreement and never
+    /// digitalSignature, no extended key usage; a SAN when names are given (a server's).
+    Encryption {
+        /// DNS names (may be empty).
+        dns: Vec<String>,
+        /// IP addresses (may be empty).
+        ips: Vec<IpAddr>,
+    },
 }
 
 impl Profile {
@@ -225,14 +234,23 @@ fn extensions(
         Profile::TlsServer { .. } => {
             (bc(false, None), KeyUsages::DigitalSignature.into(), Some(ext_oids::KP_SERVER_AUTH))
         }
+        Profile::Encryption { .. } => (
+            bc(false, None),
+            KeyUsages::KeyEncipherment | KeyUsages::DataEncipherment | KeyUsages::KeyAgreement,
+            None,
+        ),
     };
     let mut out =
         vec![ext(ext_oids::BASIC_CONSTRAINTS, true, &bc), ext(ext_oids::KEY_USAGE, true, &KeyUsage(usages))];
     if let Some(purpose) = eku {
         out.push(ext(ext_oids::EXT_KEY_USAGE, false, &ExtendedKeyUsage(vec![purpose])));
     }
-    if let Profile::TlsServer { dns, ips } = profile {
-        out.push(ext(ext_oids::SUBJECT_ALT_NAME, false, &san(dns, ips)?));
+    match profile {
+        Profile::TlsServer { dns, ips } => out.push(ext(ext_oids::SUBJECT_ALT_NAME, false, &san(dns, ips)?)),
+        Profile::Encryption { dns, ips } if !(dns.is_empty() && ips.is_empty()) => {
+            out.push(ext(ext_oids::SUBJECT_ALT_NAME, false, &san(dns, ips)?))
+        }
+        _ => {}
     }
     let ski =
         OctetString::new(subject_key.key_identifier().to_vec()).unwrap_or_else(|_| unreachable!("20 bytes"));

@@ -14,6 +14,7 @@ mod fleet;
 mod iot_cmd;
 mod issue;
 mod jitp_bench;
+mod km;
 mod label;
 mod revoke;
 mod secret;
@@ -109,6 +110,12 @@ enum CaCommand {
     Revoke(revoke::RevokeArgs),
     /// Sign and write a full or delta CRL of the issuing CA (or the root).
     Crl(revoke::CrlArgs),
+    /// Dual certificates: sign an SM2 CSR and have the KM make, archive and envelope the
+    /// encryption key pair and its certificate.
+    SignDual(km::SignDualArgs),
+    /// The key management centre: operators, approvals, recovery of archived keys.
+    #[command(subcommand)]
+    Km(km::KmCommand),
 }
 
 /// Where the passphrase of CA keys comes from: a file, else `CLAIMLINK_CA_PASSPHRASE`.
@@ -161,6 +168,8 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Verify(args)) => ca::verify(&args),
         Command::Ca(CaCommand::Revoke(args)) => revoke::revoke(&args),
         Command::Ca(CaCommand::Crl(args)) => revoke::crl(&args),
+        Command::Ca(CaCommand::SignDual(args)) => km::sign_dual(&args),
+        Command::Ca(CaCommand::Km(cmd)) => km::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
