@@ -352,6 +352,10 @@ pub mod ext_oids {
     pub const KP_SERVER_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.1");
     /// id-kp-clientAuth.
     pub const KP_CLIENT_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.2");
+    /// id-kp-OCSPSigning.
+    pub const KP_OCSP_SIGNING: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.9");
+    /// id-pkix-ocsp-nocheck.
+    pub const OCSP_NOCHECK: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.48.1.5");
 }
 
 impl Encode for Certificate {

@@ -231,7 +231,7 @@ impl Serial {
     }
 
     /// Writes the DER INTEGER (tag, length, content with a leading zero if the top bit is set).
-    fn write_der(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_der(&self, out: &mut Vec<u8>) {
         let m = self.magnitude();
         let pad = m[0] & 0x80 != 0;
         out.push(0x02);
@@ -354,7 +354,7 @@ pub fn build(
     Ok(out)
 }
 
-fn extension(oid: &[u8], critical: bool, value: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn extension(oid: &[u8], critical: bool, value: &[u8], out: &mut Vec<u8>) {
     let mut e = Vec::with_capacity(value.len() + 16);
     tlv(0x06, oid, &mut e);
     if critical {
@@ -377,7 +377,7 @@ fn integer_u64(n: u64) -> Vec<u8> {
     out
 }
 
-fn tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
     out.push(tag);
     let n = content.len();
     if n < 0x80 {
@@ -393,12 +393,22 @@ fn tlv(tag: u8, content: &[u8], out: &mut Vec<u8>) {
 
 /// UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 section 5.1.2.4).
 fn write_time(t: SystemTime, out: &mut Vec<u8>) -> Result<(), CrlError> {
+    write_time_as(t, false, out)
+}
+
+/// GeneralizedTime always (OCSP, RFC 6960).
+pub(crate) fn write_generalized_time(t: SystemTime, out: &mut Vec<u8>) -> Result<(), CrlError> {
+    write_time_as(t, true, out)
+}
+
+fn write_time_as(t: SystemTime, generalized: bool, out: &mut Vec<u8>) -> Result<(), CrlError> {
     let dt =
         der::DateTime::from_system_time(t).map_err(|_| CrlError::Malformed { what: "time out of range" })?;
     let year = dt.year();
     let mut digits = Vec::with_capacity(15);
     let two = |v: u8, d: &mut Vec<u8>| d.extend_from_slice(&[b'0' + v / 10, b'0' + v % 10]);
-    if (1950..2050).contains(&year) {
+    let utc = !generalized && (1950..2050).contains(&year);
+    if utc {
         two((year % 100) as u8, &mut digits);
     } else {
         two((year / 100) as u8, &mut digits);
@@ -408,31 +418,31 @@ fn write_time(t: SystemTime, out: &mut Vec<u8>) -> Result<(), CrlError> {
         two(v, &mut digits);
     }
     digits.push(b'Z');
-    tlv(if (1950..2050).contains(&year) { 0x17 } else { 0x18 }, &digits, out);
+    tlv(if utc { 0x17 } else { 0x18 }, &digits, out);
     Ok(())
 }
 
 /// A DER reader over a slice: tag, length and content, definite short or long lengths only.
-struct Der<'a> {
+pub(crate) struct Der<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Der<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, pos: 0 }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.bytes.len()
     }
 
-    fn peek_tag(&self) -> Option<u8> {
+    pub(crate) fn peek_tag(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
 
     /// The next element: (tag, content range relative to the reader's slice).
-    fn next(&mut self, what: &'static str) -> Result<(u8, Range<usize>), CrlError> {
+    pub(crate) fn next(&mut self, what: &'static str) -> Result<(u8, Range<usize>), CrlError> {
         let bad = CrlError::Malformed { what };
         let tag = *self.bytes.get(self.pos).ok_or(bad.clone())?;
         let first = *self.bytes.get(self.pos + 1).ok_or(bad.clone())?;
@@ -458,7 +468,7 @@ impl<'a> Der<'a> {
         Ok((tag, at..end))
     }
 
-    fn expect(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], CrlError> {
+    pub(crate) fn expect(&mut self, tag: u8, what: &'static str) -> Result<&'a [u8], CrlError> {
         let (t, r) = self.next(what)?;
         if t != tag {
             return Err(CrlError::Malformed { what });
@@ -466,15 +476,20 @@ impl<'a> Der<'a> {
         Ok(&self.bytes[r])
     }
 
+    /// The bytes of `range` (as returned by [`Der::next`] or [`Der::raw`]).
+    pub(crate) fn bytes_of(&self, range: Range<usize>) -> &'a [u8] {
+        &self.bytes[range]
+    }
+
     /// The whole next element (header included) and its tag.
-    fn raw(&mut self, what: &'static str) -> Result<(u8, Range<usize>), CrlError> {
+    pub(crate) fn raw(&mut self, what: &'static str) -> Result<(u8, Range<usize>), CrlError> {
         let start = self.pos;
         let (tag, _) = self.next(what)?;
         Ok((tag, start..self.pos))
     }
 }
 
-fn parse_time(tag: u8, content: &[u8]) -> Result<SystemTime, CrlError> {
+pub(crate) fn parse_time(tag: u8, content: &[u8]) -> Result<SystemTime, CrlError> {
     let bad = CrlError::Malformed { what: "time" };
     let digits = content.strip_suffix(b"Z").ok_or(bad.clone())?;
     if !digits.iter().all(u8::is_ascii_digit) {
@@ -727,7 +742,7 @@ impl Crl {
     }
 }
 
-fn algorithm_of(alg_content: &[u8]) -> Result<SignatureAlgorithm, CrlError> {
+pub(crate) fn algorithm_of(alg_content: &[u8]) -> Result<SignatureAlgorithm, CrlError> {
     let mut full = Vec::with_capacity(alg_content.len() + 4);
     tlv(0x30, alg_content, &mut full);
     let id = <x509_cert::spki::AlgorithmIdentifierOwned as der::Decode>::from_der(&full)
@@ -736,7 +751,7 @@ fn algorithm_of(alg_content: &[u8]) -> Result<SignatureAlgorithm, CrlError> {
 }
 
 /// One Extension: (OID content, critical, extnValue content).
-fn read_extension<'a>(r: &mut Der<'a>) -> Result<(&'a [u8], bool, &'a [u8]), CrlError> {
+pub(crate) fn read_extension<'a>(r: &mut Der<'a>) -> Result<(&'a [u8], bool, &'a [u8]), CrlError> {
     let what = "extension";
     let mut e = Der::new(r.expect(0x30, what)?);
     let oid = e.expect(0x06, what)?;

@@ -18,6 +18,7 @@ pub mod crl;
 pub mod csr;
 pub mod key;
 pub mod name;
+pub mod ocsp;
 pub mod pem;
 pub mod profile;
 pub mod verify;

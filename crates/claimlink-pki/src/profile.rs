@@ -89,6 +89,9 @@ pub enum Profile {
     },
     /// An OEM's claim-thing client certificate: CA:FALSE, digitalSignature, clientAuth.
     ClaimThing,
+    /// A delegated OCSP responder of its issuing CA (RFC 6960 section 4.2.2.2): CA:FALSE,
+    /// digitalSignature, id-kp-OCSPSigning, id-pkix-ocsp-nocheck.
+    OcspResponder,
     /// The encryption certificate of a dual pair (GM/T 0015; TLCP's second server or client
     /// certificate): CA:FALSE, keyEncipherment + dataEncipherment + keyAgreement and never
     /// digitalSignature, no extended key usage; a SAN when names are given (a server's).
@@ -234,6 +237,9 @@ fn extensions(
         Profile::TlsServer { .. } => {
             (bc(false, None), KeyUsages::DigitalSignature.into(), Some(ext_oids::KP_SERVER_AUTH))
         }
+        Profile::OcspResponder => {
+            (bc(false, None), KeyUsages::DigitalSignature.into(), Some(ext_oids::KP_OCSP_SIGNING))
+        }
         Profile::Encryption { .. } => (
             bc(false, None),
             KeyUsages::KeyEncipherment | KeyUsages::DataEncipherment | KeyUsages::KeyAgreement,
@@ -250,6 +256,8 @@ fn extensions(
         Profile::Encryption { dns, ips } if !(dns.is_empty() && ips.is_empty()) => {
             out.push(ext(ext_oids::SUBJECT_ALT_NAME, false, &san(dns, ips)?))
         }
+        // Its own status is not checked by OCSP (it would ask itself).
+        Profile::OcspResponder => out.push(ext(ext_oids::OCSP_NOCHECK, false, &der::asn1::Null)),
         _ => {}
     }
     let ski =
