@@ -16,6 +16,7 @@ mod issue;
 mod jitp_bench;
 mod km;
 mod label;
+mod ocsp_cmd;
 mod revoke;
 mod secret;
 mod server_cmd;
@@ -113,6 +114,8 @@ enum CaCommand {
     /// Dual certificates: sign an SM2 CSR and have the KM make, archive and envelope the
     /// encryption key pair and its certificate.
     SignDual(km::SignDualArgs),
+    /// Serve OCSP (RFC 6960, HTTP POST) for the issuing CA (or the root) from its revocations.
+    OcspResponder(ocsp_cmd::OcspArgs),
     /// The key management centre: operators, approvals, recovery of archived keys.
     #[command(subcommand)]
     Km(km::KmCommand),
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Crl(args)) => revoke::crl(&args),
         Command::Ca(CaCommand::SignDual(args)) => km::sign_dual(&args),
         Command::Ca(CaCommand::Km(cmd)) => km::run(&cmd),
+        Command::Ca(CaCommand::OcspResponder(args)) => ocsp_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

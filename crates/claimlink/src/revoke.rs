@@ -30,7 +30,7 @@ pub(crate) enum By {
 }
 
 impl By {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Issuing => "issuing",
             Self::Root => "root",
@@ -90,7 +90,7 @@ struct CrlState {
     full_at: Option<u64>,
 }
 
-fn index_path(dir: &Path, by: By) -> PathBuf {
+pub(crate) fn index_path(dir: &Path, by: By) -> PathBuf {
     dir.join(format!("revoked-{}.txt", by.name()))
 }
 
@@ -98,7 +98,7 @@ fn state_path(dir: &Path, by: By) -> PathBuf {
     dir.join(format!("crl-{}.toml", by.name()))
 }
 
-fn signer_cert(dir: &Path, by: By) -> Result<Certificate> {
+pub(crate) fn signer_cert(dir: &Path, by: By) -> Result<Certificate> {
     let path = dir.join(format!("{}-ca.pem", by.name()));
     if !dir.join("ca.toml").exists() {
         bail!("{} is not a CA directory (no ca.toml)", dir.display());
@@ -107,7 +107,7 @@ fn signer_cert(dir: &Path, by: By) -> Result<Certificate> {
         .with_context(|| format!("{}", path.display()))
 }
 
-fn read_index(dir: &Path, by: By) -> Result<Vec<Revocation>> {
+pub(crate) fn read_index(dir: &Path, by: By) -> Result<Vec<Revocation>> {
     let path = index_path(dir, by);
     if !path.exists() {
         return Ok(Vec::new());
