@@ -339,3 +339,71 @@ fn uuid_like() -> String {
     rand_core::Rng::fill_bytes(&mut crate::ca::rng(), &mut b);
     hex::encode(b)
 }
+
+/// `bench ocsp` arguments.
+#[derive(clap::Args, Clone)]
+pub(crate) struct BenchOcspArgs {
+    /// Responder address (host:port).
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    /// A DER OCSP request to send (`openssl ocsp -reqout`).
+    #[arg(long)]
+    request: std::path::PathBuf,
+    /// Clients at once, each one request per fresh TCP connection after the other.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+/// `claimlink bench ocsp`: OCSP requests over HTTP/1.0-style connections (one request each, as
+/// `openssl ocsp -url` sends them) against any responder; counts successful responses.
+pub(crate) fn ocsp(args: &BenchOcspArgs) -> Result<()> {
+    use std::io::{Read, Write};
+    let body = std::fs::read(&args.request)?;
+    let head = format!(
+        "POST / HTTP/1.0\r\nHost: {}\r\nContent-Type: application/ocsp-request\r\nContent-Length: {}\r\n\r\n",
+        args.addr,
+        body.len()
+    );
+    let mut message = head.into_bytes();
+    message.extend_from_slice(&body);
+    let message = std::sync::Arc::new(message);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..args.connections.max(1))
+        .map(|_| {
+            let (message, stop, addr) = (message.clone(), stop.clone(), args.addr);
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut buf = Vec::with_capacity(4096);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    buf.clear();
+                    let good = std::net::TcpStream::connect(addr)
+                        .and_then(|mut s| {
+                            s.write_all(&message)?;
+                            s.read_to_end(&mut buf)
+                        })
+                        .is_ok()
+                        && buf
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .and_then(|i| buf.get(i + 4..))
+                            .is_some_and(|der| der.windows(3).take(8).any(|w| w == [0x0a, 0x01, 0x00]));
+                    if good { ok += 1 } else { failed += 1 }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) =
+        threads.into_iter().filter_map(|t| t.join().ok()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!(
+        "{} responses/s ({ok} successful, {failed} failed in {} s)",
+        ok / args.seconds.max(1),
+        args.seconds
+    );
+    Ok(())
+}

@@ -92,6 +92,8 @@ enum AccountCommand {
 enum BenchCommand {
     /// Drive any MQTT broker (ours or another) with the same load.
     Mqtt(bench_cmd::BenchMqttArgs),
+    /// Drive any OCSP responder (ours or `openssl ocsp -port`) with the same requests.
+    Ocsp(bench_cmd::BenchOcspArgs),
     /// Onboarding rate of the account endpoint: N never-seen devices provisioned in their first
     /// CONNECT, then the same devices reconnecting.
     Jitp(jitp_bench::JitpArgs),
@@ -164,6 +166,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(BenchCommand::Mqtt(args)) => bench_cmd::run(&args),
+        Command::Bench(BenchCommand::Ocsp(args)) => bench_cmd::ocsp(&args),
         Command::Bench(BenchCommand::Jitp(args)) => jitp_bench::run(&args),
         Command::Ca(CaCommand::Init(args)) => ca::init(&args),
         Command::Ca(CaCommand::IssueDevices(args)) => issue::run(&args),
