@@ -308,6 +308,48 @@ impl Certificate {
         self.decode_ext(ext_oids::SUBJECT_ALT_NAME, "subjectAltName")
     }
 
+    /// The `http://` URLs of the cRLDistributionPoints extension (full names only).
+    pub fn crl_urls(&self) -> Result<Vec<String>, CertificateError> {
+        use x509_cert::ext::pkix::CrlDistributionPoints;
+        use x509_cert::ext::pkix::name::DistributionPointName;
+        let Some((_, points)) = self.decode_ext::<CrlDistributionPoints>(
+            ext_oids::CRL_DISTRIBUTION_POINTS,
+            "cRLDistributionPoints",
+        )?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(points
+            .0
+            .iter()
+            .filter_map(|p| match &p.distribution_point {
+                Some(DistributionPointName::FullName(names)) => Some(names),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(http_uri)
+            .collect())
+    }
+
+    /// The `http://` OCSP responder URLs of the authorityInfoAccess extension.
+    pub fn ocsp_urls(&self) -> Result<Vec<String>, CertificateError> {
+        use x509_cert::ext::pkix::AuthorityInfoAccessSyntax;
+        const AD_OCSP: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.48.1");
+        let Some((_, access)) = self.decode_ext::<AuthorityInfoAccessSyntax>(
+            ext_oids::AUTHORITY_INFO_ACCESS,
+            "authorityInfoAccess",
+        )?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(access
+            .0
+            .iter()
+            .filter(|a| a.access_method == AD_OCSP)
+            .filter_map(|a| http_uri(&a.access_location))
+            .collect())
+    }
+
     /// Whether basicConstraints says CA:TRUE.
     pub fn is_ca(&self) -> bool {
         matches!(self.basic_constraints(), Ok(Some((_, bc))) if bc.ca)
@@ -316,6 +358,17 @@ impl Certificate {
     /// Whether the certificate is self-issued (subject == issuer).
     pub fn is_self_issued(&self) -> bool {
         self.subject() == self.issuer()
+    }
+}
+
+fn http_uri(name: &x509_cert::ext::pkix::name::GeneralName) -> Option<String> {
+    match name {
+        x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(u)
+            if u.as_str().starts_with("http://") =>
+        {
+            Some(u.as_str().to_owned())
+        }
+        _ => None,
     }
 }
 

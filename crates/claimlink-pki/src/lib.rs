@@ -30,6 +30,7 @@ pub use key::{KeyError, PrivateKey, PublicKey, Signer};
 pub use pem::PemError;
 pub use profile::{IssueError, Issuer, Profile, Subject, ThingName, issue};
 pub use verify::{Purpose, TrustAnchors, ValidationOptions, VerifyError, verify_chain};
+pub use x509_cert::ext::Extension;
 pub use x509_cert::name::Name;
 
 /// Limits on untrusted input.

@@ -143,6 +143,12 @@ pub enum IssueError {
     /// A time outside what X.509 can encode.
     #[error("time cannot be encoded in a certificate")]
     BadTime,
+    /// A publication URL that is not a plain `http://` URL.
+    #[error("{url:?} is not an http:// URL a certificate can carry")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+    },
 }
 
 /// Who signs: a signer and, unless self-signing a root, the certificate of its key.
@@ -275,6 +281,53 @@ fn extensions(
         out.push(ext(ext_oids::AUTHORITY_KEY_ID, false, &aki));
     }
     Ok(out)
+}
+
+/// id-ad-ocsp (RFC 5280 section 4.2.2.1).
+const AD_OCSP: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.48.1");
+/// id-ad-caIssuers.
+const AD_CA_ISSUERS: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.48.2");
+
+/// A URL that can go into a certificate: `http://` (RFC 5280 section 4.2.1.13: CRLs and OCSP
+/// are fetched over plain HTTP, their own signatures protect them) and IA5 text of at most 1024
+/// bytes without spaces or controls.
+fn uri(url: &str) -> Result<GeneralName, IssueError> {
+    let ok = url.starts_with("http://")
+        && url.len() > "http://".len()
+        && url.len() <= 1024
+        && url.bytes().all(|b| b.is_ascii_graphic());
+    let bad = || IssueError::InvalidUrl { url: url.to_owned() };
+    if !ok {
+        return Err(bad());
+    }
+    Ok(GeneralName::UniformResourceIdentifier(Ia5String::new(url).map_err(|_| bad())?))
+}
+
+/// Where relying parties learn a certificate's status, written into every certificate a CA of
+/// ours issues when it publishes: the cRLDistributionPoints extension (one full-name
+/// distribution point) and authorityInfoAccess (the OCSP responder and, when given, the
+/// issuer's certificate).
+pub fn publication_extensions(
+    crl_url: &str,
+    ocsp_url: &str,
+    ca_issuers_url: Option<&str>,
+) -> Result<Vec<Extension>, IssueError> {
+    use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+    use x509_cert::ext::pkix::name::DistributionPointName;
+    use x509_cert::ext::pkix::{AccessDescription, AuthorityInfoAccessSyntax, CrlDistributionPoints};
+    let cdp = CrlDistributionPoints(vec![DistributionPoint {
+        distribution_point: Some(DistributionPointName::FullName(vec![uri(crl_url)?])),
+        reasons: None,
+        crl_issuer: None,
+    }]);
+    let mut access = vec![AccessDescription { access_method: AD_OCSP, access_location: uri(ocsp_url)? }];
+    if let Some(url) = ca_issuers_url {
+        access.push(AccessDescription { access_method: AD_CA_ISSUERS, access_location: uri(url)? });
+    }
+    Ok(vec![
+        ext(ext_oids::CRL_DISTRIBUTION_POINTS, false, &cdp),
+        ext(ext_oids::AUTHORITY_INFO_ACCESS, false, &AuthorityInfoAccessSyntax(access)),
+    ])
 }
 
 fn bc(ca: bool, path_len_constraint: Option<u8>) -> BasicConstraints {

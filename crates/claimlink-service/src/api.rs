@@ -108,7 +108,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(
 ///
 /// The vocabulary, one for every API of ours (README, "API errors"): AWS IoT's exception
 /// names where AWS has the case - `InvalidRequestException` (400), `UnauthorizedException`
-/// (401), `ResourceNotFoundException` (404), `ResourceAlreadyExistsException`,
+/// (401), `AccessDeniedException` (403), `ResourceNotFoundException` (404), `ResourceAlreadyExistsException`,
 /// `CertificateStateException`, `DeleteConflictException` (409), `LimitExceededException`
 /// (400), `InternalFailureException` (500), `ServiceUnavailableException` (503) -; the policy
 /// language's validation codes (`MalformedPolicy`, `UnknownAction`, ...); HTTP's own
@@ -146,6 +146,7 @@ impl ApiError {
 pub fn status_of(code: &str) -> StatusCode {
     match code {
         "UnauthorizedException" => StatusCode::UNAUTHORIZED,
+        "AccessDeniedException" => StatusCode::FORBIDDEN,
         "ResourceNotFoundException" => StatusCode::NOT_FOUND,
         "ResourceAlreadyExistsException"
         | "CertificateStateException"

@@ -38,6 +38,11 @@ pub(crate) struct InitArgs {
     pub(crate) out: PathBuf,
     #[command(flatten)]
     pub(crate) passphrase: PassphraseArg,
+    /// Where `claimlink ca serve` publishes this CA (`http://HOST:PORT`): every certificate it
+    /// issues then names `URL/crl/...` as its CRL distribution point and `URL/ocsp...` as its
+    /// OCSP responder.
+    #[arg(long)]
+    pub(crate) public_url: Option<String>,
 }
 
 /// Description of a CA directory (`ca.toml`).
@@ -52,6 +57,9 @@ pub(crate) struct CaInfo {
     pub(crate) issuing_id: String,
     /// Root subject.
     pub(crate) subject: String,
+    /// Where the CA publishes its CRLs, OCSP and certificates (`claimlink ca serve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) public_url: Option<String>,
 }
 
 /// A CA directory with its issuing key decrypted.
@@ -64,6 +72,37 @@ pub(crate) struct LoadedCa {
     pub(crate) issuing: Certificate,
     /// Issuing key.
     pub(crate) issuing_key: PrivateKey,
+    /// The publication extensions of every certificate the issuing CA signs (made once).
+    leaf_extensions: Vec<claimlink_pki::Extension>,
+}
+
+/// The publication extensions (CRL distribution point, OCSP and issuer URLs) for certificates
+/// signed by the `signer` CA ("issuing" or "root") of a CA published at `base`.
+pub(crate) fn publication(base: Option<&str>, signer: &str) -> Result<Vec<claimlink_pki::Extension>> {
+    let Some(base) = base.map(|b| b.trim_end_matches('/')) else {
+        return Ok(Vec::new());
+    };
+    let ocsp = if signer == "root" { format!("{base}/ocsp/root") } else { format!("{base}/ocsp") };
+    Ok(claimlink_pki::profile::publication_extensions(
+        &format!("{base}/crl/{signer}.crl"),
+        &ocsp,
+        Some(&format!("{base}/ca/{signer}.der")),
+    )?)
+}
+
+impl LoadedCa {
+    /// A subject for an end-entity certificate of this CA: the CA's publication extensions
+    /// added.
+    pub(crate) fn subject(
+        &self,
+        name: Name,
+        public_key: claimlink_pki::PublicKey,
+        validity: std::time::Duration,
+    ) -> Result<Subject> {
+        let mut s = Subject::new(name, public_key, SystemTime::now(), validity);
+        s.extra_extensions = self.leaf_extensions.clone();
+        Ok(s)
+    }
 }
 
 pub(crate) fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
@@ -84,6 +123,9 @@ pub(crate) fn init(args: &InitArgs) -> Result<()> {
     if name::attribute(&root_name, name::attr::COMMON_NAME).is_none() {
         bail!("--subject needs a CN, e.g. \"CN=Acme Devices,O=Acme\"");
     }
+    if let Some(url) = &args.public_url {
+        publication(Some(url), "issuing").context("--public-url")?;
+    }
     refuse_existing_ca(&args.out)?;
     let cn = name::attribute(&root_name, name::attr::COMMON_NAME).unwrap_or_default();
     let issuing_name = name::with_common_name(&root_name, &format!("{cn} Issuing CA"))?;
@@ -97,10 +139,12 @@ pub(crate) fn init(args: &InitArgs) -> Result<()> {
         &mut rng,
     )?;
     let issuing_key = PrivateKey::generate(args.algorithm, &mut rng)?;
+    let mut issuing_subject = subject(issuing_name, &issuing_key, 25);
+    issuing_subject.extra_extensions = publication(args.public_url.as_deref(), "root")?;
     let issuing = issue(
         &Issuer { certificate: Some(&root), signer: &root_key },
         &Profile::IssuingCa { path_len: Some(0) },
-        &subject(issuing_name, &issuing_key, 25),
+        &issuing_subject,
         &mut rng,
     )?;
     let info = CaInfo {
@@ -108,6 +152,7 @@ pub(crate) fn init(args: &InitArgs) -> Result<()> {
         root_id: root.id().to_string(),
         issuing_id: issuing.id().to_string(),
         subject: args.subject.clone(),
+        public_url: args.public_url.clone(),
     };
     let files: Vec<(&str, Vec<u8>, u32)> = vec![
         ("root-ca.pem", root.to_pem().into_bytes(), 0o644),
@@ -181,7 +226,9 @@ pub(crate) fn load(dir: &Path, passphrase: &PassphraseArg) -> Result<LoadedCa> {
     if issuing.public_key().ok().as_ref() != Some(&issuing_key.public_key()) {
         bail!("{}: the key does not match issuing-ca.pem", key_path.display());
     }
-    Ok(LoadedCa { algorithm, root, issuing, issuing_key })
+    let leaf_extensions = publication(info.public_url.as_deref(), "issuing")
+        .with_context(|| format!("{}: public_url", info_path.display()))?;
+    Ok(LoadedCa { algorithm, root, issuing, issuing_key, leaf_extensions })
 }
 
 fn read_cert(path: &Path) -> Result<Certificate> {
@@ -238,7 +285,7 @@ pub(crate) fn sign_csr(args: &SignCsrArgs) -> Result<()> {
         CsrProfile::ClaimThing => Profile::ClaimThing,
     };
     let validity = std::time::Duration::from_secs(u64::from(args.days) * 86_400);
-    let subject = Subject::new(csr.subject().clone(), csr.public_key().clone(), SystemTime::now(), validity);
+    let subject = ca.subject(csr.subject().clone(), csr.public_key().clone(), validity)?;
     let cert = issue(
         &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
         &profile,

@@ -14,11 +14,11 @@ use std::io::{BufRead, BufReader, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use claimlink_pki::profile::{DEVICE_VALIDITY, YEAR};
-use claimlink_pki::{Issuer, PrivateKey, Profile, Signer, Subject, ThingName, issue, name, pem};
+use claimlink_pki::{Issuer, PrivateKey, Profile, Signer, ThingName, issue, name, pem};
 use serde::{Deserialize, Serialize};
 
 use crate::PassphraseArg;
@@ -425,7 +425,7 @@ fn make_device<R: rand_core::CryptoRng + ?Sized>(
     attrs.push((name::attr::COMMON_NAME, t));
     attrs.push((name::attr::SERIAL_NUMBER, t));
     let key = PrivateKey::generate(ca.algorithm, rng)?;
-    let subject = Subject::new(name::build(&attrs)?, key.public_key(), SystemTime::now(), validity);
+    let subject = ca.subject(name::build(&attrs)?, key.public_key(), validity)?;
     let cert = issue(
         &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
         &Profile::DeviceBirth,

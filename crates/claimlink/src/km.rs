@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use claimlink_gm::{DistId, Sm2PrivateKey, envelope};
 use claimlink_pki::{
-    Certificate, CertificateRequest, Issuer, KeyAlgorithm, PrivateKey, Profile, PublicKey, Signer, Subject,
-    issue, pem,
+    Certificate, CertificateRequest, Issuer, KeyAlgorithm, PrivateKey, Profile, PublicKey, Signer, issue, pem,
 };
 use serde::{Deserialize, Serialize};
 
@@ -189,55 +188,94 @@ fn sm2_public(cert: &Certificate, what: &str) -> Result<claimlink_gm::Sm2PublicK
     }
 }
 
-/// `claimlink ca sign-dual`.
-pub(crate) fn sign_dual(args: &SignDualArgs) -> Result<()> {
-    let csr = CertificateRequest::from_pem_or_der(&read_bounded(&args.csr, MAX_INPUT)?)
-        .with_context(|| format!("{}", args.csr.display()))?;
+/// A dual pair issued: the signing certificate, the encryption certificate and the
+/// encryption key as a GM/T 0009 `SM2EnvelopedKey` sealed to the signing public key.
+pub(crate) struct DualIssued {
+    pub(crate) sign: Certificate,
+    pub(crate) enc: Certificate,
+    pub(crate) envelope: Vec<u8>,
+}
+
+/// What a dual pair is for: a TLS/TLCP server (with its names) or a client.
+pub(crate) struct DualRequest<'a> {
+    pub(crate) csr: &'a CertificateRequest,
+    pub(crate) server: bool,
+    pub(crate) dns: &'a [String],
+    pub(crate) ips: &'a [std::net::IpAddr],
+    pub(crate) validity: Duration,
+}
+
+/// The CA and KM issue a dual pair for `request`: the CA signs the CSR's key as the signing
+/// certificate; the KM makes the encryption key pair, has it certified, archives it sealed to
+/// the KM key and seals it to the subscriber. Audited in `km/audit.log`.
+pub(crate) fn issue_dual(
+    dir: &Path,
+    ca: &crate::ca::LoadedCa,
+    km: &Sm2PrivateKey,
+    request: &DualRequest<'_>,
+) -> Result<DualIssued> {
+    let csr = request.csr;
     let PublicKey::Sm2(signing_public) = csr.public_key().clone() else {
         bail!("dual certificates are SM2: the CSR's key is {}", csr.public_key().kind());
     };
-    let ca = load(&args.ca, &args.passphrase)?;
     if ca.algorithm != KeyAlgorithm::Sm2 {
-        bail!("dual certificates need an SM2 CA; {} is {}", args.ca.display(), ca.algorithm);
+        bail!("dual certificates need an SM2 CA; {} is {}", dir.display(), ca.algorithm);
     }
-    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
-        bail!("{} exists and is not empty", args.out.display());
-    }
-    let km = km_key(&args.ca, &args.passphrase)?;
-    let validity = Duration::from_secs(u64::from(args.days) * 86_400);
-    let now = SystemTime::now();
     let issuer = Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key };
-    let sign_profile = if args.server {
-        Profile::TlsServer { dns: args.dns.clone(), ips: args.ip.clone() }
+    let sign_profile = if request.server {
+        Profile::TlsServer { dns: request.dns.to_vec(), ips: request.ips.to_vec() }
     } else {
         Profile::ClaimThing
     };
     let sign = issue(
         &issuer,
         &sign_profile,
-        &Subject::new(csr.subject().clone(), csr.public_key().clone(), now, validity),
+        &ca.subject(csr.subject().clone(), csr.public_key().clone(), request.validity)?,
         &mut rng(),
     )?;
     // The KM's part: a fresh encryption key pair, its certificate, the archive, the envelope.
     let enc_key = Sm2PrivateKey::generate(&mut rng());
     let enc = issue(
         &issuer,
-        &Profile::Encryption { dns: args.dns.clone(), ips: args.ip.clone() },
-        &Subject::new(csr.subject().clone(), PublicKey::Sm2(enc_key.public_key()), now, validity),
+        &Profile::Encryption { dns: request.dns.to_vec(), ips: request.ips.to_vec() },
+        &ca.subject(csr.subject().clone(), PublicKey::Sm2(enc_key.public_key()), request.validity)?,
         &mut rng(),
     )?;
     let archived = envelope::seal(&mut rng(), &km.public_key(), &enc_key)?;
-    write_new(&km_dir(&args.ca).join("archive").join(format!("{}.env", enc.id())), &archived, 0o600)?;
+    std::fs::create_dir_all(km_dir(dir).join("archive"))?;
+    write_new(&km_dir(dir).join("archive").join(format!("{}.env", enc.id())), &archived, 0o600)?;
     let delivered = envelope::seal(&mut rng(), &signing_public, &enc_key)?;
     drop(enc_key);
+    audit(dir, &format!("issued-dual\tsign={}\tenc={}\tsubject={}", sign.id(), enc.id(), sign.subject()))?;
+    Ok(DualIssued { sign, enc, envelope: delivered })
+}
+
+/// The KM key of CA directory `dir` (made on first use), for a long-running service.
+pub(crate) fn load_km_key(dir: &Path, passphrase: &PassphraseArg) -> Result<Sm2PrivateKey> {
+    km_key(dir, passphrase)
+}
+
+/// `claimlink ca sign-dual`.
+pub(crate) fn sign_dual(args: &SignDualArgs) -> Result<()> {
+    let csr = CertificateRequest::from_pem_or_der(&read_bounded(&args.csr, MAX_INPUT)?)
+        .with_context(|| format!("{}", args.csr.display()))?;
+    let ca = load(&args.ca, &args.passphrase)?;
+    if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
+        bail!("{} exists and is not empty", args.out.display());
+    }
+    let km = km_key(&args.ca, &args.passphrase)?;
+    let request = DualRequest {
+        csr: &csr,
+        server: args.server,
+        dns: &args.dns,
+        ips: &args.ip,
+        validity: Duration::from_secs(u64::from(args.days) * 86_400),
+    };
+    let DualIssued { sign, enc, envelope: delivered } = issue_dual(&args.ca, &ca, &km, &request)?;
     std::fs::create_dir_all(&args.out)?;
     write_new(&args.out.join("sign.pem"), sign.to_pem().as_bytes(), 0o644)?;
     write_new(&args.out.join("enc.pem"), enc.to_pem().as_bytes(), 0o644)?;
     write_new(&args.out.join("enc-key.env"), &delivered, 0o644)?;
-    audit(
-        &args.ca,
-        &format!("issued-dual\tsign={}\tenc={}\tsubject={}", sign.id(), enc.id(), sign.subject()),
-    )?;
     println!("signing certificate    {}  {}", sign.id(), args.out.join("sign.pem").display());
     println!("encryption certificate {}  {}", enc.id(), args.out.join("enc.pem").display());
     println!("encryption key, enveloped to the CSR's key: {}", args.out.join("enc-key.env").display());

@@ -7,6 +7,7 @@
 mod bench_cmd;
 mod broker_cmd;
 mod ca;
+mod ca_service;
 mod config;
 mod device_cmd;
 mod files;
@@ -121,6 +122,12 @@ enum CaCommand {
     /// The key management centre: operators, approvals, recovery of archived keys.
     #[command(subcommand)]
     Km(km::KmCommand),
+    /// Serve the CA system (RA, CA, KM, CRLs, OCSP) of a CA directory over an HTTP API.
+    Serve(ca_service::ServeArgs),
+    /// The CA system's API: apply, review, download, revoke, administrators, audit.
+    Ra(ca_service::client::RaArgs),
+    /// Print what each role of the CA system may do (the table `ca serve` enforces).
+    Roles,
 }
 
 /// Where the passphrase of CA keys comes from: a file, else `CLAIMLINK_CA_PASSPHRASE`.
@@ -177,6 +184,16 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::SignDual(args)) => km::sign_dual(&args),
         Command::Ca(CaCommand::Km(cmd)) => km::run(&cmd),
         Command::Ca(CaCommand::OcspResponder(args)) => ocsp_cmd::run(&args),
+        Command::Ca(CaCommand::Serve(args)) => ca_service::run(&args),
+        Command::Ca(CaCommand::Roles) => {
+            print!("{}", ca_service::roles::markdown());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Ra(args)) => match ca_service::client::run(&args) {
+            Ok(iot_cmd::Outcome::Done) => Ok(()),
+            Ok(iot_cmd::Outcome::Refused) => return ExitCode::from(254),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,7 +59,7 @@ struct Revoked {
     entries: Vec<Revocation>,
 }
 
-struct OcspState {
+pub(crate) struct OcspState {
     ca: Certificate,
     responder: Certificate,
     key: PrivateKey,
@@ -73,10 +73,15 @@ struct OcspState {
 
 /// The delegated responder certificate and key of `by`, issued on first use (and again when
 /// it has less than a week left), its key encrypted like the CA keys.
-fn responder_identity(args: &OcspArgs, ca: &Certificate) -> Result<(Certificate, PrivateKey)> {
-    let cert_path = args.ca.join(format!("ocsp-{}.pem", args.by.name()));
-    let key_path = args.ca.join(format!("ocsp-{}.key", args.by.name()));
-    let pass = crate::secret::passphrase(args.passphrase.passphrase_file.as_deref())?;
+fn responder_identity(
+    dir: &std::path::Path,
+    by: By,
+    passphrase: &PassphraseArg,
+    ca: &Certificate,
+) -> Result<(Certificate, PrivateKey)> {
+    let cert_path = dir.join(format!("ocsp-{}.pem", by.name()));
+    let key_path = dir.join(format!("ocsp-{}.key", by.name()));
+    let pass = crate::secret::passphrase(passphrase.passphrase_file.as_deref())?;
     if cert_path.exists() && key_path.exists() {
         let cert = Certificate::from_pem(&read_bounded(&cert_path, 1 << 20)?)?;
         let key = pem::private_key_from_pem(&read_bounded(&key_path, 1 << 20)?, Some(pass.as_bytes()))?;
@@ -88,7 +93,7 @@ fn responder_identity(args: &OcspArgs, ca: &Certificate) -> Result<(Certificate,
             return Ok((cert, key));
         }
     }
-    let ca_key_path = args.ca.join(format!("{}-ca.key", args.by.name()));
+    let ca_key_path = dir.join(format!("{}-ca.key", by.name()));
     let ca_key = pem::private_key_from_pem(&read_bounded(&ca_key_path, 1 << 20)?, Some(pass.as_bytes()))
         .with_context(|| format!("{}", ca_key_path.display()))?;
     let key = PrivateKey::generate(ca_key.algorithm(), &mut rng())?;
@@ -111,8 +116,46 @@ fn responder_identity(args: &OcspArgs, ca: &Certificate) -> Result<(Certificate,
 }
 
 impl OcspState {
+    /// The responder for the `by` CA of `dir`, its revocation index read.
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        by: By,
+        passphrase: &PassphraseArg,
+        validity: Duration,
+    ) -> Result<Arc<Self>> {
+        let ca = signer_cert(dir, by)?;
+        let (responder, key) = responder_identity(dir, by, passphrase, &ca)?;
+        let state = Arc::new(OcspState {
+            ca,
+            responder,
+            key,
+            index: index_path(dir, by),
+            dir: dir.to_owned(),
+            by,
+            revoked: RwLock::new(Revoked { modified: None, entries: Vec::new() }),
+            cache: Mutex::new(HashMap::new()),
+            validity,
+        });
+        state.refresh()?;
+        Ok(state)
+    }
+
+    /// Re-reads the revocation index every second, while the runtime runs.
+    pub(crate) fn spawn_watcher(self: &Arc<Self>) {
+        let watcher = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let w = watcher.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.refresh()).await {
+                    tracing::error!(error = %e, "the revocation index could not be read; answers use the last one read");
+                }
+            }
+        });
+    }
+
     /// Re-reads the revocation index if it changed; a change empties the cache.
-    fn refresh(&self) -> Result<()> {
+    pub(crate) fn refresh(&self) -> Result<()> {
         let modified = std::fs::metadata(&self.index).and_then(|m| m.modified()).ok();
         if modified == claimlink_service::read(&self.revoked).modified && modified.is_some() {
             return Ok(());
@@ -124,7 +167,7 @@ impl OcspState {
         Ok(())
     }
 
-    fn status(&self, serial: &Serial) -> Status {
+    pub(crate) fn status(&self, serial: &Serial) -> Status {
         let revoked = claimlink_service::read(&self.revoked);
         match revoked.entries.binary_search_by_key(serial, |r| r.serial) {
             Ok(i) => Status::Revoked { at: revoked.entries[i].revoked_at, reason: revoked.entries[i].reason },
@@ -132,7 +175,8 @@ impl OcspState {
         }
     }
 
-    fn answer(&self, body: &[u8]) -> Vec<u8> {
+    /// The DER OCSP response to the DER request `body` (an error response for junk).
+    pub(crate) fn answer(&self, body: &[u8]) -> Vec<u8> {
         let Ok(request) = ocsp::parse_request(body) else {
             return ocsp::error_response(ErrorStatus::MalformedRequest);
         };
@@ -177,7 +221,8 @@ impl OcspState {
     }
 }
 
-async fn post(State(state): State<Arc<OcspState>>, body: Bytes) -> Response {
+/// `POST` of an OCSP request: the response, signed off the runtime's threads.
+pub(crate) async fn post(State(state): State<Arc<OcspState>>, body: Bytes) -> Response {
     let answer = tokio::task::spawn_blocking(move || state.answer(&body))
         .await
         .unwrap_or_else(|_| ocsp::error_response(ErrorStatus::InternalError));
@@ -186,39 +231,22 @@ async fn post(State(state): State<Arc<OcspState>>, body: Bytes) -> Response {
 
 /// `claimlink ca ocsp-responder`.
 pub(crate) fn run(args: &OcspArgs) -> Result<()> {
-    let ca = signer_cert(&args.ca, args.by)?;
     if args.validity_minutes == 0 {
         bail!("--validity-minutes must be at least 1");
     }
-    let (responder, key) = responder_identity(args, &ca)?;
-    let state = Arc::new(OcspState {
-        ca,
-        responder,
-        key,
-        index: index_path(&args.ca, args.by),
-        dir: args.ca.clone(),
-        by: args.by,
-        revoked: RwLock::new(Revoked { modified: None, entries: Vec::new() }),
-        cache: Mutex::new(HashMap::new()),
-        validity: Duration::from_secs(args.validity_minutes * 60),
-    });
-    state.refresh()?;
+    let state = OcspState::open(
+        &args.ca,
+        args.by,
+        &args.passphrase,
+        Duration::from_secs(args.validity_minutes * 60),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!("OCSP responder for {} on http://{}", state.ca.subject(), listener.local_addr()?);
-        let watcher = state.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let w = watcher.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.refresh()).await {
-                    tracing::error!(error = %e, "the revocation index could not be read; answers use the last one read");
-                }
-            }
-        });
+        state.spawn_watcher();
         let app = axum::Router::new()
             .route("/", axum::routing::post(post))
             .layer(axum::extract::DefaultBodyLimit::max(ocsp::MAX_REQUEST_LEN))

@@ -137,24 +137,57 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// An exclusive lock on a CA directory's revocation state, held while its index or numbering
+/// is read, changed and replaced (by `ca revoke`, `ca crl` and `ca serve` alike).
+pub(crate) struct StateLock {
+    _file: std::fs::File,
+}
+
+pub(crate) fn lock_state(dir: &Path) -> Result<StateLock> {
+    let path = dir.join(".revocation.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(StateLock { _file: file })
+}
+
+/// Adds `serial` to the revocations of the `by` CA of `dir` (refused if it is there already;
+/// removeFromCRL is not a reason to revoke).
+pub(crate) fn record(dir: &Path, by: By, serial: Serial, reason: Reason) -> Result<Revocation> {
+    if reason == Reason::RemoveFromCrl {
+        bail!("removeFromCRL lifts a hold in a delta CRL; it is not a reason to revoke");
+    }
+    let _lock = lock_state(dir)?;
+    let mut index = read_index(dir, by)?;
+    if index.iter().any(|r| r.serial == serial) {
+        bail!("serial {} is already revoked by the {} CA", serial.to_hex(), by.name());
+    }
+    let entry = Revocation { serial, revoked_at: SystemTime::now(), reason: Some(reason) };
+    index.push(entry.clone());
+    let text: String = index
+        .iter()
+        .map(|r| {
+            format!("{}\t{}\t{}\n", r.serial.to_hex(), unix(r.revoked_at), r.reason.map_or("-", Reason::name))
+        })
+        .collect();
+    write_atomic(&index_path(dir, by), text.as_bytes(), 0o644)?;
+    Ok(entry)
+}
+
 /// `claimlink ca revoke`.
 pub(crate) fn revoke(args: &RevokeArgs) -> Result<()> {
     let ca = signer_cert(&args.ca, args.by)?;
     let reason = Reason::from_name(&args.reason)?;
-    if reason == Reason::RemoveFromCrl {
-        bail!("removeFromCRL lifts a hold in a delta CRL; it is not a reason to revoke");
-    }
     let serial = match (&args.cert, &args.serial) {
         (Some(path), _) => {
             let cert = Certificate::from_pem_or_der(&read_bounded(path, 1 << 20)?)
                 .with_context(|| format!("{}", path.display()))?;
-            let key = ca.public_key()?;
-            let alg = cert.signature_algorithm().context("unsupported signature algorithm")?;
-            if cert.issuer() != ca.subject()
-                || key
-                    .verify(alg, &claimlink_gm::DistId::GMT_0009_DEFAULT, cert.tbs_der(), cert.signature())
-                    .is_err()
-            {
+            if !issued_by(&cert, &ca) {
                 bail!(
                     "{} was not issued by the {} CA of {}",
                     path.display(),
@@ -167,19 +200,7 @@ pub(crate) fn revoke(args: &RevokeArgs) -> Result<()> {
         (None, Some(hex)) => Serial::from_hex(hex).context("--serial")?,
         (None, None) => bail!("give --cert or --serial"),
     };
-    let mut index = read_index(&args.ca, args.by)?;
-    if index.iter().any(|r| r.serial == serial) {
-        bail!("serial {} is already revoked by the {} CA", serial.to_hex(), args.by.name());
-    }
-    let now = SystemTime::now();
-    index.push(Revocation { serial, revoked_at: now, reason: Some(reason) });
-    let text: String = index
-        .iter()
-        .map(|r| {
-            format!("{}\t{}\t{}\n", r.serial.to_hex(), unix(r.revoked_at), r.reason.map_or("-", Reason::name))
-        })
-        .collect();
-    write_atomic(&index_path(&args.ca, args.by), text.as_bytes(), 0o644)?;
+    record(&args.ca, args.by, serial, reason)?;
     println!(
         "revoked serial {} ({}) by the {} CA; run `claimlink ca crl` to publish",
         serial.to_hex(),
@@ -189,28 +210,48 @@ pub(crate) fn revoke(args: &RevokeArgs) -> Result<()> {
     Ok(())
 }
 
-/// `claimlink ca crl`.
-pub(crate) fn crl(args: &CrlArgs) -> Result<()> {
-    let ca = signer_cert(&args.ca, args.by)?;
-    let key_path = args.ca.join(format!("{}-ca.key", args.by.name()));
-    let pass = crate::secret::passphrase(args.passphrase.passphrase_file.as_deref())?;
-    let key: PrivateKey =
-        pem::private_key_from_pem(&read_bounded(&key_path, 1 << 20)?, Some(pass.as_bytes()))
-            .with_context(|| format!("{}", key_path.display()))?;
+/// Whether `ca` signed `cert`.
+pub(crate) fn issued_by(cert: &Certificate, ca: &Certificate) -> bool {
+    let (Ok(key), Some(alg)) = (ca.public_key(), cert.signature_algorithm()) else {
+        return false;
+    };
+    cert.issuer() == ca.subject()
+        && key.verify(alg, &claimlink_gm::DistId::GMT_0009_DEFAULT, cert.tbs_der(), cert.signature()).is_ok()
+}
+
+/// A CRL built by [`build_crl`].
+pub(crate) struct BuiltCrl {
+    pub(crate) der: Vec<u8>,
+    pub(crate) number: u64,
+    pub(crate) entries: usize,
+}
+
+/// Builds and signs the next CRL of the `by` CA of `dir` (full, or a delta over the last full
+/// one) valid for `validity`, and advances the numbering before it returns: a crash after
+/// that skips a number, never gives one number to two different CRLs.
+pub(crate) fn build_crl(
+    dir: &Path,
+    by: By,
+    key: &PrivateKey,
+    delta: bool,
+    validity: Duration,
+) -> Result<BuiltCrl> {
+    let ca = signer_cert(dir, by)?;
     if ca.public_key().ok().as_ref() != Some(&key.public_key()) {
-        bail!("{}: the key does not match the certificate", key_path.display());
+        bail!("the {} CA key does not match its certificate", by.name());
     }
-    let state_file = state_path(&args.ca, args.by);
+    let _lock = lock_state(dir)?;
+    let state_file = state_path(dir, by);
     let mut state: CrlState = if state_file.exists() {
         toml::from_str(&String::from_utf8(read_bounded(&state_file, 1 << 16)?)?)
             .with_context(|| format!("{}", state_file.display()))?
     } else {
         CrlState { next_number: 1, ..Default::default() }
     };
-    let index = read_index(&args.ca, args.by)?;
+    let index = read_index(dir, by)?;
     let now = SystemTime::now();
     let number = state.next_number;
-    let (entries, delta_base): (Vec<Revocation>, Option<u64>) = if args.delta {
+    let (entries, delta_base): (Vec<Revocation>, Option<u64>) = if delta {
         let (Some(base), Some(at)) = (state.full_number, state.full_at) else {
             bail!("a delta CRL needs a full CRL first: run `claimlink ca crl` without --delta");
         };
@@ -218,32 +259,44 @@ pub(crate) fn crl(args: &CrlArgs) -> Result<()> {
     } else {
         (index, None)
     };
-    let params = CrlParams {
-        this_update: now,
-        next_update: now + Duration::from_secs(86_400 * u64::from(args.days.max(1))),
-        number,
-        delta_base,
-    };
+    let params = CrlParams { this_update: now, next_update: now + validity, number, delta_base };
     let count = entries.len();
-    let der = crl::build(&ca, &key, &params, entries)?;
-    let bytes = if args.out.extension().is_some_and(|e| e == "pem") {
-        pem::encode("X509 CRL", &der).into_bytes()
-    } else {
-        der
-    };
-    // The CRL first, then the numbering: a crash between them reuses the number, never skips
-    // past a CRL that was not written.
-    write_atomic(&args.out, &bytes, 0o644)?;
+    let der = crl::build(&ca, key, &params, entries)?;
     state.next_number = number + 1;
-    if !args.delta {
+    if !delta {
         state.full_number = Some(number);
         state.full_at = Some(unix(now));
     }
     write_atomic(&state_file, toml::to_string(&state)?.as_bytes(), 0o644)?;
+    Ok(BuiltCrl { der, number, entries: count })
+}
+
+/// The decrypted key of the `by` CA of `dir`.
+pub(crate) fn signer_key(dir: &Path, by: By, passphrase: &PassphraseArg) -> Result<PrivateKey> {
+    let key_path = dir.join(format!("{}-ca.key", by.name()));
+    let pass = crate::secret::passphrase(passphrase.passphrase_file.as_deref())?;
+    pem::private_key_from_pem(&read_bounded(&key_path, 1 << 20)?, Some(pass.as_bytes()))
+        .with_context(|| format!("{}", key_path.display()))
+}
+
+/// `claimlink ca crl`.
+pub(crate) fn crl(args: &CrlArgs) -> Result<()> {
+    let key = signer_key(&args.ca, args.by, &args.passphrase)?;
+    let validity = Duration::from_secs(86_400 * u64::from(args.days.max(1)));
+    // The numbering moves on when the CRL is built; writing it out can still fail, which
+    // leaves a gap in the numbers, never a number used twice.
+    let built = build_crl(&args.ca, args.by, &key, args.delta, validity)?;
+    let bytes = if args.out.extension().is_some_and(|e| e == "pem") {
+        pem::encode("X509 CRL", &built.der).into_bytes()
+    } else {
+        built.der
+    };
+    write_atomic(&args.out, &bytes, 0o644)?;
+    let count = built.entries;
     println!(
         "wrote {} CRL {} of the {} CA with {} entr{} to {}",
         if args.delta { "delta" } else { "full" },
-        number,
+        built.number,
         args.by.name(),
         count,
         if count == 1 { "y" } else { "ies" },

@@ -11,13 +11,10 @@
 use claimlink_staging::store::Records as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use claimlink_pki::profile::YEAR;
-use claimlink_pki::{
-    Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, Subject, issue, name, pem,
-};
+use claimlink_pki::{Certificate, Issuer, KeyAlgorithm, PrivateKey, Profile, Signer, issue, name, pem};
 use claimlink_provision::registration::{self, CaApplication};
 use claimlink_registry::{AccountId, CaMode, PolicyName, Store, TemplateKind, TemplateName};
 use claimlink_server::{AccountServer, ServerIdentity};
@@ -99,7 +96,7 @@ impl Paths {
 fn leaf(ca: &crate::ca::LoadedCa, profile: &Profile, dn: &str) -> Result<(Certificate, PrivateKey)> {
     let mut rng = crate::ca::rng();
     let key = PrivateKey::generate(ca.algorithm, &mut rng)?;
-    let subject = Subject::new(name::parse(dn)?, key.public_key(), SystemTime::now(), YEAR * 5);
+    let subject = ca.subject(name::parse(dn)?, key.public_key(), YEAR * 5)?;
     let cert = issue(
         &Issuer { certificate: Some(&ca.issuing), signer: &ca.issuing_key },
         profile,
@@ -131,6 +128,7 @@ fn ensure_ca(dir: &Path, algorithm: KeyAlgorithm, subject: &str, passphrase: &Pa
             subject: subject.into(),
             out: dir.to_owned(),
             passphrase: passphrase.clone(),
+            public_url: None,
         })?;
     }
     Ok(())
