@@ -305,3 +305,37 @@ pub fn http_json(
     };
     (status, json)
 }
+
+/// OpenSSL alone opens a GM/T 0009 `SM2EnvelopedKey` (`envelope`, DER) with the SM2 private
+/// key at `key` (PEM, relative to `dir`): `pkeyutl -decrypt` recovers the SM4 key, `enc -d
+/// -sm4-ecb -nopad` the private scalar, which is returned (32 bytes). Files go into `dir`.
+pub fn openssl_open_envelope(dir: &std::path::Path, envelope: &[u8], key: &str) -> Vec<u8> {
+    let parts =
+        claimlink_gm::envelope::parts(envelope).unwrap_or_else(|e| panic!("not an SM2EnvelopedKey: {e}"));
+    let write = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("cannot write {name}: {e}"))
+    };
+    write("sym.der", &parts.sym_encrypted_key);
+    write("encpriv.bin", &parts.encrypted_private_key);
+    run_ok(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(["pkeyutl", "-decrypt", "-inkey", key, "-in", "sym.der", "-out", "sym.bin"]),
+    );
+    let sym = std::fs::read(dir.join("sym.bin")).unwrap_or_default();
+    assert_eq!(sym.len(), 16, "pkeyutl -decrypt gave {} bytes, not an SM4 key", sym.len());
+    let hex: String = sym.iter().map(|b| format!("{b:02x}")).collect();
+    run_ok(Command::new("openssl").current_dir(dir).args([
+        "enc",
+        "-d",
+        "-sm4-ecb",
+        "-nopad",
+        "-K",
+        &hex,
+        "-in",
+        "encpriv.bin",
+        "-out",
+        "d.bin",
+    ]));
+    std::fs::read(dir.join("d.bin")).unwrap_or_default()
+}

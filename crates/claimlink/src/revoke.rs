@@ -168,7 +168,7 @@ pub(crate) fn record(dir: &Path, by: By, serial: Serial, reason: Reason) -> Resu
         bail!("serial {} is already revoked by the {} CA", serial.to_hex(), by.name());
     }
     let entry = Revocation { serial, revoked_at: SystemTime::now(), reason: Some(reason) };
-    index.push(entry.clone());
+    index.push(entry);
     let text: String = index
         .iter()
         .map(|r| {

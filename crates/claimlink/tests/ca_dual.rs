@@ -35,17 +35,7 @@ fn openssl_in(dir: &Path, args: &[&str]) -> String {
 
 /// OpenSSL opens an SM2EnvelopedKey with `key` (PEM path): the 32-byte private scalar.
 fn openssl_open(dir: &Path, envelope: &Path, key: &str) -> Vec<u8> {
-    let parts = claimlink_gm::envelope::parts(&std::fs::read(envelope).unwrap()).unwrap();
-    std::fs::write(dir.join("sym.der"), &parts.sym_encrypted_key).unwrap();
-    std::fs::write(dir.join("encpriv.bin"), &parts.encrypted_private_key).unwrap();
-    openssl_in(dir, &["pkeyutl", "-decrypt", "-inkey", key, "-in", "sym.der", "-out", "sym.bin"]);
-    let sym = std::fs::read(dir.join("sym.bin")).unwrap();
-    assert_eq!(sym.len(), 16, "an SM4 key");
-    openssl_in(
-        dir,
-        &["enc", "-d", "-sm4-ecb", "-nopad", "-K", &hex::encode(&sym), "-in", "encpriv.bin", "-out", "d.bin"],
-    );
-    std::fs::read(dir.join("d.bin")).unwrap()
+    claimlink_testkit::openssl_open_envelope(dir, &std::fs::read(envelope).unwrap(), key)
 }
 
 fn public_of(cert: &Path) -> Vec<u8> {

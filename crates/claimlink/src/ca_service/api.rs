@@ -431,7 +431,12 @@ async fn check_renewal(
     profile: AppProfile,
 ) -> Result<String, ApiError> {
     let bad = |why: &str| ApiError::bad(format!("renewal: {why}"));
-    let old = Certificate::from_pem(renewal.certificate.as_bytes()).map_err(|e| bad(&e.to_string()))?;
+    // The certificate as downloaded: the leaf first, the issuing CA after it.
+    let old = Certificate::chain_from_pem(renewal.certificate.as_bytes())
+        .map_err(|e| bad(&e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no certificate"))?;
     if !crate::revoke::issued_by(&old, &svc.ca.issuing) {
         return Err(bad("the certificate was not issued by this CA"));
     }
