@@ -6,7 +6,10 @@
 //!
 //!     cargo bench -p claimlink-tls --bench handshake
 //!
-//! Prints a Markdown table; a row whose peer is missing says so.
+//! Prints a Markdown table; a row whose peer is missing says so. The "revocation" rows run our
+//! server with what admission does after the handshake: parse the client's chain, and (on) look
+//! every link up in a revocation index holding a CRL of 1,000,000 serials from its CA, or (off)
+//! not; `REVOCATION_ONLY=1` runs just those rows, three rounds each way, interleaved.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
 
@@ -53,8 +56,41 @@ fn provider(sm: bool) -> Arc<rustls::crypto::CryptoProvider> {
     if sm { claimlink_tls::shared_provider(true) } else { Arc::new(rustls::crypto::ring::default_provider()) }
 }
 
+/// What the server does with the client's chain after the handshake.
+#[derive(Clone)]
+enum After {
+    Nothing,
+    /// Parse it (as admission does), and look it up in the index when there is one.
+    Admit(Option<Arc<claimlink_pki::crl::RevocationIndex>>),
+}
+
+/// A revocation index with a CRL of `n` random serials from `pki`'s CA applied.
+fn index_of(pki: &Pki, n: usize) -> Arc<claimlink_pki::crl::RevocationIndex> {
+    use claimlink_pki::crl::{self, Crl, CrlParams, Revocation, Serial};
+    use rand_core::Rng as _;
+    let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+    let now = std::time::SystemTime::now();
+    let entries = (0..n).map(|_| {
+        let mut b = [0u8; 16];
+        rng.fill_bytes(&mut b);
+        b[0] = (b[0] & 0x7f) | 0x40;
+        Revocation { serial: Serial::from_der_content(&b).unwrap(), revoked_at: now, reason: None }
+    });
+    let params =
+        CrlParams { this_update: now, next_update: now + Duration::from_secs(86_400), number: 1, delta_base: None };
+    let der = crl::build(&pki.ca.certificate, &pki.ca.key, &params, entries.collect::<Vec<_>>()).unwrap();
+    let crl = Crl::from_der(der, crl::DEFAULT_MAX_CRL_LEN).unwrap();
+    let mut index = claimlink_pki::crl::RevocationIndex::default();
+    index.apply(&pki.ca.certificate, &crl).unwrap();
+    Arc::new(index)
+}
+
 /// Our server: a thread per connection, handshake then close.
 fn our_server(pki: &Pki, sm: bool) -> (u16, Arc<AtomicBool>) {
+    our_server_with(pki, sm, After::Nothing)
+}
+
+fn our_server_with(pki: &Pki, sm: bool, after: After) -> (u16, Arc<AtomicBool>) {
     let p = provider(sm);
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&pki.ca)), p.clone()).build().unwrap();
@@ -81,12 +117,27 @@ fn our_server(pki: &Pki, sm: bool) -> (u16, Arc<AtomicBool>) {
             }
             let Ok(mut tcp) = tcp else { continue };
             let config = config.clone();
+            let after = after.clone();
             std::thread::spawn(move || {
                 let mut conn = rustls::ServerConnection::new(config).unwrap();
                 while conn.is_handshaking() {
                     if conn.complete_io(&mut tcp).is_err() {
                         return;
                     }
+                }
+                if let After::Admit(index) = &after {
+                    let path: Vec<claimlink_pki::Certificate> = conn
+                        .peer_certificates()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|c| claimlink_pki::Certificate::from_der(c.as_ref()).unwrap())
+                        .collect();
+                    if let Some(index) = index
+                        && index.revoked_in(&path).is_some()
+                    {
+                        return;
+                    }
+                    std::hint::black_box(&path);
                 }
                 let _ = conn.complete_io(&mut tcp);
             });
@@ -184,12 +235,40 @@ fn pki(alg: KeyAlgorithm) -> Pki {
     Pki { server: ca.server(&["endpoint.test"]), device: ca.device("CN=bench-device"), ca }
 }
 
+/// Handshakes per second with the revocation check off and on, interleaved, best of three each.
+fn revocation_rows(pki: &Pki, sm: bool, label: &str) {
+    let t = Instant::now();
+    let index = index_of(pki, 1_000_000);
+    eprintln!("{label}: index of 1,000,000 serials built in {:.2} s", t.elapsed().as_secs_f64());
+    let (mut off, mut on) = (0f64, 0f64);
+    for _ in 0..3 {
+        for (with, best) in [(None, &mut off), (Some(index.clone()), &mut on)] {
+            let (port, stop) = our_server_with(pki, sm, After::Admit(with));
+            *best = best.max(load(pki, sm, port));
+            stop.store(true, Ordering::Relaxed);
+            let _ = TcpStream::connect(("127.0.0.1", port));
+        }
+    }
+    println!("| claimlink-tls, chain parsed, revocation check off | {label} | {off:.0} |");
+    println!(
+        "| claimlink-tls, chain parsed, revocation check on (1,000,000 revoked) | {label} | {on:.0} ({:+.1}%) |",
+        (on / off - 1.0) * 100.0
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let sm = pki(KeyAlgorithm::Sm2);
     let p256 = pki(KeyAlgorithm::P256);
+    if std::env::var("REVOCATION_ONLY").is_ok_and(|v| v == "1") {
+        println!("| server | certificates, suite | handshakes/s ({CLIENTS} client threads, {SECONDS} s, best of 3) |");
+        println!("|---|---|---:|");
+        revocation_rows(&sm, true, "SM2, TLS_SM4_GCM_SM3, curveSM2");
+        revocation_rows(&p256, false, "P-256, TLS_AES_256_GCM_SHA384, X25519");
+        return;
+    }
     println!("| server | certificates, suite | handshakes/s ({CLIENTS} client threads, {SECONDS} s) |");
     println!("|---|---|---:|");
     let (port, stop) = our_server(&sm, true);
