@@ -76,8 +76,12 @@ fn index_of(pki: &Pki, n: usize) -> Arc<claimlink_pki::crl::RevocationIndex> {
         b[0] = (b[0] & 0x7f) | 0x40;
         Revocation { serial: Serial::from_der_content(&b).unwrap(), revoked_at: now, reason: None }
     });
-    let params =
-        CrlParams { this_update: now, next_update: now + Duration::from_secs(86_400), number: 1, delta_base: None };
+    let params = CrlParams {
+        this_update: now,
+        next_update: now + Duration::from_secs(86_400),
+        number: 1,
+        delta_base: None,
+    };
     let der = crl::build(&pki.ca.certificate, &pki.ca.key, &params, entries.collect::<Vec<_>>()).unwrap();
     let crl = Crl::from_der(der, crl::DEFAULT_MAX_CRL_LEN).unwrap();
     let mut index = claimlink_pki::crl::RevocationIndex::default();
@@ -263,7 +267,9 @@ fn main() {
     let sm = pki(KeyAlgorithm::Sm2);
     let p256 = pki(KeyAlgorithm::P256);
     if std::env::var("REVOCATION_ONLY").is_ok_and(|v| v == "1") {
-        println!("| server | certificates, suite | handshakes/s ({CLIENTS} client threads, {SECONDS} s, best of 3) |");
+        println!(
+            "| server | certificates, suite | handshakes/s ({CLIENTS} client threads, {SECONDS} s, best of 3) |"
+        );
         println!("|---|---|---:|");
         revocation_rows(&sm, true, "SM2, TLS_SM4_GCM_SM3, curveSM2");
         revocation_rows(&p256, false, "P-256, TLS_AES_256_GCM_SHA384, X25519");

@@ -1,7 +1,7 @@
 //! Dual certificates and the key management centre from the command line: `claimlink ca
 //! sign-dual` on an OpenSSL-made SM2 CSR gives a signing and an encryption certificate (OpenSSL
 //! reads their key usages) and the encryption key enveloped to the CSR's key, which OpenSSL
-//! alone opens (`pkeyutl -decrypt`, then `enc -d -sm4-ecb -nopad`); recovery of the archived
+//! alone opens (`pkeyutl -decrypt`, then `enc -d -sm4-ecb -nopad`), as does Python `gmssl`; recovery of the archived
 //! key is refused with one approval, with two from the same operator and with a forged one,
 //! and done with two operators' approvals, each step in the KM's audit log.
 
@@ -13,6 +13,31 @@ use std::process::{Command, Output};
 use claimlink_testkit::{openssl, run_ok};
 
 const PASS: &str = "correct horse battery staple";
+
+/// Opens an SM2EnvelopedKey with Python alone: asn1crypto reads the GM/T 0009 structure,
+/// gmssl SM2-decrypts the SM4 key (C1C3C2) and SM4-ECB-decrypts the scalar, checked against
+/// the public key the envelope carries. argv: signing key (hex scalar), envelope path.
+const GMSSL_OPEN: &str = r#"
+import sys
+from asn1crypto import core
+from gmssl import sm2, sm4
+class Cipher(core.Sequence):
+    _fields = [('x', core.Integer), ('y', core.Integer), ('hash', core.OctetString), ('ct', core.OctetString)]
+class Envelope(core.Sequence):
+    _fields = [('alg', core.Any), ('key', Cipher), ('pub', core.BitString), ('priv', core.BitString)]
+env = Envelope.load(open(sys.argv[2], 'rb').read())
+c = env['key']
+raw = c['x'].native.to_bytes(32, 'big') + c['y'].native.to_bytes(32, 'big') + c['hash'].native + c['ct'].native
+sym = sm2.CryptSM2(private_key=sys.argv[1], public_key='', mode=1).decrypt(raw)
+assert sym is not None and len(sym) == 16, 'SM2 decryption failed'
+d = sm4.CryptSM4(sm4.SM4_DECRYPT, padding_mode=2)
+d.set_key(sym, sm4.SM4_DECRYPT)
+scalar = d.crypt_ecb(env['priv'].contents[1:])
+pub = env['pub'].contents[1:]
+s = sm2.CryptSM2(private_key=scalar.hex(), public_key='')
+assert s._kg(int(scalar.hex(), 16), s.ecc_table['g']) == pub[-64:].hex(), 'scalar does not match the public key'
+print(scalar.hex())
+"#;
 
 fn claimlink(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_claimlink"))
@@ -136,6 +161,20 @@ fn dual_certificates_with_an_enveloped_key_openssl_opens_and_recovery_by_two_ope
     let scalar = openssl_open(d, &d.join("dual/enc-key.env"), "sign.key");
     let key = claimlink_gm::Sm2PrivateKey::from_bytes(&scalar).unwrap();
     assert_eq!(key.public_key().to_sec1_uncompressed(), public_of(&d.join("dual/enc.pem")));
+    // Python's gmssl opens it too, the envelope read by asn1crypto (nothing of ours parses it).
+    if let Some(python) = claimlink_testkit::python_with("ca_dual", "gmssl") {
+        let sign_key =
+            claimlink_pki::pem::private_key_from_pem(&std::fs::read(d.join("sign.key")).unwrap(), None)
+                .unwrap();
+        let claimlink_pki::PrivateKey::Sm2 { key: sign_key, .. } = sign_key else { panic!("not SM2") };
+        let o = Command::new(python)
+            .args(["-c", GMSSL_OPEN, &hex::encode(*sign_key.to_bytes())])
+            .arg(d.join("dual/enc-key.env"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "gmssl: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), hex::encode(&scalar), "gmssl's scalar");
+    }
     // The KM archived it, sealed to its own key; nothing in the archive opens with the
     // subscriber's key.
     let archived: Vec<PathBuf> =
