@@ -163,6 +163,9 @@ impl tls::Admission for AccountAdmission {
                 (account, (Some(ca), links))
             }
         };
+        if ca_id.is_some() {
+            self.server.note_crl_sources(&account_id, &leaf);
+        }
         Ok(Admitted { account_id, certificate: leaf, ca_id, links })
     }
 }
@@ -190,7 +193,17 @@ pub(crate) struct Shared {
     shutdown: watch::Receiver<bool>,
     /// One CRL upload at a time (check, store, apply).
     crl_uploads: tokio::sync::Mutex<()>,
+    /// Where the CRLs of each account's CAs are published, learnt from the cRLDistributionPoints
+    /// of the certificates it admits (at most `max_crl_sources` URLs per account).
+    crl_sources: Mutex<HashMap<AccountId, Vec<String>>>,
+    max_crl_sources: std::sync::atomic::AtomicUsize,
+    crl_source_added: tokio::sync::Notify,
 }
+
+/// URLs of CRLs learnt per account, unless [`AccountServer::set_max_crl_sources`] says otherwise.
+pub const DEFAULT_MAX_CRL_SOURCES: usize = 16;
+/// The longest CRL URL kept.
+const MAX_CRL_URL: usize = 1024;
 
 /// The account endpoint.
 #[derive(Clone)]
@@ -227,6 +240,9 @@ impl AccountServer {
             limits,
             shutdown,
             crl_uploads: tokio::sync::Mutex::new(()),
+            crl_sources: Mutex::new(HashMap::new()),
+            max_crl_sources: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_CRL_SOURCES),
+            crl_source_added: tokio::sync::Notify::new(),
         };
         let server = Self { shared: Arc::new(shared) };
         server.reload_all().await?;
@@ -542,6 +558,50 @@ impl AccountServer {
             revoked,
             dropped,
         })
+    }
+
+    /// How many CRL URLs are kept per account (a certificate naming more is not followed for the
+    /// rest; the CRLs can still be uploaded with `PUT /crls`).
+    pub fn set_max_crl_sources(&self, n: usize) {
+        self.shared.max_crl_sources.store(n, Ordering::Relaxed);
+    }
+
+    /// Notes the CRL distribution points of a certificate admitted under one of `account`'s
+    /// registered CAs. Only certificates that validated up to a registered CA get here, so a
+    /// stranger cannot make us fetch anything.
+    fn note_crl_sources(&self, account: &AccountId, leaf: &Certificate) {
+        let Ok(urls) = leaf.crl_urls() else { return };
+        if urls.is_empty() {
+            return;
+        }
+        let max = self.shared.max_crl_sources.load(Ordering::Relaxed);
+        let mut added = false;
+        {
+            let mut sources = lock(&self.shared.crl_sources);
+            let list = sources.entry(account.clone()).or_default();
+            for url in urls {
+                if url.len() <= MAX_CRL_URL && list.len() < max && !list.contains(&url) {
+                    list.push(url);
+                    added = true;
+                }
+            }
+        }
+        if added {
+            self.shared.crl_source_added.notify_one();
+        }
+    }
+
+    /// Every CRL URL learnt, with its account.
+    pub fn crl_sources(&self) -> Vec<(AccountId, String)> {
+        lock(&self.shared.crl_sources)
+            .iter()
+            .flat_map(|(a, urls)| urls.iter().map(move |u| (a.clone(), u.clone())))
+            .collect()
+    }
+
+    /// Waits until a new CRL URL is learnt.
+    pub async fn crl_source_added(&self) {
+        self.shared.crl_source_added.notified().await;
     }
 
     /// Drops every live session that authenticated with `certificate_id` (a certificate moved

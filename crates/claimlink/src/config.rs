@@ -47,6 +47,9 @@ pub(crate) struct Config {
     /// The registration portal.
     #[serde(default)]
     pub(crate) portal: PortalSection,
+    /// Fetching the CRLs of CAs registered in accounts.
+    #[serde(default)]
+    pub(crate) revocation: RevocationSection,
 }
 
 /// A certificate chain and its key.
@@ -257,6 +260,28 @@ impl Default for ClaimsSection {
     }
 }
 
+section!(
+    /// `[revocation]`: the CRLs the account endpoint fetches for registered CAs.
+    RevocationSection {
+        crl_fetch_interval_secs: u64 => "each CRL distribution point learnt is fetched this often",
+        max_crl_fetch_bytes: u64 => "a larger CRL is refused and changes nothing",
+        crl_fetch_timeout_secs: u64 => "one fetch in all",
+        max_crl_sources_per_account: usize => "CRL URLs followed per account",
+    }
+);
+
+impl Default for RevocationSection {
+    fn default() -> Self {
+        let f = crate::crl_fetch::FetchLimits::default();
+        Self {
+            crl_fetch_interval_secs: f.interval.as_secs(),
+            max_crl_fetch_bytes: f.max_bytes,
+            crl_fetch_timeout_secs: f.timeout.as_secs(),
+            max_crl_sources_per_account: claimlink_server::DEFAULT_MAX_CRL_SOURCES,
+        }
+    }
+}
+
 impl Default for PortalSection {
     fn default() -> Self {
         let p = PortalLimits::default();
@@ -320,6 +345,9 @@ impl Config {
             ("portal.qr_running", self.portal.qr_running as u64),
             ("portal.max_image_side", u64::from(self.portal.max_image_side)),
             ("portal.session_secs", self.portal.session_secs),
+            ("revocation.crl_fetch_interval_secs", self.revocation.crl_fetch_interval_secs),
+            ("revocation.max_crl_fetch_bytes", self.revocation.max_crl_fetch_bytes),
+            ("revocation.crl_fetch_timeout_secs", self.revocation.crl_fetch_timeout_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -433,6 +461,16 @@ impl Config {
         (limits, policy)
     }
 
+    /// `[revocation]`: the CRL fetcher's bounds.
+    pub(crate) fn crl_fetch_limits(&self) -> crate::crl_fetch::FetchLimits {
+        let r = &self.revocation;
+        crate::crl_fetch::FetchLimits {
+            interval: Duration::from_secs(r.crl_fetch_interval_secs),
+            max_bytes: r.max_crl_fetch_bytes,
+            timeout: Duration::from_secs(r.crl_fetch_timeout_secs),
+        }
+    }
+
     /// `[portal]` (its HTTP listener from `[http]`).
     pub(crate) fn portal_limits(&self) -> PortalLimits {
         let p = &self.portal;
@@ -470,6 +508,11 @@ pub(crate) fn default_file() -> String {
         ("every HTTP listener (admin API, staging API, portal)", "http", HttpSection::default().toml()),
         ("claims at staging (server with [staging], up)", "claims", ClaimsSection::default().toml()),
         ("the registration portal (up)", "portal", PortalSection::default().toml()),
+        (
+            "CRLs of CAs registered in accounts (server, up)",
+            "revocation",
+            RevocationSection::default().toml(),
+        ),
     ];
     let mut out = String::from(HEADER);
     for (title, name, keys) in sections {

@@ -9,6 +9,7 @@ mod broker_cmd;
 mod ca;
 mod ca_service;
 mod config;
+mod crl_fetch;
 mod device_cmd;
 mod files;
 mod fleet;

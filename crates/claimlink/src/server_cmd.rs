@@ -54,6 +54,8 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
         let store = claimlink_staging::store::open(&url).await.context("cannot open the registry")?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let server = AccountServer::new(store.clone(), &identity, limits.clone(), shutdown.clone()).await?;
+        server.set_max_crl_sources(file.revocation.max_crl_sources_per_account);
+        crate::crl_fetch::spawn(server.clone(), file.crl_fetch_limits());
         let (mqtt, api) = server
             .start_with(mqtt_addr, api_addr, file.http_limits(), Some(identity.https_config()?))
             .await?;

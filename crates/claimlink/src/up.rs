@@ -345,6 +345,8 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         let staging = StagingServer::new(store.clone(), &identity, config, shutdown.clone()).await?;
         let account =
             AccountServer::new(store.clone(), &identity, settings.broker_limits(), shutdown.clone()).await?;
+        account.set_max_crl_sources(settings.revocation.max_crl_sources_per_account);
+        crate::crl_fetch::spawn(account.clone(), settings.crl_fetch_limits());
         // One process: staging tells the account of every release at once (an account run
         // elsewhere gets the signed notice from the claim API's release answer instead).
         let to_account = account.clone();
