@@ -48,11 +48,10 @@ fn iot_json(api: &Api, token: &str, args: &[&str]) -> Value {
     if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
 }
 
-#[test]
-fn an_oem_sets_up_its_account_with_aws_style_commands() {
-    let Some(mut paho) = Paho::start("iot_cli") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// `claimlink server` in `d` with one account ("acme", endpoint acme.iot.test), the endpoint's
+/// certificate from a test CA, `extra` appended to its configuration file: the server, the MQTT
+/// port, the admin API and the account (with its `apiToken`).
+fn start_server(d: &std::path::Path, extra: &str) -> (Server, u16, Api, Value) {
     let p = |name: &str| d.join(name).display().to_string();
     let server_ca = TestCa::issuing(KeyAlgorithm::P256, "CN=Endpoint CA");
     let leaf = server_ca.server(&["acme.iot.test", "localhost"]);
@@ -66,7 +65,7 @@ fn an_oem_sets_up_its_account_with_aws_style_commands() {
     let db = format!("sqlite://{}", p("registry.db"));
     std::fs::write(
         p("server.toml"),
-        format!("database = \"{db}\"\nmqtt = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\n"),
+        format!("database = \"{db}\"\nmqtt = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\n[tls]\ncertificate = \"server.pem\"\nprivate_key = \"server.key\"\n{extra}"),
     )
     .unwrap();
 
@@ -77,7 +76,6 @@ fn an_oem_sets_up_its_account_with_aws_style_commands() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let account: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let token = account["apiToken"].as_str().unwrap().to_owned();
 
     let mut child = bin()
         .args(["server", "--config", &p("server.toml")])
@@ -89,12 +87,23 @@ fn an_oem_sets_up_its_account_with_aws_style_commands() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mqtt_line = lines.next().unwrap().unwrap();
     let api_line = lines.next().unwrap().unwrap();
-    let _server = Server(child);
+    let server = Server(child);
     let mqtt_port: u16 = mqtt_line.rsplit(':').next().unwrap().parse().unwrap();
     // The admin API is HTTPS with the endpoint's certificate: reached by a name it carries.
     let api_port = api_line.rsplit(':').next().unwrap();
     assert!(api_line.starts_with("admin API on https://"), "{api_line}");
     let api = Api { url: format!("https://localhost:{api_port}"), ca_bundle: p("server-root.pem") };
+    (server, mqtt_port, api, account)
+}
+
+#[test]
+fn an_oem_sets_up_its_account_with_aws_style_commands() {
+    let Some(mut paho) = Paho::start("iot_cli") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).display().to_string();
+    let (_server, mqtt_port, api, account) = start_server(d, "");
+    let token = account["apiToken"].as_str().unwrap().to_owned();
 
     // The OEM, with files as it would keep them for `aws iot`.
     let maker = TestCa::issuing(KeyAlgorithm::P256, "CN=Module Maker CA,O=Maker");
@@ -202,4 +211,164 @@ fn an_oem_sets_up_its_account_with_aws_style_commands() {
     let gone: Value =
         serde_json::from_str(&paho.run(&json!({"op": "disconnected", "name": "d"}).to_string())).unwrap();
     assert_eq!(gone, json!({"rc": 0x87}));
+}
+
+/// An OEM's own CA, registered in its account, publishes its CRL with `claimlink ca serve` at
+/// the distribution point its certificates name. The account endpoint learns the URL from the
+/// device it admits, fetches the CRL, and when the CA revokes the device the session ends and
+/// the device is refused, without anyone uploading anything.
+#[test]
+fn a_registered_ca_s_crl_is_fetched_from_where_its_certificates_say() {
+    let Some(mut paho) = Paho::start("iot_cli") else { return };
+    if claimlink_testkit::openssl("iot_cli").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).display().to_string();
+    let (_server, mqtt_port, api, account) = start_server(d, "[revocation]\ncrl_fetch_interval_secs = 1\n");
+    let token = account["apiToken"].as_str().unwrap().to_owned();
+
+    // The OEM's CA, published by its CA service.
+    std::fs::write(p("pass"), "correct horse battery staple").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ok = |args: &[&str]| {
+        let o = bin().current_dir(d).env_remove("CLAIMLINK_CA_PASSPHRASE").args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(&[
+        "ca",
+        "init",
+        "--algorithm",
+        "p256",
+        "--subject",
+        "CN=Acme Lamps,O=Acme",
+        "--out",
+        "acme-ca",
+        "--passphrase-file",
+        "pass",
+        "--public-url",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    let mut ca = bin()
+        .current_dir(d)
+        .env_remove("CLAIMLINK_CA_PASSPHRASE")
+        .args([
+            "ca",
+            "serve",
+            "--ca",
+            "acme-ca",
+            "--passphrase-file",
+            "pass",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(ca.stdout.take().unwrap()).lines();
+    while !out.next().unwrap().unwrap().contains(" on http://") {}
+    let _ca = Server(ca);
+
+    let file = |n: &str| format!("file://{}", p(n));
+    std::fs::write(
+        p("policy.json"),
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        p("template.json"),
+        json!({
+            "Parameters": {"AWS::IoT::Certificate::CommonName": {"Type": "String"}, "AWS::IoT::Certificate::Id": {"Type": "String"}},
+            "Resources": {
+                "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"}}},
+                "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"}},
+                "policy": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "Lamps"}}
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    iot_json(
+        &api,
+        &token,
+        &["create-policy", "--policy-name", "Lamps", "--policy-document", &file("policy.json")],
+    );
+    iot_json(
+        &api,
+        &token,
+        &[
+            "create-provisioning-template",
+            "--template-name",
+            "lamps",
+            "--template-body",
+            &file("template.json"),
+            "--enabled",
+            "--type",
+            "JITP",
+        ],
+    );
+    iot_json(
+        &api,
+        &token,
+        &[
+            "register-ca-certificate",
+            "--ca-certificate",
+            &file("acme-ca/issuing-ca.pem"),
+            "--certificate-mode",
+            "SNI_ONLY",
+            "--set-as-active",
+            "--allow-auto-registration",
+            "--registration-config",
+            "{\"templateName\": \"lamps\"}",
+        ],
+    );
+
+    // A lamp's certificate from the OEM's CA: it names the CRL's URL.
+    let run = |args: &[&str]| claimlink_testkit::run_ok(Command::new("openssl").current_dir(d).args(args));
+    run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "lamp.key"]);
+    run(&["req", "-new", "-subj", "/CN=lamp-9", "-key", "lamp.key", "-out", "lamp.csr"]);
+    ok(&[
+        "ca",
+        "sign-csr",
+        "--ca",
+        "acme-ca",
+        "--passphrase-file",
+        "pass",
+        "--csr",
+        "lamp.csr",
+        "--profile",
+        "claim-thing",
+        "--out",
+        "lamp.pem",
+    ]);
+    let connect = |paho: &mut Paho, name: &str| -> Value {
+        serde_json::from_str(&paho.run(
+            &json!({"op": "connect", "name": name, "cid": "lamp-9", "port": mqtt_port, "sni": "acme.iot.test",
+            "ca": p("server-root.pem"), "cert": p("lamp.pem"), "key": p("lamp.key")})
+            .to_string(),
+        ))
+        .unwrap()
+    };
+    assert_eq!(connect(&mut paho, "a"), json!({"rc": 0}));
+    // The account fetches the (empty) CRL as soon as it learns the URL; give it a moment.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
+    // The OEM revokes the lamp on its own CA; the service re-signs its CRL within a second,
+    // the account fetches it within another, and the lamp's session ends.
+    ok(&["ca", "revoke", "--ca", "acme-ca", "--cert", "lamp.pem", "--reason", "keyCompromise"]);
+    let revoked = std::time::Instant::now();
+    let gone: Value = serde_json::from_str(
+        &paho.run(&json!({"op": "disconnected", "name": "a", "timeout": 15}).to_string()),
+    )
+    .unwrap();
+    assert_eq!(gone, json!({"rc": 0x87}), "the session ends when the fetched CRL revokes it");
+    let took = revoked.elapsed();
+    eprintln!("session ended {took:?} after the revocation at the CA");
+    assert!(took < std::time::Duration::from_secs(8), "{took:?}");
+    let again = connect(&mut paho, "b");
+    assert_ne!(again, json!({"rc": 0}), "refused after: {again}");
 }
