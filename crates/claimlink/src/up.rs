@@ -44,6 +44,11 @@ pub(crate) struct UpArgs {
     /// The registration portal (plain HTTP on loopback, or HTTPS with --https).
     #[arg(long, default_value = "127.0.0.1:8080")]
     portal: SocketAddr,
+    /// The CA system of the SM2 module maker (RA, CRLs, OCSP; plain HTTP on loopback). Its
+    /// revocations reach staging and the accounts at once. The URL is written into the
+    /// certificates that CA issues when `up` first makes it.
+    #[arg(long, default_value = "127.0.0.1:8890")]
+    ca_system: SocketAddr,
     /// Serve the admin API and the portal over HTTPS with the endpoints' certificates (SM2 and
     /// P-256, TLS 1.3 with SM or the international suites), as the MQTT listeners and the
     /// staging API always are. Without it they are plain HTTP and must listen on loopback.
@@ -121,14 +126,20 @@ fn write_leaf(dir: &Path, stem: &str, cert: &Certificate, chain: &str, key: &Pri
     Ok(())
 }
 
-fn ensure_ca(dir: &Path, algorithm: KeyAlgorithm, subject: &str, passphrase: &PassphraseArg) -> Result<()> {
+fn ensure_ca(
+    dir: &Path,
+    algorithm: KeyAlgorithm,
+    subject: &str,
+    passphrase: &PassphraseArg,
+    public_url: Option<String>,
+) -> Result<()> {
     if !dir.join("ca.toml").exists() {
         crate::ca::init(&crate::ca::InitArgs {
             algorithm,
             subject: subject.into(),
             out: dir.to_owned(),
             passphrase: passphrase.clone(),
-            public_url: None,
+            public_url,
         })?;
     }
     Ok(())
@@ -175,7 +186,9 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
         (KeyAlgorithm::P256, "endpoint-ca", "CN=claimlink Demo Endpoint Root,O=claimlink demo,C=CN"),
         (KeyAlgorithm::Sm2, "endpoint-ca-sm2", "CN=claimlink Demo SM2 Endpoint Root,O=claimlink demo,C=CN"),
     ] {
-        ensure_ca(&paths.p(dir), algorithm, subject, &passphrase)?;
+        // The SM2 module maker publishes through the CA system `up` runs.
+        let public_url = (dir == "manufacturer-ca-sm2").then(|| format!("http://{}", args.ca_system));
+        ensure_ca(&paths.p(dir), algorithm, subject, &passphrase, public_url)?;
     }
     let endpoint_ca = crate::ca::load(&paths.p("endpoint-ca"), &passphrase)?;
     let endpoint_ca_sm2 = crate::ca::load(&paths.p("endpoint-ca-sm2"), &passphrase)?;
@@ -310,7 +323,7 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         None => crate::config::Config::default(),
     };
     let paths = Paths { data: args.data.clone() };
-    let _passphrase = prepare_files(args, &paths)?;
+    let passphrase = prepare_files(args, &paths)?;
     let mut manufacturer_roots = Vec::new();
     for factory in ["factory", "factory-sm2"] {
         let path = format!("{factory}/root-ca.pem");
@@ -384,6 +397,39 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (choose another with {flag})"))
         };
+        // The SM2 module maker's CA system: what it revokes is applied at staging at once (which
+        // passes it on to the accounts).
+        let to_staging = staging.clone();
+        let handle = tokio::runtime::Handle::current();
+        let on_crl: crate::ca_service::CrlHook = std::sync::Arc::new(move |body| {
+            let staging = to_staging.clone();
+            handle.spawn(async move {
+                match staging.apply_crl(&body, "ca-system").await {
+                    Ok(a) => tracing::info!(dropped = a.dropped, revoked = a.revoked, "CA system CRL applied at staging"),
+                    Err(claimlink_staging::server::CrlUploadError::Invalid(why)) => {
+                        tracing::debug!(%why, "CA system CRL not applied at staging")
+                    }
+                    Err(claimlink_staging::server::CrlUploadError::Internal) => {
+                        tracing::error!("applying the CA system's CRL at staging failed")
+                    }
+                }
+            });
+        });
+        let ca_listener = bind(args.ca_system, "--ca-system").await?;
+        crate::ca_service::start(
+            crate::ca_service::Setup {
+                dir: paths.p("manufacturer-ca-sm2"),
+                passphrase: passphrase.clone(),
+                database_url: None,
+                crl_validity: std::time::Duration::from_secs(24 * 3600),
+                ocsp_validity: std::time::Duration::from_secs(3600),
+                on_crl: Some(on_crl),
+            },
+            ca_listener,
+            shutdown.clone(),
+        )
+        .await
+        .context("the CA system")?;
         let staging_mqtt = bind(args.staging_mqtt, "--staging-mqtt").await?;
         let staging_api = bind(args.staging_api, "--staging-api").await?;
         let portal_listener = bind(args.portal, "--portal").await?;
@@ -446,6 +492,7 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
          \n  staging API           https://{STAGING_HOST}:{aport}/\
          \n  demo OEM endpoint     mqtts://{OEM_HOST}:{mport}\
          \n  account admin API     {scheme}://localhost:{apport}/  (token in {data}/account-token)\
+         \n  CA system (SM2)       http://{ca}/  (RA, CRLs, OCSP; the super administrator's token is in {data}/manufacturer-ca-sm2/super-admin.token)\
          \n  device labels         {labels} (P-256), {labels_sm2} (SM2)\
          \n  TLS                   1.3 with SM (RFC 8998: TLS_SM4_GCM_SM3, SM2 certificates) or the international suites, on every port\
          \n  CA of every endpoint  {data}/endpoint-ca.pem\
@@ -458,6 +505,7 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
         pport = args.portal.port(),
         scheme = if args.https { "https" } else { "http" },
         apport = api.port(),
+        ca = args.ca_system,
         sport = args.staging_mqtt.port(),
         smqtt = args.staging_mqtt,
         aport = args.staging_api.port(),

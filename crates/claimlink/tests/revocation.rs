@@ -1,9 +1,11 @@
-//! Revocation at the handshake, against a real `claimlink up`: the manufacturer revokes an SM2
+//! Revocation at the handshake, against a real `claimlink up`: the manufacturer revokes a
 //! device's birth certificate (`claimlink ca revoke`, `claimlink ca crl`), the staging
 //! administrator applies the CRL (`PUT /staging/crls`); the device's live session ends at once,
 //! its next handshake is refused, a restart keeps refusing it, another device is untouched;
 //! the root then revokes the issuing CA and every device under it is refused. Bad, forged and
-//! stale CRLs change nothing.
+//! stale CRLs change nothing. Through `up`'s CA system (the SM2 module maker's RA), a revocation
+//! asked by one operator and approved by another ends the device's session at staging and at
+//! the account within a second, with nothing uploaded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -103,10 +105,12 @@ fn text(b: Vec<u8>) -> String {
 #[test]
 fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
     let mut p = Platform::up("revocation");
-    let devices = p.sm2_devices();
+    // The P-256 module maker: its CA runs elsewhere (the SM2 one publishes through `up`'s CA
+    // system, tested below), so its CRLs reach staging only by upload.
+    let devices = p.devices();
     let (victim, bystander) = (devices[0].clone(), devices[1].clone());
-    let ca_dir = p.data("manufacturer-ca-sm2");
-    let issuing = std::fs::read_to_string(p.data("manufacturer-ca-sm2/issuing-ca.pem")).unwrap();
+    let ca_dir = p.data("manufacturer-ca");
+    let issuing = std::fs::read_to_string(p.data("manufacturer-ca/issuing-ca.pem")).unwrap();
     let dir = tempfile::tempdir().unwrap();
 
     let mut live = connect(&p, &victim).expect("the victim connects before it is revoked");
@@ -115,7 +119,7 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
     // Bad input changes nothing: junk, a CRL alone that no trusted CA signed, and a CRL of a
     // CA whose chain is not given.
     assert_eq!(upload(&p, "not a CRL").0, 400);
-    let empty = text(crl_of(&p, "manufacturer-ca-sm2", "issuing", &dir.path().join("empty.pem")));
+    let empty = text(crl_of(&p, "manufacturer-ca", "issuing", &dir.path().join("empty.pem")));
     let (status, body) = upload(&p, &empty);
     assert_eq!(status, 400, "{body}");
     assert!(body["message"].as_str().unwrap().contains("not signed by a trusted CA"), "{body}");
@@ -133,7 +137,7 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
         "keyCompromise",
     ]);
     assert!(said.contains("keyCompromise"), "{said}");
-    let crl = text(crl_of(&p, "manufacturer-ca-sm2", "issuing", &dir.path().join("crl.pem")));
+    let crl = text(crl_of(&p, "manufacturer-ca", "issuing", &dir.path().join("crl.pem")));
     let (status, body) = upload(&p, &format!("{crl}{issuing}"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -168,11 +172,13 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
     connect(&p, &bystander).expect("the bystander connects after the restart");
     let (status, list) = p.staging_admin("GET", "/staging/crls", None);
     assert_eq!(status, 200, "{list}");
-    assert_eq!(list["crls"].as_array().map(Vec::len), Some(1), "{list}");
+    let revoking: Vec<_> =
+        list["crls"].as_array().unwrap().iter().filter(|c| c["revokedCertificates"] == 1).collect();
+    assert_eq!(revoking.len(), 1, "{list}");
 
     // The root revokes the issuing CA: every device under it is refused, its sessions end.
     let mut bystander_live = connect(&p, &bystander).unwrap();
-    let issuing_path = p.data("manufacturer-ca-sm2/issuing-ca.pem");
+    let issuing_path = p.data("manufacturer-ca/issuing-ca.pem");
     claimlink(&[
         "ca",
         "revoke",
@@ -186,21 +192,22 @@ fn a_revoked_birth_certificate_is_dropped_and_refused_and_stays_refused() {
         "cACompromise",
     ]);
     // DER this time, as `openssl crl` would publish it; the https helper sends text, so PEM-wrap.
-    let der = crl_of(&p, "manufacturer-ca-sm2", "root", &dir.path().join("root-crl.der"));
+    let der = crl_of(&p, "manufacturer-ca", "root", &dir.path().join("root-crl.der"));
     assert_eq!(der[0], 0x30, "a .der name writes DER");
     let pem = claimlink_pki::pem::encode("X509 CRL", &der);
     let (status, body) = upload(&p, &pem);
     assert_eq!(status, 200, "{body}");
     assert!(time_to_close(&mut bystander_live) < Duration::from_secs(1));
     assert!(connect(&p, &bystander).is_err(), "a device under a revoked issuing CA is refused");
-    // P-256 devices, of another manufacturer CA, are not.
-    connect(&p, &p.devices()[0]).unwrap();
+    // SM2 devices, of another manufacturer CA, are not.
+    connect(&p, &p.sm2_devices()[0]).unwrap();
 }
 
 #[test]
 fn a_device_online_at_the_account_is_dropped_within_a_second_of_its_revocation() {
     let p = Platform::up("revocation-account");
-    let thing = p.sm2_devices()[0].clone();
+    // A P-256 device: its module maker's CA runs elsewhere and uploads its CRLs.
+    let thing = p.devices()[0].clone();
     let mut d = platform::AtDevice::start(&p, &thing);
     assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
     let (status, body) = p.claim_api(
@@ -211,7 +218,7 @@ fn a_device_online_at_the_account_is_dropped_within_a_second_of_its_revocation()
     assert_eq!(status, 200, "{body}");
     d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
 
-    let ca_dir = p.data("manufacturer-ca-sm2");
+    let ca_dir = p.data("manufacturer-ca");
     let cert = p.bundle(&thing).join("cert.pem");
     claimlink(&[
         "ca",
@@ -224,8 +231,8 @@ fn a_device_online_at_the_account_is_dropped_within_a_second_of_its_revocation()
         "keyCompromise",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let crl = text(crl_of(&p, "manufacturer-ca-sm2", "issuing", &dir.path().join("crl.pem")));
-    let issuing = std::fs::read_to_string(p.data("manufacturer-ca-sm2/issuing-ca.pem")).unwrap();
+    let crl = text(crl_of(&p, "manufacturer-ca", "issuing", &dir.path().join("crl.pem")));
+    let issuing = std::fs::read_to_string(p.data("manufacturer-ca/issuing-ca.pem")).unwrap();
     // Applied at staging, which hands it to the account of this process.
     let (status, body) = upload(&p, &format!("{crl}{issuing}"));
     assert_eq!(status, 200, "{body}");
@@ -253,4 +260,116 @@ fn a_device_online_at_the_account_is_dropped_within_a_second_of_its_revocation()
     assert!(text_.contains("not newer"), "{text_}");
     let (status, text_) = p.admin_api_call("PUT", "/crls", "junk");
     assert_eq!(status, 400, "{text_}");
+}
+
+/// `claimlink ca ra` against the platform's CA system with a token file; the JSON answer.
+fn ra(p: &Platform, token: &str, args: &[&str]) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}", p.ca_system);
+    let mut full = vec!["ca", "ra", "--endpoint-url", &url, "--token-file", token];
+    full.extend(args);
+    serde_json::from_str(&claimlink(&full)).unwrap()
+}
+
+#[test]
+fn a_device_revoked_through_the_ca_system_of_up_is_dropped_at_staging_and_the_account_within_a_second() {
+    let p = Platform::up("revocation-ca-system");
+    let thing = p.sm2_devices()[0].clone();
+    let other = p.sm2_devices()[1].clone();
+    let mut session = connect(&p, &thing).expect("the device connects to staging");
+    let mut bystander = connect(&p, &other).expect("another device connects");
+    // The module maker's administrators: the super administrator appoints a business
+    // administrator, who appoints two operators.
+    let dir = tempfile::tempdir().unwrap();
+    let t = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let sup = p.data("manufacturer-ca-sm2/super-admin.token");
+    ra(
+        &p,
+        &sup,
+        &[
+            "create-administrator",
+            "--name",
+            "bea",
+            "--role",
+            "business-administrator",
+            "--token-out",
+            &t("bea"),
+        ],
+    );
+    for op in ["olga", "omar"] {
+        ra(
+            &p,
+            &t("bea"),
+            &["create-administrator", "--name", op, "--role", "business-operator", "--token-out", &t(op)],
+        );
+    }
+    // The device's birth certificate names the CA system's CRL and OCSP.
+    let cert =
+        claimlink_pki::Certificate::from_pem(&std::fs::read(p.bundle(&thing).join("cert.pem")).unwrap())
+            .unwrap();
+    assert_eq!(cert.crl_urls().unwrap(), vec![format!("http://127.0.0.1:{}/crl/issuing.crl", p.ca_system)]);
+    assert_eq!(cert.ocsp_urls().unwrap(), vec![format!("http://127.0.0.1:{}/ocsp", p.ca_system)]);
+    let serial = cert.serial_hex();
+    let asked = ra(&p, &t("olga"), &["request-revocation", "--serial", &serial, "--reason", "keyCompromise"]);
+    let id = asked["requestId"].as_str().unwrap().to_owned();
+    let approved = std::time::Instant::now();
+    let done = ra(&p, &t("omar"), &["approve-revocation", "--request-id", &id]);
+    assert_eq!(done["status"], "REVOKED");
+    let took = approved.elapsed() + time_to_close(&mut session);
+    eprintln!("session at staging ended {took:?} after the approval was sent");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let again = connect(&p, &thing);
+    assert!(again.is_err(), "refused at the handshake after its revocation");
+    // The other device is still there.
+    bystander.write_all(&[0xc0, 0x00]).unwrap(); // PINGREQ
+    let mut pong = [0u8; 2];
+    bystander.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, [0xd0, 0x00]);
+
+    // A claimed device online at the account: revoked through the CA system, dropped there too
+    // (staging hands the CRL to the account of this process).
+    let claimed = p.sm2_devices()[2].clone();
+    let mut d = platform::AtDevice::start(&p, &claimed);
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &serde_json::json!({"thingName": claimed, "endpoint": p.oem_endpoint(), "claimCode": p.claim_code(&claimed)}),
+    );
+    assert_eq!(status, 200, "{body}");
+    d.wait_for("AT+CONNECT?", "OK 1 1 CONNECTED CUSTOMER");
+    let cert =
+        claimlink_pki::Certificate::from_pem(&std::fs::read(p.bundle(&claimed).join("cert.pem")).unwrap())
+            .unwrap();
+    let asked =
+        ra(&p, &t("omar"), &["request-revocation", "--serial", &cert.serial_hex(), "--reason", "superseded"]);
+    let id = asked["requestId"].as_str().unwrap().to_owned();
+    let e = Command::new(env!("CARGO_BIN_EXE_claimlink"))
+        .args([
+            "ca",
+            "ra",
+            "--endpoint-url",
+            &format!("http://127.0.0.1:{}", p.ca_system),
+            "--token-file",
+            &t("omar"),
+        ])
+        .args(["approve-revocation", "--request-id", &id])
+        .output()
+        .unwrap();
+    assert_eq!(e.status.code(), Some(254), "the operator who asked cannot approve");
+    let approved = Instant::now();
+    ra(&p, &t("olga"), &["approve-revocation", "--request-id", &id]);
+    loop {
+        let state = d.at("AT+CONNECT?");
+        if state.contains("DISCONNECTED") {
+            break;
+        }
+        assert!(
+            approved.elapsed() < Duration::from_secs(1),
+            "still {state} {:?} after approval",
+            approved.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("dropped at the account {:?} after the approval was sent", approved.elapsed());
+    assert!(d.at("AT+CONNECT").starts_with("ERR"), "refused at the account after");
 }

@@ -78,6 +78,11 @@ struct Published {
     index_modified: Option<SystemTime>,
 }
 
+/// Called with every CRL the service publishes: the issuing CA's as PEM followed by the issuing
+/// CA's certificate (what staging's `PUT /staging/crls` takes), the root's as DER. `up` hands
+/// them to staging, which ends the sessions they revoke and passes them on to the accounts.
+pub(crate) type CrlHook = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
+
 /// The service's state.
 pub(crate) struct Service {
     pub(crate) dir: PathBuf,
@@ -92,6 +97,7 @@ pub(crate) struct Service {
     crl_validity: Duration,
     /// Serializes the service's writes: one audit chain, one writer at a time.
     pub(crate) write: tokio::sync::Mutex<()>,
+    on_crl: Option<CrlHook>,
 }
 
 impl Service {
@@ -119,6 +125,17 @@ impl Service {
         let out = self.dir.join("published");
         std::fs::create_dir_all(&out)?;
         write_atomic(&out.join(format!("{}.crl", by.name())), &built.der, 0o644)?;
+        if let Some(hook) = &self.on_crl {
+            hook(match by {
+                By::Issuing => format!(
+                    "{}{}",
+                    claimlink_pki::pem::encode("X509 CRL", &built.der),
+                    self.ca.issuing.to_pem()
+                )
+                .into_bytes(),
+                By::Root => built.der.clone(),
+            });
+        }
         *claimlink_service::write(self.published(by)) =
             Published { der: built.der, signed: Instant::now(), index_modified: modified };
         tracing::info!(ca = by.name(), number = built.number, entries = built.entries, "CRL published");
@@ -244,6 +261,93 @@ fn default_database(dir: &Path) -> Result<String> {
     Ok(format!("sqlite://{}", path.display()))
 }
 
+/// What [`start`] needs besides its listener.
+pub(crate) struct Setup {
+    pub(crate) dir: PathBuf,
+    pub(crate) passphrase: PassphraseArg,
+    pub(crate) database_url: Option<String>,
+    pub(crate) crl_validity: Duration,
+    pub(crate) ocsp_validity: Duration,
+    pub(crate) on_crl: Option<CrlHook>,
+}
+
+/// Opens the CA system of `setup.dir` and serves it on `listener` (its tasks run on the current
+/// runtime until `shutdown`).
+pub(crate) async fn start(
+    setup: Setup,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Arc<Service>> {
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        bail!(
+            "{addr}: the CA service speaks plain HTTP and listens on loopback only; put a \
+             TLS-terminating proxy in front of it to serve others"
+        );
+    }
+    let url = match &setup.database_url {
+        Some(u) => u.clone(),
+        None => default_database(&setup.dir)?,
+    };
+    let Setup { dir, passphrase, crl_validity, ocsp_validity, on_crl, .. } = setup;
+    // Keys decrypted and responders opened off the runtime (PBKDF2, file reads).
+    let d = dir.clone();
+    let (ca, root_key, km, ocsp_issuing, ocsp_root) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let ca = load(&d, &passphrase)?;
+        let root_key = signer_key(&d, By::Root, &passphrase)?;
+        let km = match ca.algorithm {
+            claimlink_pki::KeyAlgorithm::Sm2 => Some(crate::km::load_km_key(&d, &passphrase)?),
+            _ => None,
+        };
+        let ocsp_issuing = OcspState::open(&d, By::Issuing, &passphrase, ocsp_validity)?;
+        let ocsp_root = OcspState::open(&d, By::Root, &passphrase, ocsp_validity)?;
+        Ok((ca, root_key, km, ocsp_issuing, ocsp_root))
+    })
+    .await??;
+    let store = store::open(&url).await.context("the CA system's database")?;
+    let empty = || Published { der: Vec::new(), signed: Instant::now(), index_modified: None };
+    let svc = Arc::new(Service {
+        dir,
+        ca,
+        root_key,
+        km,
+        store,
+        ocsp_issuing,
+        ocsp_root,
+        crl_issuing: RwLock::new(empty()),
+        crl_root: RwLock::new(empty()),
+        crl_validity,
+        write: tokio::sync::Mutex::new(()),
+        on_crl,
+    });
+    {
+        let s = svc.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            s.republish(By::Issuing)?;
+            s.republish(By::Root)
+        })
+        .await??;
+    }
+    bootstrap(&svc).await?;
+    svc.ocsp_issuing.spawn_watcher();
+    svc.ocsp_root.spawn_watcher();
+    let watcher = svc.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let w = watcher.clone();
+            let _ = tokio::task::spawn_blocking(move || w.refresh_crls()).await;
+        }
+    });
+    let app = api::router(svc.clone());
+    let limits = claimlink_service::HttpLimits { max_body: MAX_BODY, ..Default::default() };
+    claimlink_service::spawn_role(
+        "ca-system",
+        claimlink_service::serve_http("ca", listener, None, limits, shutdown, move |_| app.clone()),
+    );
+    Ok(svc)
+}
+
 /// `claimlink ca serve`.
 pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     if !args.listen.ip().is_loopback() {
@@ -256,63 +360,24 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     if args.crl_hours == 0 || args.ocsp_minutes == 0 {
         bail!("--crl-hours and --ocsp-minutes must be at least 1");
     }
-    let ca = load(&args.ca, &args.passphrase)?;
-    let root_key = signer_key(&args.ca, By::Root, &args.passphrase)?;
-    let km = match ca.algorithm {
-        claimlink_pki::KeyAlgorithm::Sm2 => Some(crate::km::load_km_key(&args.ca, &args.passphrase)?),
-        _ => None,
-    };
-    let ocsp_validity = Duration::from_secs(args.ocsp_minutes * 60);
-    let ocsp_issuing = OcspState::open(&args.ca, By::Issuing, &args.passphrase, ocsp_validity)?;
-    let ocsp_root = OcspState::open(&args.ca, By::Root, &args.passphrase, ocsp_validity)?;
-    let url = match &args.database_url {
-        Some(u) => u.clone(),
-        None => default_database(&args.ca)?,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let store = store::open(&url).await.context("the CA system's database")?;
-        let empty = || Published { der: Vec::new(), signed: Instant::now(), index_modified: None };
-        let svc = Arc::new(Service {
-            dir: args.ca.clone(),
-            ca,
-            root_key,
-            km,
-            store,
-            ocsp_issuing,
-            ocsp_root,
-            crl_issuing: RwLock::new(empty()),
-            crl_root: RwLock::new(empty()),
-            crl_validity: Duration::from_secs(args.crl_hours * 3600),
-            write: tokio::sync::Mutex::new(()),
-        });
-        {
-            let s = svc.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                s.republish(By::Issuing)?;
-                s.republish(By::Root)
-            })
-            .await??;
-        }
-        bootstrap(&svc).await?;
-        svc.ocsp_issuing.spawn_watcher();
-        svc.ocsp_root.spawn_watcher();
-        let watcher = svc.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let w = watcher.clone();
-                let _ = tokio::task::spawn_blocking(move || w.refresh_crls()).await;
-            }
-        });
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        println!("CA system for {} on http://{}", svc.ca.issuing.subject(), listener.local_addr()?);
-        let app = api::router(svc.clone());
+        let addr = listener.local_addr()?;
+        let setup = Setup {
+            dir: args.ca.clone(),
+            passphrase: args.passphrase.clone(),
+            database_url: args.database_url.clone(),
+            crl_validity: Duration::from_secs(args.crl_hours * 3600),
+            ocsp_validity: Duration::from_secs(args.ocsp_minutes * 60),
+            on_crl: None,
+        };
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let limits = claimlink_service::HttpLimits { max_body: MAX_BODY, ..Default::default() };
-        claimlink_service::serve_http("ca", listener, None, limits, shutdown, move |_| app.clone()).await?;
+        let svc = start(setup, listener, shutdown).await?;
+        println!("CA system for {} on http://{addr}", svc.ca.issuing.subject());
+        tokio::signal::ctrl_c().await?;
         Ok(())
     })
 }

@@ -20,7 +20,7 @@ fn spawn_up(
     test: &str,
     cwd: &Path,
     data: &Path,
-    ports: [u16; 5],
+    ports: [u16; 6],
     nofile: Option<u32>,
     https: bool,
     log: &Arc<Mutex<String>>,
@@ -49,6 +49,7 @@ fn spawn_up(
             .args(["--account-mqtt", &format!("127.0.0.1:{}", ports[2])])
             .args(["--admin-api", &format!("127.0.0.1:{}", ports[3])])
             .args(["--portal", &format!("127.0.0.1:{}", ports[4])])
+            .args(["--ca-system", &format!("127.0.0.1:{}", ports[5])])
             .args(https.then_some("--https"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -108,6 +109,8 @@ pub struct Platform {
     pub account_mqtt: u16,
     pub admin_api: u16,
     pub portal: u16,
+    /// The SM2 module maker's CA system (plain HTTP).
+    pub ca_system: u16,
     /// The admin API and the portal are HTTPS (`up --https`).
     pub https: bool,
     pub stdout: String,
@@ -141,7 +144,7 @@ impl Platform {
     fn start(test: &str, nofile: Option<u32>, https: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("claimlink-data");
-        let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
+        let ports = [free_port(), free_port(), free_port(), free_port(), free_port(), free_port()];
         let log = Arc::new(Mutex::new(String::new()));
         let (child, stdout) = spawn_up(test, dir.path(), &data, ports, nofile, https, &log);
         Platform {
@@ -153,6 +156,7 @@ impl Platform {
             account_mqtt: ports[2],
             admin_api: ports[3],
             portal: ports[4],
+            ca_system: ports[5],
             https,
             stdout,
             log,
@@ -188,7 +192,14 @@ impl Platform {
     pub fn restart(&mut self, test: &str) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let ports = [self.staging_mqtt, self.staging_api, self.account_mqtt, self.admin_api, self.portal];
+        let ports = [
+            self.staging_mqtt,
+            self.staging_api,
+            self.account_mqtt,
+            self.admin_api,
+            self.portal,
+            self.ca_system,
+        ];
         let cwd = self.data.parent().unwrap().to_owned();
         let (child, stdout) = spawn_up(test, &cwd, &self.data, ports, None, self.https, &self.log);
         self.child = child;
