@@ -222,7 +222,13 @@ impl OcspState {
 }
 
 /// `POST` of an OCSP request: the response, signed off the runtime's threads.
+/// A POST without a body is no OCSP request at all: 400, with a `malformedRequest` response.
 pub(crate) async fn post(State(state): State<Arc<OcspState>>, body: Bytes) -> Response {
+    if body.is_empty() {
+        let der = ocsp::error_response(ErrorStatus::MalformedRequest);
+        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/ocsp-response")], der)
+            .into_response();
+    }
     let answer = tokio::task::spawn_blocking(move || state.answer(&body))
         .await
         .unwrap_or_else(|_| ocsp::error_response(ErrorStatus::InternalError));

@@ -37,8 +37,9 @@ fn ok(v: Value) -> ApiResult {
     Ok(axum::Json(v).into_response())
 }
 
+/// What a create answers: 200 with the new record, as AWS's APIs do.
 fn created(v: Value) -> ApiResult {
-    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
+    ok(v)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -116,6 +117,25 @@ async fn caller(svc: &Service, headers: &HeaderMap) -> Result<Caller, ApiError> 
     let admin = admin.ok_or_else(unauthorized)?;
     let role = Role::parse(&admin.role).ok_or_else(|| internal("an administrator with an unknown role"))?;
     Ok(Caller::Admin { name: admin.name, role })
+}
+
+/// A caller with a token (an administrator's or an applicant's), told apart before the body is
+/// read: a request without one is 401 whatever its body holds.
+struct Authenticated(Caller);
+
+impl axum::extract::FromRequestParts<Svc> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, svc: &Svc) -> Result<Self, ApiError> {
+        match caller(svc, &parts.headers).await? {
+            Caller::Anonymous => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UnauthorizedException",
+                "this needs a bearer token (an administrator's, or the applicant's for its own application)",
+            )),
+            known => Ok(Authenticated(known)),
+        }
+    }
 }
 
 /// The administrator behind `caller` if its role may do `action`; otherwise 401 (no
@@ -359,12 +379,41 @@ fn operation(op: &str) -> Operation {
 
 /// The router: the route table, `/openapi.json`, JSON errors.
 pub(crate) fn router(svc: Svc) -> axum::Router {
-    let doc = openapi_document("claimlink CA system", ROUTES, operation, true);
+    let doc = document();
     let openapi = axum::routing::get(move || {
         let doc = doc.clone();
         async move { axum::Json(doc) }
     });
     claimlink_service::api::router(ROUTES, openapi, super::MAX_BODY).with_state(svc)
+}
+
+/// Operations anyone may call (no bearer token; an applicant's is optional).
+const PUBLIC: &[&str] =
+    &["apply", "describe-certificate", "get-crl", "get-ca-certificate", "ocsp", "ocsp-root"];
+
+/// The OpenAPI document: the route table's, with the public operations taking no token and
+/// the binary ones their media types (RFC 5280 and RFC 6960).
+pub(crate) fn document() -> Value {
+    let mut doc = openapi_document("claimlink CA system", ROUTES, operation, true);
+    let binary = json!({ "type": "string", "format": "binary" });
+    for route in ROUTES {
+        let entry = &mut doc["paths"][route.path][route.method];
+        if PUBLIC.contains(&route.operation) {
+            if let Some(e) = entry.as_object_mut() {
+                e.remove("security");
+            }
+        }
+        let media = match route.operation {
+            "get-crl" => Some("application/pkix-crl"),
+            "get-ca-certificate" => Some("application/pkix-cert"),
+            "ocsp" | "ocsp-root" => Some("application/ocsp-response"),
+            _ => None,
+        };
+        if let Some(media) = media {
+            entry["responses"]["200"]["content"] = json!({ media: { "schema": binary } });
+        }
+    }
+    doc
 }
 
 /// The review policy: what is approved without an operator.
@@ -680,10 +729,9 @@ fn status_filter<'a>(q: &'a BTreeMap<String, String>, allowed: &[&str]) -> Resul
 
 async fn list_applications(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     require(&svc, &who, Action::ReadApplications, "applications").await?;
     let status = status_filter(&q, &["PENDING_REVIEW", "ISSUED", "REJECTED"])?;
     let mut tx = svc.store.read().await?;
@@ -711,20 +759,18 @@ async fn visible_application(svc: &Service, who: &Caller, id: &str) -> Result<st
 
 async fn describe_application(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     let app = visible_application(&svc, &who, &id).await?;
     ok(application_json(&app))
 }
 
 async fn approve_application(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     let (name, role) = require(&svc, &who, Action::ReviewApplication, &id).await?;
     let status = issue_application(&svc, &id, &name, role.as_str()).await?;
     ok(json!({ "applicationId": id, "status": status }))
@@ -739,11 +785,10 @@ struct ReasonBody {
 
 async fn reject_application(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Path(id): Path<String>,
     Body(body): Body<ReasonBody>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     let (name, role) = require(&svc, &who, Action::ReviewApplication, &id).await?;
     let reason = body.reason.unwrap_or_default();
     if reason.len() > 1024 {
@@ -772,8 +817,11 @@ async fn reject_application(
     ok(json!({ "applicationId": id, "status": "REJECTED" }))
 }
 
-async fn download(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn download(
+    State(svc): State<Svc>,
+    Authenticated(who): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult {
     if !matches!(who, Caller::Applicant(_)) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -829,10 +877,9 @@ struct RevocationBody {
 
 async fn request_revocation(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Body(body): Body<RevocationBody>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     let serial = serial_key(&body.serial)?;
     let key = serial.to_hex();
     let reason = Reason::from_name(&body.reason).map_err(|e| ApiError::bad(format!("reason: {e}")))?;
@@ -901,10 +948,9 @@ fn revocation_json(r: &store::RevocationRequest) -> Value {
 
 async fn list_revocations(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     require(&svc, &who, Action::ReadApplications, "revocation-requests").await?;
     let status = status_filter(&q, &["PENDING_REVIEW", "REVOKED", "REJECTED"])?;
     let mut tx = svc.store.read().await?;
@@ -913,8 +959,7 @@ async fn list_revocations(
     ok(json!({ "revocationRequests": rows.iter().map(revocation_json).collect::<Vec<_>>() }))
 }
 
-async fn decide_revocation(svc: &Svc, headers: &HeaderMap, id: &str, approve: bool) -> ApiResult {
-    let who = caller(svc, headers).await?;
+async fn decide_revocation(svc: &Svc, who: Caller, id: &str, approve: bool) -> ApiResult {
     let (name, role) = require(svc, &who, Action::ReviewRevocation, id).await?;
     let _w = svc.write.lock().await;
     let mut tx = svc.store.read().await?;
@@ -961,17 +1006,21 @@ async fn decide_revocation(svc: &Svc, headers: &HeaderMap, id: &str, approve: bo
     ok(json!({ "requestId": id, "serial": request.serial, "status": status }))
 }
 
-async fn approve_revocation(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    decide_revocation(&svc, &headers, &id, true).await
+async fn approve_revocation(
+    State(svc): State<Svc>,
+    Authenticated(who): Authenticated,
+    Path(id): Path<String>,
+) -> ApiResult {
+    decide_revocation(&svc, who, &id, true).await
 }
 
 async fn reject_revocation(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Path(id): Path<String>,
     Body(_): Body<ReasonBody>,
 ) -> ApiResult {
-    decide_revocation(&svc, &headers, &id, false).await
+    decide_revocation(&svc, who, &id, false).await
 }
 
 #[derive(Deserialize)]
@@ -986,8 +1035,11 @@ fn valid_admin_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-async fn create_admin(State(svc): State<Svc>, headers: HeaderMap, Body(body): Body<AdminBody>) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn create_admin(
+    State(svc): State<Svc>,
+    Authenticated(who): Authenticated,
+    Body(body): Body<AdminBody>,
+) -> ApiResult {
     let (name, role) = require(&svc, &who, Action::Appoint, &body.name).await?;
     let new_role = Role::parse(&body.role).ok_or_else(|| {
         ApiError::bad(format!("role must be one of {}", Role::ALL.map(Role::as_str).join(", ")))
@@ -1015,8 +1067,7 @@ async fn create_admin(State(svc): State<Svc>, headers: HeaderMap, Body(body): Bo
     created(json!({ "name": body.name, "role": new_role.as_str(), "token": token }))
 }
 
-async fn list_admins(State(svc): State<Svc>, headers: HeaderMap) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn list_admins(State(svc): State<Svc>, Authenticated(who): Authenticated) -> ApiResult {
     require(&svc, &who, Action::ListAdministrators, "administrators").await?;
     let mut tx = svc.store.read().await?;
     let admins = store::list_admins(&mut tx).await?;
@@ -1031,8 +1082,11 @@ async fn list_admins(State(svc): State<Svc>, headers: HeaderMap) -> ApiResult {
     ok(json!({ "administrators": list }))
 }
 
-async fn disable_admin(State(svc): State<Svc>, headers: HeaderMap, Path(target): Path<String>) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn disable_admin(
+    State(svc): State<Svc>,
+    Authenticated(who): Authenticated,
+    Path(target): Path<String>,
+) -> ApiResult {
     let (name, role) = require(&svc, &who, Action::Appoint, &target).await?;
     let _w = svc.write.lock().await;
     let mut tx = svc.store.begin().await?;
@@ -1058,8 +1112,7 @@ async fn disable_admin(State(svc): State<Svc>, headers: HeaderMap, Path(target):
     ok(json!({ "name": target, "disabled": true }))
 }
 
-async fn get_policy(State(svc): State<Svc>, headers: HeaderMap) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn get_policy(State(svc): State<Svc>, Authenticated(who): Authenticated) -> ApiResult {
     match &who {
         Caller::Admin { role, .. } if super::roles::may(*role, Action::SetReviewPolicy) => {}
         _ => {
@@ -1069,8 +1122,11 @@ async fn get_policy(State(svc): State<Svc>, headers: HeaderMap) -> ApiResult {
     ok(serde_json::to_value(policy(&svc).await?).map_err(internal)?)
 }
 
-async fn set_policy(State(svc): State<Svc>, headers: HeaderMap, Body(body): Body<ReviewPolicy>) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn set_policy(
+    State(svc): State<Svc>,
+    Authenticated(who): Authenticated,
+    Body(body): Body<ReviewPolicy>,
+) -> ApiResult {
     let (name, role) = require(&svc, &who, Action::SetReviewPolicy, "review-policy").await?;
     for p in &body.auto_approve_profiles {
         if AppProfile::parse(p).is_none() {
@@ -1092,10 +1148,9 @@ async fn set_policy(State(svc): State<Svc>, headers: HeaderMap, Body(body): Body
 
 async fn audit_log(
     State(svc): State<Svc>,
-    headers: HeaderMap,
+    Authenticated(who): Authenticated,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
     let (name, role) = require(&svc, &who, Action::ReadBusinessAudit, "audit").await?;
     let all = super::roles::may(role, Action::ReadFullAudit);
     let after = match q.get("after") {
@@ -1124,8 +1179,7 @@ async fn audit_log(
     ok(json!({ "rows": rows }))
 }
 
-async fn verify_audit(State(svc): State<Svc>, headers: HeaderMap) -> ApiResult {
-    let who = caller(&svc, &headers).await?;
+async fn verify_audit(State(svc): State<Svc>, Authenticated(who): Authenticated) -> ApiResult {
     require(&svc, &who, Action::VerifyAudit, "audit").await?;
     let check = store::verify_audit(&svc.store).await?;
     ok(serde_json::to_value(check).map_err(internal)?)
