@@ -48,7 +48,7 @@ pub async fn serve(server: StagingServer, listener: TcpListener) -> std::io::Res
     let http = server.shared.http;
     claimlink_service::serve_http("staging-api", listener, Some(config), http, shutdown, move |conn| {
         let peer = match conn.admission.as_deref().and_then(|a| a.downcast_ref::<StagingAdmitted>()) {
-            Some(StagingAdmitted::ClaimThing { oem }) => Some(oem.clone()),
+            Some(StagingAdmitted::ClaimThing { oem, .. }) => Some(oem.clone()),
             _ => None,
         };
         app.clone().layer(Extension(ClaimPeer(peer)))

@@ -191,6 +191,10 @@ pub enum StagingPeer {
         oem: String,
         /// `{uuid}/`.
         prefix: String,
+        /// The links of its chain to a manufacturer CA, if it has one (for revocation).
+        links: Vec<Link>,
+        /// This connection's number.
+        seq: u64,
     },
 }
 
@@ -576,10 +580,13 @@ impl StagingShared {
 /// Who staging's listener admitted.
 #[derive(Debug)]
 pub(crate) enum StagingAdmitted {
-    /// An OEM's pinned claim-thing certificate.
+    /// An OEM's pinned claim-thing certificate, and the links of its chain when it chains to a
+    /// trusted manufacturer CA (whose CRLs can revoke it).
     ClaimThing {
         /// The OEM.
         oem: String,
+        /// Its chain's links (empty when its issuer is a CA staging has no CRLs for).
+        links: Vec<Link>,
     },
     /// A device's birth certificate, chaining to a trusted manufacturer CA, and the links of
     /// that chain.
@@ -608,7 +615,18 @@ impl claimlink_service::tls::Admission for StagingAdmission {
     ) -> Result<StagingAdmitted, String> {
         if let Some((oem, pinned)) = self.shared.pinned(&leaf.id().to_string()) {
             client_chain(&leaf, &[], vec![pinned])?;
-            Ok(StagingAdmitted::ClaimThing { oem })
+            // Pinned, and revocable by its issuer when that is a CA whose CRLs staging applies
+            // (a claim-thing from the module maker's CA system).
+            let links = match client_chain(&leaf, intermediates, self.shared.manufacturer_cas.clone()) {
+                Ok(path) => {
+                    if claimlink_service::read(&self.shared.revocations).revoked_in(&path).is_some() {
+                        return Err("claim-thing certificate revoked by its CA".to_owned());
+                    }
+                    RevocationIndex::links(&path)
+                }
+                Err(_) => Vec::new(),
+            };
+            Ok(StagingAdmitted::ClaimThing { oem, links })
         } else {
             let path = client_chain(&leaf, intermediates, self.shared.manufacturer_cas.clone())?;
             if let Some(i) = claimlink_service::read(&self.shared.revocations).revoked_in(&path) {
@@ -682,7 +700,12 @@ impl StagingHooks {
         })
     }
 
-    async fn connect_claim_thing(&self, oem: String, client_id: &str) -> Result<StagingPeer, ReasonCode> {
+    async fn connect_claim_thing(
+        &self,
+        oem: String,
+        links: Vec<Link>,
+        client_id: &str,
+    ) -> Result<StagingPeer, ReasonCode> {
         if client_id != oem {
             return Err(ReasonCode::NotAuthorized);
         }
@@ -693,7 +716,8 @@ impl StagingHooks {
         if !active {
             return Err(ReasonCode::NotAuthorized);
         }
-        Ok(StagingPeer::ClaimThing { prefix: format!("{oem}/"), oem })
+        let seq = self.shared.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(StagingPeer::ClaimThing { prefix: format!("{oem}/"), oem, links, seq })
     }
 
     fn take_claim(&self, oem: &str, thing: &str, payload: &[u8]) {
@@ -812,8 +836,8 @@ impl Hooks for StagingHooks {
 
     async fn on_connect(&self, request: &ConnectRequest<'_>) -> Result<StagingPeer, ReasonCode> {
         match request.peer.admitted::<StagingAdmitted>().ok_or(ReasonCode::NotAuthorized)? {
-            StagingAdmitted::ClaimThing { oem } => {
-                self.connect_claim_thing(oem.clone(), request.client_id).await
+            StagingAdmitted::ClaimThing { oem, links } => {
+                self.connect_claim_thing(oem.clone(), links.clone(), request.client_id).await
             }
             StagingAdmitted::Device(leaf, links) => self.connect_device(leaf, links, request.client_id).await,
         }
@@ -863,7 +887,9 @@ impl Hooks for StagingHooks {
     }
 
     fn connected(&self, ctx: &StagingPeer, client_id: &str) {
-        if let StagingPeer::Device { links, seq, .. } = ctx {
+        if let StagingPeer::Device { links, seq, .. } | StagingPeer::ClaimThing { links, seq, .. } = ctx
+            && !links.is_empty()
+        {
             claimlink_service::lock(&self.shared.live).insert(client_id.to_owned(), (*seq, links.clone()));
             // A CRL applied between the handshake and now found no session to drop: look again.
             let index = claimlink_service::read(&self.shared.revocations);
@@ -883,11 +909,10 @@ impl Hooks for StagingHooks {
     }
 
     fn disconnected(&self, ctx: &StagingPeer, client_id: &str) {
-        if let StagingPeer::Device { seq, .. } = ctx {
-            let mut live = claimlink_service::lock(&self.shared.live);
-            if live.get(client_id).is_some_and(|(s, _)| s == seq) {
-                live.remove(client_id);
-            }
+        let (StagingPeer::Device { seq, .. } | StagingPeer::ClaimThing { seq, .. }) = ctx;
+        let mut live = claimlink_service::lock(&self.shared.live);
+        if live.get(client_id).is_some_and(|(s, _)| s == seq) {
+            live.remove(client_id);
         }
     }
 }

@@ -29,6 +29,12 @@ type Session = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 fn connect(p: &Platform, thing: &str) -> Result<Session, String> {
     let dir = tempfile::tempdir().unwrap();
     let (chain, key) = p.device_files(thing, dir.path());
+    connect_as(p, Path::new(&chain), Path::new(&key), thing)
+}
+
+/// The same with any certificate chain and key (PEM files) and client id.
+fn connect_as(p: &Platform, chain: &Path, key: &Path, client_id: &str) -> Result<Session, String> {
+    let thing = client_id;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(p.endpoint_ca()).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -372,4 +378,57 @@ fn a_device_revoked_through_the_ca_system_of_up_is_dropped_at_staging_and_the_ac
     }
     eprintln!("dropped at the account {:?} after the approval was sent", approved.elapsed());
     assert!(d.at("AT+CONNECT").starts_with("ERR"), "refused at the account after");
+
+    // A second OEM's claim-thing certificate, applied for at the CA system and pinned at
+    // staging: revoked there, its session at staging ends and it cannot claim again.
+    let run =
+        |args: &[&str]| claimlink_testkit::run_ok(Command::new("openssl").current_dir(dir.path()).args(args));
+    run(&["genpkey", "-algorithm", "SM2", "-out", "ct.key"]);
+    run(&[
+        "req",
+        "-new",
+        "-subj",
+        "/CN=OEM2 claim-thing/O=OEM2",
+        "-key",
+        "ct.key",
+        "-out",
+        "ct.csr",
+        "-sm3",
+        "-sigopt",
+        "distid:1234567812345678",
+    ]);
+    let applied = ra(
+        &p,
+        &sup,
+        &["apply", "--profile", "claim-thing", "--csr", &t("ct.csr"), "--token-out", &t("ct.app")],
+    );
+    let app = applied["applicationId"].as_str().unwrap().to_owned();
+    ra(&p, &t("olga"), &["approve-application", "--application-id", &app]);
+    ra(&p, &t("ct.app"), &["get-certificate", "--application-id", &app, "--out", &t("ct")]);
+    let chain = std::fs::read_to_string(dir.path().join("ct/cert.pem")).unwrap();
+    let leaf = claimlink_pki::Certificate::chain_from_pem(chain.as_bytes()).unwrap().remove(0);
+    let (status, oem) = p.staging_admin("POST", "/staging/oems", Some(serde_json::json!({"name": "OEM2"})));
+    assert_eq!(status, 200, "{oem}");
+    let oem_id = oem["oemId"].as_str().or(oem["id"].as_str()).unwrap().to_owned();
+    let (status, body) = p.staging_admin(
+        "PUT",
+        &format!("/staging/oems/{oem_id}/claim-certificate"),
+        Some(serde_json::json!({"certificatePem": leaf.to_pem()})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut claim_thing =
+        connect_as(&p, &dir.path().join("ct/cert.pem"), &dir.path().join("ct.key"), &oem_id)
+            .expect("the pinned claim-thing connects");
+    let asked = ra(
+        &p,
+        &t("olga"),
+        &["request-revocation", "--serial", &leaf.serial_hex(), "--reason", "keyCompromise"],
+    );
+    let approved = Instant::now();
+    ra(&p, &t("omar"), &["approve-revocation", "--request-id", asked["requestId"].as_str().unwrap()]);
+    let took = approved.elapsed() + time_to_close(&mut claim_thing);
+    eprintln!("claim-thing session at staging ended {took:?} after the approval was sent");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let again = connect_as(&p, &dir.path().join("ct/cert.pem"), &dir.path().join("ct.key"), &oem_id);
+    assert!(again.is_err(), "a revoked claim-thing is refused at the handshake though still pinned");
 }
