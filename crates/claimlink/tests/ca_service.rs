@@ -253,6 +253,11 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
 
     // A device application is rejected; an endpoint certificate is issued with its names.
     let thing = "0123456789abcdef0123456789abcdef";
+    csr(d, "p256", "dev0", &format!("/CN=lamp/serialNumber={thing}"));
+    let e = svc
+        .ra(d, None, &["apply", "--profile", "device", "--csr", "dev0.csr", "--token-out", "dev0.app"])
+        .unwrap_err();
+    assert!(e.contains("both CN and serialNumber"), "{e}");
     csr(d, "p256", "dev", &format!("/CN={thing}/serialNumber={thing}"));
     let dev = svc
         .ra(d, None, &["apply", "--profile", "device", "--csr", "dev.csr", "--token-out", "dev.app"])
@@ -496,6 +501,43 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
             .unwrap()
     };
     assert_eq!(check["firstBadSeq"], revoke_seq, "{check}");
+    // The CAs as records; the root revoking the issuing CA (on the CLI, beside the service)
+    // shows within seconds, and the root's CRL at its distribution point lists it.
+    let cas = svc.ra(d, None, &["list-cas"]).unwrap();
+    assert_eq!(cas["cas"][1]["role"], "issuing");
+    assert_eq!(cas["cas"][1]["status"], "ACTIVE", "{cas}");
+    ok(
+        d,
+        &[
+            "ca",
+            "revoke",
+            "--ca",
+            "ca",
+            "--by",
+            "root",
+            "--cert",
+            "ca/issuing-ca.pem",
+            "--reason",
+            "cACompromise",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let cas = svc.ra(d, None, &["list-cas"]).unwrap();
+        if cas["cas"][1]["status"] == "REVOKED" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cas}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, root_crl) = svc.get("/crl/root.crl");
+    std::fs::write(d.join("root.crl"), root_crl).unwrap();
+    let text = openssl_text(
+        d,
+        &["crl", "-inform", "DER", "-in", "root.crl", "-CAfile", "root.pem", "-noout", "-text"],
+    );
+    assert!(text.contains("verify OK") && text.contains("CA Compromise"), "{text}");
+
     // The CRL survives the restart, re-signed from the same index.
     let (_, crl) = svc.get("/crl/issuing.crl");
     std::fs::write(d.join("issuing2.crl"), crl).unwrap();

@@ -310,6 +310,13 @@ pub(crate) const ROUTES: &[Route<Svc>] = &[
     },
     Route {
         method: "get",
+        path: "/cas",
+        operation: "list-cas",
+        summary: "The CAs of this system (root and issuing) and their status",
+        handler: |m| on(m, list_cas),
+    },
+    Route {
+        method: "get",
         path: "/crl/{file}",
         operation: "get-crl",
         summary: "issuing.crl or root.crl: the CA's current full CRL (DER)",
@@ -389,7 +396,7 @@ pub(crate) fn router(svc: Svc) -> axum::Router {
 
 /// Operations anyone may call (no bearer token; an applicant's is optional).
 const PUBLIC: &[&str] =
-    &["apply", "describe-certificate", "get-crl", "get-ca-certificate", "ocsp", "ocsp-root"];
+    &["apply", "describe-certificate", "list-cas", "get-crl", "get-ca-certificate", "ocsp", "ocsp-root"];
 
 /// The OpenAPI document: the route table's, with the public operations taking no token and
 /// the binary ones their media types (RFC 5280 and RFC 6960).
@@ -547,10 +554,14 @@ async fn apply(State(svc): State<Svc>, Body(body): Body<ApplyBody>) -> ApiResult
         _ => {}
     }
     if profile == AppProfile::Device {
+        // As a birth certificate from `ca issue-devices`: staging takes the CN as the ThingName
+        // and the client id.
         let serial = name::attribute(csr.subject(), name::attr::SERIAL_NUMBER).unwrap_or_default();
-        if ThingName::parse(&serial).is_err() {
+        let cn = name::attribute(csr.subject(), name::attr::COMMON_NAME).unwrap_or_default();
+        if ThingName::parse(&serial).is_err() || cn != serial {
             return Err(ApiError::bad(
-                "a device certificate's subject carries its ThingName as serialNumber (32 lowercase hex)",
+                "a device certificate's subject carries its ThingName (32 lowercase hex) as both CN and \
+                 serialNumber",
             ));
         }
     }
@@ -1183,6 +1194,36 @@ async fn verify_audit(State(svc): State<Svc>, Authenticated(who): Authenticated)
     require(&svc, &who, Action::VerifyAudit, "audit").await?;
     let check = store::verify_audit(&svc.store).await?;
     ok(serde_json::to_value(check).map_err(internal)?)
+}
+
+/// The root and the issuing CA as records: what they are, whether the root has revoked the
+/// issuing CA, the CRL each publishes.
+async fn list_cas(State(svc): State<Svc>) -> ApiResult {
+    let record = |cert: &Certificate, role: &str, by: By, status: &str| {
+        let crl =
+            claimlink_pki::crl::Crl::from_der(svc.crl(by), claimlink_pki::crl::DEFAULT_MAX_CRL_LEN).ok();
+        json!({
+            "role": role,
+            "algorithm": svc.ca.algorithm.to_string(),
+            "subject": cert.subject().to_string(),
+            "certificateId": cert.id().to_string(),
+            "serial": cert.serial_hex(),
+            "notAfter": cert.not_after_rfc3339(),
+            "status": status,
+            "crlNumber": crl.as_ref().and_then(|c| c.number()),
+            "crlNextUpdate": crl.as_ref().and_then(|c| c.next_update()).map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+            }),
+        })
+    };
+    let issuing_status = match Serial::of(&svc.ca.issuing).map(|s| svc.ocsp_root.status(&s)) {
+        Ok(Status::Revoked { .. }) => "REVOKED",
+        _ => "ACTIVE",
+    };
+    ok(json!({ "cas": [
+        record(&svc.ca.root, "root", By::Root, "ACTIVE"),
+        record(&svc.ca.issuing, "issuing", By::Issuing, issuing_status),
+    ] }))
 }
 
 fn which(file: &str, ext: &str) -> Result<By, ApiError> {

@@ -88,6 +88,8 @@ enum Verb {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The CAs of this system (root and issuing) and their status.
+    ListCas,
     /// A certificate issued through the RA and its status.
     DescribeCertificate {
         #[arg(long)]
@@ -213,6 +215,7 @@ pub(crate) fn run(args: &RaArgs) -> Result<Outcome> {
             ("GET", format!("/applications/{}/certificate", enc(application_id)), None)
         }
         DescribeCertificate { serial } => ("GET", format!("/certificates/{}", enc(serial)), None),
+        ListCas => ("GET", "/cas".into(), None),
         RequestRevocation { serial, reason } => {
             ("POST", "/revocation-requests".into(), Some(json!({ "serial": serial, "reason": reason })))
         }
