@@ -45,8 +45,8 @@ fn connect_as(p: &Platform, chain: &Path, key: &Path, client_id: &str) -> Result
             .unwrap()
             .with_root_certificates(roots)
             .with_client_auth_cert(
-                CertificateDer::pem_file_iter(&chain).unwrap().map(Result::unwrap).collect(),
-                PrivateKeyDer::from_pem_file(&key).unwrap(),
+                CertificateDer::pem_file_iter(chain).unwrap().map(Result::unwrap).collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
             )
             .unwrap();
     let conn =
