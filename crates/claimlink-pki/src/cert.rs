@@ -311,24 +311,18 @@ impl Certificate {
     /// The `http://` URLs of the cRLDistributionPoints extension (full names only).
     pub fn crl_urls(&self) -> Result<Vec<String>, CertificateError> {
         use x509_cert::ext::pkix::CrlDistributionPoints;
-        use x509_cert::ext::pkix::name::DistributionPointName;
-        let Some((_, points)) = self.decode_ext::<CrlDistributionPoints>(
+        let points = self.decode_ext::<CrlDistributionPoints>(
             ext_oids::CRL_DISTRIBUTION_POINTS,
             "cRLDistributionPoints",
-        )?
-        else {
-            return Ok(Vec::new());
-        };
-        Ok(points
-            .0
-            .iter()
-            .filter_map(|p| match &p.distribution_point {
-                Some(DistributionPointName::FullName(names)) => Some(names),
-                _ => None,
-            })
-            .flatten()
-            .filter_map(http_uri)
-            .collect())
+        )?;
+        Ok(points.map_or_else(Vec::new, |(_, p)| full_name_urls(&p.0)))
+    }
+
+    /// The `http://` URLs of the freshestCRL extension: where the delta CRLs are.
+    pub fn delta_crl_urls(&self) -> Result<Vec<String>, CertificateError> {
+        use x509_cert::ext::pkix::FreshestCrl;
+        let points = self.decode_ext::<FreshestCrl>(ext_oids::FRESHEST_CRL, "freshestCRL")?;
+        Ok(points.map_or_else(Vec::new, |(_, p)| full_name_urls(&p.0)))
     }
 
     /// The `http://` OCSP responder URLs of the authorityInfoAccess extension.
@@ -359,6 +353,20 @@ impl Certificate {
     pub fn is_self_issued(&self) -> bool {
         self.subject() == self.issuer()
     }
+}
+
+/// The `http://` URIs of the full names of distribution points.
+fn full_name_urls(points: &[x509_cert::ext::pkix::crl::dp::DistributionPoint]) -> Vec<String> {
+    use x509_cert::ext::pkix::name::DistributionPointName;
+    points
+        .iter()
+        .filter_map(|p| match &p.distribution_point {
+            Some(DistributionPointName::FullName(names)) => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(http_uri)
+        .collect()
 }
 
 fn http_uri(name: &x509_cert::ext::pkix::name::GeneralName) -> Option<String> {
@@ -399,6 +407,8 @@ pub mod ext_oids {
     pub const AUTHORITY_KEY_ID: Oid = Oid::new_unwrap("2.5.29.35");
     /// extKeyUsage.
     pub const EXT_KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.37");
+    /// freshestCRL (where delta CRLs are published).
+    pub const FRESHEST_CRL: Oid = Oid::new_unwrap("2.5.29.46");
     /// authorityInfoAccess.
     pub const AUTHORITY_INFO_ACCESS: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.1.1");
     /// id-kp-serverAuth.

@@ -305,10 +305,12 @@ fn uri(url: &str) -> Result<GeneralName, IssueError> {
 
 /// Where relying parties learn a certificate's status, written into every certificate a CA of
 /// ours issues when it publishes: the cRLDistributionPoints extension (one full-name
-/// distribution point) and authorityInfoAccess (the OCSP responder and, when given, the
-/// issuer's certificate).
+/// distribution point), freshestCRL (where the delta CRLs are, RFC 5280 section 4.2.1.15) when
+/// given, and authorityInfoAccess (the OCSP responder and, when given, the issuer's
+/// certificate).
 pub fn publication_extensions(
     crl_url: &str,
+    delta_crl_url: Option<&str>,
     ocsp_url: &str,
     ca_issuers_url: Option<&str>,
 ) -> Result<Vec<Extension>, IssueError> {
@@ -324,10 +326,17 @@ pub fn publication_extensions(
     if let Some(url) = ca_issuers_url {
         access.push(AccessDescription { access_method: AD_CA_ISSUERS, access_location: uri(url)? });
     }
-    Ok(vec![
-        ext(ext_oids::CRL_DISTRIBUTION_POINTS, false, &cdp),
-        ext(ext_oids::AUTHORITY_INFO_ACCESS, false, &AuthorityInfoAccessSyntax(access)),
-    ])
+    let mut out = vec![ext(ext_oids::CRL_DISTRIBUTION_POINTS, false, &cdp)];
+    if let Some(url) = delta_crl_url {
+        let freshest = x509_cert::ext::pkix::FreshestCrl(vec![DistributionPoint {
+            distribution_point: Some(DistributionPointName::FullName(vec![uri(url)?])),
+            reasons: None,
+            crl_issuer: None,
+        }]);
+        out.push(ext(ext_oids::FRESHEST_CRL, false, &freshest));
+    }
+    out.push(ext(ext_oids::AUTHORITY_INFO_ACCESS, false, &AuthorityInfoAccessSyntax(access)));
+    Ok(out)
 }
 
 fn bc(ca: bool, path_len_constraint: Option<u8>) -> BasicConstraints {

@@ -150,7 +150,7 @@ impl ValidationOptions {
     }
 }
 
-const KNOWN_EXTENSIONS: [Oid; 9] = [
+const KNOWN_EXTENSIONS: [Oid; 10] = [
     ext_oids::BASIC_CONSTRAINTS,
     ext_oids::KEY_USAGE,
     ext_oids::EXT_KEY_USAGE,
@@ -160,6 +160,7 @@ const KNOWN_EXTENSIONS: [Oid; 9] = [
     ext_oids::CRL_DISTRIBUTION_POINTS,
     ext_oids::AUTHORITY_INFO_ACCESS,
     ext_oids::CERTIFICATE_POLICIES,
+    ext_oids::FRESHEST_CRL,
 ];
 
 fn subject(c: &Certificate) -> String {

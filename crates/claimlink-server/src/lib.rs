@@ -566,14 +566,16 @@ impl AccountServer {
         self.shared.max_crl_sources.store(n, Ordering::Relaxed);
     }
 
-    /// Notes the CRL distribution points of a certificate admitted under one of `account`'s
+    /// Notes the CRL distribution points (and freshestCRL, the deltas') of a certificate admitted under one of `account`'s
     /// registered CAs. Only certificates that validated up to a registered CA get here, so a
     /// stranger cannot make us fetch anything.
     fn note_crl_sources(&self, account: &AccountId, leaf: &Certificate) {
-        let Ok(urls) = leaf.crl_urls() else { return };
-        if urls.is_empty() {
+        // The full CRL first, then the deltas over it (a delta is applied only on its base).
+        let (Ok(full), Ok(deltas)) = (leaf.crl_urls(), leaf.delta_crl_urls()) else { return };
+        if full.is_empty() && deltas.is_empty() {
             return;
         }
+        let urls = full.into_iter().chain(deltas);
         let max = self.shared.max_crl_sources.load(Ordering::Relaxed);
         let mut added = false;
         {

@@ -85,6 +85,7 @@ pub(crate) fn publication(base: Option<&str>, signer: &str) -> Result<Vec<claiml
     let ocsp = if signer == "root" { format!("{base}/ocsp/root") } else { format!("{base}/ocsp") };
     Ok(claimlink_pki::profile::publication_extensions(
         &format!("{base}/crl/{signer}.crl"),
+        Some(&format!("{base}/crl/{signer}-delta.crl")),
         &ocsp,
         Some(&format!("{base}/ca/{signer}.der")),
     )?)

@@ -240,6 +240,11 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
     svc.ra(d, Some("ct.app"), &["get-certificate", "--application-id", &ct_id, "--out", "ct"]).unwrap();
     let text = openssl_text(d, &["x509", "-in", "ct/cert.pem", "-noout", "-text", "-serial"]);
     assert!(text.contains(&format!("URI:http://127.0.0.1:{port}/crl/issuing.crl")), "{text}");
+    assert!(
+        text.contains("Freshest CRL")
+            && text.contains(&format!("URI:http://127.0.0.1:{port}/crl/issuing-delta.crl")),
+        "{text}"
+    );
     assert!(text.contains(&format!("OCSP - URI:http://127.0.0.1:{port}/ocsp")), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     let serial = text.lines().find_map(|l| l.strip_prefix("serial=")).unwrap().to_owned();
@@ -381,17 +386,38 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
     assert_eq!(status["status"], "REVOKED");
     assert_eq!(status["revocation"]["reason"], "keyCompromise");
 
-    // The CRL at the distribution point the certificate names: signed by the issuing CA,
-    // listing the serial; OCSP at the URL it names says revoked, and good for the renewal.
-    let (code, crl) = svc.get("/crl/issuing.crl");
+    // The delta CRL at the freshestCRL point the certificate names: signed by the issuing CA,
+    // listing the serial, over the full CRL at its distribution point (which does not list it
+    // until it is re-signed); OCSP at the URL it names says revoked, and good for the renewal.
+    let (code, crl) = svc.get("/crl/issuing-delta.crl");
     assert_eq!(code, 200);
-    std::fs::write(d.join("issuing.crl"), crl).unwrap();
+    std::fs::write(d.join("delta.crl"), crl).unwrap();
+    let text = openssl_text(
+        d,
+        &["crl", "-inform", "DER", "-in", "delta.crl", "-CAfile", "ca/issuing-ca.pem", "-noout", "-text"],
+    );
+    assert!(text.contains("verify OK") && text.contains("Delta CRL Indicator"), "{text}");
+    assert!(text.contains(&format!("Serial Number: {serial}")) && text.contains("Key Compromise"), "{text}");
+    let (code, full) = svc.get("/crl/issuing.crl");
+    assert_eq!(code, 200);
+    std::fs::write(d.join("issuing.crl"), full).unwrap();
     let text = openssl_text(
         d,
         &["crl", "-inform", "DER", "-in", "issuing.crl", "-CAfile", "ca/issuing-ca.pem", "-noout", "-text"],
     );
-    assert!(text.contains("verify OK"), "{text}");
-    assert!(text.contains(&format!("Serial Number: {serial}")) && text.contains("Key Compromise"), "{text}");
+    assert!(text.contains("verify OK") && !text.contains("Delta CRL Indicator"), "{text}");
+    // Our reader applies the delta on its base and finds the serial.
+    let parse =
+        |f: &str| claimlink_pki::crl::Crl::from_der(std::fs::read(d.join(f)).unwrap(), 1 << 26).unwrap();
+    let issuing_ca =
+        claimlink_pki::Certificate::from_pem(&std::fs::read(d.join("ca/issuing-ca.pem")).unwrap()).unwrap();
+    let mut index = claimlink_pki::crl::RevocationIndex::default();
+    index.apply(&issuing_ca, &parse("issuing.crl")).unwrap();
+    index.apply(&issuing_ca, &parse("delta.crl")).unwrap();
+    let leaf = claimlink_pki::Certificate::chain_from_pem(&std::fs::read(d.join("ct/cert.pem")).unwrap())
+        .unwrap()
+        .remove(0);
+    assert!(index.is_revoked(&issuing_ca, &leaf));
     let (code, _) = svc.get("/crl/other.crl");
     assert_eq!(code, 404);
     let ask = |cert: &str| {
@@ -530,7 +556,7 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
         assert!(std::time::Instant::now() < deadline, "{cas}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let (_, root_crl) = svc.get("/crl/root.crl");
+    let (_, root_crl) = svc.get("/crl/root-delta.crl");
     std::fs::write(d.join("root.crl"), root_crl).unwrap();
     let text = openssl_text(
         d,

@@ -319,7 +319,7 @@ pub(crate) const ROUTES: &[Route<Svc>] = &[
         method: "get",
         path: "/crl/{file}",
         operation: "get-crl",
-        summary: "issuing.crl or root.crl: the CA's current full CRL (DER)",
+        summary: "issuing.crl or root.crl: the CA's full CRL; issuing-delta.crl, root-delta.crl: its delta (DER)",
         handler: |m| on(m, get_crl),
     },
     Route {
@@ -998,7 +998,7 @@ async fn decide_revocation(svc: &Svc, who: Caller, id: &str, approve: bool) -> A
                 crate::revoke::record(&s.dir, By::Issuing, serial, reason)?;
             }
             s.ocsp_issuing.refresh()?;
-            s.republish(By::Issuing)
+            s.publish_revocation(By::Issuing)
         })
         .await
         .map_err(internal)?
@@ -1200,8 +1200,10 @@ async fn verify_audit(State(svc): State<Svc>, Authenticated(who): Authenticated)
 /// issuing CA, the CRL each publishes.
 async fn list_cas(State(svc): State<Svc>) -> ApiResult {
     let record = |cert: &Certificate, role: &str, by: By, status: &str| {
-        let crl =
-            claimlink_pki::crl::Crl::from_der(svc.crl(by), claimlink_pki::crl::DEFAULT_MAX_CRL_LEN).ok();
+        let parse =
+            |der| claimlink_pki::crl::Crl::from_der(der, claimlink_pki::crl::DEFAULT_MAX_CRL_LEN).ok();
+        let crl = parse(svc.crl(by, false));
+        let delta = parse(svc.crl(by, true));
         json!({
             "role": role,
             "algorithm": svc.ca.algorithm.to_string(),
@@ -1211,6 +1213,7 @@ async fn list_cas(State(svc): State<Svc>) -> ApiResult {
             "notAfter": cert.not_after_rfc3339(),
             "status": status,
             "crlNumber": crl.as_ref().and_then(|c| c.number()),
+            "deltaCrlNumber": delta.as_ref().and_then(|c| c.number()),
             "crlNextUpdate": crl.as_ref().and_then(|c| c.next_update()).map(|t| {
                 t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
             }),
@@ -1235,8 +1238,11 @@ fn which(file: &str, ext: &str) -> Result<By, ApiError> {
 }
 
 async fn get_crl(State(svc): State<Svc>, Path(file): Path<String>) -> ApiResult {
-    let by = which(&file, ".crl")?;
-    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], svc.crl(by)).into_response())
+    let (by, delta) = match file.strip_suffix("-delta.crl") {
+        Some(base) => (which(&format!("{base}.crl"), ".crl")?, true),
+        None => (which(&file, ".crl")?, false),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/pkix-crl")], svc.crl(by, delta)).into_response())
 }
 
 async fn get_ca_certificate(State(svc): State<Svc>, Path(file): Path<String>) -> ApiResult {

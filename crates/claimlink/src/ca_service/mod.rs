@@ -11,8 +11,9 @@
 //!   the CA's CRL distribution point and OCSP responder when the directory has a public URL.
 //! - **KM**: dual certificates (`dual-server`, `dual-client`), the encryption key made,
 //!   archived and enveloped by [`crate::km::issue_dual`].
-//! - **Publication**: `GET /crl/{issuing,root}.crl` (full CRLs, re-signed on every revocation,
-//!   when the revocation index changes under it, and at half their validity), `POST /ocsp`
+//! - **Publication**: `GET /crl/{issuing,root}.crl` (full CRLs, re-signed at half their
+//!   validity) and `/crl/{issuing,root}-delta.crl` (delta CRLs, signed on every revocation and
+//!   within a second of the revocation index changing under it), `POST /ocsp`
 //!   and `/ocsp/root` (the responder of `ca ocsp-responder`), `GET /ca/{issuing,root}.der`.
 //!
 //! Records live in a registry store (`sqlite://DIR/ra.db` unless `--database-url`); every
@@ -78,6 +79,9 @@ struct Published {
     index_modified: Option<SystemTime>,
 }
 
+/// A delta listing more than this many revocations is folded into a new full CRL.
+const MAX_DELTA_ENTRIES: usize = 10_000;
+
 /// Called with every CRL the service publishes: the issuing CA's as PEM followed by the issuing
 /// CA's certificate (what staging's `PUT /staging/crls` takes), the root's as DER. `up` hands
 /// them to staging, which ends the sessions they revoke and passes them on to the accounts.
@@ -92,39 +96,45 @@ pub(crate) struct Service {
     pub(crate) store: Store,
     pub(crate) ocsp_issuing: Arc<OcspState>,
     pub(crate) ocsp_root: Arc<OcspState>,
-    crl_issuing: RwLock<Published>,
-    crl_root: RwLock<Published>,
+    /// Full and delta CRLs of the issuing CA and of the root.
+    crls: [RwLock<Published>; 4],
     crl_validity: Duration,
     /// Serializes the service's writes: one audit chain, one writer at a time.
     pub(crate) write: tokio::sync::Mutex<()>,
+    /// Serializes CRL signing (the revocation path and the watcher).
+    signing: std::sync::Mutex<()>,
     on_crl: Option<CrlHook>,
 }
 
 impl Service {
-    fn published(&self, by: By) -> &RwLock<Published> {
-        match by {
-            By::Issuing => &self.crl_issuing,
-            By::Root => &self.crl_root,
-        }
+    fn published(&self, by: By, delta: bool) -> &RwLock<Published> {
+        let i = match by {
+            By::Issuing => 0,
+            By::Root => 2,
+        };
+        &self.crls[i + usize::from(delta)]
     }
 
-    /// The current CRL of `by`, DER.
-    pub(crate) fn crl(&self, by: By) -> Vec<u8> {
-        claimlink_service::read(self.published(by)).der.clone()
+    /// The current full (or delta) CRL of `by`, DER.
+    pub(crate) fn crl(&self, by: By, delta: bool) -> Vec<u8> {
+        claimlink_service::read(self.published(by, delta)).der.clone()
     }
 
-    /// Signs a fresh full CRL of `by` from its revocation index, writes it to
-    /// `DIR/published/` and serves it from now on. (Blocking: call off the runtime.)
-    pub(crate) fn republish(&self, by: By) -> Result<()> {
+    /// Signs the next CRL of `by` from its revocation index - full, or a delta over the last
+    /// full one - writes it to `DIR/published/`, serves it from now on and hands it to the hook.
+    /// A full CRL is followed by its (empty) delta, so that a delta is always there to fetch.
+    /// (Blocking: call off the runtime.)
+    fn sign(&self, by: By, delta: bool) -> Result<usize> {
         let modified = std::fs::metadata(index_path(&self.dir, by)).and_then(|m| m.modified()).ok();
         let key = match by {
             By::Issuing => &self.ca.issuing_key,
             By::Root => &self.root_key,
         };
-        let built = build_crl(&self.dir, by, key, false, self.crl_validity)?;
+        let built = build_crl(&self.dir, by, key, delta, self.crl_validity)?;
         let out = self.dir.join("published");
         std::fs::create_dir_all(&out)?;
-        write_atomic(&out.join(format!("{}.crl", by.name())), &built.der, 0o644)?;
+        let file = format!("{}{}.crl", by.name(), if delta { "-delta" } else { "" });
+        write_atomic(&out.join(file), &built.der, 0o644)?;
         if let Some(hook) = &self.on_crl {
             hook(match by {
                 By::Issuing => format!(
@@ -136,23 +146,60 @@ impl Service {
                 By::Root => built.der.clone(),
             });
         }
-        *claimlink_service::write(self.published(by)) =
+        *claimlink_service::write(self.published(by, delta)) =
             Published { der: built.der, signed: Instant::now(), index_modified: modified };
-        tracing::info!(ca = by.name(), number = built.number, entries = built.entries, "CRL published");
+        tracing::info!(
+            ca = by.name(),
+            delta,
+            number = built.number,
+            entries = built.entries,
+            "CRL published"
+        );
+        Ok(built.entries)
+    }
+
+    /// A new full CRL of `by` and its empty delta.
+    pub(crate) fn republish(&self, by: By) -> Result<()> {
+        let _one = claimlink_service::lock(&self.signing);
+        self.sign(by, false)?;
+        self.sign(by, true)?;
         Ok(())
     }
 
-    /// Re-signs the CRLs whose index changed (a `ca revoke` beside the service) or which are
-    /// half way to their nextUpdate.
+    /// What a revocation publishes: a delta CRL of `by` with everything revoked since the last
+    /// full one (cheap whatever the full one's size); a full CRL when the delta has grown past
+    /// [`MAX_DELTA_ENTRIES`].
+    pub(crate) fn publish_revocation(&self, by: By) -> Result<()> {
+        let _one = claimlink_service::lock(&self.signing);
+        if self.sign(by, true)? > MAX_DELTA_ENTRIES {
+            self.sign(by, false)?;
+            self.sign(by, true)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes what changed under the service (a `ca revoke` beside it: a delta) and re-signs
+    /// the CRLs half way to their nextUpdate (full and delta).
     fn refresh_crls(&self) {
         for by in [By::Issuing, By::Root] {
             let modified = std::fs::metadata(index_path(&self.dir, by)).and_then(|m| m.modified()).ok();
-            let stale = {
-                let p = claimlink_service::read(self.published(by));
-                p.index_modified != modified || p.signed.elapsed() >= self.crl_validity / 2
+            let (changed, old) = {
+                let full = claimlink_service::read(self.published(by, false));
+                let delta = claimlink_service::read(self.published(by, true));
+                (
+                    delta.index_modified != modified && full.index_modified != modified,
+                    full.signed.elapsed() >= self.crl_validity / 2,
+                )
             };
-            if stale && let Err(e) = self.republish(by) {
-                tracing::error!(ca = by.name(), error = %e, "the CRL could not be re-signed; the last one is served");
+            let result = if old {
+                self.republish(by)
+            } else if changed {
+                self.publish_revocation(by)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
+                tracing::error!(ca = by.name(), error = %e, "a CRL could not be signed; the last one is served");
             }
         }
     }
@@ -314,8 +361,8 @@ pub(crate) async fn start(
         store,
         ocsp_issuing,
         ocsp_root,
-        crl_issuing: RwLock::new(empty()),
-        crl_root: RwLock::new(empty()),
+        crls: [RwLock::new(empty()), RwLock::new(empty()), RwLock::new(empty()), RwLock::new(empty())],
+        signing: std::sync::Mutex::new(()),
         crl_validity,
         write: tokio::sync::Mutex::new(()),
         on_crl,
