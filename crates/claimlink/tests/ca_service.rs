@@ -317,6 +317,14 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
         let (status, json) = http_json(svc.addr, "POST", "/applications", None, body);
         assert_eq!(status, 400, "{body}: {json}");
     }
+    let big = serde_json::json!({ "profile": "claim-thing", "csr": "A".repeat(9000) }).to_string();
+    let (status, json) = http_json(svc.addr, "POST", "/applications", None, &big);
+    assert!(status == 400 && json.contains("at most 8192 bytes"), "{status} {json}");
+    let pending = svc.ra(d, Some("op1.token"), &["list-applications", "--status", "PENDING_REVIEW"]).unwrap();
+    assert!(
+        pending["applications"].as_array().unwrap().is_empty(),
+        "refused applications are not stored: {pending}"
+    );
     let e = svc
         .ra(d, None, &["apply", "--profile", "server", "--csr", "srv.csr", "--token-out", "x.app"])
         .unwrap_err();

@@ -32,6 +32,8 @@ type ApiResult = Result<Response, ApiError>;
 const MAX_DAYS: i64 = 7320;
 /// Most rows a list answers.
 const MAX_LIST: i64 = 1000;
+/// Longest CSR PEM an application may carry.
+const MAX_CSR_PEM: usize = 8 * 1024;
 
 fn ok(v: Value) -> ApiResult {
     Ok(axum::Json(v).into_response())
@@ -351,7 +353,7 @@ fn operation(op: &str) -> Operation {
         "apply" => Some(object(
             &["profile", "csr"],
             json!({ "profile": { "type": "string", "enum": AppProfile::ALL.map(AppProfile::as_str) },
-                "csr": string, "dns": { "type": "array", "items": string }, "ips": { "type": "array", "items": string },
+                "csr": { "type": "string", "maxLength": MAX_CSR_PEM }, "dns": { "type": "array", "items": string }, "ips": { "type": "array", "items": string },
                 "days": { "type": "integer", "minimum": 1, "maximum": MAX_DAYS },
                 "renewal": object(&["certificate", "signature"], json!({ "certificate": string, "signature": string })) }),
         )),
@@ -533,6 +535,11 @@ async fn apply(State(svc): State<Svc>, Body(body): Body<ApplyBody>) -> ApiResult
             AppProfile::ALL.map(AppProfile::as_str).join(", ")
         ))
     })?;
+    // A CSR is a few hundred bytes (an RSA-4096 one under 4 KiB): what a stranger can make the
+    // RA store while it waits for review is bounded by this times the pending applications.
+    if body.csr.len() > MAX_CSR_PEM {
+        return Err(ApiError::bad(format!("csr: at most {MAX_CSR_PEM} bytes of PEM")));
+    }
     let csr = CertificateRequest::from_pem_or_der(body.csr.as_bytes())
         .map_err(|e| ApiError::bad(format!("csr: {e}")))?;
     let mut names = Names { dns: body.dns.unwrap_or_default(), ips: Vec::new() };
