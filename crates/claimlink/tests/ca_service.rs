@@ -564,12 +564,22 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
         assert!(std::time::Instant::now() < deadline, "{cas}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let (_, root_crl) = svc.get("/crl/root-delta.crl");
-    std::fs::write(d.join("root.crl"), root_crl).unwrap();
-    let text = openssl_text(
-        d,
-        &["crl", "-inform", "DER", "-in", "root.crl", "-CAfile", "root.pem", "-noout", "-text"],
-    );
+    // The root's delta CRL lists it once the service's watcher has seen the index change
+    // (within a second; OCSP and the CRLs each look every second).
+    let text = loop {
+        let (_, root_crl) = svc.get("/crl/root-delta.crl");
+        std::fs::write(d.join("root.crl"), root_crl).unwrap();
+        let text = openssl_text(
+            d,
+            &["crl", "-inform", "DER", "-in", "root.crl", "-CAfile", "root.pem", "-noout", "-text"],
+        );
+        if text.contains("CA Compromise")
+            || std::time::Instant::now() > deadline + std::time::Duration::from_secs(3)
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert!(text.contains("verify OK") && text.contains("CA Compromise"), "{text}");
 
     // The CRL survives the restart, re-signed from the same index.
