@@ -63,6 +63,13 @@ impl Service {
         }
     }
 
+    /// Applies for a claim-thing certificate as a renewal of `cert`, proven with `key`.
+    fn renew(&self, d: &Path, csr: &str, cert: &str, key: &str, token_out: &str) -> Result<Value, String> {
+        let args =
+            ["apply", "--profile", "claim-thing", "--csr", csr, "--renew-cert", cert, "--renew-key", key];
+        self.ra(d, None, &[&args[..], &["--token-out", token_out]].concat())
+    }
+
     fn get(&self, path: &str) -> (u16, Vec<u8>) {
         let mut s = std::net::TcpStream::connect(self.addr).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n").unwrap();
@@ -332,45 +339,9 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
 
     // A renewal proven with the current key passes the policy; one signed by another key does not.
     csr(d, "p256", "ct2", "/CN=Acme claim-thing/O=Acme");
-    let e = svc
-        .ra(
-            d,
-            None,
-            &[
-                "apply",
-                "--profile",
-                "claim-thing",
-                "--csr",
-                "ct2.csr",
-                "--renew-cert",
-                "ct/cert.pem",
-                "--renew-key",
-                "srv.key",
-                "--token-out",
-                "bad.app",
-            ],
-        )
-        .unwrap_err();
+    let e = svc.renew(d, "ct2.csr", "ct/cert.pem", "srv.key", "bad.app").unwrap_err();
     assert!(e.contains("does not verify"), "{e}");
-    let renewed = svc
-        .ra(
-            d,
-            None,
-            &[
-                "apply",
-                "--profile",
-                "claim-thing",
-                "--csr",
-                "ct2.csr",
-                "--renew-cert",
-                "ct/cert.pem",
-                "--renew-key",
-                "ct.key",
-                "--token-out",
-                "ct2.app",
-            ],
-        )
-        .unwrap();
+    let renewed = svc.renew(d, "ct2.csr", "ct/cert.pem", "ct.key", "ct2.app").unwrap();
     assert_eq!(renewed["status"], "ISSUED", "{renewed}");
     let ct2_id = renewed["applicationId"].as_str().unwrap().to_owned();
     svc.ra(d, Some("ct2.app"), &["get-certificate", "--application-id", &ct2_id, "--out", "ct2"]).unwrap();
@@ -452,25 +423,7 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
     assert!(a.contains("ct2/cert.pem: good"), "{a}");
     // A revoked certificate cannot be renewed, and the applicant may ask to revoke only its own.
     csr(d, "p256", "ct3", "/CN=Acme claim-thing/O=Acme");
-    let e = svc
-        .ra(
-            d,
-            None,
-            &[
-                "apply",
-                "--profile",
-                "claim-thing",
-                "--csr",
-                "ct3.csr",
-                "--renew-cert",
-                "ct/cert.pem",
-                "--renew-key",
-                "ct.key",
-                "--token-out",
-                "ct3.app",
-            ],
-        )
-        .unwrap_err();
+    let e = svc.renew(d, "ct3.csr", "ct/cert.pem", "ct.key", "ct3.app").unwrap_err();
     assert!(e.contains("revoked"), "{e}");
     let srv_serial = openssl_text(d, &["x509", "-in", "srv/cert.pem", "-noout", "-serial"]);
     let srv_serial = srv_serial.trim().trim_start_matches("serial=");
