@@ -27,10 +27,11 @@ up_pid=""
 cleanup() { [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sm=$(port); sa=$(port); am=$(port); ad=$(port); po=$(port)
+sm=$(port); sa=$(port); am=$(port); ad=$(port); po=$(port); cs=$(port)
 cd "$work"
 "$bin" up --devices 1 --staging-mqtt "127.0.0.1:$sm" --staging-api "127.0.0.1:$sa" \
-  --account-mqtt "127.0.0.1:$am" --admin-api "127.0.0.1:$ad" --portal "127.0.0.1:$po" >up.log 2>up.err &
+  --account-mqtt "127.0.0.1:$am" --admin-api "127.0.0.1:$ad" --portal "127.0.0.1:$po" \
+  --ca-system "127.0.0.1:$cs" >up.log 2>up.err &
 up_pid=$!
 for _ in $(seq 1 120); do grep -q "Stop with Ctrl-C" up.log 2>/dev/null && break; sleep 0.5; done
 grep -q "Stop with Ctrl-C" up.log || { cat up.log up.err; exit 1; }
