@@ -328,7 +328,7 @@ impl Sm2VerifyingKey {
 }
 
 /// `Z` of GM/T 0003.2 section 5.5 for `key` under `id`.
-fn identity_hash(id: &DistId, key: &sm2::PublicKey) -> [u8; 32] {
+pub(crate) fn identity_hash(id: &DistId, key: &sm2::PublicKey) -> [u8; 32] {
     use sm3::Digest;
     // sm2p256v1's a, b, xG and yG (GM/T 0003.5).
     const CURVE: [u8; 128] = hex_bytes(concat!(
@@ -424,6 +424,8 @@ impl<R: CryptoRng + ?Sized> rand_core::TryRng for AsTry<'_, R> {
 }
 
 impl<R: CryptoRng + ?Sized> rand_core::TryCryptoRng for AsTry<'_, R> {}
+
+pub mod kex;
 
 mod pkcs8 {
     //! PKCS#8 `PrivateKeyInfo` { ecPublicKey, sm2p256v1, ECPrivateKey (RFC 5915) }.
