@@ -42,6 +42,12 @@ impl Ephemeral {
         Self { r: secret.to_nonzero_scalar(), point: Sm2PublicKey(secret.public_key()) }
     }
 
+    /// The ephemeral key of a given private key (`r = d`), for tests against other
+    /// implementations that take the ephemeral scalar as an input.
+    pub fn from_private(key: &Sm2PrivateKey) -> Self {
+        Self { r: key.secret.to_nonzero_scalar(), point: key.public_key() }
+    }
+
     /// `R`, the point sent to the peer.
     pub fn public(&self) -> &Sm2PublicKey {
         &self.point
