@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use claimlink_gm::sm2::kex::{Ephemeral, Party, Peer, Role, agree};
+use claimlink_gm::sm2::kex::{Agreed, Ephemeral, Party, Peer, Role, agree};
 use claimlink_gm::{DistId, Sm2PrivateKey};
 
 const BCPROV: &str = "/usr/share/java/bcprov.jar";
@@ -39,8 +39,52 @@ fn java(dir: &Path, args: &[String]) -> Vec<String> {
     out.lines().map(str::to_owned).collect()
 }
 
-fn scalar(k: &Sm2PrivateKey) -> String {
-    hex::encode(*k.to_bytes())
+/// One side: its long-term key and ID, and an ephemeral key made from a private key so that
+/// Java can be given its scalar.
+struct User {
+    d: Sm2PrivateKey,
+    r_key: Sm2PrivateKey,
+    r: Ephemeral,
+    id: DistId,
+}
+
+fn user(id: &str) -> User {
+    let r_key = Sm2PrivateKey::generate(&mut rng());
+    User {
+        d: Sm2PrivateKey::generate(&mut rng()),
+        r: Ephemeral::from_private(&r_key),
+        r_key,
+        id: DistId::new(id).unwrap(),
+    }
+}
+
+/// Our side of the exchange, as `me` against `peer`.
+fn ours(role: Role, me: &User, peer: &User, klen: usize) -> Agreed {
+    let peer_key = peer.d.public_key();
+    agree(
+        role,
+        &Party { key: &me.d, id: &me.id, ephemeral: &me.r },
+        &Peer { key: &peer_key, id: &peer.id, ephemeral: peer.r.public() },
+        klen,
+    )
+    .unwrap()
+}
+
+/// BouncyCastle's side, as `me` against `peer` (an initiator checks the responder's `tag`).
+fn theirs(dir: &Path, role: &str, me: &User, peer: &User, klen: usize, tag: Option<[u8; 32]>) -> Vec<String> {
+    let point = |k: &claimlink_gm::Sm2PublicKey| hex::encode(k.to_sec1_uncompressed());
+    let mut args = vec![
+        role.to_owned(),
+        (klen * 8).to_string(),
+        hex::encode(*me.d.to_bytes()),
+        hex::encode(*me.r_key.to_bytes()),
+        me.id.as_str().into(),
+        point(&peer.d.public_key()),
+        point(peer.r.public()),
+        peer.id.as_str().into(),
+    ];
+    args.extend(tag.map(hex::encode));
+    java(dir, &args)
 }
 
 #[test]
@@ -49,77 +93,21 @@ fn our_sm2_key_exchange_agrees_with_bouncycastle_both_ways() {
     if java_peer(&dir).is_none() {
         return;
     }
-    let (id_a, id_b) =
-        (DistId::new("ALICE123@YAHOO.COM").unwrap(), DistId::new("BILL456@YAHOO.COM").unwrap());
     for klen in [16usize, 48] {
-        let (da, db) = (Sm2PrivateKey::generate(&mut rng()), Sm2PrivateKey::generate(&mut rng()));
-        // Ephemeral keys as private keys too, so that Java can be given their scalars.
-        let (ra_key, rb_key) = (Sm2PrivateKey::generate(&mut rng()), Sm2PrivateKey::generate(&mut rng()));
-        let (ra, rb) = (Ephemeral::from_private(&ra_key), Ephemeral::from_private(&rb_key));
-        let hexpt = |k: &claimlink_gm::Sm2PublicKey| hex::encode(k.to_sec1_uncompressed());
-        let (pa, pb) = (da.public_key(), db.public_key());
+        let (a, b) = (user("ALICE123@YAHOO.COM"), user("BILL456@YAHOO.COM"));
 
         // We initiate, BouncyCastle responds.
-        let ours = agree(
-            Role::Initiator,
-            &Party { key: &da, id: &id_a, ephemeral: &ra },
-            &Peer { key: &pb, id: &id_b, ephemeral: rb.public() },
-            klen,
-        )
-        .unwrap();
-        let theirs = java(
-            &dir,
-            &[
-                "responder".into(),
-                (klen * 8).to_string(),
-                scalar(&db),
-                scalar(&rb_key),
-                id_b.as_str().into(),
-                hexpt(&pa),
-                hexpt(ra.public()),
-                id_a.as_str().into(),
-            ],
-        );
-        assert_eq!(theirs[0], hex::encode(&*ours.key), "the key, {klen} bytes");
-        assert_eq!(
-            theirs[1],
-            hex::encode(ours.confirmation_expected),
-            "BouncyCastle's S_B is the one we expect"
-        );
-        assert_eq!(
-            theirs[2],
-            hex::encode(ours.confirmation_to_send),
-            "our S_A is the one BouncyCastle expects"
-        );
+        let us = ours(Role::Initiator, &a, &b, klen);
+        let them = theirs(&dir, "responder", &b, &a, klen, None);
+        assert_eq!(them[0], hex::encode(&*us.key), "the key, {klen} bytes");
+        assert_eq!(them[1], hex::encode(us.confirmation_expected), "BouncyCastle's S_B is the one we expect");
+        assert_eq!(them[2], hex::encode(us.confirmation_to_send), "our S_A is the one BouncyCastle expects");
 
         // BouncyCastle initiates (checking the S_B we send), we respond.
-        let ours = agree(
-            Role::Responder,
-            &Party { key: &db, id: &id_b, ephemeral: &rb },
-            &Peer { key: &pa, id: &id_a, ephemeral: ra.public() },
-            klen,
-        )
-        .unwrap();
-        let theirs = java(
-            &dir,
-            &[
-                "initiator".into(),
-                (klen * 8).to_string(),
-                scalar(&da),
-                scalar(&ra_key),
-                id_a.as_str().into(),
-                hexpt(&pb),
-                hexpt(rb.public()),
-                id_b.as_str().into(),
-                hex::encode(ours.confirmation_to_send),
-            ],
-        );
-        assert_eq!(theirs[0], hex::encode(&*ours.key));
-        assert_eq!(
-            theirs[1],
-            hex::encode(ours.confirmation_expected),
-            "BouncyCastle's S_A is the one we expect"
-        );
+        let us = ours(Role::Responder, &b, &a, klen);
+        let them = theirs(&dir, "initiator", &a, &b, klen, Some(us.confirmation_to_send));
+        assert_eq!(them[0], hex::encode(&*us.key));
+        assert_eq!(them[1], hex::encode(us.confirmation_expected), "BouncyCastle's S_A is the one we expect");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

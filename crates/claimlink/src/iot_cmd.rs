@@ -257,7 +257,8 @@ fn structure(arg: &str, flag: &str) -> Result<Value> {
     serde_json::from_str(&doc(arg)?).with_context(|| format!("--{flag} must be JSON"))
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encodes a path segment or query value (RFC 3986 unreserved characters kept).
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

@@ -26,7 +26,7 @@ use claimlink_pki::{Certificate, Issuer, PrivateKey, Profile, Signer, Subject, i
 use crate::PassphraseArg;
 use crate::ca::rng;
 use crate::files::{read_bounded, write_atomic};
-use crate::revoke::{By, index_path, read_index, signer_cert};
+use crate::revoke::{By, index_path, read_index, signer_cert, signer_key};
 
 /// Responses kept signed at once.
 pub(crate) const MAX_CACHED: usize = 100_000;
@@ -93,9 +93,7 @@ fn responder_identity(
             return Ok((cert, key));
         }
     }
-    let ca_key_path = dir.join(format!("{}-ca.key", by.name()));
-    let ca_key = pem::private_key_from_pem(&read_bounded(&ca_key_path, 1 << 20)?, Some(pass.as_bytes()))
-        .with_context(|| format!("{}", ca_key_path.display()))?;
+    let ca_key = signer_key(dir, by, passphrase)?;
     let key = PrivateKey::generate(ca_key.algorithm(), &mut rng())?;
     let cn = ca.common_name().unwrap_or_default();
     let subject = Subject::new(

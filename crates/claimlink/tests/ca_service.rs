@@ -170,17 +170,23 @@ fn token(d: &Path, file: &str) -> String {
     std::fs::read_to_string(d.join(file)).unwrap().trim().to_owned()
 }
 
-#[test]
-fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
-    if openssl("ca_service").is_none() {
-        return;
-    }
+/// A fresh directory with a passphrase, a CA of `alg` published at a free port, and its CA
+/// system serving there; `None` (skipped, or a failure under CI) without OpenSSL.
+fn ca_system(alg: &str) -> Option<(tempfile::TempDir, u16, Service)> {
+    openssl("ca_service")?;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(d.join("pass"), PASS).unwrap();
     let port = free_port();
-    make_ca(d, "p256", "ca", port);
+    make_ca(d, alg, "ca", port);
     let svc = start(d, "ca", port);
+    Some((tmp, port, svc))
+}
+
+#[test]
+fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
+    let Some((tmp, port, svc)) = ca_system("p256") else { return };
+    let d = tmp.path();
     let sup = "ca/super-admin.token";
     assert!(token(d, sup).starts_with("cas_"));
     let mode =
@@ -544,15 +550,8 @@ fn applied_reviewed_issued_revoked_and_published_under_five_roles() {
 
 #[test]
 fn dual_certificates_through_the_ra_open_with_openssl() {
-    if openssl("ca_service").is_none() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
+    let Some((tmp, _, svc)) = ca_system("sm2") else { return };
     let d = tmp.path();
-    std::fs::write(d.join("pass"), PASS).unwrap();
-    let port = free_port();
-    make_ca(d, "sm2", "ca", port);
-    let svc = start(d, "ca", port);
     let sup = "ca/super-admin.token";
     svc.ra(
         d,

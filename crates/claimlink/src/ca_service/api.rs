@@ -39,11 +39,6 @@ fn ok(v: Value) -> ApiResult {
     Ok(axum::Json(v).into_response())
 }
 
-/// What a create answers: 200 with the new record, as AWS's APIs do.
-fn created(v: Value) -> ApiResult {
-    ok(v)
-}
-
 fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "CA system failure");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailureException", "internal failure")
@@ -639,7 +634,8 @@ async fn apply(State(svc): State<Svc>, Body(body): Body<ApplyBody>) -> ApiResult
         Some(reviewer) => issue_application(&svc, &id, reviewer, "-").await?,
         None => "PENDING_REVIEW".to_owned(),
     };
-    created(json!({ "applicationId": id, "status": status, "downloadToken": token, "renewalOf": renewal_of }))
+    // A create answers 200 with the new record, as AWS's APIs do.
+    ok(json!({ "applicationId": id, "status": status, "downloadToken": token, "renewalOf": renewal_of }))
 }
 
 /// Issues a pending application and records it: ISSUED, the certificate stored for its
@@ -956,7 +952,8 @@ async fn request_revocation(
     )
     .await?;
     tx.commit().await?;
-    created(json!({ "requestId": id, "serial": key, "reason": reason.name(), "status": "PENDING_REVIEW" }))
+    // A create answers 200 with the new record, as AWS's APIs do.
+    ok(json!({ "requestId": id, "serial": key, "reason": reason.name(), "status": "PENDING_REVIEW" }))
 }
 
 fn revocation_json(r: &store::RevocationRequest) -> Value {
@@ -1082,7 +1079,8 @@ async fn create_admin(
     )
     .await?;
     tx.commit().await?;
-    created(json!({ "name": body.name, "role": new_role.as_str(), "token": token }))
+    // A create answers 200 with the new record, as AWS's APIs do.
+    ok(json!({ "name": body.name, "role": new_role.as_str(), "token": token }))
 }
 
 async fn list_admins(State(svc): State<Svc>, Authenticated(who): Authenticated) -> ApiResult {

@@ -10,7 +10,7 @@ use claimlink_pki::{CertificateRequest, Signer as _, pem};
 use serde_json::{Value, json};
 
 use crate::files::{read_bounded, write_new};
-use crate::iot_cmd::Outcome;
+use crate::iot_cmd::{Outcome, enc};
 
 /// `ca ra` arguments.
 #[derive(clap::Args)]
@@ -155,18 +155,6 @@ enum Verb {
     },
     /// Recompute the audit log's hash chain.
     VerifyAuditLog,
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn query(status: &Option<String>) -> String {

@@ -325,13 +325,7 @@ pub(crate) async fn start(
     listener: tokio::net::TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Arc<Service>> {
-    let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() {
-        bail!(
-            "{addr}: the CA service speaks plain HTTP and listens on loopback only; put a \
-             TLS-terminating proxy in front of it to serve others"
-        );
-    }
+    loopback_only(listener.local_addr()?)?;
     let url = match &setup.database_url {
         Some(u) => u.clone(),
         None => default_database(&setup.dir)?,
@@ -376,14 +370,22 @@ pub(crate) async fn start(
         .await??;
     }
     bootstrap(&svc).await?;
-    svc.ocsp_issuing.spawn_watcher();
-    svc.ocsp_root.spawn_watcher();
+    // One watcher for the revocation index: the CRLs first, then the OCSP responders, so that
+    // OCSP never answers revoked before the CRL saying so is published.
     let watcher = svc.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let w = watcher.clone();
-            let _ = tokio::task::spawn_blocking(move || w.refresh_crls()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                w.refresh_crls();
+                for ocsp in [&w.ocsp_issuing, &w.ocsp_root] {
+                    if let Err(e) = ocsp.refresh() {
+                        tracing::error!(error = %e, "the revocation index could not be read; OCSP answers use the last one read");
+                    }
+                }
+            })
+            .await;
         }
     });
     let app = api::router(svc.clone());
@@ -395,15 +397,20 @@ pub(crate) async fn start(
     Ok(svc)
 }
 
-/// `claimlink ca serve`.
-pub(crate) fn run(args: &ServeArgs) -> Result<()> {
-    if !args.listen.ip().is_loopback() {
+/// The service speaks plain HTTP: it listens on loopback only.
+fn loopback_only(addr: SocketAddr) -> Result<()> {
+    if !addr.ip().is_loopback() {
         bail!(
-            "--listen {}: the CA service speaks plain HTTP and listens on loopback only; put a \
-             TLS-terminating proxy in front of it to serve others",
-            args.listen
+            "{addr}: the CA service speaks plain HTTP and listens on loopback only; put a \
+             TLS-terminating proxy in front of it to serve others"
         );
     }
+    Ok(())
+}
+
+/// `claimlink ca serve`.
+pub(crate) fn run(args: &ServeArgs) -> Result<()> {
+    loopback_only(args.listen).context("--listen")?;
     if args.crl_hours == 0 || args.ocsp_minutes == 0 {
         bail!("--crl-hours and --ocsp-minutes must be at least 1");
     }
