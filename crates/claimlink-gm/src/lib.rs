@@ -30,7 +30,7 @@ pub use sm2::{
     Sm2SigningKey, Sm2VerifyingKey,
 };
 pub use sm3::{HmacSm3, Sm3, hmac_sm3, sm3};
-pub use sm4::{Sm4Error, Sm4Key};
+pub use sm4::{Sm4Cbc, Sm4Error, Sm4Key};
 
 /// The object identifiers of the GM/T algorithms (GM/T 0006).
 pub mod oid {

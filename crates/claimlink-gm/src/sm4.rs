@@ -289,8 +289,85 @@ mod tests {
     }
 
     #[test]
+    fn raw_cbc_is_the_padded_cbc_without_its_last_block() {
+        let key = standard_key();
+        let iv = [7u8; BLOCK_LEN];
+        let data: Vec<u8> = (0u8..160).collect();
+        let padded = key.cbc_encrypt(&iv, &data).unwrap_or_default();
+        let cbc = Sm4Cbc::new(&key);
+        let mut buf = data.clone();
+        assert!(cbc.encrypt_in_place(&iv, &mut buf).is_ok());
+        assert_eq!(buf, padded[..data.len()]);
+        assert!(cbc.decrypt_in_place(&iv, &mut buf).is_ok());
+        assert_eq!(buf, data);
+        assert!(cbc.encrypt_in_place(&iv, &mut [0u8; 17]).is_err());
+        assert!(cbc.decrypt_in_place(&iv, &mut [0u8; 15]).is_err());
+    }
+
+    #[test]
     fn sm4_key_debug_hides_the_key() {
         assert_eq!(format!("{:?}", standard_key()), "Sm4Key(..)");
+    }
+}
+
+/// SM4-CBC over whole blocks without padding, the key schedule made once: for record layers
+/// that pad and authenticate themselves (TLCP's `SM4_CBC` suites). Decryption runs the block
+/// cipher over all blocks at once (16 per pass) and chains afterwards.
+pub struct Sm4Cbc(Sm4);
+
+impl std::fmt::Debug for Sm4Cbc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sm4Cbc(key hidden)")
+    }
+}
+
+impl Sm4Cbc {
+    /// CBC under `key`.
+    pub fn new(key: &Sm4Key) -> Self {
+        Self(key.cipher())
+    }
+
+    fn whole_blocks(buf: &[u8]) -> Result<(), Sm4Error> {
+        if buf.len() % BLOCK_LEN == 0 {
+            Ok(())
+        } else {
+            Err(Sm4Error::BadLength {
+                what: "CBC data",
+                expected: buf.len().next_multiple_of(BLOCK_LEN),
+                actual: buf.len(),
+            })
+        }
+    }
+
+    /// Encrypts `buf` (a whole number of blocks) in place under `iv`.
+    pub fn encrypt_in_place(&self, iv: &[u8; BLOCK_LEN], buf: &mut [u8]) -> Result<(), Sm4Error> {
+        Self::whole_blocks(buf)?;
+        let mut chain = *iv;
+        for block in buf.chunks_exact_mut(BLOCK_LEN) {
+            for (b, c) in block.iter_mut().zip(chain.iter()) {
+                *b ^= c;
+            }
+            let mut b = cipher::Block::<Sm4>::try_from(&*block).unwrap_or_else(|_| unreachable!("16 bytes"));
+            self.0.encrypt_block(&mut b);
+            block.copy_from_slice(&b);
+            chain.copy_from_slice(block);
+        }
+        Ok(())
+    }
+
+    /// Decrypts `buf` (a whole number of blocks) in place under `iv`.
+    pub fn decrypt_in_place(&self, iv: &[u8; BLOCK_LEN], buf: &mut [u8]) -> Result<(), Sm4Error> {
+        Self::whole_blocks(buf)?;
+        let ciphertext = buf.to_vec();
+        let (blocks, _) = cipher::Array::slice_as_chunks_mut(buf);
+        self.0.decrypt_blocks(blocks);
+        for (i, block) in buf.chunks_exact_mut(BLOCK_LEN).enumerate() {
+            let previous = if i == 0 { &iv[..] } else { &ciphertext[(i - 1) * BLOCK_LEN..i * BLOCK_LEN] };
+            for (b, p) in block.iter_mut().zip(previous) {
+                *b ^= p;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -24,6 +24,7 @@ mod hash;
 mod kx;
 mod resolve;
 mod sign;
+pub mod tlcp;
 mod verify;
 
 use std::sync::Arc;
