@@ -17,4 +17,4 @@ pub mod serve;
 pub mod tls;
 
 pub use hooks::{AllowAll, ConnectRequest, Hooks, Inbound, Origin, PeerAdmission, PeerIdentity, Verdict};
-pub use listener::{Broker, Handshaken, Limits, TlsSelector, WeakBroker, handshake};
+pub use listener::{Broker, Handshaken, Limits, TlcpConfig, TlsSelector, WeakBroker, handshake};

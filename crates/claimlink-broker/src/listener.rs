@@ -106,7 +106,18 @@ pub trait TlsSelector: Send + Sync + 'static {
     ) -> Result<Option<crate::hooks::PeerAdmission>, String> {
         Ok(None)
     }
+
+    /// The TLCP configuration for `sni`, for a client whose first record is TLCP's (version
+    /// 0x0101); `None` (the default) refuses TLCP on this listener. Its client certificates go
+    /// through [`Self::admit`] like TLS ones: the signing certificate and its chain.
+    fn select_tlcp(&self, _sni: Option<&str>) -> Option<TlcpConfig> {
+        None
+    }
 }
+
+/// The TLCP configuration a [`TlsSelector`] serves beside TLS on the same port (see
+/// [`handshake`]).
+pub type TlcpConfig = Arc<claimlink_tls::tlcp::ServerConfig>;
 
 impl TlsSelector for Arc<rustls::ServerConfig> {
     fn select(&self, _sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
@@ -288,16 +299,38 @@ impl<H: Hooks> Broker<H> {
     }
 }
 
-/// A finished TLS handshake: the stream, the server name the client sent, its certificates.
-pub type Handshaken = (
-    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    Option<String>,
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-);
+/// A finished TLS or TLCP handshake: the stream, the server name the client sent, its
+/// certificates (for TLCP, the signing certificate and its chain).
+pub type Handshaken =
+    (Box<dyn crate::serve::Io>, Option<String>, Vec<rustls::pki_types::CertificateDer<'static>>);
 
-/// Runs the server side of a TLS handshake with the configuration `tls` picks for the client's
-/// server name.
+/// How long [`handshake`] waits between looks at a connection's first bytes while fewer than
+/// three have arrived (the caller's handshake timeout bounds the whole).
+const PEEK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Runs the server side of a handshake with the configuration `tls` picks for the client's
+/// server name: TLCP when the first record says version 0x0101 and `tls` serves TLCP, else TLS.
+/// The first bytes are peeked, not consumed.
 pub async fn handshake(stream: tokio::net::TcpStream, tls: &dyn TlsSelector) -> io::Result<Handshaken> {
+    let mut first = [0u8; 3];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the handshake"));
+        }
+        if n >= 3 || first[0] != 22 {
+            break;
+        }
+        tokio::time::sleep(PEEK_INTERVAL).await;
+    }
+    if claimlink_tls::tlcp::is_tlcp_client_hello(&first) {
+        let stream =
+            claimlink_tls::tlcp::TlcpStream::accept(stream, |hello| tls.select_tlcp(hello.server_name()))
+                .await?;
+        let sni = stream.connection().server_name().map(str::to_owned);
+        let certificates = stream.connection().peer_certificates().to_vec();
+        return Ok((Box::new(stream), sni, certificates));
+    }
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
     let config = tls.select(sni.as_deref()).ok_or_else(|| {
@@ -305,5 +338,5 @@ pub async fn handshake(stream: tokio::net::TcpStream, tls: &dyn TlsSelector) -> 
     })?;
     let stream = start.into_stream(config).await?;
     let certificates = stream.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
-    Ok((stream, sni, certificates))
+    Ok((Box::new(stream), sni, certificates))
 }

@@ -225,7 +225,7 @@ pub async fn serve<F, Fut>(
                         Ok(Ok((stream, sni, certificates))) => match tls.admit(sni.as_deref(), &certificates)
                         {
                             Ok(admission) => {
-                                Accepted { io: Box::new(stream), addr, sni, certificates, admission, permit }
+                                Accepted { io: stream, addr, sni, certificates, admission, permit }
                             }
                             Err(why) => {
                                 // Nothing of the client's protocol has been read; closing is all.

@@ -669,7 +669,7 @@ impl AccountServer {
         mqtt: SocketAddr,
         api: SocketAddr,
         http: claimlink_service::HttpLimits,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<Arc<claimlink_service::Https>>,
     ) -> Result<(SocketAddr, SocketAddr), ServerError> {
         let mqtt_listener = TcpListener::bind(mqtt).await?;
         let api_listener = TcpListener::bind(api).await?;

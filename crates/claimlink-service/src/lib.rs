@@ -176,6 +176,57 @@ pub struct ServerIdentity {
     pub alternate: Option<Box<ServerIdentity>>,
     /// Only TLS 1.3 with SM (`claimlink_tls::strict_provider`).
     pub strict_sm: bool,
+    /// TLCP's dual certificates, served beside TLS on the same ports.
+    pub tlcp: Option<TlcpIdentity>,
+}
+
+/// A TLCP server's dual certificates: the SM2 signing chain and key, the encryption
+/// certificate and its key (GM/T 0015 dual certificates, as the CA system's KM issues them).
+#[derive(Clone, Default)]
+pub struct TlcpIdentity {
+    /// Signing certificate and its CAs, PEM.
+    pub sign_chain_pem: String,
+    /// Signing key, PKCS#8 PEM.
+    pub sign_key_pem: zeroize::Zeroizing<String>,
+    /// Encryption certificate, PEM.
+    pub enc_cert_pem: String,
+    /// Encryption key, PKCS#8 PEM.
+    pub enc_key_pem: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TlcpIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlcpIdentity(keys hidden)")
+    }
+}
+
+fn sm2_key(pem: &str, what: &str) -> Result<claimlink_gm::Sm2PrivateKey, ServerError> {
+    let key = claimlink_pki::pem::private_key_from_pem(pem.as_bytes(), None)
+        .map_err(|e| ServerError::Tls(format!("TLCP {what} key: {e}")))?;
+    let der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
+    claimlink_gm::Sm2PrivateKey::from_pkcs8_der(&der)
+        .map_err(|_| ServerError::Tls(format!("the TLCP {what} key is not an SM2 key")))
+}
+
+impl TlcpIdentity {
+    /// The identity for `claimlink_tls::tlcp`, checked (each key its certificate's, each
+    /// certificate's keyUsage fit for its place).
+    pub fn identity(&self) -> Result<claimlink_tls::tlcp::Identity, ServerError> {
+        let der = |pem: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, ServerError> {
+            let chain = Certificate::chain_from_pem(pem.as_bytes())
+                .map_err(|e| ServerError::Tls(format!("TLCP {what} certificate: {e}")))?;
+            Ok(chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect())
+        };
+        let sign = der(&self.sign_chain_pem, "signing")?;
+        let enc = der(&self.enc_cert_pem, "encryption")?.into_iter().next();
+        let enc = enc.ok_or_else(|| ServerError::Tls("no TLCP encryption certificate".into()))?;
+        claimlink_tls::tlcp::Identity::new(
+            sign,
+            sm2_key(&self.sign_key_pem, "signing")?,
+            Some((enc, sm2_key(&self.enc_key_pem, "encryption")?)),
+        )
+        .map_err(|e| ServerError::Tls(e.to_string()))
+    }
 }
 
 impl std::fmt::Debug for ServerIdentity {
@@ -183,6 +234,7 @@ impl std::fmt::Debug for ServerIdentity {
         f.debug_struct("ServerIdentity")
             .field("alternate", &self.alternate.is_some())
             .field("strict_sm", &self.strict_sm)
+            .field("tlcp", &self.tlcp.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -193,7 +245,7 @@ pub type CertifiedKey = Arc<rustls::sign::CertifiedKey>;
 impl ServerIdentity {
     /// One chain and key.
     pub fn new(chain_pem: String, key_pem: zeroize::Zeroizing<String>) -> Self {
-        Self { chain_pem, key_pem, alternate: None, strict_sm: false }
+        Self { chain_pem, key_pem, alternate: None, strict_sm: false, tlcp: None }
     }
 
     /// The chain as DER and the key as PKCS#8 DER, for rustls.
@@ -264,14 +316,47 @@ impl ServerIdentity {
         Ok((builder, Arc::new(claimlink_tls::DualCertResolver::new(sm2, international))))
     }
 
+    /// The TLCP configuration of [`Self::tlcp`], if set, with `client_verifier` deciding
+    /// client certificates (`None`: none asked for, so only the ECC suites).
+    pub fn tlcp_config(
+        &self,
+        client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<Option<claimlink_broker::TlcpConfig>, ServerError> {
+        let Some(t) = &self.tlcp else { return Ok(None) };
+        let config = claimlink_tls::tlcp::ServerConfig::new(t.identity()?, client_verifier)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        Ok(Some(Arc::new(config)))
+    }
+
     /// A server configuration for HTTPS without client certificates (the admin API, whose
     /// callers bring a bearer token, and the portal, whose users sign in): the same
-    /// certificates, suites and strict rule as the MQTT listeners, ALPN `http/1.1`. Build it
-    /// once and share it between listeners.
-    pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    /// certificates, suites and strict rule as the MQTT listeners, ALPN `http/1.1`, and TLCP
+    /// on the same port when [`Self::tlcp`] is set. Build it once and share it between
+    /// listeners.
+    pub fn https_config(&self) -> Result<Arc<Https>, ServerError> {
         let (builder, resolver) = self.server_builder()?;
         let mut config = builder.with_no_client_auth().with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        Ok(Arc::new(Https { tls: Arc::new(config), tlcp: self.tlcp_config(None)? }))
+    }
+}
+
+/// An HTTPS listener's configurations: TLS, and TLCP beside it when the identity has dual
+/// certificates.
+#[derive(Debug)]
+pub struct Https {
+    /// TLS (1.2, 1.3, RFC 8998).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// TLCP.
+    pub tlcp: Option<claimlink_broker::TlcpConfig>,
+}
+
+impl claimlink_broker::TlsSelector for Https {
+    fn select(&self, _sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
+        Some(self.tls.clone())
+    }
+
+    fn select_tlcp(&self, _sni: Option<&str>) -> Option<claimlink_broker::TlcpConfig> {
+        self.tlcp.clone()
     }
 }

@@ -43,6 +43,7 @@ pub trait Admission: Send + Sync + 'static {
 /// A listener's TLS: its one configuration and its admission rule.
 pub struct Listener<A> {
     config: Arc<rustls::ServerConfig>,
+    tlcp: Option<claimlink_broker::TlcpConfig>,
     admission: A,
 }
 
@@ -55,8 +56,10 @@ impl<A: Admission> Listener<A> {
             mandatory: admission.mandatory(),
             algorithms: builder.crypto_provider().signature_verification_algorithms,
         });
+        // TLCP asks for the same certificates; its own CertificateVerify is the proof.
+        let tlcp = identity.tlcp_config(Some(verifier.clone()))?;
         let config = builder.with_client_cert_verifier(verifier).with_cert_resolver(resolver);
-        Ok(Self { config: Arc::new(config), admission })
+        Ok(Self { config: Arc::new(config), tlcp, admission })
     }
 
     /// Admits a client whose certificate chain (leaf first) is `certificates`: `Ok(None)`
@@ -84,6 +87,10 @@ impl<A: Admission> Listener<A> {
 impl<A: Admission> claimlink_broker::TlsSelector for Listener<A> {
     fn select(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
         self.admission.serves(sni).then(|| self.config.clone())
+    }
+
+    fn select_tlcp(&self, sni: Option<&str>) -> Option<claimlink_broker::TlcpConfig> {
+        self.admission.serves(sni).then(|| self.tlcp.clone()).flatten()
     }
 
     fn admit(

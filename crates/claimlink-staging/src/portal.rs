@@ -198,7 +198,7 @@ impl Portal {
     pub async fn serve(
         self,
         listener: TcpListener,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Option<Arc<claimlink_service::Https>>,
     ) -> std::io::Result<()> {
         let shutdown = self.inner.staging.shared.shutdown.clone();
         let http = self.inner.config.limits.http;
@@ -207,7 +207,7 @@ impl Portal {
             // Over TLS the session cookie never goes back in the clear.
             app = app.layer(axum::middleware::map_response(secure_cookies));
         }
-        let tls = tls.map(|c| Arc::new(c) as Arc<dyn claimlink_broker::TlsSelector>);
+        let tls = tls.map(|c| c as Arc<dyn claimlink_broker::TlsSelector>);
         claimlink_service::serve_http("portal", listener, tls, http, shutdown, move |_| app.clone()).await
     }
 

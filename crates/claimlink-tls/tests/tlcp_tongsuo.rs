@@ -296,3 +296,35 @@ fn a_tongsuo_client_without_an_encryption_certificate_is_refused_on_ecdhe() {
     assert!(e.contains("HandshakeFailure"), "{e}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("echo:"));
 }
+
+#[test]
+fn a_tongsuo_client_with_only_its_signing_certificate_connects_over_ecc() {
+    let Some(tongsuo) = claimlink_testkit::tongsuo("tlcp: signing certificate only") else { return };
+    let p = pki();
+    let server = server_config(&p, true);
+    let (port, ours) = serve_once(server);
+    let mut child = Command::new(&tongsuo)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-ntls", "-enable_ntls"])
+        .args(["-cipher", "ECC-SM2-SM4-GCM-SM3", "-quiet", "-servername", NAME, "-CAfile"])
+        .arg(p.file("root.pem"))
+        .arg("-chainCAfile")
+        .arg(p.file("chain.pem"))
+        .arg("-sign_cert")
+        .arg(p.file("cs.pem"))
+        .arg("-sign_key")
+        .arg(p.file("cs.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello over tlcp\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let seen = ours.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen = seen.unwrap_or_else(|e| panic!("our server: {e}\ntongsuo: {stderr}"));
+    assert!(seen.contains("sign=2") && seen.contains("enc=false"), "{seen}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echo: hello over tlcp"), "{stderr}");
+}

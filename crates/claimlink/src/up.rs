@@ -145,6 +145,37 @@ fn ensure_ca(
     Ok(())
 }
 
+/// The endpoints' TLCP signing and encryption certificates from the SM2 endpoint CA and its KM,
+/// written as `tlcp-sign.{pem,key}` and `tlcp-enc.{pem,key}` in `out`.
+fn issue_tlcp_pair(
+    ca_dir: &Path,
+    ca: &crate::ca::LoadedCa,
+    passphrase: &PassphraseArg,
+    out: &Path,
+) -> Result<()> {
+    let mut rng = crate::ca::rng();
+    let sign_key = PrivateKey::generate(KeyAlgorithm::Sm2, &mut rng)?;
+    let subject = name::parse("CN=claimlink demo endpoints,O=claimlink demo")?;
+    let csr = claimlink_pki::CertificateRequest::build(subject, &sign_key, &[])?;
+    let km = crate::km::load_km_key(ca_dir, passphrase)?;
+    let request = crate::km::DualRequest {
+        csr: &csr,
+        server: true,
+        dns: &[STAGING_HOST.into(), OEM_HOST.into(), "localhost".into()],
+        ips: &["127.0.0.1".parse()?],
+        validity: YEAR * 5,
+    };
+    let dual = crate::km::issue_dual(ca_dir, ca, &km, &request)?;
+    let PrivateKey::Sm2 { key: sign_sm2, .. } = &sign_key else {
+        anyhow::bail!("the TLCP signing key is SM2")
+    };
+    let enc_key = claimlink_gm::envelope::open(sign_sm2, &dual.envelope)?;
+    let enc_key = PrivateKey::from_pkcs8_der(&enc_key.to_pkcs8_der()?)?;
+    write_leaf(out, "tlcp-sign", &dual.sign, &ca.issuing.to_pem(), &sign_key)?;
+    write_leaf(out, "tlcp-enc", &dual.enc, "", &enc_key)?;
+    Ok(())
+}
+
 /// Makes what is missing of the data directory (files only; the registry comes after).
 fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
     std::fs::create_dir_all(&paths.data)
@@ -202,6 +233,12 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
             let (cert, key) = leaf(ca, &profile, "CN=claimlink demo endpoints,O=claimlink demo")?;
             write_leaf(&tls, stem, &cert, &ca.issuing.to_pem(), &key)?;
         }
+    }
+    // TLCP's dual certificates for every endpoint: our signing key's CSR to the SM2 endpoint
+    // CA, whose KM makes the encryption key pair and delivers it sealed to the signing key
+    // (the dual-server issuance of the CA system's RA, `km::issue_dual`).
+    if !tls.join("tlcp-enc.key").exists() {
+        issue_tlcp_pair(&paths.p("endpoint-ca-sm2"), &endpoint_ca_sm2, &passphrase, &tls)?;
     }
     let oem = paths.p("oem");
     if !oem.join("claim-thing.pem").exists() {
@@ -337,6 +374,15 @@ pub(crate) fn run(args: &UpArgs) -> Result<()> {
         std::fs::read_to_string(paths.p("tls/server-sm2.pem"))?,
         std::fs::read_to_string(paths.p("tls/server-sm2.key"))?.into(),
     )));
+    if paths.p("tls/tlcp-enc.key").exists() {
+        let read = |f: &str| std::fs::read_to_string(paths.p(f)).with_context(|| f.to_owned());
+        identity.tlcp = Some(claimlink_service::TlcpIdentity {
+            sign_chain_pem: read("tls/tlcp-sign.pem")?,
+            sign_key_pem: read("tls/tlcp-sign.key")?.into(),
+            enc_cert_pem: read("tls/tlcp-enc.pem")?,
+            enc_key_pem: read("tls/tlcp-enc.key")?.into(),
+        });
+    }
     let ticket_signer = pem::private_key_from_pem(&std::fs::read(paths.p("staging/ticket.key"))?, None)
         .context("staging/ticket.key")?;
     let db = paths.p("claimlink.db");
@@ -495,6 +541,7 @@ fn print_next_steps(args: &UpArgs, paths: &Paths, mqtt: SocketAddr, api: SocketA
          \n  CA system (SM2)       http://{ca}/  (RA, CRLs, OCSP; the super administrator's token is in {data}/manufacturer-ca-sm2/super-admin.token)\
          \n  device labels         {labels} (P-256), {labels_sm2} (SM2)\
          \n  TLS                   1.3 with SM (RFC 8998: TLS_SM4_GCM_SM3, SM2 certificates) or the international suites, on every port\
+         \n  TLCP                  GB/T 38636 (ECC/ECDHE_SM4_GCM/CBC_SM3, dual certificates in {data}/tls/tlcp-*), on the same ports\
          \n  CA of every endpoint  {data}/endpoint-ca.pem\
          \n\nStart a simulated device (it connects to staging and waits to be claimed), P-256 or SM2:\
          \n\n  {exe} device --bundle {p256}\

@@ -504,7 +504,8 @@ fn portal_in_headless_chromium_claims_by_qr_photo_follows_the_device_and_release
 }
 
 /// Under `up --https` the admin API and the portal are TLS only: Tongsuo gets them over
-/// TLS_SM4_GCM_SM3 with the SM2 certificate (verified against the endpoint CA), `claimlink iot`
+/// TLS_SM4_GCM_SM3 with the SM2 certificate (verified against the endpoint CA) and over TLCP on
+/// the same port with the dual certificates, `claimlink iot`
 /// reaches the API with `--ca-bundle`, and a plaintext request gets no answer.
 fn https_listeners_speak_tls13_with_sm(p: &Platform) {
     let Some(tongsuo) = claimlink_testkit::tongsuo("https_listeners_sm") else { return };
@@ -547,6 +548,25 @@ fn https_listeners_speak_tls13_with_sm(p: &Platform) {
         assert!(stdout.contains("TLS_SM4_GCM_SM3"), "port {port}: {stdout}");
         assert!(stdout.contains("Verify return code: 0 (ok)"), "port {port}: {stdout}");
         assert!(stdout.contains("HTTP/1.1 200") && stdout.contains(expect), "port {port}: {stdout}");
+        // TLCP on the same port (no client certificate: an ECC suite).
+        for suite in ["ECC-SM2-SM4-GCM-SM3", "ECC-SM2-SM4-CBC-SM3"] {
+            let mut child = std::process::Command::new(&tongsuo)
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost"])
+                .args(["-ntls", "-enable_ntls", "-cipher", suite])
+                .args(["-verify_return_error", "-ign_eof", "-CAfile", &p.endpoint_ca()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .env("OPENSSL_CONF", "/dev/null")
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), request.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(&format!("Cipher is {suite}")), "port {port} TLCP: {stdout}");
+            assert!(stdout.contains("Verify return code: 0 (ok)"), "port {port} TLCP: {stdout}");
+            assert!(stdout.contains("HTTP/1.1 200") && stdout.contains(expect), "port {port} TLCP: {stdout}");
+        }
         // No plaintext fallback on a TLS port.
         let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         plain.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -910,8 +930,125 @@ fn tongsuo_mqtt(
     got
 }
 
+/// An encryption certificate for `thing`'s birth key from the module maker's KM
+/// (`claimlink ca sign-dual`, the KM's dual issuance), its key opened from the SM2EnvelopedKey
+/// by OpenSSL with the birth key: what a TLCP client presents beside its signing certificate.
+/// Returns the paths of the encryption certificate and key.
+fn device_encryption_pair(p: &Platform, thing: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let b = p.bundle(thing);
+    let dir = b.join("tlcp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = b.join("key.pem");
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(std::process::Command::new("openssl")
+        .args(["req", "-new", "-subj", &format!("/CN={thing}"), "-sm3", "-sigopt", "distid:1234567812345678"])
+        .arg("-key")
+        .arg(&key)
+        .arg("-out")
+        .arg(dir.join("csr.pem")));
+    run(std::process::Command::new(env!("CARGO_BIN_EXE_claimlink"))
+        .args([
+            "ca",
+            "sign-dual",
+            "--ca",
+            &p.data("manufacturer-ca-sm2"),
+            "--passphrase-file",
+            &p.data("ca-passphrase"),
+        ])
+        .arg("--csr")
+        .arg(dir.join("csr.pem"))
+        .arg("--out")
+        .arg(dir.join("dual")));
+    let scalar = claimlink_testkit::openssl_open_envelope(
+        &dir,
+        &std::fs::read(dir.join("dual/enc-key.env")).unwrap(),
+        key.to_str().unwrap(),
+    );
+    let enc = claimlink_gm::Sm2PrivateKey::from_bytes(&scalar).unwrap();
+    let enc = claimlink_pki::PrivateKey::from_pkcs8_der(&enc.to_pkcs8_der().unwrap()).unwrap();
+    std::fs::write(dir.join("enc.key"), claimlink_pki::pem::private_key_to_pem(&enc).unwrap().as_bytes())
+        .unwrap();
+    (dir.join("dual/enc.pem"), dir.join("enc.key"))
+}
+
+/// Tongsuo's `s_client` in TLCP (`-ntls`) with `suite`, the device's SM2 birth certificate as
+/// its signing certificate and `enc` (certificate, key) as its encryption certificate (Tongsuo
+/// sends both or none), carrying `packet` to `port`; returns the first bytes back and the
+/// session's description (which names the suite).
+#[allow(clippy::too_many_arguments)]
+fn tongsuo_tlcp(
+    tongsuo: &std::path::Path,
+    p: &Platform,
+    thing: &str,
+    enc: &(std::path::PathBuf, std::path::PathBuf),
+    port: u16,
+    sni: &str,
+    suite: &str,
+    packet: &[u8],
+) -> (Vec<u8>, String) {
+    use std::io::{Read, Write};
+    let b = p.bundle(thing);
+    let mut child = std::process::Command::new(tongsuo)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", sni])
+        .args(["-ntls", "-enable_ntls", "-cipher", suite, "-CAfile", &p.endpoint_ca()])
+        .arg("-sign_cert")
+        .arg(b.join("cert.pem"))
+        .arg("-sign_key")
+        .arg(b.join("key.pem"))
+        .arg("-enc_cert")
+        .arg(&enc.0)
+        .arg("-enc_key")
+        .arg(&enc.1)
+        .arg("-chainCAfile")
+        .arg(b.join("chain.pem"))
+        .args(["-verify_return_error", "-ign_eof"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env("OPENSSL_CONF", "/dev/null")
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(packet).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // The session summary, then the answer: read until the MQTT bytes after "---\n".
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let n = stdout.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&all);
+            if let Some(i) = text.rfind("---\n") {
+                if all.len() > i + 4 && text.contains("Verify return code") {
+                    break;
+                }
+            }
+        }
+        let _ = tx.send(all);
+    });
+    let all = rx.recv_timeout(Duration::from_secs(25)).unwrap_or_default();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let tail = text.rfind("---\n").map(|i| all[i + 4..].to_vec()).unwrap_or_default();
+    assert!(
+        !tail.is_empty(),
+        "nothing came back over TLCP: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (tail, text)
+}
+
 #[test]
-fn an_sm2_device_onboards_by_claim_and_tongsuo_speaks_tls13_with_sm_to_both_endpoints() {
+fn an_sm2_device_onboards_by_claim_and_tongsuo_speaks_tls13_with_sm_and_tlcp_to_both_endpoints() {
     let p = Platform::up("sm2_journey");
     let things = p.sm2_devices();
     let thing = things[0].clone();
@@ -937,6 +1074,28 @@ fn an_sm2_device_onboards_by_claim_and_tongsuo_speaks_tls13_with_sm_to_both_endp
             &mqtt_connect(&things[1], None),
         );
         assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "staging accepted the CONNECT over Tongsuo");
+        // TLCP on the same port, told apart by its first record: the CONNECT is accepted too.
+        let enc = device_encryption_pair(&p, &things[2]);
+        for suite in
+            ["ECC-SM2-SM4-GCM-SM3", "ECC-SM2-SM4-CBC-SM3", "ECDHE-SM2-SM4-GCM-SM3", "ECDHE-SM2-SM4-CBC-SM3"]
+        {
+            let (connack, session) = tongsuo_tlcp(
+                t,
+                &p,
+                &things[2],
+                &enc,
+                p.staging_port(),
+                "staging.localhost",
+                suite,
+                &mqtt_connect(&things[2], None),
+            );
+            assert!(session.contains(suite) && session.contains("Verify return code: 0 (ok)"), "{session}");
+            assert_eq!(
+                connack[..4],
+                [0x20, 0x02, 0x00, 0x00],
+                "staging accepted the CONNECT over TLCP {suite}"
+            );
+        }
     }
 
     // The agent (SM first, as an SM2 device) is claimed and moves to the OEM's account, where it
@@ -973,5 +1132,12 @@ fn an_sm2_device_onboards_by_claim_and_tongsuo_speaks_tls13_with_sm_to_both_endp
         let refused = tongsuo_mqtt(t, &p, &thing, port, "demo-oem.localhost", &mqtt_connect(&thing, None));
         assert_eq!(refused[..2], [0x20, 0x02]);
         assert_ne!(refused[3], 0x00, "refused without a claim ticket");
+        // TLCP at the account endpoint, the account chosen by SNI as for TLS.
+        let enc = device_encryption_pair(&p, &thing);
+        let suite = "ECDHE-SM2-SM4-GCM-SM3";
+        let (connack, session) =
+            tongsuo_tlcp(t, &p, &thing, &enc, port, "demo-oem.localhost", suite, &packet);
+        assert!(session.contains(suite), "{session}");
+        assert_eq!(connack[..4], [0x20, 0x02, 0x00, 0x00], "the account accepted the CONNECT over TLCP");
     }
 }

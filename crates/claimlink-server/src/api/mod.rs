@@ -278,10 +278,10 @@ pub async fn serve(
     server: AccountServer,
     listener: TcpListener,
     http: HttpLimits,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<std::sync::Arc<claimlink_service::Https>>,
 ) -> std::io::Result<()> {
     let shutdown = server.shared.shutdown.clone();
-    let tls = tls.map(|c| std::sync::Arc::new(c) as std::sync::Arc<dyn claimlink_broker::TlsSelector>);
+    let tls = tls.map(|c| c as std::sync::Arc<dyn claimlink_broker::TlsSelector>);
     let app = router_with(server, http.max_body);
     claimlink_service::serve_http("admin-api", listener, tls, http, shutdown, move |_| app.clone()).await
 }

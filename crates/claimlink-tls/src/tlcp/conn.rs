@@ -224,6 +224,11 @@ impl Connection {
         self.fail_on(r)
     }
 
+    /// Whether a server connection made with [`Self::accept`] waits for [`Self::set_config`].
+    pub fn wants_config(&self) -> bool {
+        self.state == State::AwaitConfig
+    }
+
     /// Whether the handshake is still running.
     pub fn is_handshaking(&self) -> bool {
         !matches!(self.state, State::Established | State::Closed)

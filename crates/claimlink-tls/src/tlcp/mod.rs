@@ -27,6 +27,8 @@ mod conn;
 mod msg;
 mod prf;
 mod record;
+#[cfg(feature = "tokio")]
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,9 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use zeroize::Zeroizing;
 
-pub use conn::Connection;
+pub use conn::{ClientHelloInfo, Connection};
+#[cfg(feature = "tokio")]
+pub use stream::TlcpStream;
 
 /// The four TLCP cipher suites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
