@@ -122,9 +122,79 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// A connected link: TLS stream and MQTT state.
+/// The byte stream a link runs on: TLS or TLCP.
+trait LinkIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> LinkIo for T {}
+
+/// TLS 1.3 (RFC 8998 first for an SM2 device) or 1.2 to the endpoint.
+async fn tls_connect(
+    core: &Core,
+    roots: rustls::RootCertStore,
+    name: ServerName<'static>,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, ConnectFailure> {
+    let fail = |hint, detail: String| ConnectFailure { hint, detail };
+    // A device with an SM2 key offers TLS 1.3 with SM first (RFC 8998), the international
+    // suites after; a P-256 device the other way round.
+    let sm2_key = matches!(&core.bundle.key, rustls::pki_types::PrivateKeyDer::Pkcs8(k)
+        if claimlink_gm::Sm2PrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).is_ok());
+    let provider =
+        Arc::new(if sm2_key { claimlink_tls::provider_preferring_sm() } else { claimlink_tls::provider() });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(4, e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(core.bundle.chain.clone(), core.bundle.key.clone_key())
+        .map_err(|e| fail(4, format!("the device certificate or key is unusable: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .map_err(|_| fail(4, "TLS handshake timed out".into()))?
+        .map_err(|e| fail(4, format!("TLS handshake failed: {e}")))
+}
+
+/// TLCP (GB/T 38636) to the endpoint: the birth certificate signs; with the bundle's
+/// encryption certificate the ECDHE suites are offered too.
+async fn tlcp_connect(
+    core: &Core,
+    roots: rustls::RootCertStore,
+    name: &ServerName<'static>,
+    tcp: TcpStream,
+) -> Result<claimlink_tls::tlcp::TlcpStream<TcpStream>, ConnectFailure> {
+    let fail = |hint, detail: String| ConnectFailure { hint, detail };
+    let sm2 = |key: &rustls::pki_types::PrivateKeyDer<'static>| match key {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(k) => {
+            claimlink_gm::Sm2PrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).map_err(|_| ())
+        }
+        _ => Err(()),
+    };
+    let sign = sm2(&core.bundle.key).map_err(|()| fail(4, "TLCP needs an SM2 device key".into()))?;
+    let enc = match &core.bundle.encryption {
+        Some((cert, key)) => {
+            Some((cert.clone(), sm2(key).map_err(|()| fail(4, "the encryption key is not SM2".into()))?))
+        }
+        None => None,
+    };
+    let identity = claimlink_tls::tlcp::Identity::new(core.bundle.chain.clone(), sign, enc)
+        .map_err(|e| fail(4, format!("the device certificates are unusable for TLCP: {e}")))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(claimlink_tls::provider()),
+    )
+    .build()
+    .map_err(|e| fail(4, e.to_string()))?;
+    let config = Arc::new(claimlink_tls::tlcp::ClientConfig::new(verifier, Some(identity)));
+    tokio::time::timeout(Duration::from_secs(10), claimlink_tls::tlcp::TlcpStream::connect(tcp, config, name))
+        .await
+        .map_err(|_| fail(4, "TLCP handshake timed out".into()))?
+        .map_err(|e| fail(4, format!("TLCP handshake failed: {e}")))
+}
+
+/// A connected link: TLS or TLCP stream and MQTT state.
 struct Link {
-    stream: TlsStream<TcpStream>,
+    stream: Box<dyn LinkIo>,
+    /// The negotiated cipher suite's name.
+    suite: Option<&'static str>,
     client: ClientConnection,
     buf: Vec<u8>,
 }
@@ -173,7 +243,7 @@ impl Link {
         }
         let tcp = tcp.ok_or_else(|| fail(3, format!("cannot reach {endpoint}: {last}")))?;
         let _ = tcp.set_nodelay(true);
-        let (root_pem, keep_alive, will, ticket) = {
+        let (root_pem, keep_alive, will, ticket, transport) = {
             let m = core.lock();
             let s = m.settings();
             let root = if s.root_ca.is_empty() { core.bundle.root_ca_pem.clone() } else { s.root_ca.clone() };
@@ -184,33 +254,23 @@ impl Link {
                 retain: false,
                 properties: Default::default(),
             });
-            (root, s.keep_alive, will, s.claim_ticket.clone())
+            (root, s.keep_alive, will, s.claim_ticket.clone(), m.transport().to_owned())
         };
         let mut roots = rustls::RootCertStore::empty();
         for c in certificates(&root_pem).map_err(|e| fail(4, format!("RootCA: {e}")))? {
             roots.add(c).map_err(|e| fail(4, format!("RootCA: {e}")))?;
         }
-        // A device with an SM2 key offers TLS 1.3 with SM first (RFC 8998), the international
-        // suites after; a P-256 device the other way round.
-        let sm2_key = matches!(&core.bundle.key, rustls::pki_types::PrivateKeyDer::Pkcs8(k)
-            if claimlink_gm::Sm2PrivateKey::from_pkcs8_der(k.secret_pkcs8_der()).is_ok());
-        let provider = Arc::new(if sm2_key {
-            claimlink_tls::provider_preferring_sm()
-        } else {
-            claimlink_tls::provider()
-        });
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(4, e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(core.bundle.chain.clone(), core.bundle.key.clone_key())
-            .map_err(|e| fail(4, format!("the device certificate or key is unusable: {e}")))?;
         let name = ServerName::try_from(host.to_owned()).map_err(|e| fail(3, e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-            .await
-            .map_err(|_| fail(4, "TLS handshake timed out".into()))?
-            .map_err(|e| fail(4, format!("TLS handshake failed: {e}")))?;
+        let (stream, suite): (Box<dyn LinkIo>, _) = if transport == "TLCP" {
+            let s = tlcp_connect(core, roots, &name, tcp).await?;
+            let suite = s.connection().cipher_suite().map(claimlink_tls::tlcp::CipherSuite::name);
+            (Box::new(s), suite)
+        } else {
+            let s = tls_connect(core, roots, name, tcp).await?;
+            let suite =
+                s.get_ref().1.negotiated_cipher_suite().and_then(|s| claimlink_tls::suite_name(s.suite()));
+            (Box::new(s), suite)
+        };
         let mut options = ClientOptions::new(core.bundle.thing_name.clone());
         options.keep_alive = keep_alive;
         options.will = will;
@@ -228,7 +288,8 @@ impl Link {
             options.session_expiry = 7 * 24 * 3600;
         }
         let now = Instant::now().into_std();
-        let mut link = Link { stream, client: ClientConnection::new(options, now), buf: vec![0; 16 * 1024] };
+        let mut link =
+            Link { stream, suite, client: ClientConnection::new(options, now), buf: vec![0; 16 * 1024] };
         let login = async {
             link.flush().await.map_err(|e| fail(4, e.to_string()))?;
             loop {
@@ -389,12 +450,7 @@ async fn session(
             }
             Ok(link) => {
                 core.lock().connection_up(&endpoint, first.is_some());
-                let suite = link
-                    .stream
-                    .get_ref()
-                    .1
-                    .negotiated_cipher_suite()
-                    .and_then(|s| claimlink_tls::suite_name(s.suite()));
+                let suite = link.suite;
                 // Recorded without waking watchers: publish_status wakes them once, whole.
                 core.status.send_if_modified(|s| {
                     s.cipher_suite = suite;
@@ -460,6 +516,7 @@ impl Agent {
             staging_endpoint: bundle.staging_endpoint.clone(),
             certificate_pem: bundle.certificate_pem.clone(),
             root_ca_pem: bundle.root_ca_pem.clone(),
+            transport: bundle.transport.clone(),
         };
         let machine = Mutex::new(Machine::new(id, settings, options.backoff));
         let core = Arc::new(Core { bundle, machine, status: watch::Sender::new(status) });

@@ -52,6 +52,14 @@ struct DeviceToml {
     certificate: String,
     certificate_chain: Option<String>,
     root_ca: String,
+    /// `tls` (default) or `tlcp`.
+    #[serde(default)]
+    transport: Option<String>,
+    /// TLCP's encryption certificate and key (a dual pair from a KM; needed for the ECDHE suites).
+    #[serde(default)]
+    encryption_certificate: Option<String>,
+    #[serde(default)]
+    encryption_key: Option<String>,
 }
 
 /// A device identity loaded from a bundle directory. `Debug` never shows the key.
@@ -66,8 +74,23 @@ pub struct Bundle {
     pub certificate_pem: String,
     /// The root CA of the endpoints, PEM (the factory default of `RootCA`).
     pub root_ca_pem: String,
+    /// The transport of the factory settings: `TLS` or `TLCP`.
+    pub transport: String,
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
+    /// TLCP's encryption certificate and key, if the bundle has them.
+    pub(crate) encryption: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+}
+
+/// A transport name (`TLS`, `TLCP`, any case) in its canonical form.
+pub fn transport_name(text: &str) -> Option<&'static str> {
+    if text.eq_ignore_ascii_case("tls") {
+        Some("TLS")
+    } else if text.eq_ignore_ascii_case("tlcp") {
+        Some("TLCP")
+    } else {
+        None
+    }
 }
 
 impl fmt::Debug for Bundle {
@@ -118,7 +141,26 @@ impl Bundle {
         let root_path = dir.join(&d.root_ca);
         let root_ca_pem = read(&root_path)?;
         certificates(&root_ca_pem).map_err(|m| invalid(&root_path, m))?;
+        let transport = match &d.transport {
+            None => "TLS",
+            Some(t) => {
+                transport_name(t).ok_or_else(|| invalid(&toml_path, "transport must be tls or tlcp"))?
+            }
+        };
+        let encryption = match (&d.encryption_certificate, &d.encryption_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let (cp, kp) = (dir.join(c), dir.join(k));
+                let cert = certificates(&read(&cp)?).map_err(|m| invalid(&cp, m))?.remove(0);
+                let key = PrivateKeyDer::from_pem_slice(read(&kp)?.as_bytes())
+                    .map_err(|_| invalid(&kp, "not a PEM private key"))?;
+                Some((cert, key))
+            }
+            _ => return Err(invalid(&toml_path, "encryption_certificate and encryption_key go together")),
+        };
         Ok(Self {
+            transport: transport.to_owned(),
+            encryption,
             dir: dir.to_owned(),
             thing_name: d.thing_name,
             staging_endpoint: d.staging_endpoint,
@@ -154,6 +196,9 @@ pub struct Settings {
     /// connecting there; empty: none). A secret of sorts: kept with the settings (0600).
     #[serde(default)]
     pub claim_ticket: String,
+    /// `TLS` or `TLCP` (empty: the bundle's).
+    #[serde(default)]
+    pub transport: String,
 }
 
 impl std::fmt::Debug for Settings {
@@ -164,6 +209,7 @@ impl std::fmt::Debug for Settings {
             .field("keep_alive", &self.keep_alive)
             .field("lwt_topic", &self.lwt_topic)
             .field("claim_ticket", &(!self.claim_ticket.is_empty()).then_some(".."))
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
@@ -179,6 +225,7 @@ impl Settings {
             lwt_topic: String::new(),
             lwt_message: String::new(),
             claim_ticket: String::new(),
+            transport: String::new(),
         }
     }
 

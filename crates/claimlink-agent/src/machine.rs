@@ -88,6 +88,8 @@ pub struct Identity {
     pub certificate_pem: String,
     /// The bundle's root CA, PEM (`AT+CONF? RootCA` without an override).
     pub root_ca_pem: String,
+    /// The bundle's transport, `TLS` or `TLCP` (`AT+CONF? Transport` without an override).
+    pub transport: String,
 }
 
 /// A message kept for the host.
@@ -399,6 +401,11 @@ impl Machine {
         self.connected = None;
     }
 
+    /// The transport the next connection uses: the setting, else the bundle's.
+    pub fn transport(&self) -> &str {
+        if self.settings.transport.is_empty() { &self.id.transport } else { &self.settings.transport }
+    }
+
     /// `AT+CONF key=value`.
     pub fn conf_set(&mut self, key: &str, value: Vec<u8>) -> Result<ConfChange, AtError> {
         let text = String::from_utf8(value).map_err(|_| AtError::Parameter)?;
@@ -452,6 +459,9 @@ impl Machine {
                 next.lwt_topic = text;
             }
             "lwtmessage" => next.lwt_message = text,
+            "transport" => {
+                next.transport = crate::bundle::transport_name(&text).ok_or(AtError::Parameter)?.to_owned();
+            }
             _ => return Err(AtError::UnknownKey),
         }
         Ok(ConfChange::Persist(next))
@@ -481,6 +491,7 @@ impl Machine {
             "rootca" => s.root_ca.clone(),
             "lwtconfig" => s.lwt_topic.clone(),
             "lwtmessage" => s.lwt_message.clone(),
+            "transport" => self.transport().to_owned(),
             _ => return Err(AtError::UnknownKey),
         };
         Ok(at::ok(None, Some(&at::escape(value.as_bytes()))))

@@ -1141,3 +1141,53 @@ fn an_sm2_device_onboards_by_claim_and_tongsuo_speaks_tls13_with_sm_and_tlcp_to_
         assert_eq!(connack[..4], [0x20, 0x02, 0x00, 0x00], "the account accepted the CONNECT over TLCP");
     }
 }
+
+#[test]
+fn an_sm2_device_that_speaks_tlcp_onboards_by_claim_with_dual_certificates() {
+    if claimlink_testkit::openssl("tlcp_journey").is_none() {
+        return;
+    }
+    let p = Platform::up("tlcp_journey");
+    let thing = p.sm2_devices()[0].clone();
+    // The bundle option: TLCP, with an encryption certificate from the module maker's KM beside
+    // the birth certificate (so the ECDHE suites are offered).
+    let (enc_cert, enc_key) = device_encryption_pair(&p, &thing);
+    let b = p.bundle(&thing);
+    let rel = |f: &std::path::Path| f.strip_prefix(&b).unwrap().to_string_lossy().into_owned();
+    let mut toml = std::fs::read_to_string(b.join("device.toml")).unwrap();
+    toml.push_str(&format!(
+        "transport = \"tlcp\"\nencryption_certificate = \"{}\"\nencryption_key = \"{}\"\n",
+        rel(&enc_cert),
+        rel(&enc_key)
+    ));
+    std::fs::write(b.join("device.toml"), toml).unwrap();
+    let device = platform::Device::start(&p, &thing);
+    device.wait_line(&format!("connected to {} (STAGING) over ECDHE_SM4_GCM_SM3", p.staging_endpoint()));
+    device.wait_line("waiting to be claimed");
+    let code = p.claim_code(&thing);
+    let (status, body) = p.claim_api(
+        "POST",
+        "/claims",
+        &json!({"thingName": thing, "endpoint": p.oem_endpoint(), "claimCode": code}),
+    );
+    assert_eq!((status, body["result"].as_str()), (200, Some("ACCEPTED")), "{body}");
+    // Moved to the OEM's endpoint over TLCP, provisioned just in time there.
+    device.wait_line(&format!("connected to {} (CUSTOMER) over ECDHE_SM4_GCM_SM3", p.oem_endpoint()));
+    let thing_json = p.admin_api("GET", &format!("/things/{thing}"));
+    assert_eq!(thing_json["thingName"], thing.as_str(), "{thing_json}");
+
+    // The same device over AT: `AT+CONF Transport` reads and sets the setting.
+    drop(device);
+    let mut d = AtDevice::start(&p, &thing);
+    assert_eq!(d.at("AT+CONF? Transport"), "OK TLCP");
+    assert_eq!(d.at("AT+CONF Transport=quic"), "ERR4 PARAMETER ERROR");
+    assert_eq!(d.at("AT+CONF Transport=tls"), "OK");
+    assert_eq!(d.at("AT+CONF? Transport"), "OK TLS");
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+    // A device with its birth certificate only, switched to TLCP by AT: the ECC suites, its lone
+    // signing certificate admitted by staging.
+    let single = p.sm2_devices()[1].clone();
+    let mut d = AtDevice::start(&p, &single);
+    assert_eq!(d.at("AT+CONF Transport=TLCP"), "OK");
+    assert_eq!(d.at("AT+CONNECT"), "OK 1 CONNECTED");
+}

@@ -14,6 +14,7 @@ fn settings() -> Settings {
         lwt_topic: String::new(),
         lwt_message: String::new(),
         claim_ticket: String::new(),
+        transport: String::new(),
     }
 }
 
@@ -23,6 +24,7 @@ fn machine() -> Machine {
         staging_endpoint: STAGING.into(),
         certificate_pem: "CERT".into(),
         root_ca_pem: "ROOT".into(),
+        transport: "TLS".into(),
     };
     let backoff = Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(8) };
     Machine::new(id, settings(), backoff)
