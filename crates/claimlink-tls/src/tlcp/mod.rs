@@ -549,9 +549,13 @@ pub fn is_tlcp_client_hello(first: &[u8]) -> bool {
     first.len() >= 3 && first[0] == 22 && first[1..3] == record::VERSION
 }
 
-/// The decoders' entry points for the fuzz target: a record stream fed to a server and to a
-/// client connection, and each handshake message decoder over the same bytes. Must never
-/// panic; returns whether the server's handshake got past the ClientHello.
+/// The decoders' entry points for the fuzz target, structure-aware: each handshake message
+/// decoder over the raw bytes, then the bytes read as a sequence of records (type, handshake
+/// type, length-bounded body), framed with correct headers so that they pass the framing and
+/// reach the state machines: a server reading a ClientHello and a client (whose verifier
+/// accepts any certificate, so that what follows the Certificate is reached) reading a server's
+/// flight. Must never panic; returns whether the client reached the established state, which
+/// needs a signature the fuzzer cannot make.
 #[doc(hidden)]
 pub fn fuzz_decoders(data: &[u8]) -> bool {
     let _ = msg::ClientHello::decode(data);
@@ -561,8 +565,105 @@ pub fn fuzz_decoders(data: &[u8]) -> bool {
     let _ = msg::decode_opaque16(data, "fuzz");
     let _ = msg::decode_ec_params(&mut msg::Reader::new(data, "fuzz"));
     let _ = CertInfo::parse(data);
+    let framed = fuzz_frame(data);
     let mut server = Connection::accept();
-    server.read_tls(data).is_ok() && server.client_hello().is_some()
+    let _ = server.read_tls(&framed);
+    let _ = server.read_tls(data);
+    let mut client = match Connection::client(
+        fuzz_client(),
+        &rustls::pki_types::ServerName::try_from("fuzz.test")
+            .unwrap_or_else(|_| unreachable!("a valid name")),
+    ) {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let _ = client.take_tls();
+    let _ = client.read_tls(&framed);
+    !client.is_handshaking() && client.error().is_none()
+}
+
+/// Frames fuzz input as TLCP records: per record a type byte, for handshake records a message
+/// type byte and a length byte, then that many body bytes.
+fn fuzz_frame(mut data: &[u8]) -> Vec<u8> {
+    const TYPES: [u8; 4] = [20, 21, 22, 23];
+    const MESSAGES: [u8; 10] = [0, 1, 2, 11, 12, 13, 14, 15, 16, 20];
+    let mut out = Vec::new();
+    while data.len() >= 2 {
+        let typ = TYPES[usize::from(data[0]) % 4];
+        let (header, rest) = if typ == 22 && data.len() >= 3 {
+            let n = usize::from(data[2]).min(data.len() - 3);
+            let mut h = vec![MESSAGES[usize::from(data[1]) % MESSAGES.len()]];
+            h.extend_from_slice(&(n as u32).to_be_bytes()[1..]);
+            (h, &data[3..])
+        } else {
+            (Vec::new(), &data[1..])
+        };
+        let n = if typ == 22 {
+            usize::from(data.get(2).copied().unwrap_or(0)).min(rest.len())
+        } else {
+            usize::from(data[1]).min(rest.len())
+        };
+        let body = &rest[..n];
+        let len = header.len() + body.len();
+        out.extend_from_slice(&[typ, 1, 1]);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(body);
+        data = &rest[n..];
+    }
+    out
+}
+
+/// A client configuration for the fuzz target: every suite, a verifier that accepts anything.
+fn fuzz_client() -> Arc<ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            Arc::new(
+                ClientConfig::new(Arc::new(AcceptAny), None)
+                    .with_suites(&CipherSuite::ALL)
+                    .without_resumption(),
+            )
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("not used by TLCP".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("not used by TLCP".into()))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -387,3 +387,21 @@ fn a_client_refuses_a_server_whose_second_certificate_is_not_for_encryption() {
         assert!(e.reason.contains("encryption certificate"), "{e}");
     }
 }
+
+#[test]
+fn the_fuzz_framing_reaches_the_state_machines() {
+    let seed =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/seeds/tlcp/client_hello")).unwrap();
+    let framed = fuzz_frame(&seed);
+    let mut s = Connection::accept();
+    s.read_tls(&framed).unwrap();
+    assert_eq!(s.client_hello().map(|h| h.cipher_suites().len()), Some(4), "the framed ClientHello was read");
+    for seed in ["client_hello", "server_hello"] {
+        let bytes =
+            std::fs::read(format!("{}/../../fuzz/seeds/tlcp/{seed}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(!fuzz_decoders(&bytes));
+        for cut in 0..bytes.len() {
+            assert!(!fuzz_decoders(&bytes[..cut]));
+        }
+    }
+}
