@@ -10,32 +10,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use cipher::{BlockCipherEncrypt, KeyInit};
 use rand_core::Rng;
 
+use claimlink_testkit::dudect::{LEAK, max_t};
+
 const SAMPLES: usize = 20_000;
 
-/// Welch's t of the two classes' timings, each cropped at its own percentile `crop`.
-fn welch_t(a: &mut [u64], b: &mut [u64], crop: f64) -> f64 {
-    let stats = |v: &mut [u64]| {
-        v.sort_unstable();
-        let keep = &v[..((v.len() as f64) * crop) as usize];
-        let n = keep.len() as f64;
-        let mean = keep.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = keep.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        (mean, var, n)
-    };
-    let (ma, va, na) = stats(a);
-    let (mb, vb, nb) = stats(b);
-    (ma - mb) / (va / na + vb / nb).sqrt()
-}
-
 /// Times `f` on the fixed input (class 0) and on random inputs (class 1), interleaved in a
-/// random order; returns the largest |t| over three crops. Inputs and classes are drawn before
-/// any measurement (drawing them in between would time the random generator's side effects).
-fn fixed_vs_random(mut f: impl FnMut(&[u8; 16])) -> f64 {
+/// random order; the largest |t| over three crops.
+fn fixed_vs_random(f: impl FnMut(&[u8; 16])) -> f64 {
     let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
     let total = 2 * SAMPLES;
     let mut inputs = vec![[0u8; 16]; total];
@@ -47,26 +32,8 @@ fn fixed_vs_random(mut f: impl FnMut(&[u8; 16])) -> f64 {
             rng.fill_bytes(input);
         }
     }
-    let mut times = vec![0u64; total];
-    // A warm-up pass, then the measured one.
-    for input in inputs.iter().take(1000) {
-        f(black_box(input));
-    }
-    for (input, time) in inputs.iter().zip(times.iter_mut()) {
-        let start = Instant::now();
-        f(black_box(input));
-        *time = start.elapsed().as_nanos() as u64;
-    }
-    let (mut a, mut b): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
-    for (time, class) in times.iter().zip(&classes) {
-        if *class == 0 { a.push(*time) } else { b.push(*time) }
-    }
-    [0.5, 0.75, 0.9].iter().map(|&c| welch_t(&mut a.clone(), &mut b.clone(), c).abs()).fold(0.0, f64::max)
+    max_t(&inputs, &classes, f)
 }
-
-/// dudect's threshold for "definitely leaks" is |t| > 10 with this many samples; below 4.5 it
-/// finds nothing. The assertion sits between, at 10, so that noise alone does not fail it.
-const LEAK: f64 = 10.0;
 
 #[test]
 fn the_harness_finds_a_leak_that_is_there() {

@@ -9,6 +9,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dudect;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

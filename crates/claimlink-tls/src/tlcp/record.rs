@@ -252,18 +252,90 @@ fn ct_eq(a: usize, b: usize) -> u8 {
     nonzero.wrapping_sub(1)
 }
 
-/// SM3 compression blocks that HMAC's inner hash runs for `len` bytes of record plaintext
-/// (64-byte key block, 13-byte header, the data, then at least 9 bytes of SM3 padding).
-fn inner_blocks(len: usize) -> usize {
-    (64 + 13 + len + 9).div_ceil(64)
+/// HMAC-SM3 over `mac_header(seq, typ, len) || body[..len]` in constant time for a secret
+/// `len` between `min_len` and `max_len` (both public): the blocks before the first byte that
+/// can differ are hashed as they are; every block after it, up to the last the longest message
+/// needs, is built byte by byte with masks (data, the 0x80, zeros, and the bit length in
+/// whichever block ends the message) and compressed, and the state after the block that ends
+/// this message is kept with masks. The same blocks are compressed whatever `len` is (the
+/// construction of OpenSSL's `ssl3_cbc_digest_record`).
+fn hmac_sm3_ct(
+    mac_key: &[u8; MAC_LEN],
+    seq: u64,
+    typ: u8,
+    body: &[u8],
+    len: usize,
+    min_len: usize,
+    max_len: usize,
+) -> [u8; 32] {
+    use digest::block_api::UpdateCore;
+    use digest::common::hazmat::SerializableState;
+    const HEADER_AT: usize = 64;
+    const DATA_AT: usize = HEADER_AT + 13;
+    let mut ipad = [0x36u8; 64];
+    let mut opad = [0x5cu8; 64];
+    for (i, k) in mac_key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let header = mac_header(seq, typ, len);
+    // The inner message's byte at `p` for any length: ipad, header, data.
+    let byte = |p: usize| -> u8 {
+        if p < HEADER_AT {
+            ipad[p]
+        } else if p < DATA_AT {
+            header[p - HEADER_AT]
+        } else {
+            body.get(p - DATA_AT).copied().unwrap_or(0)
+        }
+    };
+    let total = DATA_AT + len;
+    let bit_len = ((total as u64) * 8).to_be_bytes();
+    // The block holding the length field: the last of ceil((total + 9) / 64).
+    let final_block = (total + 8) / 64;
+    let fixed_blocks = (DATA_AT + min_len) / 64;
+    let last_block = (DATA_AT + max_len + 8) / 64;
+    let mut core = sm3::Sm3Core::default();
+    let mut block = [0u8; 64];
+    for i in 0..fixed_blocks {
+        for (j, b) in block.iter_mut().enumerate() {
+            *b = byte(64 * i + j);
+        }
+        core.update_blocks(&[block.into()]);
+    }
+    let mut state = [0u8; 32];
+    for i in fixed_blocks..=last_block {
+        let is_final = ct_eq(i, final_block);
+        for (j, b) in block.iter_mut().enumerate() {
+            let p = 64 * i + j;
+            let data = byte(p) & ct_lt(p, total);
+            let marker = 0x80 & ct_eq(p, total);
+            let length = if j >= 56 { bit_len[j - 56] & is_final } else { 0 };
+            *b = data | marker | length;
+        }
+        core.update_blocks(&[block.into()]);
+        let serialized = core.serialize();
+        for (s, v) in state.iter_mut().zip(serialized.iter()) {
+            *s |= v & is_final;
+        }
+    }
+    // The serialized state is the eight words little-endian; the digest is them big-endian.
+    let mut inner = [0u8; 32];
+    for (out, word) in inner.chunks_exact_mut(4).zip(state.chunks_exact(4)) {
+        out.copy_from_slice(&[word[3], word[2], word[1], word[0]]);
+    }
+    let mut outer = sm3::Sm3::default();
+    sm3::Digest::update(&mut outer, opad);
+    sm3::Digest::update(&mut outer, inner);
+    sm3::Digest::finalize(outer).into()
 }
 
 /// Checks the padding and MAC of a decrypted CBC body (plaintext || MAC || padding) and returns
 /// the plaintext's length. Constant-time in what an attacker learns from timing (Lucky
 /// Thirteen): the padding is checked over the largest possible span with masks; the MAC is
 /// computed over the plaintext the padding byte implies (the longest one when the padding is
-/// bad), then dummy SM3 compressions bring the work to that of the longest plaintext; the
-/// received MAC is copied out from a fixed window with masks and compared without early exit.
+/// bad) by [`hmac_sm3_ct`], whose work does not depend on that length; the received MAC is
+/// copied out from a fixed window with masks and compared without early exit.
 fn cbc_open_constant_time(mac_key: &[u8; MAC_LEN], seq: u64, typ: u8, body: &[u8]) -> Result<usize, Error> {
     let len = body.len();
     let pad = body[len - 1] as usize;
@@ -277,22 +349,10 @@ fn cbc_open_constant_time(mac_key: &[u8; MAC_LEN], seq: u64, typ: u8, body: &[u8
     let good = !ct_lt(len, pad + 1 + MAC_LEN) & ct_eq(bad as usize, 0);
     // The plaintext length: as the padding says when good, else the longest.
     let longest = len - 1 - MAC_LEN;
+    let shortest = len.saturating_sub(256 + MAC_LEN);
     let claimed = len.wrapping_sub(pad + 1 + MAC_LEN);
     let plain_len = (claimed & mask_usize(good)) | (longest & !mask_usize(good));
-    // The MAC over the plaintext.
-    let mut mac =
-        <HmacSm3 as KeyInit>::new_from_slice(mac_key).unwrap_or_else(|_| unreachable!("any key length"));
-    mac.update(&mac_header(seq, typ, plain_len));
-    mac.update(&body[..plain_len]);
-    let computed = mac.finalize().into_bytes();
-    // Dummy compressions: as many as the longest plaintext would have cost beyond this one.
-    let extra = inner_blocks(longest) - inner_blocks(plain_len);
-    let mut dummy = sm3::Sm3::default();
-    let block = [0u8; 64];
-    for _ in 0..extra {
-        sm3::Digest::update(&mut dummy, block);
-    }
-    std::hint::black_box(sm3::Digest::finalize(dummy));
+    let computed = hmac_sm3_ct(mac_key, seq, typ, body, plain_len, shortest, longest);
     // The received MAC sits at plain_len..plain_len + 32; copy it out of the window that holds
     // every possible position, one masked byte at a time.
     let window_start = len.saturating_sub(MAC_LEN + 256);
@@ -429,6 +489,77 @@ mod tests {
         assert!(parse_header(&[23, 3, 3, 0, 1]).is_err());
         assert!(parse_header(&[23, 1, 1, 0xff, 0xff]).is_err());
         assert_eq!(parse_header(&[22, 1, 1, 0, 5]).ok(), Some((22, 5)));
+    }
+
+    /// A CBC body of `len` bytes (plaintext || MAC || padding) with a correct padding of
+    /// `pad` and a MAC that does not verify (a forged record, as an attacker sends).
+    fn forged_body(len: usize, pad: usize, fill: u8) -> Vec<u8> {
+        let mut body = vec![fill; len];
+        for b in &mut body[len - 1 - pad..] {
+            *b = pad as u8;
+        }
+        body
+    }
+
+    /// The MAC check written the naive way (the MAC over the length the padding claims, no
+    /// dummy work): what the timing test must be able to tell apart.
+    fn naive_open(mac_key: &[u8; MAC_LEN], body: &[u8]) -> bool {
+        let pad = body[body.len() - 1] as usize;
+        let Some(plain_len) = body.len().checked_sub(pad + 1 + MAC_LEN) else { return false };
+        let mut mac = <HmacSm3 as KeyInit>::new_from_slice(mac_key).unwrap_or_else(|_| unreachable!());
+        mac.update(&mac_header(0, 23, plain_len));
+        mac.update(&body[..plain_len]);
+        mac.finalize().into_bytes()[..] == body[plain_len..plain_len + MAC_LEN]
+    }
+
+    /// Lucky Thirteen, statistically: forged records whose padding is valid and short (class 0)
+    /// or valid and of a random length up to 255 bytes (class 1) take the same time to refuse,
+    /// while the naive check is told apart by the same harness.
+    #[test]
+    fn cbc_refusal_time_does_not_depend_on_the_padding_length() {
+        use claimlink_testkit::dudect::{LEAK, max_t};
+        use rand_core::Rng as _;
+        let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
+        let mac_key = [7u8; MAC_LEN];
+        let len = 512;
+        let total = 40_000;
+        let mut classes = vec![0u8; total];
+        rng.fill_bytes(&mut classes);
+        let bodies: Vec<Vec<u8>> = classes
+            .iter()
+            .map(|c| {
+                let pad = if c & 1 == 0 { 0 } else { (rng.next_u32() % 256) as usize };
+                forged_body(len, pad, 0x41)
+            })
+            .collect();
+        let naive = max_t(&bodies, &classes, |b| {
+            std::hint::black_box(naive_open(&mac_key, b));
+        });
+        assert!(naive > LEAK, "the harness did not see the naive check's leak (|t| = {naive:.1})");
+        let ours = max_t(&bodies, &classes, |b| {
+            std::hint::black_box(cbc_open_constant_time(&mac_key, 0, 23, b).is_ok());
+        });
+        assert!(
+            ours < LEAK,
+            "refusing a forged CBC record takes longer or shorter with its padding (|t| = {ours:.1})"
+        );
+    }
+
+    #[test]
+    fn the_constant_time_hmac_is_hmac_sm3_at_every_length() {
+        let key = [9u8; MAC_LEN];
+        for len in [48usize, 64, 100, 200, 300, 512, 1000] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let longest = len - 1 - MAC_LEN;
+            let shortest = len.saturating_sub(256 + MAC_LEN);
+            for l in shortest..=longest {
+                let mut mac = <HmacSm3 as KeyInit>::new_from_slice(&key).unwrap_or_else(|_| unreachable!());
+                mac.update(&mac_header(3, 23, l));
+                mac.update(&body[..l]);
+                let want: [u8; 32] = mac.finalize().into_bytes().into();
+                assert_eq!(hmac_sm3_ct(&key, 3, 23, &body, l, shortest, longest), want, "len {len}, l {l}");
+            }
+        }
     }
 
     #[test]
