@@ -449,3 +449,40 @@ fn an_off_curve_key_share_gets_an_alert_and_a_log_line_and_changes_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Sends `bytes` to staging MQTT and returns what comes back before the server closes.
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    std::io::Write::write_all(&mut s, bytes).unwrap();
+    let mut back = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut back);
+    back
+}
+
+#[test]
+fn malformed_tlcp_handshakes_get_the_right_alert_a_log_line_and_change_nothing() {
+    let p = Platform::up("tlcp-bad-input");
+    let port = p.staging_port();
+    // An empty ClientHello in a TLCP record: decode_error (50), fatal, in a TLCP record.
+    let back = raw_exchange(port, &[22, 1, 1, 0, 4, 1, 0, 0, 0]);
+    assert_eq!(back, [21, 1, 1, 0, 2, 2, 50], "decode_error for an empty ClientHello");
+    p.wait_log(&["TLS handshake failed", "listener=\"staging-mqtt\"", "ClientHello", "DecodeError"]);
+    // A well-formed ClientHello offering no TLCP suite: handshake_failure (40).
+    let mut hello = vec![1, 1];
+    hello.extend_from_slice(&[7; 32]);
+    hello.extend_from_slice(&[0, 0, 2, 0x00, 0x33, 1, 0]);
+    let mut msg = vec![1, 0, 0, hello.len() as u8];
+    msg.extend_from_slice(&hello);
+    let mut record = vec![22, 1, 1, 0, msg.len() as u8];
+    record.extend_from_slice(&msg);
+    assert_eq!(
+        raw_exchange(port, &record),
+        [21, 1, 1, 0, 2, 2, 40],
+        "handshake_failure without a common suite"
+    );
+    // A record longer than TLCP allows: record_overflow (22).
+    assert_eq!(raw_exchange(port, &[22, 1, 1, 0xff, 0xff, 1]), [21, 1, 1, 0, 2, 2, 22]);
+    // The listener serves on: an SM2 device still gets in over TLS 1.3 with SM.
+    sm2_handshake(&p, &claimlink_tls::CURVE_SM2).unwrap();
+}

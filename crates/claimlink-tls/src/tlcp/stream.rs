@@ -66,7 +66,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlcpStream<IO> {
                         "no TLCP configuration for this server name",
                     ));
                 };
-                s.conn.set_config(config).map_err(|e| to_io(&e))?;
+                if let Err(e) = s.conn.set_config(config) {
+                    // The alert, then the error.
+                    let _ = s.flush_all().await;
+                    return Err(to_io(&e));
+                }
             }
         }
         s.flush_all().await?;
