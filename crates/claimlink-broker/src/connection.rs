@@ -178,10 +178,10 @@ impl<H: Hooks> Task<H> {
             Event::Subscribe(s) => self.on_subscribe(s),
             Event::Unsubscribe(u) => self.on_unsubscribe(u),
             Event::Delivered(_, topic) => {
-                if let Some(session) = &self.session {
-                    if self.shared.hooks.track_acknowledgement(&session.context, &topic) {
-                        self.shared.hooks.acknowledged(&session.context, &topic);
-                    }
+                if let Some(session) = &self.session
+                    && self.shared.hooks.track_acknowledgement(&session.context, &topic)
+                {
+                    self.shared.hooks.acknowledged(&session.context, &topic);
                 }
             }
             Event::Closed { will, session_expiry, .. } => {

@@ -237,10 +237,8 @@ impl Node {
     /// applies the `$` rule; `publisher` is skipped where its own subscription says No Local.
     fn collect(&mut self, levels: &[&str], first: bool, publisher: Option<&str>, out: &mut Targets) {
         let dollar = first && levels.first().is_some_and(|l| l.starts_with('$'));
-        if !dollar {
-            if let Some(hash) = self.children.get_mut("#") {
-                hash.take(publisher, out);
-            }
+        if !dollar && let Some(hash) = self.children.get_mut("#") {
+            hash.take(publisher, out);
         }
         let Some((level, rest)) = levels.split_first() else {
             self.take(publisher, out);
@@ -249,10 +247,8 @@ impl Node {
         if let Some(child) = self.children.get_mut(*level) {
             child.collect(rest, false, publisher, out);
         }
-        if !dollar {
-            if let Some(plus) = self.children.get_mut("+") {
-                plus.collect(rest, false, publisher, out);
-            }
+        if !dollar && let Some(plus) = self.children.get_mut("+") {
+            plus.collect(rest, false, publisher, out);
         }
     }
 
@@ -451,10 +447,10 @@ impl<C> Router<C> {
     /// Replaces the session expiry of `client_id`'s connection `connection` (a DISCONNECT that
     /// set it, MQTT 5 section 3.14.2.2.2), unless a newer connection took the client id.
     pub fn set_session_expiry(&mut self, client_id: &str, connection: u64, expiry: Duration) {
-        if let Some(client) = self.clients.get_mut(client_id) {
-            if client.online.as_ref().is_some_and(|o| o.connection == connection) {
-                client.expiry = expiry;
-            }
+        if let Some(client) = self.clients.get_mut(client_id)
+            && client.online.as_ref().is_some_and(|o| o.connection == connection)
+        {
+            client.expiry = expiry;
         }
     }
 

@@ -104,7 +104,7 @@ impl Sm4Key {
 
     /// ECB decryption, removing PKCS#7 padding.
     pub fn ecb_decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, Sm4Error> {
-        if ciphertext.is_empty() || ciphertext.len() % BLOCK_LEN != 0 {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(BLOCK_LEN) {
             return Err(Sm4Error::BadPadding);
         }
         let cipher = self.cipher();
@@ -328,7 +328,7 @@ impl Sm4Cbc {
     }
 
     fn whole_blocks(buf: &[u8]) -> Result<(), Sm4Error> {
-        if buf.len() % BLOCK_LEN == 0 {
+        if buf.len().is_multiple_of(BLOCK_LEN) {
             Ok(())
         } else {
             Err(Sm4Error::BadLength {

@@ -157,7 +157,7 @@ fn affine(x: &Planes) -> Planes {
 }
 
 /// The S-box on the first `len` of 64 bytes at once (the others come out unspecified).
-fn sbox64(bytes: &mut [u8; 64], len: usize) {
+pub(crate) fn sbox64(bytes: &mut [u8; 64], len: usize) {
     let groups = len.div_ceil(8);
     let p = to_planes(bytes, groups);
     *bytes = from_planes(&affine(&inv(&affine(&p))), groups);
@@ -198,6 +198,9 @@ fn rounds(rk: &[u32; 32], blocks: &mut [[u32; 4]], reverse: bool) {
     }
     rounds_portable(rk, blocks, reverse)
 }
+
+#[doc(hidden)]
+pub use crate::sm4_ni::FORCE_AESNI;
 
 /// Tests (and benchmarks) of the portable kernel on a machine with AES-NI set this.
 #[doc(hidden)]
@@ -415,26 +418,31 @@ mod tests {
     }
 
     #[test]
-    fn the_aes_ni_kernel_is_the_portable_kernel() {
+    fn the_gfni_and_aes_ni_kernels_are_the_portable_kernel() {
         use rand_core::Rng as _;
         if !crate::sm4_ni::available() {
-            eprintln!("SKIPPED the_aes_ni_kernel_is_the_portable_kernel: no AES-NI on this CPU");
+            eprintln!("SKIPPED the_gfni_and_aes_ni_kernels_are_the_portable_kernel: no AES-NI on this CPU");
             return;
         }
         let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
-        for _ in 0..200 {
-            let mut rk = [0u32; 32];
-            rk.iter_mut().for_each(|k| *k = rng.next_u32());
-            let mut a = [[0u32; 4]; 4];
-            a.iter_mut().flatten().for_each(|w| *w = rng.next_u32());
-            let mut b = a;
-            crate::sm4_ni::rounds4(&rk, &mut a, false);
-            rounds_portable(&rk, &mut b, false);
-            assert_eq!(a, b);
-            crate::sm4_ni::rounds4(&rk, &mut a, true);
-            rounds_portable(&rk, &mut b, true);
-            assert_eq!(a, b);
+        // The GFNI kernel where the CPU has it, then the AES-NI one forced.
+        for force_aesni in [false, true] {
+            FORCE_AESNI.store(force_aesni, std::sync::atomic::Ordering::Relaxed);
+            for _ in 0..200 {
+                let mut rk = [0u32; 32];
+                rk.iter_mut().for_each(|k| *k = rng.next_u32());
+                let mut a = [[0u32; 4]; 4];
+                a.iter_mut().flatten().for_each(|w| *w = rng.next_u32());
+                let mut b = a;
+                crate::sm4_ni::rounds4(&rk, &mut a, false);
+                rounds_portable(&rk, &mut b, false);
+                assert_eq!(a, b, "force_aesni={force_aesni}");
+                crate::sm4_ni::rounds4(&rk, &mut a, true);
+                rounds_portable(&rk, &mut b, true);
+                assert_eq!(a, b, "force_aesni={force_aesni}");
+            }
         }
+        FORCE_AESNI.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[test]

@@ -51,7 +51,7 @@ fn the_harness_finds_a_leak_that_is_there() {
     assert!(t > LEAK, "the deliberately leaky function was not detected (|t| = {t:.1})");
 }
 
-/// Both kernels (AES-NI where the CPU has it, and the portable bit-plane one), encryption and
+/// Every kernel (GFNI and AES-NI where the CPU has them, and the portable bit-plane one), encryption and
 /// the key schedule, measured one after the other in one test so that switching the kernel
 /// cannot overlap a measurement.
 #[test]
@@ -59,9 +59,14 @@ fn sm4_encryption_and_key_schedule_do_not_depend_on_the_data() {
     use std::sync::atomic::Ordering;
     let mut key = [0u8; 16];
     rand_core::UnwrapErr(getrandom::SysRng).fill_bytes(&mut key);
-    for portable in [false, true] {
+    for (aesni, portable) in [(false, false), (true, false), (false, true)] {
+        claimlink_gm::sm4_ct::FORCE_AESNI.store(aesni, Ordering::Relaxed);
         claimlink_gm::sm4_ct::FORCE_PORTABLE.store(portable, Ordering::Relaxed);
-        let kernel = if portable { "portable" } else { "default" };
+        let kernel = match (aesni, portable) {
+            (false, false) => "default (GFNI where present)",
+            (true, false) => "AES-NI",
+            _ => "portable",
+        };
         let cipher = claimlink_gm::sm4_ct::Sm4Ct::new(&key.into());
         let t = fixed_vs_random(|x| {
             let mut block = (*x).into();
@@ -75,4 +80,5 @@ fn sm4_encryption_and_key_schedule_do_not_depend_on_the_data() {
         assert!(t < LEAK, "{kernel} kernel: the key schedule's timing depends on the key (|t| = {t:.1})");
     }
     claimlink_gm::sm4_ct::FORCE_PORTABLE.store(false, Ordering::Relaxed);
+    claimlink_gm::sm4_ct::FORCE_AESNI.store(false, Ordering::Relaxed);
 }

@@ -215,15 +215,15 @@ fn check_issuer_may_sign(issuer: &Certificate, non_self_issued_below: usize) -> 
         Ok(Some((_, bc))) if bc.ca => bc,
         _ => return Err(VerifyError::IssuerNotCa { issuer: name }),
     };
-    if let Ok(Some((_, ku))) = issuer.key_usage() {
-        if !ku.0.contains(KeyUsages::KeyCertSign) {
-            return Err(VerifyError::IssuerCannotSign { issuer: name });
-        }
+    if let Ok(Some((_, ku))) = issuer.key_usage()
+        && !ku.0.contains(KeyUsages::KeyCertSign)
+    {
+        return Err(VerifyError::IssuerCannotSign { issuer: name });
     }
-    if let Some(path_len) = bc.path_len_constraint {
-        if non_self_issued_below > usize::from(path_len) {
-            return Err(VerifyError::PathLenExceeded { issuer: name, path_len });
-        }
+    if let Some(path_len) = bc.path_len_constraint
+        && non_self_issued_below > usize::from(path_len)
+    {
+        return Err(VerifyError::PathLenExceeded { issuer: name, path_len });
     }
     Ok(())
 }
@@ -233,10 +233,10 @@ fn check_purpose(leaf: &Certificate, purpose: Purpose) -> Result<(), VerifyError
         return Ok(());
     };
     // TLS authentication signs with the key: keyUsage, when present, must allow it.
-    if let Ok(Some((_, ku))) = leaf.key_usage() {
-        if !ku.0.contains(KeyUsages::DigitalSignature) {
-            return Err(VerifyError::WrongPurpose { subject: subject(leaf), purpose: label });
-        }
+    if let Ok(Some((_, ku))) = leaf.key_usage()
+        && !ku.0.contains(KeyUsages::DigitalSignature)
+    {
+        return Err(VerifyError::WrongPurpose { subject: subject(leaf), purpose: label });
     }
     match leaf.extended_key_usage() {
         Ok(Some((_, eku))) if eku.0.contains(&oid) => Ok(()),

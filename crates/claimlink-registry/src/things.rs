@@ -190,10 +190,10 @@ impl Tx {
         attributes: &BTreeMap<String, String>,
     ) -> Result<()> {
         validate_attributes(attributes)?;
-        if let Some(p) = parent {
-            if !self.thing_group_exists(account_id, p).await? {
-                return Err(RegistryError::not_found("thing group", p));
-            }
+        if let Some(p) = parent
+            && !self.thing_group_exists(account_id, p).await?
+        {
+            return Err(RegistryError::not_found("thing group", p));
         }
         let n = self.run("INSERT INTO thing_groups (account_id, name, parent, attributes, created) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING", args![account_id, name, parent, serde_json::to_string(attributes).unwrap_or_default(), now_ms()]).await?;
         created(n, "thing group", name)?;

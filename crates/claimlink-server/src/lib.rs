@@ -433,10 +433,10 @@ impl AccountServer {
         stored: &claimlink_registry::Template,
     ) -> Option<Arc<claimlink_provision::Template>> {
         let key = (account_id.clone(), stored.name.clone());
-        if let Some((body, t)) = lock(&self.shared.templates).get(&key) {
-            if *body == stored.body {
-                return Some(t.clone());
-            }
+        if let Some((body, t)) = lock(&self.shared.templates).get(&key)
+            && *body == stored.body
+        {
+            return Some(t.clone());
         }
         let compiled = Arc::new(claimlink_provision::Template::parse(&stored.body).ok()?);
         let mut cache = lock(&self.shared.templates);

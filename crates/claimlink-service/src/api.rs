@@ -394,10 +394,8 @@ impl Page {
         let more = items.len() > self.limit;
         items.truncate(self.limit);
         let mut out = json!({ field: items.iter().map(&show).collect::<Vec<_>>() });
-        if more {
-            if let Some(last) = items.last() {
-                out["nextToken"] = hex::encode(key(last)).into();
-            }
+        if more && let Some(last) = items.last() {
+            out["nextToken"] = hex::encode(key(last)).into();
         }
         out
     }

@@ -539,10 +539,10 @@ pub async fn decide<S: ClaimStore>(
     if device.owner_oem.as_deref().is_some_and(|owner| owner != oem.id) {
         return Ok((rejected(Rejection::AlreadyOwned), true));
     }
-    if let Claimer::PortalUser { user_id, .. } = req.claimer {
-        if tx.portal_holder(req.thing_name).await?.is_some_and(|holder| holder != user_id) {
-            return Ok((rejected(Rejection::AlreadyOwned), true));
-        }
+    if let Claimer::PortalUser { user_id, .. } = req.claimer
+        && tx.portal_holder(req.thing_name).await?.is_some_and(|holder| holder != user_id)
+    {
+        return Ok((rejected(Rejection::AlreadyOwned), true));
     }
     let outcome = match (device.owner_oem.as_deref(), device.claim_id) {
         // The owner asking again with the code: the same claim, delivered again if need be.
@@ -580,10 +580,10 @@ pub async fn decide<S: ClaimStore>(
             }
         }
     };
-    if let Claimer::PortalUser { user_id, .. } = req.claimer {
-        if !tx.add_portal_device(user_id, req.thing_name, now).await? {
-            return Err(RegistryError::Changed { kind: "device", name: req.thing_name.to_owned() });
-        }
+    if let Claimer::PortalUser { user_id, .. } = req.claimer
+        && !tx.add_portal_device(user_id, req.thing_name, now).await?
+    {
+        return Err(RegistryError::Changed { kind: "device", name: req.thing_name.to_owned() });
     }
     Ok((outcome, true))
 }
@@ -597,10 +597,10 @@ pub async fn locked_until<S: ClaimStore>(
 ) -> Result<Option<i64>, RegistryError> {
     let mut until = None;
     for key in keys {
-        if let Some(l) = tx.claimer_lockout(key).await? {
-            if l.locked_until > now {
-                until = until.max(Some(l.locked_until));
-            }
+        if let Some(l) = tx.claimer_lockout(key).await?
+            && l.locked_until > now
+        {
+            until = until.max(Some(l.locked_until));
         }
     }
     Ok(until)

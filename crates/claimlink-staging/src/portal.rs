@@ -609,11 +609,11 @@ async fn signin(
 }
 
 async fn signout(State(p): State<Portal>, headers: HeaderMap) -> Response {
-    if let Some(token) = cookie(&headers) {
-        if let Ok(mut tx) = p.inner.staging.store().begin().await {
-            let _ = tx.delete_portal_session(&token).await;
-            let _ = tx.commit().await;
-        }
+    if let Some(token) = cookie(&headers)
+        && let Ok(mut tx) = p.inner.staging.store().begin().await
+    {
+        let _ = tx.delete_portal_session(&token).await;
+        let _ = tx.commit().await;
     }
     let mut r = Redirect::to("/signin").into_response();
     r.headers_mut()

@@ -664,11 +664,11 @@ impl StagingHooks {
             ReasonCode::ServerUnavailable
         };
         let mut tx = store.begin().await.map_err(fail)?;
-        if let Some(known) = tx.staging_device(&thing).await.map_err(fail)? {
-            if known.certificate_id.as_deref().is_some_and(|c| c != certificate_id) {
-                tracing::warn!(thing = %thing, "staging: a certificate other than the manifest's");
-                return Err(ReasonCode::NotAuthorized);
-            }
+        if let Some(known) = tx.staging_device(&thing).await.map_err(fail)?
+            && known.certificate_id.as_deref().is_some_and(|c| c != certificate_id)
+        {
+            tracing::warn!(thing = %thing, "staging: a certificate other than the manifest's");
+            return Err(ReasonCode::NotAuthorized);
         }
         let device = tx.device_seen(&thing, &certificate_id).await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
@@ -845,10 +845,10 @@ impl Hooks for StagingHooks {
 
     fn admit_publish(&self, ctx: &StagingPeer, message: &Inbound<'_>) -> Verdict {
         let verdict = config_gate(ctx, message);
-        if let (Verdict::Take, StagingPeer::ClaimThing { oem, .. }) = (verdict, ctx) {
-            if let Some((thing, _)) = message.topic.as_str().split_once('/') {
-                self.take_claim(oem, thing, message.payload);
-            }
+        if let (Verdict::Take, StagingPeer::ClaimThing { oem, .. }) = (verdict, ctx)
+            && let Some((thing, _)) = message.topic.as_str().split_once('/')
+        {
+            self.take_claim(oem, thing, message.payload);
         }
         verdict
     }
@@ -901,10 +901,10 @@ impl Hooks for StagingHooks {
                 return;
             }
         }
-        if let StagingPeer::Device { thing, pending: Some((endpoint, claim_id)), certificate_id, .. } = ctx {
-            if let Some(server) = self.server() {
-                server.deliver(thing, endpoint, *claim_id, Some(certificate_id));
-            }
+        if let StagingPeer::Device { thing, pending: Some((endpoint, claim_id)), certificate_id, .. } = ctx
+            && let Some(server) = self.server()
+        {
+            server.deliver(thing, endpoint, *claim_id, Some(certificate_id));
         }
     }
 

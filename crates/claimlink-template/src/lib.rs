@@ -262,10 +262,10 @@ impl Compiler<'_> {
             "Fn::FindInMap" => {
                 let a = arg.as_array().filter(|a| a.len() == 3);
                 let a = a.ok_or_else(|| invalid("Fn::FindInMap takes [map, top key, second key]"))?;
-                if let Some(map) = a[0].as_str() {
-                    if !self.mappings.contains_key(map) {
-                        return Err(invalid(format!("Fn::FindInMap: no mapping {map:?} in Mappings")));
-                    }
+                if let Some(map) = a[0].as_str()
+                    && !self.mappings.contains_key(map)
+                {
+                    return Err(invalid(format!("Fn::FindInMap: no mapping {map:?} in Mappings")));
                 }
                 Ok(Expr::FindInMap(Box::new([
                     self.compile(&a[0], d)?,

@@ -58,17 +58,17 @@ pub fn tongsuo(test: &str) -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/claimlink")));
     let mut candidates: Vec<PathBuf> =
         std::env::var_os("CLAIMLINK_TONGSUO").map(PathBuf::from).into_iter().collect();
-    if let Some(cache) = cache {
-        if let Ok(dirs) = std::fs::read_dir(&cache) {
-            let mut found: Vec<PathBuf> = dirs
-                .filter_map(Result::ok)
-                .map(|d| d.path())
-                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tongsuo-")))
-                .map(|p| p.join("bin/tongsuo"))
-                .collect();
-            found.sort();
-            candidates.extend(found.into_iter().rev());
-        }
+    if let Some(cache) = cache
+        && let Ok(dirs) = std::fs::read_dir(&cache)
+    {
+        let mut found: Vec<PathBuf> = dirs
+            .filter_map(Result::ok)
+            .map(|d| d.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tongsuo-")))
+            .map(|p| p.join("bin/tongsuo"))
+            .collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev());
     }
     candidates.push(PathBuf::from("tongsuo"));
     for c in candidates {

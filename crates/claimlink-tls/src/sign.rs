@@ -88,10 +88,10 @@ pub(crate) static KEY_PROVIDER: Sm2KeyProvider = Sm2KeyProvider;
 
 impl KeyProvider for Sm2KeyProvider {
     fn load_private_key(&self, key_der: PrivateKeyDer<'static>) -> Result<Arc<dyn SigningKey>, Error> {
-        if let PrivateKeyDer::Pkcs8(p) = &key_der {
-            if let Ok(key) = Sm2PrivateKey::from_pkcs8_der(p.secret_pkcs8_der()) {
-                return Ok(Arc::new(Sm2SigningKey::new(&key)));
-            }
+        if let PrivateKeyDer::Pkcs8(p) = &key_der
+            && let Ok(key) = Sm2PrivateKey::from_pkcs8_der(p.secret_pkcs8_der())
+        {
+            return Ok(Arc::new(Sm2SigningKey::new(&key)));
         }
         rustls::crypto::ring::default_provider().key_provider.load_private_key(key_der)
     }

@@ -394,10 +394,10 @@ impl Config {
             }
         }
         for l in &self.listener {
-            if let Some(t) = &l.tls {
-                if !["required", "optional", "none"].contains(&t.client_auth.as_str()) {
-                    bail!("listener {}: client_auth must be required, optional or none", l.bind);
-                }
+            if let Some(t) = &l.tls
+                && !["required", "optional", "none"].contains(&t.client_auth.as_str())
+            {
+                bail!("listener {}: client_auth must be required, optional or none", l.bind);
             }
         }
         Ok(())

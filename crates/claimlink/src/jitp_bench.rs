@@ -133,10 +133,10 @@ async fn visit(addr: std::net::SocketAddr, host: &str, device: &Device) -> Resul
     let id =
         conn.publish(Instant::now(), &format!("{}/hello", device.name), "first", QoS::AtLeastOnce, false)?;
     let done = drive(&mut tls, &mut conn, |e| matches!(e, ClientEvent::Published { .. })).await?;
-    if let ClientEvent::Published { packet_id, reason } = done {
-        if packet_id != id.unwrap_or_default() || reason.is_error() {
-            bail!("publish refused: {reason:?}");
-        }
+    if let ClientEvent::Published { packet_id, reason } = done
+        && (packet_id != id.unwrap_or_default() || reason.is_error())
+    {
+        bail!("publish refused: {reason:?}");
     }
     conn.disconnect(Instant::now());
     let out = conn.take_output();

@@ -59,10 +59,10 @@ pub(crate) async fn import(store: &Store, path: &Path) -> Result<Imported> {
         if e.certificate_id.len() != 64 || !e.certificate_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("{}:{}: certificate_id is not a SHA-256 in hex", path.display(), n + 1);
         }
-        if let Some(v) = &e.claim_code_verifier {
-            if !v.starts_with("hmac-sm3$") || v.split('$').count() != 3 {
-                bail!("{}:{}: claim_code_verifier is not hmac-sm3$salt$mac", path.display(), n + 1);
-            }
+        if let Some(v) = &e.claim_code_verifier
+            && (!v.starts_with("hmac-sm3$") || v.split('$').count() != 3)
+        {
+            bail!("{}:{}: claim_code_verifier is not hmac-sm3$salt$mac", path.display(), n + 1);
         }
         entries.push(e);
     }

@@ -193,16 +193,15 @@ fn prepare_files(args: &UpArgs, paths: &Paths) -> Result<PassphraseArg> {
     let passphrase = PassphraseArg { passphrase_file: Some(pass_file) };
     // Data made by an earlier claimlink: an SM2 demo CA in the P-256 place (before staging),
     // or a factory without the SM2 endpoint root (before TLS with SM).
-    if let Ok(info) = std::fs::read_to_string(paths.p("manufacturer-ca/ca.toml")) {
-        if info.contains("algorithm = \"sm2\"")
-            || paths.p("factory").exists() && !paths.p("endpoint-ca-sm2/ca.toml").exists()
-        {
-            anyhow::bail!(
-                "{} was made by an earlier claimlink (before staging, or before SM2 devices and \
+    if let Ok(info) = std::fs::read_to_string(paths.p("manufacturer-ca/ca.toml"))
+        && (info.contains("algorithm = \"sm2\"")
+            || paths.p("factory").exists() && !paths.p("endpoint-ca-sm2/ca.toml").exists())
+    {
+        anyhow::bail!(
+            "{} was made by an earlier claimlink (before staging, or before SM2 devices and \
                  TLS 1.3 with SM); move it away (or use --data DIR) and run `claimlink up` again",
-                paths.data.display()
-            );
-        }
+            paths.data.display()
+        );
     }
     // Two module makers (P-256 and SM2 birth certificates) and two endpoint roots: every
     // endpoint serves an SM2 certificate to clients offering sm2sig_sm3 (RFC 8998) and a P-256

@@ -760,7 +760,7 @@ fn the_account_admits_only_devices_claimed_for_it_and_no_longer_after_a_release(
                 c => c,
             })
             .collect();
-        while b64.len() % 4 != 0 {
+        while !b64.len().is_multiple_of(4) {
             b64.push('=');
         }
         std::fs::write(dir.path().join("sig.b64"), &b64).unwrap();
@@ -1026,10 +1026,11 @@ fn tongsuo_tlcp(
             }
             all.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&all);
-            if let Some(i) = text.rfind("---\n") {
-                if all.len() > i + 4 && text.contains("Verify return code") {
-                    break;
-                }
+            if let Some(i) = text.rfind("---\n")
+                && all.len() > i + 4
+                && text.contains("Verify return code")
+            {
+                break;
             }
         }
         let _ = tx.send(all);

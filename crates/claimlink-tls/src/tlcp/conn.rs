@@ -189,10 +189,10 @@ impl Connection {
             c.session_id = s.id.to_vec();
         }
         let mut suites: Vec<u16> = config.suites.iter().map(|s| s.code()).collect();
-        if let Some(s) = &resume {
-            if !suites.contains(&s.suite.code()) {
-                suites.push(s.suite.code());
-            }
+        if let Some(s) = &resume
+            && !suites.contains(&s.suite.code())
+        {
+            suites.push(s.suite.code());
         }
         let hello = ClientHello {
             random: c.client_random,
@@ -343,19 +343,19 @@ impl Connection {
     }
 
     fn fail_on<T>(&mut self, r: Result<T, Error>) -> Result<T, Error> {
-        if let Err(e) = &r {
-            if self.error.is_none() {
-                if !e.received && self.state != State::Closed {
-                    let _ = self.write.seal(ContentType::Alert, &[2, e.alert.code()], &mut self.outgoing);
-                }
-                self.error = Some(e.clone());
-                self.state = State::Closed;
-                // Nothing of a failed session may be resumed.
-                if let Side::Server { config: Some(c), .. } = &self.side {
-                    if let Ok(id) = <[u8; 32]>::try_from(&self.session_id[..]) {
-                        c.sessions.remove(&id);
-                    }
-                }
+        if let Err(e) = &r
+            && self.error.is_none()
+        {
+            if !e.received && self.state != State::Closed {
+                let _ = self.write.seal(ContentType::Alert, &[2, e.alert.code()], &mut self.outgoing);
+            }
+            self.error = Some(e.clone());
+            self.state = State::Closed;
+            // Nothing of a failed session may be resumed.
+            if let Side::Server { config: Some(c), .. } = &self.side
+                && let Ok(id) = <[u8; 32]>::try_from(&self.session_id[..])
+            {
+                c.sessions.remove(&id);
             }
         }
         r
@@ -695,28 +695,27 @@ impl Connection {
         };
         self.server_random = random32()?;
         // Resumption: a known session whose suite the client still offers.
-        if let Ok(id) = <[u8; 32]>::try_from(&hello.session_id[..]) {
-            if let Some(s) = config.sessions.get(&id) {
-                if hello.suites.contains(&s.suite.code()) {
-                    self.resumed = true;
-                    self.session_id = id.to_vec();
-                    self.suite = Some(s.suite);
-                    *self.master = *s.master;
-                    self.peer_certificates = s.peer_certificates.clone();
-                    self.peer_encryption = s.peer_encryption.clone();
-                    let sh = ServerHello {
-                        random: self.server_random,
-                        session_id: self.session_id.clone(),
-                        suite: s.suite.code(),
-                    };
-                    self.send_handshake(&sh.encode())?;
-                    self.derive_keys();
-                    self.send_change_cipher_spec()?;
-                    self.send_finished()?;
-                    self.state = State::ExpectChangeCipherSpec;
-                    return Ok(());
-                }
-            }
+        if let Ok(id) = <[u8; 32]>::try_from(&hello.session_id[..])
+            && let Some(s) = config.sessions.get(&id)
+            && hello.suites.contains(&s.suite.code())
+        {
+            self.resumed = true;
+            self.session_id = id.to_vec();
+            self.suite = Some(s.suite);
+            *self.master = *s.master;
+            self.peer_certificates = s.peer_certificates.clone();
+            self.peer_encryption = s.peer_encryption.clone();
+            let sh = ServerHello {
+                random: self.server_random,
+                session_id: self.session_id.clone(),
+                suite: s.suite.code(),
+            };
+            self.send_handshake(&sh.encode())?;
+            self.derive_keys();
+            self.send_change_cipher_spec()?;
+            self.send_finished()?;
+            self.state = State::ExpectChangeCipherSpec;
+            return Ok(());
         }
         let offered = msg::known_suites(&hello.suites);
         let client_auth = config.client_verifier.is_some();

@@ -198,7 +198,7 @@ impl Direction {
             Protection::Cbc { cipher, mac_key } => {
                 // IV, then at least one block holding the MAC and one byte of padding.
                 let len = fragment.len();
-                if len < BLOCK + (MAC_LEN + 1).next_multiple_of(BLOCK) || len % BLOCK != 0 {
+                if len < BLOCK + (MAC_LEN + 1).next_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
                     return Err(bad_mac());
                 }
                 let iv: [u8; BLOCK] =
@@ -305,11 +305,13 @@ fn hmac_sm3_ct(
     }
     let mut state = [0u8; 32];
     for i in fixed_blocks..=last_block {
-        let is_final = ct_eq(i, final_block);
+        // The masks go through black_box: knowing they are 0 or 0xff, the optimiser may turn
+        // `x & mask` back into a branch on the secret length.
+        let is_final = std::hint::black_box(ct_eq(i, final_block));
         for (j, b) in block.iter_mut().enumerate() {
             let p = 64 * i + j;
-            let data = byte(p) & ct_lt(p, total);
-            let marker = 0x80 & ct_eq(p, total);
+            let data = byte(p) & std::hint::black_box(ct_lt(p, total));
+            let marker = 0x80 & std::hint::black_box(ct_eq(p, total));
             let length = if j >= 56 { bit_len[j - 56] & is_final } else { 0 };
             *b = data | marker | length;
         }
@@ -344,9 +346,9 @@ fn cbc_open_constant_time(mac_key: &[u8; MAC_LEN], seq: u64, typ: u8, body: &[u8
     // padding longer than the body fails the length check.
     let mut bad = 0u8;
     for i in 0..len.min(256) {
-        bad |= ct_lt(i, pad + 1) & (body[len - 1 - i] ^ pad as u8);
+        bad |= std::hint::black_box(ct_lt(i, pad + 1)) & (body[len - 1 - i] ^ pad as u8);
     }
-    let good = !ct_lt(len, pad + 1 + MAC_LEN) & ct_eq(bad as usize, 0);
+    let good = std::hint::black_box(!ct_lt(len, pad + 1 + MAC_LEN) & ct_eq(bad as usize, 0));
     // The plaintext length: as the padding says when good, else the longest.
     let longest = len - 1 - MAC_LEN;
     let shortest = len.saturating_sub(256 + MAC_LEN);
@@ -358,8 +360,10 @@ fn cbc_open_constant_time(mac_key: &[u8; MAC_LEN], seq: u64, typ: u8, body: &[u8
     let window_start = len.saturating_sub(MAC_LEN + 256);
     let mut received = [0u8; MAC_LEN];
     for (i, &b) in body.iter().enumerate().skip(window_start) {
+        // The byte goes into at most one place: the offset from the MAC's start, masked.
+        let offset = i.wrapping_sub(plain_len);
         for (j, r) in received.iter_mut().enumerate() {
-            *r |= b & ct_eq(i, plain_len + j);
+            *r |= b & std::hint::black_box(ct_eq(offset, j));
         }
     }
     let mut diff = 0u8;

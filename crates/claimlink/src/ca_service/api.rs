@@ -402,10 +402,10 @@ pub(crate) fn document() -> Value {
     let binary = json!({ "type": "string", "format": "binary" });
     for route in ROUTES {
         let entry = &mut doc["paths"][route.path][route.method];
-        if PUBLIC.contains(&route.operation) {
-            if let Some(e) = entry.as_object_mut() {
-                e.remove("security");
-            }
+        if PUBLIC.contains(&route.operation)
+            && let Some(e) = entry.as_object_mut()
+        {
+            e.remove("security");
         }
         let media = match route.operation {
             "get-crl" => Some("application/pkix-crl"),
