@@ -66,6 +66,16 @@ pub(crate) struct TlsFiles {
     /// Refuse every client that does not speak TLS 1.3 with SM.
     #[serde(default)]
     pub(crate) strict_sm: bool,
+    /// TLCP (GB/T 38636) on the same ports: the SM2 signing chain and key, and the encryption
+    /// certificate and key (all four, or none).
+    #[serde(default)]
+    pub(crate) tlcp_sign_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) tlcp_sign_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) tlcp_enc_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) tlcp_enc_key: Option<PathBuf>,
 }
 
 /// `[staging]`.
@@ -540,6 +550,10 @@ const HEADER: &str = r#"# claimlink configuration: `claimlink server --config`, 
 # sm2_certificate = "server-sm2-chain.pem" # SM2, for clients offering sm2sig_sm3 (RFC 8998)
 # sm2_private_key = "server-sm2.key"
 # strict_sm = false                # true: TLS 1.3 with SM only, every other client refused
+# tlcp_sign_certificate = "tlcp-sign-chain.pem" # TLCP on the same ports: SM2 signing chain...
+# tlcp_sign_key = "tlcp-sign.key"  # ...its key,
+# tlcp_enc_certificate = "tlcp-enc.pem" # the encryption certificate (`claimlink ca sign-dual`)
+# tlcp_enc_key = "tlcp-enc.key"    # and its key (all four, or none)
 
 # ---- staging in the same process (server) --------------------------------------------------
 # [staging]
@@ -585,6 +599,14 @@ pub(crate) fn run(command: &ConfigCommand) -> Result<()> {
             let mut files: Vec<&PathBuf> = Vec::new();
             if let Some(t) = &config.tls {
                 files.extend([&t.certificate, &t.private_key]);
+                files.extend(t.sm2_certificate.iter().chain(&t.sm2_private_key));
+                files.extend(
+                    t.tlcp_sign_certificate
+                        .iter()
+                        .chain(&t.tlcp_sign_key)
+                        .chain(&t.tlcp_enc_certificate)
+                        .chain(&t.tlcp_enc_key),
+                );
             }
             if let Some(s) = &config.staging {
                 files.extend(&s.manufacturer_cas);

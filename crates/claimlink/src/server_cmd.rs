@@ -45,6 +45,23 @@ pub(crate) fn run(args: &ServerArgs) -> Result<()> {
         _ => anyhow::bail!("[tls]: sm2_certificate and sm2_private_key go together"),
     }
     identity.strict_sm = tls.strict_sm;
+    match (&tls.tlcp_sign_certificate, &tls.tlcp_sign_key, &tls.tlcp_enc_certificate, &tls.tlcp_enc_key) {
+        (Some(sc), Some(sk), Some(ec), Some(ek)) => {
+            let tlcp = claimlink_service::TlcpIdentity {
+                sign_chain_pem: read(sc)?,
+                sign_key_pem: read(sk)?.into(),
+                enc_cert_pem: read(ec)?,
+                enc_key_pem: read(ek)?.into(),
+            };
+            // Refuse a mismatched or misplaced pair now, not at the first connection.
+            tlcp.identity()?;
+            identity.tlcp = Some(tlcp);
+        }
+        (None, None, None, None) => {}
+        _ => anyhow::bail!(
+            "[tls]: tlcp_sign_certificate, tlcp_sign_key, tlcp_enc_certificate and tlcp_enc_key go together"
+        ),
+    }
     // Refuse a mismatched pair now, not at the first connection.
     identity.certified_keys()?;
     let url = database_url(file.database.as_deref())?;

@@ -372,3 +372,88 @@ fn a_registered_ca_s_crl_is_fetched_from_where_its_certificates_say() {
     let again = connect(&mut paho, "b");
     assert_ne!(again, json!({"rc": 0}), "refused after: {again}");
 }
+
+#[test]
+fn claimlink_server_serves_tlcp_beside_tls_from_its_configuration() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).display().to_string();
+    // A dual pair from an SM2 CA: signing certificate (TLS server profile) and encryption one.
+    let ca = TestCa::issuing(KeyAlgorithm::Sm2, "CN=Endpoint SM2 CA,O=claimlink");
+    let sign = ca.server(&["acme.iot.test", "localhost"]);
+    let enc = ca.leaf_with(
+        &claimlink_pki::Profile::Encryption {
+            dns: vec!["acme.iot.test".into(), "localhost".into()],
+            ips: vec![],
+        },
+        "CN=acme.iot.test",
+        std::time::SystemTime::now(),
+        claimlink_pki::profile::YEAR,
+    );
+    std::fs::write(p("tlcp-sign.pem"), format!("{}{}", sign.certificate.to_pem(), ca.certificate.to_pem()))
+        .unwrap();
+    std::fs::write(p("tlcp-sign.key"), sign.key_pem()).unwrap();
+    std::fs::write(p("tlcp-enc.pem"), enc.certificate.to_pem()).unwrap();
+    std::fs::write(p("tlcp-enc.key"), enc.key_pem()).unwrap();
+
+    // Three of the four: refused at start, by name.
+    std::fs::write(
+        p("half.toml"),
+        "database = \"sqlite://x.db\"\nmqtt = \"127.0.0.1:0\"\napi = \"127.0.0.1:0\"\n[tls]\ncertificate = \"tlcp-sign.pem\"\nprivate_key = \"tlcp-sign.key\"\ntlcp_sign_certificate = \"tlcp-sign.pem\"\ntlcp_sign_key = \"tlcp-sign.key\"\ntlcp_enc_certificate = \"tlcp-enc.pem\"\n",
+    )
+    .unwrap();
+    let out = bin().args(["server", "--config", &p("half.toml")]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("go together"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let extra = "tlcp_sign_certificate = \"tlcp-sign.pem\"\ntlcp_sign_key = \"tlcp-sign.key\"\ntlcp_enc_certificate = \"tlcp-enc.pem\"\ntlcp_enc_key = \"tlcp-enc.key\"\n";
+    let (_server, _mqtt, api, _account) = start_server(d, extra);
+    let port: u16 = api.url.rsplit(':').next().unwrap().parse().unwrap();
+    // Our TLCP client on the admin API's port (the same port as its HTTPS): the ECC suite (no
+    // client certificate asked there), an HTTP request without a token gets its 401.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.root.as_ref().unwrap().der().to_vec())).unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(claimlink_tls::provider()),
+    )
+    .build()
+    .unwrap();
+    let config = Arc::new(claimlink_tls::tlcp::ClientConfig::new(verifier, None));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = claimlink_tls::tlcp::Connection::client(config, &name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut sent = false;
+    let mut answer = Vec::new();
+    loop {
+        let out = conn.take_tls();
+        if !out.is_empty() {
+            tcp.write_all(&out).unwrap();
+        }
+        assert!(conn.error().is_none(), "{:?}", conn.error());
+        if !conn.is_handshaking() && !sent {
+            conn.write_plaintext(b"GET /things HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            sent = true;
+            continue;
+        }
+        let n = tcp.read(&mut buf).unwrap_or(0);
+        if n == 0 || conn.peer_has_closed() {
+            break;
+        }
+        conn.read_tls(&buf[..n]).unwrap();
+        let m = conn.read_plaintext(&mut buf);
+        answer.extend_from_slice(&buf[..m]);
+    }
+    assert_eq!(conn.cipher_suite(), Some(claimlink_tls::tlcp::CipherSuite::EccSm4GcmSm3));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
