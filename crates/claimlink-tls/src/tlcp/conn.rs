@@ -19,8 +19,6 @@ use super::{
 
 /// Consecutive empty records accepted before the peer is taken for a flood.
 const MAX_EMPTY_RECORDS: u32 = 32;
-/// Decrypted application data held before [`Connection::read_tls`] refuses more input.
-const MAX_PLAINTEXT_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -102,26 +100,9 @@ fn random32() -> Result<[u8; 32], Error> {
     Ok(r)
 }
 
-struct Rng;
-impl rand_core::TryRng for Rng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        let mut b = [0u8; 4];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        let mut b = [0u8; 8];
-        self.try_fill_bytes(&mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        // The OS generator failing is unrecoverable; rand_core's infallible RNGs do the same.
-        getrandom::fill(dst).unwrap_or_else(|e| panic!("OS random number generator failed: {e}"));
-        Ok(())
-    }
+fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
+    rand_core::UnwrapErr(getrandom::SysRng)
 }
-impl rand_core::TryCryptoRng for Rng {}
 
 fn unexpected(what: &str) -> Error {
     Error::alert(AlertDescription::UnexpectedMessage, format!("unexpected {what}"))
@@ -288,12 +269,6 @@ impl Connection {
         std::mem::take(&mut self.outgoing)
     }
 
-    /// Whether [`Self::read_tls`] may take more input (the decrypted data not yet read is
-    /// under its bound).
-    pub fn wants_read(&self) -> bool {
-        !self.is_closed() && self.plaintext.len() - self.plaintext_read < MAX_PLAINTEXT_BUFFER
-    }
-
     /// Takes bytes from the peer and processes every whole record in them. On error the
     /// connection is closed and the alert to send is in [`Self::take_tls`].
     pub fn read_tls(&mut self, data: &[u8]) -> Result<(), Error> {
@@ -439,12 +414,8 @@ impl Connection {
                 Err(Error { alert, received: true, reason: format!("peer sent alert {}", alert.code()) })
             }
             Some(ContentType::Handshake) => {
-                if self.handshake.len() + fragment.len() > msg::MAX_MESSAGE + 4 {
-                    return Err(Error::alert(
-                        AlertDescription::HandshakeFailure,
-                        "handshake message over 64 KiB",
-                    ));
-                }
+                // Bounded by process_handshake: what stays buffered is part of one message of
+                // at most 64 KiB (its header is checked as soon as it is there).
                 self.handshake.extend_from_slice(&fragment);
                 self.process_handshake()
             }
@@ -560,16 +531,11 @@ impl Connection {
     fn handle(&mut self, typ: HandshakeType, message: &[u8]) -> Result<(), Error> {
         let body = &message[4..];
         match (self.state, typ) {
-            (State::Established, HandshakeType::ClientHello) if self.is_server() => {
-                // Renegotiation is refused: a warning, and the connection goes on.
-                self.write.seal(
-                    ContentType::Alert,
-                    &[1, AlertDescription::NoRenegotiation.code()],
-                    &mut self.outgoing,
-                )?;
-                Ok(())
-            }
-            (State::Established, HandshakeType::HelloRequest) if !self.is_server() => {
+            // Renegotiation (a client's new ClientHello, a server's HelloRequest) is refused: a
+            // warning, and the connection goes on.
+            (State::Established, HandshakeType::ClientHello | HandshakeType::HelloRequest)
+                if self.is_server() == (typ == HandshakeType::ClientHello) =>
+            {
                 self.write.seal(
                     ContentType::Alert,
                     &[1, AlertDescription::NoRenegotiation.code()],
@@ -660,6 +626,22 @@ impl Connection {
         Ok(())
     }
 
+    /// Takes up `session`: its suite, master secret and peer, and the keys they give.
+    fn resume(&mut self, session: &Session) {
+        self.resumed = true;
+        self.suite = Some(session.suite);
+        *self.master = *session.master;
+        self.peer_certificates = session.peer_certificates.clone();
+        self.peer_encryption = session.peer_encryption.clone();
+        self.derive_keys();
+    }
+
+    /// What a ServerKeyExchange signs: both randoms, then `params` (the encryption certificate
+    /// for ECC, the ephemeral parameters for ECDHE).
+    fn key_exchange_signed(&self, params: &[u8]) -> Vec<u8> {
+        [&self.client_random[..], &self.server_random[..], params].concat()
+    }
+
     fn remember_session(&self) {
         let Some(suite) = self.suite else { return };
         let Ok(id) = <[u8; 32]>::try_from(&self.session_id[..]) else { return };
@@ -699,19 +681,14 @@ impl Connection {
             && let Some(s) = config.sessions.get(&id)
             && hello.suites.contains(&s.suite.code())
         {
-            self.resumed = true;
             self.session_id = id.to_vec();
-            self.suite = Some(s.suite);
-            *self.master = *s.master;
-            self.peer_certificates = s.peer_certificates.clone();
-            self.peer_encryption = s.peer_encryption.clone();
             let sh = ServerHello {
                 random: self.server_random,
                 session_id: self.session_id.clone(),
                 suite: s.suite.code(),
             };
             self.send_handshake(&sh.encode())?;
-            self.derive_keys();
+            self.resume(&s);
             self.send_change_cipher_spec()?;
             self.send_finished()?;
             self.state = State::ExpectChangeCipherSpec;
@@ -738,33 +715,23 @@ impl Connection {
         let identity = &config.identity;
         let enc = identity.enc.as_ref().ok_or_else(|| Error::internal("no encryption certificate"))?;
         let enc_cert: &[u8] = enc.chain[0].as_ref();
-        // Signing certificate, encryption certificate, then the signing certificate's CAs.
-        let certs = std::iter::once(identity.sign.chain[0].as_ref())
-            .chain(std::iter::once(enc_cert))
-            .chain(identity.sign.chain[1..].iter().map(|c| c.as_ref()));
-        self.send_handshake(&msg::encode_certificates(certs))?;
+        self.send_handshake(&msg::encode_certificates(identity.certificates()))?;
         // ServerKeyExchange: the signature over both randoms and the encryption certificate
         // (ECC) or the ephemeral parameters (ECDHE).
-        let mut signed = Vec::with_capacity(64 + 4 + enc_cert.len());
-        signed.extend_from_slice(&self.client_random);
-        signed.extend_from_slice(&self.server_random);
-        let mut params = Vec::new();
-        if suite.is_ecdhe() {
-            let eph = Ephemeral::generate(&mut Rng);
-            params = msg::encode_ec_params(&eph.public().to_sec1_uncompressed());
-            signed.extend_from_slice(&params);
+        let (signed, mut ske) = if suite.is_ecdhe() {
+            let eph = Ephemeral::generate(&mut rng());
+            let params = msg::encode_ec_params(&eph.public().to_sec1_uncompressed());
             self.ephemeral = Some(eph);
+            (self.key_exchange_signed(&params), params)
         } else {
-            signed.extend_from_slice(&(enc_cert.len() as u32).to_be_bytes()[1..]);
-            signed.extend_from_slice(enc_cert);
-        }
+            (self.key_exchange_signed(&msg::asn1_cert(enc_cert)), Vec::new())
+        };
         let sig = identity
             .sign
             .key
             .sign(gm_id(), &signed)
             .map_err(|_| Error::internal("SM2 signing failed"))?
             .to_der();
-        let mut ske = params;
         ske.extend_from_slice(&(sig.len() as u16).to_be_bytes());
         ske.extend_from_slice(&sig);
         self.send_handshake(&msg::handshake(HandshakeType::ServerKeyExchange, &ske))?;
@@ -853,12 +820,8 @@ impl Connection {
             })?;
             let eph = self.ephemeral.take().ok_or_else(|| Error::internal("no ephemeral key"))?;
             let client_enc =
-                self.peer_enc_key.clone().ok_or_else(|| Error::internal("no client encryption key"))?;
-            let me = Party { key: &enc.key, id: gm_id(), ephemeral: &eph };
-            let peer = Peer { key: &client_enc, id: gm_id(), ephemeral: &client_point };
-            kex::agree(Role::Initiator, &me, &peer, 48)
-                .map_err(|_| Error::alert(AlertDescription::IllegalParameter, "SM2 key exchange failed"))?
-                .key
+                self.peer_enc_key.as_ref().ok_or_else(|| Error::internal("no client encryption key"))?;
+            pre_master_by_kex(Role::Initiator, &enc.key, &eph, client_enc, &client_point)?
         } else {
             let ciphertext = msg::decode_opaque16(body, "ClientKeyExchange")?;
             // A pre-master secret that does not decrypt, or has the wrong length or version, is
@@ -908,12 +871,7 @@ impl Connection {
                     "resumed session with another suite",
                 ));
             }
-            self.resumed = true;
-            self.suite = Some(suite);
-            *self.master = *session.master;
-            self.peer_certificates = session.peer_certificates.clone();
-            self.peer_encryption = session.peer_encryption.clone();
-            self.derive_keys();
+            self.resume(&session);
             self.state = State::ExpectChangeCipherSpec;
             return Ok(());
         }
@@ -977,24 +935,19 @@ impl Connection {
 
     fn client_on_key_exchange(&mut self, message: &[u8]) -> Result<(), Error> {
         let suite = self.suite.ok_or_else(|| Error::internal("no suite"))?;
-        let mut r = Reader::new(&message[4..], "ServerKeyExchange");
-        let mut signed = Vec::with_capacity(1024);
-        signed.extend_from_slice(&self.client_random);
-        signed.extend_from_slice(&self.server_random);
-        if suite.is_ecdhe() {
-            let start = message.len() - 4 - r.rest_len();
+        let body = &message[4..];
+        let mut r = Reader::new(body, "ServerKeyExchange");
+        let signed = if suite.is_ecdhe() {
             let point = msg::decode_ec_params(&mut r)?;
-            let end = message.len() - 4 - r.rest_len();
-            signed.extend_from_slice(&message[4 + start..4 + end]);
             self.peer_ephemeral = Some(Sm2PublicKey::from_sec1_bytes(point).map_err(|_| {
                 Error::alert(AlertDescription::IllegalParameter, "server's ephemeral point is not on SM2")
             })?);
+            self.key_exchange_signed(&body[..body.len() - r.rest_len()])
         } else {
             let enc =
                 self.peer_encryption.as_ref().ok_or_else(|| Error::internal("no encryption certificate"))?;
-            signed.extend_from_slice(&(enc.len() as u32).to_be_bytes()[1..]);
-            signed.extend_from_slice(enc);
-        }
+            self.key_exchange_signed(&msg::asn1_cert(enc))
+        };
         let sig = r.vec16()?;
         r.end()?;
         let key = self.peer_sign_key.as_ref().ok_or_else(|| Error::internal("no server key"))?;
@@ -1013,10 +966,7 @@ impl Connection {
         if self.client_auth {
             match identity {
                 Some(id) => {
-                    let certs = std::iter::once(id.sign.chain[0].as_ref())
-                        .chain(id.enc.iter().map(|e| e.chain[0].as_ref()))
-                        .chain(id.sign.chain[1..].iter().map(|c| c.as_ref()));
-                    self.send_handshake(&msg::encode_certificates(certs))?;
+                    self.send_handshake(&msg::encode_certificates(id.certificates()))?;
                     self.sent_certificate = true;
                 }
                 None => self.send_handshake(&msg::encode_certificates(std::iter::empty()))?,
@@ -1029,18 +979,15 @@ impl Connection {
                 .ok_or_else(|| {
                     Error::alert(AlertDescription::HandshakeFailure, "ECDHE needs our encryption certificate")
                 })?;
-            let eph = Ephemeral::generate(&mut Rng);
+            let eph = Ephemeral::generate(&mut rng());
             let server_enc =
                 self.peer_enc_key.clone().ok_or_else(|| Error::internal("no server encryption key"))?;
             let server_eph =
                 self.peer_ephemeral.clone().ok_or_else(|| Error::internal("no server ephemeral"))?;
-            let me = Party { key: &id.1.key, id: gm_id(), ephemeral: &eph };
-            let peer = Peer { key: &server_enc, id: gm_id(), ephemeral: &server_eph };
-            let agreed = kex::agree(Role::Responder, &me, &peer, 48)
-                .map_err(|_| Error::alert(AlertDescription::IllegalParameter, "SM2 key exchange failed"))?;
+            let pre_master = pre_master_by_kex(Role::Responder, &id.1.key, &eph, &server_enc, &server_eph)?;
             let params = msg::encode_ec_params(&eph.public().to_sec1_uncompressed());
             self.send_handshake(&msg::handshake(HandshakeType::ClientKeyExchange, &params))?;
-            agreed.key
+            pre_master
         } else {
             let mut pms = Zeroizing::new(vec![0u8; 48]);
             getrandom::fill(&mut pms[..]).map_err(|_| Error::internal("no randomness"))?;
@@ -1049,7 +996,7 @@ impl Connection {
             let enc =
                 self.peer_enc_key.as_ref().ok_or_else(|| Error::internal("no server encryption key"))?;
             let ct = enc
-                .encrypt(&mut Rng, &pms, Sm2CiphertextFormat::Der)
+                .encrypt(&mut rng(), &pms, Sm2CiphertextFormat::Der)
                 .map_err(|_| Error::internal("SM2 encryption failed"))?;
             self.send_handshake(&msg::encode_opaque16(HandshakeType::ClientKeyExchange, &ct))?;
             pms
@@ -1069,6 +1016,22 @@ impl Connection {
     }
 }
 
+/// The ECDHE suites' 48-byte pre-master secret: the SM2 key exchange between our encryption key
+/// and ephemeral and the peer's (GB/T 38636-2020: the server is the initiator), GM/T 0009 IDs.
+fn pre_master_by_kex(
+    role: Role,
+    key: &claimlink_gm::Sm2PrivateKey,
+    ephemeral: &Ephemeral,
+    peer_key: &Sm2PublicKey,
+    peer_ephemeral: &Sm2PublicKey,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let me = Party { key, id: gm_id(), ephemeral };
+    let peer = Peer { key: peer_key, id: gm_id(), ephemeral: peer_ephemeral };
+    kex::agree(role, &me, &peer, 48)
+        .map(|agreed| agreed.key)
+        .map_err(|_| Error::alert(AlertDescription::IllegalParameter, "SM2 key exchange failed"))
+}
+
 fn verifier_error(e: rustls::Error) -> Error {
     use rustls::CertificateError as C;
     let alert = match &e {
@@ -1076,7 +1039,6 @@ fn verifier_error(e: rustls::Error) -> Error {
         rustls::Error::InvalidCertificate(C::Expired | C::NotValidYet) => {
             AlertDescription::CertificateUnknown
         }
-        rustls::Error::InvalidCertificate(C::Revoked) => AlertDescription::BadCertificate,
         _ => AlertDescription::BadCertificate,
     };
     Error::alert(alert, format!("certificate refused: {e}"))

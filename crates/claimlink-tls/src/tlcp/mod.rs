@@ -378,6 +378,14 @@ impl Identity {
         Ok(Self { sign: KeyAndChain { key: sign_key, chain: sign_chain }, enc })
     }
 
+    /// The certificates as a Certificate message carries them: signing, encryption (when
+    /// there is one), then the signing certificate's CAs.
+    pub(crate) fn certificates(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.sign.chain[0].as_ref())
+            .chain(self.enc.iter().map(|e| e.chain[0].as_ref()))
+            .chain(self.sign.chain[1..].iter().map(|c| c.as_ref()))
+    }
+
     /// Whether it has an encryption certificate.
     pub fn has_encryption(&self) -> bool {
         self.enc.is_some()

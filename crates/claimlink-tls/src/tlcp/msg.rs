@@ -321,13 +321,20 @@ pub(crate) fn decode_certificates(body: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
 pub(crate) fn encode_certificates<'a>(certs: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut list = Vec::new();
     for c in certs {
-        put_u24(&mut list, c.len());
-        list.extend_from_slice(c);
+        list.extend_from_slice(&asn1_cert(c));
     }
     let mut b = Vec::with_capacity(list.len() + 3);
     put_u24(&mut b, list.len());
     b.extend_from_slice(&list);
     handshake(HandshakeType::Certificate, &b)
+}
+
+/// A certificate as `opaque ASN.1Cert<1..2^24-1>` (what an ECC ServerKeyExchange signs).
+pub(crate) fn asn1_cert(der: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + der.len());
+    put_u24(&mut out, der.len());
+    out.extend_from_slice(der);
+    out
 }
 
 /// ECDHE parameters: `named_curve`, SM2's curve and the point (ServerKeyExchange and, for

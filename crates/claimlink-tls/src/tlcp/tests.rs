@@ -405,3 +405,11 @@ fn the_fuzz_framing_reaches_the_state_machines() {
         }
     }
 }
+
+#[test]
+fn a_handshake_message_over_64_kib_is_refused_from_its_header() {
+    let mut s = Connection::accept();
+    // A ClientHello header claiming 64 KiB + 1: refused before any of its body is buffered.
+    let e = s.read_tls(&[22, 1, 1, 0, 4, 1, 0x01, 0x00, 0x01]).unwrap_err();
+    assert_eq!(e.alert, AlertDescription::HandshakeFailure);
+}
