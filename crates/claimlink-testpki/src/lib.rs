@@ -98,6 +98,13 @@ impl TestCa {
         self.leaf_with(&profile, &format!("CN={}", dns.first().unwrap_or(&"server")), SystemTime::now(), YEAR)
     }
 
+    /// The encryption certificate of a dual pair (TLCP's second certificate) for subject `dn`,
+    /// its subjectAltName the `dns` names (none for a client's), valid for a year.
+    pub fn encryption(&self, dns: &[&str], dn: &str) -> TestLeaf {
+        let profile = Profile::Encryption { dns: dns.iter().map(|d| (*d).to_owned()).collect(), ips: vec![] };
+        self.leaf_with(&profile, dn, SystemTime::now(), YEAR)
+    }
+
     /// The certificate and the root above it, PEM, leaf first (what a TLS peer sends).
     pub fn chain_pem(&self) -> String {
         let mut pem = self.certificate.to_pem();

@@ -17,11 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use claimlink_gm::Sm2PrivateKey;
-use claimlink_pki::profile::YEAR;
-use claimlink_pki::{KeyAlgorithm, Profile};
+use claimlink_pki::KeyAlgorithm;
 use claimlink_testpki::{TestCa, TestLeaf};
 use claimlink_tls::tlcp::{CipherSuite, ClientConfig, Connection, Identity, ServerConfig};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -40,15 +39,11 @@ struct Pki {
 
 fn pki() -> Pki {
     let ca = TestCa::issuing(KeyAlgorithm::Sm2, "CN=TLCP bench CA,O=claimlink");
-    let enc = |dns: &[&str], cn: &str| {
-        let profile = Profile::Encryption { dns: dns.iter().map(|d| (*d).to_owned()).collect(), ips: vec![] };
-        ca.leaf_with(&profile, cn, SystemTime::now(), YEAR)
-    };
     Pki {
         ss: ca.server(&[NAME]),
-        se: enc(&[NAME], "CN=tlcp.test"),
+        se: ca.encryption(&[NAME], "CN=tlcp.test"),
         cs: ca.device("CN=bench-device"),
-        ce: enc(&[], "CN=bench-device"),
+        ce: ca.encryption(&[], "CN=bench-device"),
         ca,
     }
 }

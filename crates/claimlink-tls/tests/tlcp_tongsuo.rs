@@ -10,11 +10,10 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use claimlink_gm::Sm2PrivateKey;
-use claimlink_pki::profile::YEAR;
-use claimlink_pki::{KeyAlgorithm, Profile};
+use claimlink_pki::KeyAlgorithm;
 use claimlink_testpki::{TestCa, TestLeaf};
 use claimlink_tls::tlcp::{CipherSuite, ClientConfig, Connection, Identity, ServerConfig};
 use rustls::RootCertStore;
@@ -34,17 +33,12 @@ struct Pki {
     dir: PathBuf,
 }
 
-fn encryption(ca: &TestCa, dns: &[&str], cn: &str) -> TestLeaf {
-    let profile = Profile::Encryption { dns: dns.iter().map(|d| (*d).to_owned()).collect(), ips: vec![] };
-    ca.leaf_with(&profile, cn, SystemTime::now(), YEAR)
-}
-
 fn pki() -> Pki {
     let ca = TestCa::issuing(KeyAlgorithm::Sm2, "CN=TLCP interop CA,O=claimlink,C=CN");
     let server_sign = ca.server(&[NAME]);
-    let server_enc = encryption(&ca, &[NAME], "CN=tlcp.test");
+    let server_enc = ca.encryption(&[NAME], "CN=tlcp.test");
     let client_sign = ca.device("CN=tlcp-device-1,O=claimlink");
-    let client_enc = encryption(&ca, &[], "CN=tlcp-device-1,O=claimlink");
+    let client_enc = ca.encryption(&[], "CN=tlcp-device-1,O=claimlink");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let write = |name: &str, text: String| std::fs::write(path.join(name), text).unwrap();

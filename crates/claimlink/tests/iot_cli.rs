@@ -383,15 +383,7 @@ fn claimlink_server_serves_tlcp_beside_tls_from_its_configuration() {
     // A dual pair from an SM2 CA: signing certificate (TLS server profile) and encryption one.
     let ca = TestCa::issuing(KeyAlgorithm::Sm2, "CN=Endpoint SM2 CA,O=claimlink");
     let sign = ca.server(&["acme.iot.test", "localhost"]);
-    let enc = ca.leaf_with(
-        &claimlink_pki::Profile::Encryption {
-            dns: vec!["acme.iot.test".into(), "localhost".into()],
-            ips: vec![],
-        },
-        "CN=acme.iot.test",
-        std::time::SystemTime::now(),
-        claimlink_pki::profile::YEAR,
-    );
+    let enc = ca.encryption(&["acme.iot.test", "localhost"], "CN=acme.iot.test");
     std::fs::write(p("tlcp-sign.pem"), format!("{}{}", sign.certificate.to_pem(), ca.certificate.to_pem()))
         .unwrap();
     std::fs::write(p("tlcp-sign.key"), sign.key_pem()).unwrap();

@@ -1,11 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use claimlink_gm::Sm2PrivateKey;
-use claimlink_pki::profile::YEAR;
-use claimlink_pki::{KeyAlgorithm, Profile};
+use claimlink_pki::KeyAlgorithm;
 use claimlink_testpki::{TestCa, TestLeaf};
 use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
@@ -24,18 +22,13 @@ struct Pki {
     client_enc: TestLeaf,
 }
 
-fn encryption(ca: &TestCa, dns: &[&str], cn: &str) -> TestLeaf {
-    let profile = Profile::Encryption { dns: dns.iter().map(|d| (*d).to_owned()).collect(), ips: vec![] };
-    ca.leaf_with(&profile, cn, SystemTime::now(), YEAR)
-}
-
 fn pki() -> Pki {
     let ca = TestCa::issuing(KeyAlgorithm::Sm2, "CN=TLCP test CA,O=claimlink,C=CN");
     Pki {
         server_sign: ca.server(&[NAME]),
-        server_enc: encryption(&ca, &[NAME], "CN=tlcp.test"),
+        server_enc: ca.encryption(&[NAME], "CN=tlcp.test"),
         client_sign: ca.device("CN=tlcp-device,O=claimlink"),
-        client_enc: encryption(&ca, &[], "CN=tlcp-device,O=claimlink"),
+        client_enc: ca.encryption(&[], "CN=tlcp-device,O=claimlink"),
         ca,
     }
 }
