@@ -118,7 +118,8 @@ impl PrivateKey {
         }
     }
 
-    fn from_sm2(key: Sm2PrivateKey) -> Self {
+    /// An SM2 key (its signer made on first use), e.g. one delivered in an SM2EnvelopedKey.
+    pub fn from_sm2(key: Sm2PrivateKey) -> Self {
         Self::Sm2 { key, signer: OnceLock::new() }
     }
 

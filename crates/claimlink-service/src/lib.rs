@@ -201,11 +201,12 @@ impl std::fmt::Debug for TlcpIdentity {
 }
 
 fn sm2_key(pem: &str, what: &str) -> Result<claimlink_gm::Sm2PrivateKey, ServerError> {
-    let key = claimlink_pki::pem::private_key_from_pem(pem.as_bytes(), None)
-        .map_err(|e| ServerError::Tls(format!("TLCP {what} key: {e}")))?;
-    let der = key.to_pkcs8_der().map_err(|e| ServerError::Tls(e.to_string()))?;
-    claimlink_gm::Sm2PrivateKey::from_pkcs8_der(&der)
-        .map_err(|_| ServerError::Tls(format!("the TLCP {what} key is not an SM2 key")))
+    match claimlink_pki::pem::private_key_from_pem(pem.as_bytes(), None)
+        .map_err(|e| ServerError::Tls(format!("TLCP {what} key: {e}")))?
+    {
+        claimlink_pki::PrivateKey::Sm2 { key, .. } => Ok(key),
+        _ => Err(ServerError::Tls(format!("the TLCP {what} key is not an SM2 key"))),
+    }
 }
 
 impl TlcpIdentity {

@@ -169,8 +169,7 @@ fn issue_tlcp_pair(
     let PrivateKey::Sm2 { key: sign_sm2, .. } = &sign_key else {
         anyhow::bail!("the TLCP signing key is SM2")
     };
-    let enc_key = claimlink_gm::envelope::open(sign_sm2, &dual.envelope)?;
-    let enc_key = PrivateKey::from_pkcs8_der(&enc_key.to_pkcs8_der()?)?;
+    let enc_key = PrivateKey::from_sm2(claimlink_gm::envelope::open(sign_sm2, &dual.envelope)?);
     write_leaf(out, "tlcp-sign", &dual.sign, &ca.issuing.to_pem(), &sign_key)?;
     write_leaf(out, "tlcp-enc", &dual.enc, "", &enc_key)?;
     Ok(())

@@ -111,7 +111,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlcpStream<IO> {
         if let Some(e) = self.conn.error() {
             return Err(to_io(e));
         }
-        if !self.conn.is_handshaking() || self.conn.client_hello().is_some() && self.conn.wants_config() {
+        if !self.conn.is_handshaking() || self.conn.wants_config() {
             return Ok(());
         }
         let n = std::future::poll_fn(|cx| {
